@@ -1,0 +1,252 @@
+//! The validated, internal configuration. Nothing here is parsed from text any more:
+//! durations are `Duration`s, addresses are typed, references between sections resolved.
+//! Modules read these types; they never see the raw file format.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub runtime: Runtime,
+    pub log: Log,
+    pub admin: Option<Admin>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    pub listeners: Vec<ListenerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Runtime {
+    /// Worker threads; 0 means one per core.
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+    pub pid_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    Off,
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Log {
+    pub level: String,
+    pub format: LogFormat,
+    pub access_log: AccessLogTarget,
+    /// `combined` (nginx) or `json`.
+    pub access_log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admin {
+    pub listen: ListenAddr,
+}
+
+/// An address Portico listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// An address Portico connects to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A host name, resolved when connecting.
+    Host {
+        host: String,
+        port: u16,
+    },
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => write!(f, "{a}"),
+            PeerAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            PeerAddr::Host { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    Hash,
+    RandomTwo,
+    LeastTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub hash_key: Option<String>,
+    pub servers: Vec<ServerConfig>,
+    /// Idle pooled connections kept per server.
+    pub keepalive: usize,
+    pub keepalive_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for the response head, and between two reads of the response body.
+    pub read_timeout: Duration,
+    pub send_timeout: Duration,
+    /// How many servers one request may try; 0 = every server once.
+    pub tries: usize,
+    pub health: Option<HealthConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub addr: PeerAddr,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    pub backup: bool,
+    pub max_conns: usize,
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    Tcp,
+    Http,
+    Uwsgi,
+    Fastcgi,
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub check: HealthCheck,
+    pub uri: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub passes: u32,
+    pub fails: u32,
+    /// Accepted status range, inclusive.
+    pub status: (u16, u16),
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Smtp,
+    Imap,
+    Pop3,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Smtp => "smtp",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartTls {
+    Off,
+    On,
+    Only,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: Vec<ListenAddr>,
+    pub protocol: Protocol,
+    pub server_names: Vec<String>,
+    pub tls: Option<TlsConfig>,
+    pub proxy_protocol: bool,
+    pub limits: Limits,
+    pub routes: Vec<Route>,
+    pub starttls: StartTls,
+    pub auth_http: Option<String>,
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// ALPN protocols offered, most preferred first.
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub body_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    /// 0 = no limit.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Path prefix; the longest matching prefix wins.
+    pub path: String,
+    pub action: RouteAction,
+    /// Overrides the listener's `max_body_bytes` for this route.
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteAction {
+    Static(StaticConfig),
+    Proxy(ProxyRoute),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticConfig {
+    pub root: PathBuf,
+    pub index: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Http,
+    Uwsgi,
+    Fastcgi,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyRoute {
+    pub upstream: String,
+    pub via: Via,
+    pub params: BTreeMap<String, String>,
+    pub root: Option<PathBuf>,
+    pub index: Option<String>,
+}

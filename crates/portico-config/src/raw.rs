@@ -1,0 +1,228 @@
+//! The configuration file format, as users write it.
+//!
+//! These structs mirror the TOML/YAML tree key for key (`deny_unknown_fields`), keep
+//! durations, addresses and paths as strings, and carry no behaviour: `validate` turns
+//! them into the internal [`crate::Config`]. Defaults live here, in one place.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub runtime: RawRuntime,
+    pub log: RawLog,
+    pub admin: Option<RawAdmin>,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    pub listeners: Vec<RawListener>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    pub workers: usize,
+    pub shutdown_timeout: String,
+    pub pid_file: Option<String>,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            shutdown_timeout: "30s".into(),
+            pid_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: String,
+    pub format: String,
+    pub access_log: String,
+    pub access_log_format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+            access_log: "stdout".into(),
+            access_log_format: "combined".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstream {
+    pub balance: String,
+    pub hash_key: Option<String>,
+    pub servers: Vec<RawServer>,
+    pub keepalive: usize,
+    pub keepalive_timeout: String,
+    pub connect_timeout: String,
+    pub read_timeout: String,
+    pub send_timeout: String,
+    pub tries: usize,
+    pub health: Option<RawHealth>,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            balance: "round_robin".into(),
+            hash_key: None,
+            servers: Vec::new(),
+            keepalive: 32,
+            keepalive_timeout: "60s".into(),
+            connect_timeout: "5s".into(),
+            read_timeout: "60s".into(),
+            send_timeout: "60s".into(),
+            tries: 0,
+            health: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub addr: String,
+    pub weight: u32,
+    pub max_fails: u32,
+    pub fail_timeout: String,
+    pub backup: bool,
+    pub max_conns: usize,
+    pub drain: bool,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            addr: String::new(),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: "10s".into(),
+            backup: false,
+            max_conns: 0,
+            drain: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub check: String,
+    pub uri: String,
+    pub interval: String,
+    pub timeout: String,
+    pub passes: u32,
+    pub fails: u32,
+    pub status: Option<String>,
+    pub body: Option<String>,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            check: "tcp".into(),
+            uri: "/".into(),
+            interval: "5s".into(),
+            timeout: "2s".into(),
+            passes: 1,
+            fails: 1,
+            status: None,
+            body: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub listen: Vec<String>,
+    pub protocol: Option<String>,
+    pub server_names: Vec<String>,
+    pub tls: Option<RawTls>,
+    pub proxy_protocol: bool,
+    pub limits: RawLimits,
+    pub routes: Vec<RawRoute>,
+    pub starttls: Option<String>,
+    pub auth_http: Option<String>,
+    pub upstream: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+    pub alpn: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub header_timeout: String,
+    pub idle_timeout: String,
+    pub body_timeout: String,
+    pub send_timeout: String,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: "10s".into(),
+            idle_timeout: "75s".into(),
+            body_timeout: "60s".into(),
+            send_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_header_bytes: 65_536,
+            max_body_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub path: String,
+    pub upstream: Option<String>,
+    pub via: Option<String>,
+    #[serde(rename = "static")]
+    pub static_files: Option<RawStatic>,
+    pub params: BTreeMap<String, String>,
+    pub root: Option<String>,
+    pub index: Option<String>,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStatic {
+    pub root: String,
+    pub index: Vec<String>,
+}

@@ -1,0 +1,271 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::*;
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    p
+}
+
+const BASE: &str = r#"
+[upstreams.app]
+servers = [{ addr = "127.0.0.1:9001", weight = 3 }, { addr = "unix:/run/app.sock" }]
+
+[[listeners]]
+name = "web"
+listen = ["127.0.0.1:8080"]
+
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#;
+
+#[test]
+fn embedded_default_is_valid() {
+    let loaded = load(&[], vec![]).unwrap();
+    assert_eq!(loaded.config.listeners.len(), 1);
+    assert_eq!(
+        loaded.config.listeners[0].listen,
+        vec![ListenAddr::Tcp("127.0.0.1:8080".parse().unwrap())]
+    );
+}
+
+#[test]
+fn toml_file_with_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "a.toml", BASE);
+    let c = load(&[f], vec![]).unwrap().config;
+    let app = &c.upstreams["app"];
+    assert_eq!(app.servers[0].weight, 3);
+    assert_eq!(app.servers[1].addr, PeerAddr::Unix("/run/app.sock".into()));
+    assert_eq!(app.balance, Balance::RoundRobin);
+    assert_eq!(c.listeners[0].limits.idle_timeout, Duration::from_secs(75));
+    assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(30));
+}
+
+#[test]
+fn yaml_is_the_same_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "a.yaml",
+        r#"
+upstreams:
+  app:
+    servers:
+      - addr: "127.0.0.1:9001"
+        weight: 3
+      - addr: unix:/run/app.sock
+listeners:
+  - name: web
+    listen: ["127.0.0.1:8080"]
+    routes:
+      - path: /
+        upstream: app
+"#,
+    );
+    let y = load(&[f], vec![]).unwrap().config;
+    let t = load(&[write(&dir, "b.toml", BASE)], vec![]).unwrap().config;
+    assert_eq!(y, t);
+}
+
+#[test]
+fn later_files_win_key_by_key_and_env_wins_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(
+        &dir,
+        "a.toml",
+        &format!("{BASE}\n[log]\nlevel = \"warn\"\nformat = \"json\"\n"),
+    );
+    let b = write(&dir, "b.yaml", "log:\n  level: debug\n");
+    let c = load(&[a.clone(), b.clone()], vec![]).unwrap().config;
+    assert_eq!(c.log.level, "debug");
+    assert_eq!(
+        c.log.format,
+        LogFormat::Json,
+        "keys b does not set stay from a"
+    );
+    let env = vec![("PORTICO_LOG__LEVEL".to_string(), "error".to_string())];
+    let loaded = load(&[a, b.clone()], env).unwrap();
+    assert_eq!(loaded.config.log.level, "error");
+    let explain = loaded.explain();
+    let origin = |key: &str| explain.iter().find(|(k, _, _)| k == key).unwrap().2.clone();
+    assert_eq!(
+        origin("log.level"),
+        Origin::Env("PORTICO_LOG__LEVEL".into())
+    );
+    assert!(
+        matches!(origin("log.format"), Origin::File { line: Some(15), .. }),
+        "{:?}",
+        origin("log.format")
+    );
+    assert_eq!(origin("runtime.shutdown_timeout"), Origin::Default);
+    assert_eq!(
+        origin("upstreams.app.servers.0.weight"),
+        Origin::File {
+            path: dir.path().join("a.toml"),
+            line: Some(3)
+        }
+    );
+}
+
+#[test]
+fn every_error_is_reported_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "bad.toml",
+        r#"[runtime]
+shutdown_timeout = "10x"
+colour = "blue"
+
+[upstreams.app]
+balance = "fastest"
+servers = [{ addr = "127.0.0.1:9001", wieght = 3 }]
+
+[[listeners]]
+listen = ["127.0.0.1:8080", "nonsense"]
+  [listeners.limits]
+  idle_timeout = 5
+  [[listeners.routes]]
+  path = "/"
+  upstream = "nope"
+"#,
+    );
+    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let file = f.display().to_string();
+    let has = |line: usize, key: &str| {
+        errs.iter()
+            .any(|e| e.location == format!("{file}:{line}") && e.key == key)
+    };
+    assert!(has(3, "runtime.colour"), "{text:#?}");
+    assert!(has(7, "upstreams.app.servers.0.wieght"), "{text:#?}");
+    assert!(has(12, "listeners.0.limits.idle_timeout"), "{text:#?}");
+    // the type and unknown-key errors above stop serde; validation errors still appear
+    assert!(has(2, "runtime.shutdown_timeout"), "{text:#?}");
+    assert!(has(6, "upstreams.app.balance"), "{text:#?}");
+    assert!(has(10, "listeners.0.listen.1"), "{text:#?}");
+    assert!(has(15, "listeners.0.routes.0.upstream"), "{text:#?}");
+    assert!(text.iter().all(|t| t.starts_with(&file)), "{text:#?}");
+}
+
+#[test]
+fn yaml_errors_have_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "bad.yml",
+        "log:\n  level: loud\nlisteners:\n  - listen: [\"127.0.0.1:1\"]\n    limits:\n      header_timeout: soon\n",
+    );
+    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    let file = f.display().to_string();
+    assert!(
+        errs.iter()
+            .any(|e| e.location == format!("{file}:2") && e.key == "log.level"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.location == format!("{file}:6")
+                && e.key == "listeners.0.limits.header_timeout"),
+        "{errs:#?}"
+    );
+}
+
+#[test]
+fn env_errors_name_the_variable() {
+    let env = vec![(
+        "PORTICO_RUNTIME__SHUTDOWN_TIMEOUT".to_string(),
+        "forever".to_string(),
+    )];
+    let errs = load(&[], env).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("env PORTICO_RUNTIME__SHUTDOWN_TIMEOUT: "),
+        "{}",
+        errs[0]
+    );
+}
+
+#[test]
+fn syntax_errors_have_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "s.toml", "[log]\nlevel = \"info\"\nformat = \n");
+    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    assert!(
+        errs[0].location.starts_with(&format!("{}:3", f.display())),
+        "{errs:?}"
+    );
+    let y = write(&dir, "s.yaml", "log:\n  level: [unclosed\n");
+    let errs = load(&[y.clone()], vec![]).unwrap_err();
+    assert!(
+        errs[0].location.starts_with(&y.display().to_string()),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn unknown_extension_and_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(&dir, "a.ini", "x=1");
+    assert!(load(&[f], vec![]).is_err());
+    assert!(load(&[dir.path().join("missing.toml")], vec![]).is_err());
+}
+
+#[test]
+fn shared_addresses_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "v.toml",
+        r#"
+[[listeners]]
+name = "a"
+listen = ["127.0.0.1:8080"]
+server_names = ["a.example"]
+[[listeners]]
+name = "b"
+listen = ["127.0.0.1:8080"]
+server_names = ["*.b.example"]
+[[listeners]]
+name = "c"
+listen = ["127.0.0.1:8080"]
+proxy_protocol = true
+"#,
+    );
+    let errs = load(&[f], vec![]).unwrap_err();
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].key, "listeners.2.listen.0");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("www")).unwrap();
+    let f = write(
+        &dir,
+        "s.toml",
+        "[[listeners]]\nlisten = [\"127.0.0.1:1\"]\n[[listeners.routes]]\npath = \"/\"\nstatic = { root = \"www\" }\n",
+    );
+    let c = load(&[f], vec![]).unwrap().config;
+    match &c.listeners[0].routes[0].action {
+        RouteAction::Static(s) => assert_eq!(s.root, dir.path().join("www")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn check_output_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let loaded = load(&[write(&dir, "a.toml", BASE)], vec![]).unwrap();
+    let printed = write(&dir, "printed.toml", &loaded.to_toml());
+    let again = load(&[printed], vec![]).unwrap();
+    assert_eq!(again.config, loaded.config);
+}

@@ -1,0 +1,719 @@
+//! Raw file structs → internal [`Config`], collecting *every* error with its origin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::model::*;
+use crate::raw::*;
+use crate::source::{Layers, Origin};
+use crate::ConfigError;
+
+/// Parses "250ms", "10s", "5m", "1h", "2d"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, like \"250ms\" or \"10s\"")
+    })?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.saturating_mul(1000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        other => {
+            return Err(format!(
+                "invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses `unix:/path` or `host:port` / `[v6]:port` listen addresses.
+fn parse_listen(s: &str, base: &Path) -> Result<ListenAddr, String> {
+    if let Some(p) = s.strip_prefix("unix:") {
+        if p.is_empty() {
+            return Err("unix: needs a socket path".into());
+        }
+        return Ok(ListenAddr::Unix(resolve(base, p)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(ListenAddr::Tcp(a));
+    }
+    if let Some((host, port)) = s.rsplit_once(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("invalid port in listen address {s:?}"))?;
+        if host == "*" {
+            return Ok(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+        }
+        if host == "localhost" {
+            return Ok(ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        if let Ok(mut addrs) = (host, port).to_socket_addrs() {
+            if let Some(a) = addrs.next() {
+                return Ok(ListenAddr::Tcp(a));
+            }
+        }
+        return Err(format!("cannot resolve listen address {s:?}"));
+    }
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(ListenAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], port))));
+    }
+    Err(format!(
+        "invalid listen address {s:?}: expected \"HOST:PORT\", \"[V6]:PORT\" or \"unix:/PATH\""
+    ))
+}
+
+fn parse_peer(s: &str, base: &Path) -> Result<PeerAddr, String> {
+    if s.is_empty() {
+        return Err("a server needs an addr".into());
+    }
+    if let Some(p) = s.strip_prefix("unix:") {
+        if p.is_empty() {
+            return Err("unix: needs a socket path".into());
+        }
+        return Ok(PeerAddr::Unix(resolve(base, p)));
+    }
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(PeerAddr::Tcp(a));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(['/', ' ']) => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid port in server address {s:?}"))?;
+            Ok(PeerAddr::Host {
+                host: host.trim_matches(['[', ']']).to_string(),
+                port,
+            })
+        }
+        _ => Err(format!(
+            "invalid server address {s:?}: expected \"HOST:PORT\", \"[V6]:PORT\" or \"unix:/PATH\""
+        )),
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+struct Validator<'a> {
+    layers: &'a Layers,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        let origin = self.layers.origin(path);
+        self.errors
+            .push(ConfigError::at(origin, path, message.into()));
+    }
+
+    /// The directory relative paths at `path` are resolved against: the directory of the
+    /// file that set the value, else the working directory.
+    fn base(&self, path: &str) -> PathBuf {
+        match self.layers.origin(path) {
+            Origin::File { path, .. } => path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn duration(&mut self, path: &str, s: &str) -> Duration {
+        parse_duration(s).unwrap_or_else(|e| {
+            self.err(path, e);
+            Duration::ZERO
+        })
+    }
+
+    fn one_of<T: Copy>(&mut self, path: &str, s: &str, options: &[(&str, T)]) -> Option<T> {
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        self.err(
+            path,
+            format!("invalid value {s:?}: expected one of {}", names.join(", ")),
+        );
+        None
+    }
+}
+
+pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<ConfigError>> {
+    let mut v = Validator {
+        layers,
+        errors: Vec::new(),
+    };
+
+    let runtime = Runtime {
+        workers: raw.runtime.workers,
+        shutdown_timeout: v.duration("runtime.shutdown_timeout", &raw.runtime.shutdown_timeout),
+        pid_file: raw
+            .runtime
+            .pid_file
+            .as_ref()
+            .map(|p| resolve(&v.base("runtime.pid_file"), p)),
+    };
+
+    let level = raw.log.level.to_ascii_lowercase();
+    if !["error", "warn", "info", "debug", "trace"].contains(&level.as_str()) {
+        v.err(
+            "log.level",
+            format!(
+                "invalid value {:?}: expected one of error, warn, info, debug, trace",
+                raw.log.level
+            ),
+        );
+    }
+    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    let format = v
+        .one_of("log.format", &raw.log.format, &formats)
+        .unwrap_or(LogFormat::Text);
+    let access_formats = [("combined", LogFormat::Text), ("json", LogFormat::Json)];
+    let access_log_format = v
+        .one_of(
+            "log.access_log_format",
+            &raw.log.access_log_format,
+            &access_formats,
+        )
+        .unwrap_or(LogFormat::Text);
+    let access_log = match raw.log.access_log.as_str() {
+        "stdout" => AccessLogTarget::Stdout,
+        "off" => AccessLogTarget::Off,
+        "" => {
+            v.err("log.access_log", "expected stdout, off or a file path");
+            AccessLogTarget::Off
+        }
+        p => AccessLogTarget::File(resolve(&v.base("log.access_log"), p)),
+    };
+    let log = Log {
+        level,
+        format,
+        access_log,
+        access_log_format,
+    };
+
+    let admin =
+        raw.admin
+            .as_ref()
+            .and_then(|a| match parse_listen(&a.listen, &v.base("admin.listen")) {
+                Ok(listen) => Some(Admin { listen }),
+                Err(e) => {
+                    v.err("admin.listen", e);
+                    None
+                }
+            });
+
+    let mut upstreams = BTreeMap::new();
+    for (name, u) in &raw.upstreams {
+        let p = format!("upstreams.{name}");
+        if let Some(cfg) = validate_upstream(&mut v, &p, name, u) {
+            upstreams.insert(name.clone(), cfg);
+        }
+    }
+
+    let mut listeners = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let p = format!("listeners.{i}");
+        let cfg = validate_listener(&mut v, &p, i, l, &upstreams);
+        if let Some(prev) = names.insert(cfg.name.clone(), i) {
+            v.err(
+                &format!("{p}.name"),
+                format!(
+                    "listener name {:?} is already used by listeners.{prev}",
+                    cfg.name
+                ),
+            );
+        }
+        listeners.push(cfg);
+    }
+    check_shared_addresses(&mut v, &listeners, admin.as_ref());
+
+    if v.errors.is_empty() {
+        Ok(Config {
+            runtime,
+            log,
+            admin,
+            upstreams,
+            listeners,
+        })
+    } else {
+        Err(v.errors)
+    }
+}
+
+fn validate_upstream(
+    v: &mut Validator<'_>,
+    p: &str,
+    name: &str,
+    u: &RawUpstream,
+) -> Option<UpstreamConfig> {
+    let balances = [
+        ("round_robin", Balance::RoundRobin),
+        ("least_conn", Balance::LeastConn),
+        ("ip_hash", Balance::IpHash),
+        ("hash", Balance::Hash),
+        ("random_two", Balance::RandomTwo),
+        ("least_time", Balance::LeastTime),
+    ];
+    let balance = v.one_of(&format!("{p}.balance"), &u.balance, &balances);
+    if balance == Some(Balance::Hash) && u.hash_key.is_none() {
+        v.err(
+            &format!("{p}.hash_key"),
+            "balance = \"hash\" needs a hash_key, e.g. \"$request_uri\"",
+        );
+    }
+    if u.servers.is_empty() {
+        v.err(
+            &format!("{p}.servers"),
+            "an upstream needs at least one server",
+        );
+    }
+    let mut servers = Vec::new();
+    for (i, s) in u.servers.iter().enumerate() {
+        let sp = format!("{p}.servers.{i}");
+        let addr = match parse_peer(&s.addr, &v.base(&format!("{sp}.addr"))) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                v.err(&format!("{sp}.addr"), e);
+                None
+            }
+        };
+        if s.weight == 0 {
+            v.err(&format!("{sp}.weight"), "weight must be at least 1");
+        }
+        let fail_timeout = v.duration(&format!("{sp}.fail_timeout"), &s.fail_timeout);
+        if let Some(addr) = addr {
+            servers.push(ServerConfig {
+                addr,
+                weight: s.weight.max(1),
+                max_fails: s.max_fails,
+                fail_timeout,
+                backup: s.backup,
+                max_conns: s.max_conns,
+                drain: s.drain,
+            });
+        }
+    }
+    let health = u.health.as_ref().map(|h| {
+        let hp = format!("{p}.health");
+        let checks = [
+            ("tcp", HealthCheck::Tcp),
+            ("http", HealthCheck::Http),
+            ("uwsgi", HealthCheck::Uwsgi),
+            ("fastcgi", HealthCheck::Fastcgi),
+            ("smtp", HealthCheck::Smtp),
+            ("imap", HealthCheck::Imap),
+            ("pop3", HealthCheck::Pop3),
+        ];
+        let check = v
+            .one_of(&format!("{hp}.check"), &h.check, &checks)
+            .unwrap_or(HealthCheck::Tcp);
+        let status = match h.status.as_deref() {
+            None => (200, 399),
+            Some(s) => parse_status_range(s).unwrap_or_else(|| {
+                v.err(
+                    &format!("{hp}.status"),
+                    format!("invalid status range {s:?}: expected \"200\" or \"200-399\""),
+                );
+                (200, 399)
+            }),
+        };
+        if !h.uri.starts_with('/') {
+            v.err(&format!("{hp}.uri"), "uri must start with /");
+        }
+        HealthConfig {
+            check,
+            uri: h.uri.clone(),
+            interval: v.duration(&format!("{hp}.interval"), &h.interval),
+            timeout: v.duration(&format!("{hp}.timeout"), &h.timeout),
+            passes: h.passes.max(1),
+            fails: h.fails.max(1),
+            status,
+            body: h.body.clone(),
+        }
+    });
+    Some(UpstreamConfig {
+        name: name.to_string(),
+        balance: balance?,
+        hash_key: u.hash_key.clone(),
+        servers,
+        keepalive: u.keepalive,
+        keepalive_timeout: v.duration(&format!("{p}.keepalive_timeout"), &u.keepalive_timeout),
+        connect_timeout: v.duration(&format!("{p}.connect_timeout"), &u.connect_timeout),
+        read_timeout: v.duration(&format!("{p}.read_timeout"), &u.read_timeout),
+        send_timeout: v.duration(&format!("{p}.send_timeout"), &u.send_timeout),
+        tries: u.tries,
+        health,
+    })
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().ok()?;
+    let b: u16 = b.trim().parse().ok()?;
+    ((100..=599).contains(&a) && (a..=599).contains(&b)).then_some((a, b))
+}
+
+fn validate_listener(
+    v: &mut Validator<'_>,
+    p: &str,
+    index: usize,
+    l: &RawListener,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+) -> ListenerConfig {
+    let protocols = [
+        ("http", Protocol::Http),
+        ("smtp", Protocol::Smtp),
+        ("imap", Protocol::Imap),
+        ("pop3", Protocol::Pop3),
+    ];
+    let protocol = v
+        .one_of(
+            &format!("{p}.protocol"),
+            l.protocol.as_deref().unwrap_or("http"),
+            &protocols,
+        )
+        .unwrap_or(Protocol::Http);
+    if l.listen.is_empty() {
+        v.err(
+            &format!("{p}.listen"),
+            "a listener needs at least one address",
+        );
+    }
+    let mut listen = Vec::new();
+    for (i, a) in l.listen.iter().enumerate() {
+        let ap = format!("{p}.listen.{i}");
+        match parse_listen(a, &v.base(&ap)) {
+            Ok(addr) => listen.push(addr),
+            Err(e) => v.err(&ap, e),
+        }
+    }
+    for (i, n) in l.server_names.iter().enumerate() {
+        let valid = !n.is_empty()
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '*' | '_'))
+            && (!n.contains('*') || (n.starts_with("*.") && n.matches('*').count() == 1));
+        if !valid {
+            v.err(
+                &format!("{p}.server_names.{i}"),
+                format!("invalid server name {n:?}: use \"example.com\" or \"*.example.com\""),
+            );
+        }
+    }
+    let tls = l.tls.as_ref().map(|t| {
+        let tp = format!("{p}.tls");
+        let mut check_file = |key: &str, val: &str| -> PathBuf {
+            let kp = format!("{tp}.{key}");
+            if val.is_empty() {
+                v.err(&kp, format!("tls needs a {key} file"));
+                return PathBuf::new();
+            }
+            let path = resolve(&v.base(&kp), val);
+            if let Err(e) = std::fs::metadata(&path) {
+                v.err(&kp, format!("cannot read {}: {e}", path.display()));
+            }
+            path
+        };
+        let cert = check_file("cert", &t.cert);
+        let key = check_file("key", &t.key);
+        let alpn = t.alpn.clone().unwrap_or_else(|| {
+            if protocol == Protocol::Http {
+                vec!["h2".into(), "http/1.1".into()]
+            } else {
+                Vec::new()
+            }
+        });
+        TlsConfig { cert, key, alpn }
+    });
+    let lp = format!("{p}.limits");
+    let limits = Limits {
+        header_timeout: v.duration(&format!("{lp}.header_timeout"), &l.limits.header_timeout),
+        idle_timeout: v.duration(&format!("{lp}.idle_timeout"), &l.limits.idle_timeout),
+        body_timeout: v.duration(&format!("{lp}.body_timeout"), &l.limits.body_timeout),
+        send_timeout: v.duration(&format!("{lp}.send_timeout"), &l.limits.send_timeout),
+        max_connections: l.limits.max_connections,
+        max_header_bytes: l.limits.max_header_bytes,
+        max_body_bytes: l.limits.max_body_bytes,
+    };
+    if limits.max_connections == 0 {
+        v.err(&format!("{lp}.max_connections"), "must be at least 1");
+    }
+    if limits.max_header_bytes < 1024 {
+        v.err(&format!("{lp}.max_header_bytes"), "must be at least 1024");
+    }
+
+    let mut routes = Vec::new();
+    if protocol == Protocol::Http {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, r) in l.routes.iter().enumerate() {
+            let rp = format!("{p}.routes.{i}");
+            if let Some(prev) = seen.insert(r.path.as_str(), i) {
+                v.err(
+                    &format!("{rp}.path"),
+                    format!("path {:?} is already routed by {p}.routes.{prev}", r.path),
+                );
+            }
+            if let Some(route) = validate_route(v, &rp, r, upstreams) {
+                routes.push(route);
+            }
+        }
+        if l.auth_http.is_some() {
+            v.err(
+                &format!("{p}.auth_http"),
+                "auth_http is for mail listeners (smtp, imap, pop3)",
+            );
+        }
+        if l.starttls.is_some() {
+            v.err(
+                &format!("{p}.starttls"),
+                "starttls is for mail listeners (smtp, imap, pop3)",
+            );
+        }
+    } else if !l.routes.is_empty() {
+        v.err(&format!("{p}.routes"), "routes are for http listeners");
+    }
+    let starttls = match l.starttls.as_deref() {
+        None => StartTls::Off,
+        Some(s) => v
+            .one_of(
+                &format!("{p}.starttls"),
+                s,
+                &[
+                    ("off", StartTls::Off),
+                    ("on", StartTls::On),
+                    ("only", StartTls::Only),
+                ],
+            )
+            .unwrap_or(StartTls::Off),
+    };
+    if let Some(u) = &l.upstream {
+        if !upstreams.contains_key(u) {
+            v.err(&format!("{p}.upstream"), format!("no upstream named {u:?}"));
+        }
+    }
+    ListenerConfig {
+        name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
+        listen,
+        protocol,
+        server_names: l.server_names.clone(),
+        tls,
+        proxy_protocol: l.proxy_protocol,
+        limits,
+        routes,
+        starttls,
+        auth_http: l.auth_http.clone(),
+        upstream: l.upstream.clone(),
+    }
+}
+
+fn validate_route(
+    v: &mut Validator<'_>,
+    rp: &str,
+    r: &RawRoute,
+    upstreams: &BTreeMap<String, UpstreamConfig>,
+) -> Option<Route> {
+    if !r.path.starts_with('/') {
+        v.err(&format!("{rp}.path"), "a route path must start with /");
+    }
+    let action = match (&r.static_files, &r.upstream) {
+        (Some(_), Some(_)) => {
+            v.err(rp, "a route has either `static` or `upstream`, not both");
+            return None;
+        }
+        (None, None) => {
+            v.err(
+                rp,
+                "a route needs `static = { root = ... }` or `upstream = \"NAME\"`",
+            );
+            return None;
+        }
+        (Some(s), None) => {
+            if s.root.is_empty() {
+                v.err(
+                    &format!("{rp}.static.root"),
+                    "static needs a root directory",
+                );
+            }
+            let root = resolve(&v.base(&format!("{rp}.static.root")), &s.root);
+            if !s.root.is_empty() && !root.is_dir() {
+                v.err(
+                    &format!("{rp}.static.root"),
+                    format!("{} is not a directory", root.display()),
+                );
+            }
+            let index = if s.index.is_empty() {
+                vec!["index.html".to_string()]
+            } else {
+                s.index.clone()
+            };
+            RouteAction::Static(StaticConfig { root, index })
+        }
+        (None, Some(u)) => {
+            if !upstreams.contains_key(u) {
+                v.err(
+                    &format!("{rp}.upstream"),
+                    format!("no upstream named {u:?}"),
+                );
+            }
+            let via = v.one_of(
+                &format!("{rp}.via"),
+                r.via.as_deref().unwrap_or("http"),
+                &[
+                    ("http", Via::Http),
+                    ("uwsgi", Via::Uwsgi),
+                    ("fastcgi", Via::Fastcgi),
+                ],
+            )?;
+            if via != Via::Http {
+                v.err(
+                    &format!("{rp}.via"),
+                    format!(
+                        "via = {:?} is not available in this build yet (see docs/configuration.md)",
+                        r.via.as_deref().unwrap_or_default()
+                    ),
+                );
+            }
+            RouteAction::Proxy(ProxyRoute {
+                upstream: u.clone(),
+                via,
+                params: r.params.clone(),
+                root: r
+                    .root
+                    .as_ref()
+                    .map(|root| resolve(&v.base(&format!("{rp}.root")), root)),
+                index: r.index.clone(),
+            })
+        }
+    };
+    Some(Route {
+        path: r.path.clone(),
+        action,
+        max_body_bytes: r.max_body_bytes,
+    })
+}
+
+/// Listeners may share an address (virtual hosts), but then they must agree on how the
+/// connection is accepted: protocol, TLS or not, PROXY protocol or not.
+fn check_shared_addresses(
+    v: &mut Validator<'_>,
+    listeners: &[ListenerConfig],
+    admin: Option<&Admin>,
+) {
+    let mut first: HashMap<&ListenAddr, usize> = HashMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        for (j, a) in l.listen.iter().enumerate() {
+            if admin.is_some_and(|ad| &ad.listen == a) {
+                v.err(
+                    &format!("listeners.{i}.listen.{j}"),
+                    format!("{a} is also the admin listener's address"),
+                );
+            }
+            match first.get(a) {
+                None => {
+                    first.insert(a, i);
+                }
+                Some(&k) if k == i => {
+                    v.err(
+                        &format!("listeners.{i}.listen.{j}"),
+                        format!("{a} is listed twice"),
+                    );
+                }
+                Some(&k) => {
+                    let o = &listeners[k];
+                    let mismatch = if o.protocol != l.protocol {
+                        Some("protocol")
+                    } else if o.tls.is_some() != l.tls.is_some() {
+                        Some("tls")
+                    } else if o.proxy_protocol != l.proxy_protocol {
+                        Some("proxy_protocol")
+                    } else if l.protocol != Protocol::Http {
+                        Some("protocol (only http listeners can share an address)")
+                    } else {
+                        None
+                    };
+                    if let Some(what) = mismatch {
+                        v.err(
+                            &format!("listeners.{i}.listen.{j}"),
+                            format!(
+                                "{a} is shared with listeners.{k} ({:?}) but {what} differs",
+                                o.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let base = Path::new("/etc/portico");
+        assert_eq!(
+            parse_listen("127.0.0.1:80", base),
+            Ok(ListenAddr::Tcp("127.0.0.1:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:80", base),
+            Ok(ListenAddr::Tcp("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("unix:run/p.sock", base),
+            Ok(ListenAddr::Unix("/etc/portico/run/p.sock".into()))
+        );
+        assert!(parse_listen("127.0.0.1:99999", base).is_err());
+        assert!(parse_listen("nonsense", base).is_err());
+    }
+
+    #[test]
+    fn peer_addresses() {
+        let base = Path::new("/");
+        assert_eq!(
+            parse_peer("backend.local:8000", base),
+            Ok(PeerAddr::Host {
+                host: "backend.local".into(),
+                port: 8000
+            })
+        );
+        assert!(parse_peer("", base).is_err());
+        assert!(parse_peer("noport", base).is_err());
+    }
+
+    #[test]
+    fn status_ranges() {
+        assert_eq!(parse_status_range("200"), Some((200, 200)));
+        assert_eq!(parse_status_range("200-399"), Some((200, 399)));
+        assert_eq!(parse_status_range("399-200"), None);
+        assert_eq!(parse_status_range("abc"), None);
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every real peer the protocol tests and benchmarks need, idempotently.
+# Debian packages via apt, Python packages into a venv at protocol-tests/.venv.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+venv="${PORTICO_VENV:-$here/.venv}"
+
+apt_pkgs=(nginx wrk curl nghttp2-client)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install.sh: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts nginx as a service on install; the tests run their own.
+  (systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || pkill -x nginx || true) >/dev/null 2>&1
+fi
+
+py_pkgs=(flask gunicorn uvicorn)
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c 'import flask, gunicorn, uvicorn' 2>/dev/null; then
+  echo "install.sh: pip install ${py_pkgs[*]}"
+  "$venv/bin/pip" install -q "${py_pkgs[@]}"
+fi
+echo "install.sh: peers ready (venv $venv)"
