@@ -270,6 +270,15 @@ fn validate_upstream(
         ("least_time", Balance::LeastTime),
     ];
     let balance = v.one_of(&format!("{p}.balance"), &u.balance, &balances);
+    if matches!(balance, Some(Balance::Hash | Balance::LeastTime)) {
+        v.err(
+            &format!("{p}.balance"),
+            format!(
+                "balance = {:?} is not available in this build yet",
+                u.balance
+            ),
+        );
+    }
     if balance == Some(Balance::Hash) && u.hash_key.is_none() {
         v.err(
             &format!("{p}.hash_key"),

@@ -1,0 +1,252 @@
+//! The one upstream balancer every protocol module shares.
+//!
+//! An [`Upstream`] is a named group of servers built from an
+//! [`portico_config::UpstreamConfig`]. Modules ask it for a server with
+//! [`Upstream::select`], get a [`Pick`] (which counts the request as in flight until
+//! dropped), connect with [`connect`], and report the outcome with [`Pick::success`] or
+//! [`Pick::failure`]: that feeds passive health (nginx's `max_fails` / `fail_timeout`).
+//! Which outcomes count as failures is the module's decision, not this crate's.
+//! Idle connections are kept in an [`IdlePool`] per server, typed by the module.
+//!
+//! This crate knows no protocol: no HTTP, no mail. Protocol-specific probes and retries
+//! live in the modules and talk to this crate through these small types.
+
+mod connect;
+mod pool;
+mod select;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use portico_config::{Balance, PeerAddr, ServerConfig, UpstreamConfig};
+use serde::Serialize;
+
+pub use connect::{connect, PeerStream};
+pub use pool::IdlePool;
+
+/// A named group of servers and the state the balancer keeps about them.
+#[derive(Debug)]
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub servers: Vec<Arc<Server>>,
+    rr: Mutex<select::RoundRobin>,
+}
+
+/// One backend server: its config, passive-health state and counters.
+#[derive(Debug)]
+pub struct Server {
+    pub config: ServerConfig,
+    pub stats: ServerStats,
+    passive: Mutex<Passive>,
+}
+
+/// Counters shown on /status and /metrics.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub active: AtomicUsize,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+    /// Times this server was marked unavailable by passive health.
+    pub unavailable: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Passive {
+    fails: u32,
+    window_start: Option<Instant>,
+    down_until: Option<Instant>,
+}
+
+/// What the balancer may use to pick a server.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SelectCtx<'a> {
+    pub client_ip: Option<IpAddr>,
+    /// Servers (by index) already tried for this request.
+    pub exclude: &'a [usize],
+}
+
+/// A server chosen for one request; counts as in flight until dropped.
+#[derive(Debug)]
+pub struct Pick {
+    pub index: usize,
+    pub server: Arc<Server>,
+}
+
+/// The server state shown to operators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    Up,
+    /// Out of rotation after max_fails failures, until fail_timeout passes.
+    Unavailable,
+    /// `drain = true`: no new requests.
+    Draining,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks cannot leave the data half-updated in a
+    // way that matters (counters and timestamps), so a poisoned lock is still used.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Server {
+    fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            stats: ServerStats::default(),
+            passive: Mutex::new(Passive::default()),
+        }
+    }
+
+    pub fn addr(&self) -> &PeerAddr {
+        &self.config.addr
+    }
+
+    /// Whether passive health lets this server take a request now.
+    pub fn is_available(&self, now: Instant) -> bool {
+        if self.config.drain {
+            return false;
+        }
+        if self.config.max_conns > 0
+            && self.stats.active.load(Ordering::Relaxed) >= self.config.max_conns
+        {
+            return false;
+        }
+        lock(&self.passive).down_until.is_none_or(|t| now >= t)
+    }
+
+    pub fn state(&self) -> ServerState {
+        if self.config.drain {
+            ServerState::Draining
+        } else if lock(&self.passive)
+            .down_until
+            .is_some_and(|t| Instant::now() < t)
+        {
+            ServerState::Unavailable
+        } else {
+            ServerState::Up
+        }
+    }
+
+    fn record_failure(&self, now: Instant) {
+        self.stats.failures.fetch_add(1, Ordering::Relaxed);
+        let max_fails = self.config.max_fails;
+        if max_fails == 0 {
+            return;
+        }
+        let fail_timeout = self.config.fail_timeout;
+        let mut p = lock(&self.passive);
+        if p.window_start
+            .is_none_or(|s| now.duration_since(s) > fail_timeout)
+        {
+            p.window_start = Some(now);
+            p.fails = 0;
+        }
+        p.fails += 1;
+        if p.fails >= max_fails {
+            p.down_until = Some(now + fail_timeout);
+            p.fails = 0;
+            p.window_start = None;
+            self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server = %self.config.addr, fail_timeout = ?fail_timeout,
+                "upstream server unavailable after {max_fails} failure(s)");
+        }
+    }
+
+    fn record_success(&self) {
+        let mut p = lock(&self.passive);
+        if p.fails > 0 || p.down_until.is_some() {
+            p.fails = 0;
+            p.window_start = None;
+            p.down_until = None;
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Self {
+        let servers: Vec<Arc<Server>> = config
+            .servers
+            .iter()
+            .cloned()
+            .map(|s| Arc::new(Server::new(s)))
+            .collect();
+        let rr = select::RoundRobin::new(servers.len());
+        Self {
+            config,
+            servers,
+            rr: Mutex::new(rr),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Chooses a server for one request, or `None` when no server is available
+    /// ("no live upstreams"). Backup servers are used only while every primary is out.
+    pub fn select(&self, ctx: &SelectCtx<'_>) -> Option<Pick> {
+        let now = Instant::now();
+        let eligible = |backup: bool| -> Vec<usize> {
+            self.servers
+                .iter()
+                .enumerate()
+                .filter(|(i, s)| {
+                    s.config.backup == backup && !ctx.exclude.contains(i) && s.is_available(now)
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let mut candidates = eligible(false);
+        if candidates.is_empty() {
+            candidates = eligible(true);
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let index = match self.config.balance {
+            Balance::LeastConn => select::least_conn(&self.servers, &candidates),
+            Balance::IpHash => select::ip_hash(&self.servers, &candidates, ctx.client_ip),
+            Balance::RandomTwo => select::random_two(&self.servers, &candidates),
+            Balance::RoundRobin | Balance::Hash | Balance::LeastTime => {
+                lock(&self.rr).pick(&self.servers, &candidates)
+            }
+        }?;
+        let server = Arc::clone(&self.servers[index]);
+        server.stats.active.fetch_add(1, Ordering::Relaxed);
+        server.stats.requests.fetch_add(1, Ordering::Relaxed);
+        Some(Pick { index, server })
+    }
+
+    /// How many servers one request may try.
+    pub fn max_tries(&self) -> usize {
+        match self.config.tries {
+            0 => self.servers.len(),
+            n => n.min(self.servers.len()),
+        }
+        .max(1)
+    }
+}
+
+impl Pick {
+    /// The request got an answer the module counts as healthy.
+    pub fn success(self) {
+        self.server.record_success();
+    }
+
+    /// The request failed in a way the module counts against the server.
+    pub fn failure(self) {
+        self.server.record_failure(Instant::now());
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! Selection algorithms. Each one chooses among `candidates`, the indexes of servers that
+//! are available for this request (not excluded, not failed, not draining, under
+//! max_conns); weights come from the servers' config.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::Server;
+
+/// nginx's smooth weighted round-robin: weights 5:1:1 give a a b a c a a, not a a a a a b c.
+#[derive(Debug)]
+pub(crate) struct RoundRobin {
+    current: Vec<i64>,
+}
+
+impl RoundRobin {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            current: vec![0; n],
+        }
+    }
+
+    pub(crate) fn pick(&mut self, servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for &i in candidates {
+            let w = i64::from(servers[i].config.weight);
+            self.current[i] += w;
+            total += w;
+            if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                best = Some(i);
+            }
+        }
+        let b = best?;
+        self.current[b] -= total;
+        Some(b)
+    }
+}
+
+/// Fewest in-flight requests relative to weight; ties go to the first candidate.
+pub(crate) fn least_conn(servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
+    candidates.iter().copied().min_by(|&a, &b| {
+        let load = |i: usize| {
+            let s = &servers[i];
+            (
+                s.stats.active.load(Ordering::Relaxed) as u64,
+                u64::from(s.config.weight),
+            )
+        };
+        let ((aa, aw), (ba, bw)) = (load(a), load(b));
+        (aa * bw).cmp(&(ba * aw))
+    })
+}
+
+/// nginx `ip_hash`: the first three octets of an IPv4 address, the whole IPv6 address.
+pub(crate) fn ip_hash(
+    servers: &[Arc<Server>],
+    candidates: &[usize],
+    ip: Option<IpAddr>,
+) -> Option<usize> {
+    let key: Vec<u8> = match ip {
+        Some(IpAddr::V4(v4)) => v4.octets()[..3].to_vec(),
+        Some(IpAddr::V6(v6)) => v6.octets().to_vec(),
+        None => Vec::new(),
+    };
+    // Hash over all servers, so a client keeps its server while it is available; walk
+    // on (as nginx rehashes) when it is not.
+    let total: u64 = servers.iter().map(|s| u64::from(s.config.weight)).sum();
+    if total == 0 {
+        return candidates.first().copied();
+    }
+    let mut h = fnv1a(&key);
+    for _ in 0..20 {
+        let mut w = h % total;
+        for (i, s) in servers.iter().enumerate() {
+            let sw = u64::from(s.config.weight);
+            if w < sw {
+                if candidates.contains(&i) {
+                    return Some(i);
+                }
+                break;
+            }
+            w -= sw;
+        }
+        h = fnv1a(&h.to_le_bytes());
+    }
+    candidates.first().copied()
+}
+
+/// Power of two choices: two random candidates, the one with fewer in-flight requests
+/// per weight wins.
+pub(crate) fn random_two(servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0]),
+        n => {
+            let a = (next_random() % n as u64) as usize;
+            let mut b = (next_random() % (n as u64 - 1)) as usize;
+            if b >= a {
+                b += 1;
+            }
+            least_conn(servers, &[candidates[a], candidates[b]])
+        }
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+thread_local! {
+    static RNG: Cell<u64> = Cell::new({
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
+        t | 1
+    });
+}
+
+/// xorshift64*: fast, per thread, good enough to spread load (not for secrets).
+fn next_random() -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    })
+}

@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+use portico_config::{Balance, PeerAddr, ServerConfig, UpstreamConfig};
+use proptest::prelude::*;
+
+use super::*;
+
+fn server(port: u16, weight: u32) -> ServerConfig {
+    ServerConfig {
+        addr: PeerAddr::Tcp(([127, 0, 0, 1], port).into()),
+        weight,
+        max_fails: 1,
+        fail_timeout: Duration::from_secs(10),
+        backup: false,
+        max_conns: 0,
+        drain: false,
+    }
+}
+
+fn upstream(balance: Balance, servers: Vec<ServerConfig>) -> Upstream {
+    Upstream::new(UpstreamConfig {
+        name: "u".into(),
+        balance,
+        hash_key: None,
+        servers,
+        keepalive: 0,
+        keepalive_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(1),
+        read_timeout: Duration::from_secs(1),
+        send_timeout: Duration::from_secs(1),
+        tries: 0,
+        health: None,
+    })
+}
+
+fn picks(u: &Upstream, n: usize) -> Vec<usize> {
+    (0..n)
+        .map(|_| u.select(&SelectCtx::default()).unwrap().index)
+        .collect()
+}
+
+#[test]
+fn smooth_weighted_round_robin_interleaves() {
+    let u = upstream(
+        Balance::RoundRobin,
+        vec![server(1, 5), server(2, 1), server(3, 1)],
+    );
+    // nginx's documented sequence for weights 5:1:1
+    assert_eq!(picks(&u, 7), vec![0, 0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn failures_take_a_server_out_for_fail_timeout() {
+    let mut a = server(1, 1);
+    a.max_fails = 2;
+    let u = upstream(Balance::RoundRobin, vec![a, server(2, 1)]);
+    let p = u
+        .select(&SelectCtx {
+            exclude: &[1],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(p.index, 0);
+    p.failure();
+    assert_eq!(u.servers[0].state(), ServerState::Up, "one failure of two");
+    u.select(&SelectCtx {
+        exclude: &[1],
+        ..Default::default()
+    })
+    .unwrap()
+    .failure();
+    assert_eq!(u.servers[0].state(), ServerState::Unavailable);
+    assert!(picks(&u, 5).iter().all(|&i| i == 1));
+    assert!(u
+        .select(&SelectCtx {
+            exclude: &[1],
+            ..Default::default()
+        })
+        .is_none());
+}
+
+#[test]
+fn success_resets_the_failure_count() {
+    let mut a = server(1, 1);
+    a.max_fails = 2;
+    let u = upstream(Balance::RoundRobin, vec![a]);
+    u.select(&SelectCtx::default()).unwrap().failure();
+    u.select(&SelectCtx::default()).unwrap().success();
+    u.select(&SelectCtx::default()).unwrap().failure();
+    assert_eq!(u.servers[0].state(), ServerState::Up);
+}
+
+#[test]
+fn backups_only_when_all_primaries_are_out() {
+    let mut b = server(3, 1);
+    b.backup = true;
+    let u = upstream(Balance::RoundRobin, vec![server(1, 1), server(2, 1), b]);
+    assert!(picks(&u, 10).iter().all(|&i| i != 2));
+    u.select(&SelectCtx {
+        exclude: &[1],
+        ..Default::default()
+    })
+    .unwrap()
+    .failure();
+    u.select(&SelectCtx {
+        exclude: &[0],
+        ..Default::default()
+    })
+    .unwrap()
+    .failure();
+    assert_eq!(picks(&u, 3), vec![2, 2, 2]);
+}
+
+#[test]
+fn drain_and_max_conns_are_respected() {
+    let mut d = server(1, 1);
+    d.drain = true;
+    let mut m = server(2, 1);
+    m.max_conns = 1;
+    let u = upstream(Balance::RoundRobin, vec![d, m, server(3, 1)]);
+    let held = u
+        .select(&SelectCtx {
+            exclude: &[2],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(held.index, 1);
+    assert!(
+        picks(&u, 4).iter().all(|&i| i == 2),
+        "1 is at max_conns, 0 drains"
+    );
+    drop(held);
+    assert!(picks(&u, 4).contains(&1));
+}
+
+#[test]
+fn least_conn_prefers_idle_servers() {
+    let u = upstream(Balance::LeastConn, vec![server(1, 1), server(2, 1)]);
+    let a = u.select(&SelectCtx::default()).unwrap();
+    let b = u.select(&SelectCtx::default()).unwrap();
+    assert_ne!(a.index, b.index);
+    drop(a);
+    let c = u.select(&SelectCtx::default()).unwrap();
+    assert_ne!(c.index, b.index);
+}
+
+#[test]
+fn ip_hash_uses_the_first_three_octets() {
+    let u = upstream(Balance::IpHash, (1..=5).map(|p| server(p, 1)).collect());
+    let pick = |ip: &str| {
+        u.select(&SelectCtx {
+            client_ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap()
+        .index
+    };
+    for last in 0..=255u8 {
+        assert_eq!(pick(&format!("10.1.2.{last}")), pick("10.1.2.1"));
+    }
+    let spread: std::collections::HashSet<usize> =
+        (0..=255u8).map(|o| pick(&format!("10.1.{o}.1"))).collect();
+    assert!(spread.len() > 1);
+}
+
+#[test]
+fn random_two_uses_every_server() {
+    let u = upstream(Balance::RandomTwo, (1..=3).map(|p| server(p, 1)).collect());
+    let seen: std::collections::HashSet<usize> = picks(&u, 200).into_iter().collect();
+    assert_eq!(seen.len(), 3);
+}
+
+#[test]
+fn idle_pool_is_lifo_bounded_and_expires() {
+    let pool = IdlePool::new(2, Duration::from_secs(60));
+    pool.put(1);
+    pool.put(2);
+    pool.put(3);
+    assert_eq!(pool.idle(), 2);
+    assert_eq!(pool.take(|_| true), Some(3));
+    assert_eq!(pool.take(|&x| x != 2), None, "unusable entries are dropped");
+    let expired = IdlePool::new(2, Duration::ZERO);
+    expired.put(1);
+    assert_eq!(expired.take(|_| true), None);
+}
+
+proptest! {
+    #[test]
+    fn round_robin_shares_match_weights(weights in proptest::collection::vec(1u32..10, 1..8)) {
+        let u = upstream(
+            Balance::RoundRobin,
+            weights.iter().enumerate().map(|(i, &w)| server(i as u16 + 1, w)).collect(),
+        );
+        let total: u32 = weights.iter().sum();
+        let got = picks(&u, total as usize * 3);
+        for (i, &w) in weights.iter().enumerate() {
+            prop_assert_eq!(got.iter().filter(|&&x| x == i).count(), w as usize * 3);
+        }
+    }
+}
