@@ -1,0 +1,107 @@
+//! Portico's protocol-agnostic listener core.
+//!
+//! The core binds addresses (TCP, IPv4/IPv6, Unix sockets), accepts connections under a
+//! per-endpoint limit, reads an optional PROXY protocol header, terminates TLS (or leaves
+//! it for a later STARTTLS), and hands each connection to a [`Service`]: a protocol
+//! module. It knows no protocol. Reload ([`ListenerSet::apply`]) swaps the service and TLS
+//! settings of running endpoints in place, binds new ones and closes removed ones, without
+//! touching open connections; [`ListenerSet::shutdown`] drains.
+//!
+//! Where to look instead: protocol behaviour is in the module crates (`portico-http`),
+//! upstream choice in `portico-upstream`, config parsing in `portico-config`.
+
+mod listener;
+mod names;
+pub mod proxy_protocol;
+mod stream;
+pub mod tls;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use portico_config::ListenAddr;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+pub use listener::{EndpointSpec, EndpointStats, ListenerSet, TlsMode};
+pub use names::server_name_matches;
+pub use stream::Stream;
+pub use tls::{CertSpec, TlsInfo};
+
+/// The future a service returns for one connection.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// A protocol module: serves accepted connections.
+///
+/// Implementations must return once `conn.shutdown` is cancelled and their open work is
+/// finished (or cut short), so that shutdown can drain.
+pub trait Service: Send + Sync + 'static {
+    fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture;
+}
+
+/// Facts about one accepted connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// A process-unique id, for logs.
+    pub id: u64,
+    /// The name of the listener (the first one configured on this address).
+    pub listener: Arc<str>,
+    /// The address this connection was accepted on.
+    pub listen: ListenAddr,
+    /// The client: from the PROXY header when there was one; `None` on Unix sockets.
+    pub peer: Option<SocketAddr>,
+    /// The local address: from the PROXY header when there was one.
+    pub local: Option<SocketAddr>,
+    /// Set once TLS is up (implicit TLS, or after STARTTLS).
+    pub tls: Option<TlsInfo>,
+    /// Whether the addresses came from a PROXY protocol header.
+    pub proxied: bool,
+}
+
+/// An accepted connection, handed to a [`Service`].
+pub struct Connection {
+    pub stream: Stream,
+    pub info: ConnInfo,
+    /// Cancelled when the process shuts down: finish open work, then return.
+    pub shutdown: CancellationToken,
+    starttls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("info", &self.info)
+            .field("starttls", &self.starttls.is_some())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Whether this listener allows a STARTTLS upgrade now.
+    pub fn can_start_tls(&self) -> bool {
+        self.starttls.is_some() && !self.stream.is_tls()
+    }
+
+    /// Upgrades the plain stream to TLS (STARTTLS). The caller must discard anything it
+    /// read ahead from the plain stream before this (CVE-2011-0411 class).
+    pub async fn start_tls(self) -> io::Result<Connection> {
+        let Some(acceptor) = self.starttls.clone().filter(|_| !self.stream.is_tls()) else {
+            return Err(io::Error::other("STARTTLS is not enabled on this listener"));
+        };
+        let tls = acceptor.accept(self.stream).await?;
+        let mut info = self.info;
+        info.tls = Some(tls::info_of(&tls));
+        Ok(Connection {
+            stream: Stream::Tls(Box::new(tls)),
+            info,
+            shutdown: self.shutdown,
+            starttls: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

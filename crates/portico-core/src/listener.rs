@@ -1,0 +1,371 @@
+//! Bound endpoints, accept loops, connection limits, reload and drain.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use portico_config::ListenAddr;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{proxy_protocol, tls, ConnInfo, Connection, Service, Stream};
+
+/// How an endpoint uses TLS.
+#[derive(Clone)]
+pub enum TlsMode {
+    Off,
+    /// TLS from the first byte (HTTPS, IMAPS …).
+    Implicit(TlsAcceptor),
+    /// Plain at first; the module may upgrade with [`Connection::start_tls`].
+    StartTls(TlsAcceptor),
+}
+
+impl std::fmt::Debug for TlsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsMode::Off => "Off",
+            TlsMode::Implicit(_) => "Implicit",
+            TlsMode::StartTls(_) => "StartTls",
+        })
+    }
+}
+
+/// Everything the core needs to run one bound address.
+#[derive(Clone)]
+pub struct EndpointSpec {
+    pub addr: ListenAddr,
+    pub name: String,
+    pub tls: TlsMode,
+    pub proxy_protocol: bool,
+    /// Bounds the PROXY header read and the TLS handshake.
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub service: Arc<dyn Service>,
+}
+
+/// Counters per endpoint, for /status and /metrics.
+#[derive(Debug, Default)]
+pub struct EndpointStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicUsize,
+    /// Connections dropped before the module saw them (bad PROXY header, TLS failure).
+    pub handshake_failures: AtomicU64,
+}
+
+struct EndpointState {
+    spec: EndpointSpec,
+    limit: Arc<Semaphore>,
+}
+
+struct Running {
+    state: Arc<ArcSwap<EndpointState>>,
+    stop: CancellationToken,
+    stats: Arc<EndpointStats>,
+}
+
+enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// The set of running endpoints.
+pub struct ListenerSet {
+    running: Mutex<HashMap<ListenAddr, Running>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Default for ListenerSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn bind(addr: &ListenAddr) -> io::Result<Bound> {
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let domain = socket2::Domain::for_address(*a);
+            let s =
+                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            s.set_reuse_address(true)?;
+            if a.is_ipv6() {
+                // [::]:80 and 0.0.0.0:80 can both be listed, as in nginx.
+                s.set_only_v6(true)?;
+            }
+            s.set_nonblocking(true)?;
+            s.bind(&(*a).into())?;
+            s.listen(1024)?;
+            Ok(Bound::Tcp(TcpListener::from_std(s.into())?))
+        }
+        ListenAddr::Unix(p) => {
+            if p.exists() {
+                // A socket file left by a process that died: remove it, unless something
+                // still answers on it.
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{} is in use by another process", p.display()),
+                    ));
+                }
+                std::fs::remove_file(p)?;
+            }
+            Ok(Bound::Unix(UnixListener::bind(p)?))
+        }
+    }
+}
+
+impl ListenerSet {
+    pub fn new() -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            next_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Makes the running endpoints match `specs`: running addresses get the new service
+    /// and TLS settings for new connections, new addresses are bound, addresses no longer
+    /// listed stop accepting (their open connections go on). If any new address cannot be
+    /// bound, nothing changes and the error names the address.
+    pub fn apply(&self, specs: Vec<EndpointSpec>) -> Result<(), (ListenAddr, io::Error)> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bound = Vec::new();
+        for spec in &specs {
+            if !running.contains_key(&spec.addr) {
+                let b = bind(&spec.addr).map_err(|e| (spec.addr.clone(), e))?;
+                bound.push((spec.addr.clone(), b));
+            }
+        }
+        let wanted: Vec<ListenAddr> = specs.iter().map(|s| s.addr.clone()).collect();
+        running.retain(|addr, r| {
+            let keep = wanted.contains(addr);
+            if !keep {
+                tracing::info!(listen = %addr, "listener removed: no longer accepting");
+                r.stop.cancel();
+                remove_socket_file(addr);
+            }
+            keep
+        });
+        let mut bound: HashMap<ListenAddr, Bound> = bound.into_iter().collect();
+        for spec in specs {
+            let addr = spec.addr.clone();
+            if let Some(r) = running.get(&addr) {
+                let old = r.state.load();
+                let limit = if old.spec.max_connections == spec.max_connections {
+                    Arc::clone(&old.limit)
+                } else {
+                    Arc::new(Semaphore::new(spec.max_connections))
+                };
+                r.state.store(Arc::new(EndpointState { spec, limit }));
+            } else if let Some(b) = bound.remove(&addr) {
+                tracing::info!(listen = %addr, listener = %spec.name, tls = ?spec.tls, "listening");
+                let limit = Arc::new(Semaphore::new(spec.max_connections));
+                let state = Arc::new(ArcSwap::from_pointee(EndpointState { spec, limit }));
+                let stop = self.shutdown.child_token();
+                let stats = Arc::new(EndpointStats::default());
+                let ctx = AcceptCtx {
+                    addr: addr.clone(),
+                    state: Arc::clone(&state),
+                    stop: stop.clone(),
+                    stats: Arc::clone(&stats),
+                    tracker: self.tracker.clone(),
+                    shutdown: self.shutdown.clone(),
+                    next_id: Arc::clone(&self.next_id),
+                };
+                tokio::spawn(accept_loop(b, ctx));
+                running.insert(addr, Running { state, stop, stats });
+            }
+        }
+        Ok(())
+    }
+
+    /// (address, listener name, counters) of every running endpoint.
+    pub fn stats(&self) -> Vec<(ListenAddr, String, Arc<EndpointStats>)> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<_> = running
+            .iter()
+            .map(|(a, r)| {
+                (
+                    a.clone(),
+                    r.state.load().spec.name.clone(),
+                    Arc::clone(&r.stats),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Connections being served now, across every endpoint.
+    pub fn open_connections(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// Stops accepting, tells every connection to finish, and waits up to `timeout`.
+    /// Returns whether every connection finished in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        {
+            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for (addr, r) in running.iter() {
+                r.stop.cancel();
+                remove_socket_file(addr);
+            }
+        }
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+fn remove_socket_file(addr: &ListenAddr) {
+    if let ListenAddr::Unix(p) = addr {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+struct AcceptCtx {
+    addr: ListenAddr,
+    state: Arc<ArcSwap<EndpointState>>,
+    stop: CancellationToken,
+    stats: Arc<EndpointStats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    next_id: Arc<AtomicU64>,
+}
+
+async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
+    loop {
+        // At max_connections, stop accepting: new clients wait in the kernel backlog.
+        let limit = Arc::clone(&ctx.state.load().limit);
+        let permit = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let accepted = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            r = accept(&listener) => r,
+        };
+        let (stream, peer, local) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(listen = %ctx.addr, error = %e, "accept failed");
+                // Out of file descriptors and the like: give the process a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let state = ctx.state.load_full();
+        let info = ConnInfo {
+            id: ctx.next_id.fetch_add(1, Ordering::Relaxed),
+            listener: Arc::from(state.spec.name.as_str()),
+            listen: ctx.addr.clone(),
+            peer,
+            local,
+            tls: None,
+            proxied: false,
+        };
+        let stats = Arc::clone(&ctx.stats);
+        let shutdown = ctx.shutdown.child_token();
+        ctx.tracker
+            .spawn(handle(stream, info, state, permit, stats, shutdown));
+    }
+}
+
+async fn accept(l: &Bound) -> io::Result<(Stream, Option<SocketAddr>, Option<SocketAddr>)> {
+    match l {
+        Bound::Tcp(l) => {
+            let (s, peer) = l.accept().await?;
+            let _ = s.set_nodelay(true);
+            let local = s.local_addr().ok();
+            Ok((Stream::Tcp(s), Some(peer), local))
+        }
+        Bound::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((Stream::Unix(s), None, None))
+        }
+    }
+}
+
+struct ActiveGuard(Arc<EndpointStats>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn handle(
+    mut stream: Stream,
+    mut info: ConnInfo,
+    state: Arc<EndpointState>,
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<EndpointStats>,
+    shutdown: CancellationToken,
+) {
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    let _active = ActiveGuard(Arc::clone(&stats));
+    let spec = &state.spec;
+    let deadline = spec.handshake_timeout;
+    if spec.proxy_protocol {
+        match tokio::time::timeout(deadline, proxy_protocol::read_header(&mut stream)).await {
+            Ok(Ok(Some((src, dst)))) => {
+                info.peer = Some(src);
+                info.local = Some(dst);
+                info.proxied = true;
+            }
+            Ok(Ok(None)) => info.proxied = true,
+            Ok(Err(e)) => {
+                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(conn = info.id, peer = ?info.peer, error = %e, "connection closed");
+                return;
+            }
+            Err(_) => {
+                stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(conn = info.id, peer = ?info.peer, "PROXY protocol header timed out");
+                return;
+            }
+        }
+    }
+    let mut starttls = None;
+    match &spec.tls {
+        TlsMode::Off => {}
+        TlsMode::StartTls(a) => starttls = Some(a.clone()),
+        TlsMode::Implicit(acceptor) => {
+            match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    info.tls = Some(tls::info_of(&tls));
+                    stream = Stream::Tls(Box::new(tls));
+                }
+                Ok(Err(e)) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(conn = info.id, peer = ?info.peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(conn = info.id, peer = ?info.peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    }
+    let conn = Connection {
+        stream,
+        info,
+        shutdown,
+        starttls,
+    };
+    Arc::clone(&spec.service).serve(conn).await;
+}

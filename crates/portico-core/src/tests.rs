@@ -1,0 +1,294 @@
+//! In-process tests of the listener core with a tiny line-echo service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_config::ListenAddr;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UnixStream};
+
+use super::*;
+
+/// Writes "<tag> <peer> <tls-sni>\n" then echoes lines; "STARTTLS\n" upgrades.
+struct Echo(&'static str);
+
+impl Service for Echo {
+    fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
+        Box::pin(async move {
+            let mut conn = conn;
+            loop {
+                let hello = format!(
+                    "{} {:?} {:?}\n",
+                    self.0,
+                    conn.info.peer.map(|p| p.ip()),
+                    conn.info.tls.as_ref().and_then(|t| t.sni.clone())
+                );
+                if conn.stream.write_all(hello.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut line = Vec::new();
+                loop {
+                    let mut b = [0u8; 1];
+                    tokio::select! {
+                        _ = conn.shutdown.cancelled() => {
+                            let _ = conn.stream.write_all(b"bye\n").await;
+                            return;
+                        }
+                        r = conn.stream.read(&mut b) => match r {
+                            Ok(1) => line.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    if b[0] == b'\n' {
+                        break;
+                    }
+                }
+                if line == b"STARTTLS\n" && conn.can_start_tls() {
+                    match conn.start_tls().await {
+                        Ok(c) => {
+                            conn = c;
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                if conn.stream.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+fn spec(addr: ListenAddr, tag: &'static str) -> EndpointSpec {
+    EndpointSpec {
+        addr,
+        name: tag.into(),
+        tls: TlsMode::Off,
+        proxy_protocol: false,
+        handshake_timeout: Duration::from_secs(5),
+        max_connections: 100,
+        service: Arc::new(Echo(tag)),
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn first_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    line
+}
+
+#[tokio::test]
+async fn tcp_and_unix_connections_reach_the_service() {
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("p.sock");
+    set.apply(vec![
+        spec(ListenAddr::Tcp(tcp), "a"),
+        spec(ListenAddr::Unix(sock.clone()), "u"),
+    ])
+    .unwrap();
+    let mut c = TcpStream::connect(tcp).await.unwrap();
+    assert_eq!(first_line(&mut c).await, "a Some(127.0.0.1) None\n");
+    let mut u = UnixStream::connect(&sock).await.unwrap();
+    assert_eq!(first_line(&mut u).await, "u None None\n");
+    assert!(set.shutdown(Duration::from_secs(5)).await);
+    assert!(!sock.exists(), "the socket file is removed on shutdown");
+}
+
+#[tokio::test]
+async fn reload_swaps_the_service_for_new_connections_only() {
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    set.apply(vec![spec(ListenAddr::Tcp(tcp), "old")]).unwrap();
+    let mut before = TcpStream::connect(tcp).await.unwrap();
+    assert!(first_line(&mut before).await.starts_with("old"));
+    set.apply(vec![spec(ListenAddr::Tcp(tcp), "new")]).unwrap();
+    let mut after = TcpStream::connect(tcp).await.unwrap();
+    assert!(first_line(&mut after).await.starts_with("new"));
+    // the old connection still works
+    before.write_all(b"ping\n").await.unwrap();
+    let mut buf = [0u8; 5];
+    before.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping\n");
+}
+
+#[tokio::test]
+async fn a_failed_bind_changes_nothing() {
+    let set = ListenerSet::new();
+    let a = free_port();
+    set.apply(vec![spec(ListenAddr::Tcp(a), "a")]).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = taken.local_addr().unwrap();
+    let err = set.apply(vec![spec(ListenAddr::Tcp(b), "b")]).unwrap_err();
+    assert_eq!(err.0, ListenAddr::Tcp(b));
+    let mut c = TcpStream::connect(a).await.unwrap();
+    assert!(first_line(&mut c).await.starts_with('a'));
+}
+
+#[tokio::test]
+async fn connection_limit_holds_new_clients_until_a_slot_frees() {
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    let mut s = spec(ListenAddr::Tcp(tcp), "l");
+    s.max_connections = 1;
+    set.apply(vec![s]).unwrap();
+    let mut first = TcpStream::connect(tcp).await.unwrap();
+    first_line(&mut first).await;
+    let mut second = TcpStream::connect(tcp).await.unwrap();
+    let mut buf = [0u8; 1];
+    let waited = tokio::time::timeout(Duration::from_millis(200), second.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "the second client is not served while the first is open"
+    );
+    drop(first);
+    assert!(first_line(&mut second).await.starts_with('l'));
+}
+
+#[tokio::test]
+async fn shutdown_tells_connections_and_waits() {
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    set.apply(vec![spec(ListenAddr::Tcp(tcp), "s")]).unwrap();
+    let mut c = TcpStream::connect(tcp).await.unwrap();
+    first_line(&mut c).await;
+    assert!(set.shutdown(Duration::from_secs(5)).await);
+    let mut rest = String::new();
+    c.read_to_string(&mut rest).await.unwrap();
+    assert_eq!(rest, "bye\n");
+    assert!(
+        TcpStream::connect(tcp).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn proxy_protocol_sets_the_peer() {
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    let mut s = spec(ListenAddr::Tcp(tcp), "p");
+    s.proxy_protocol = true;
+    set.apply(vec![s]).unwrap();
+    let mut c = TcpStream::connect(tcp).await.unwrap();
+    c.write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 4000 80\r\n")
+        .await
+        .unwrap();
+    assert_eq!(first_line(&mut c).await, "p Some(203.0.113.9) None\n");
+    let mut bad = TcpStream::connect(tcp).await.unwrap();
+    bad.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let _ = bad.read_to_end(&mut rest).await;
+    assert!(
+        rest.is_empty(),
+        "a connection without the header is closed unserved"
+    );
+}
+
+struct TestCerts {
+    _dir: tempfile::TempDir,
+    specs: Vec<CertSpec>,
+    roots: rustls::RootCertStore,
+}
+
+fn certs(names: &[&str]) -> TestCerts {
+    let dir = tempfile::tempdir().unwrap();
+    let mut specs = Vec::new();
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, n) in names.iter().enumerate() {
+        let ck = rcgen::generate_simple_self_signed(vec![n.to_string()]).unwrap();
+        let cert = dir.path().join(format!("{i}.crt"));
+        let key = dir.path().join(format!("{i}.key"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        roots.add(ck.cert.der().clone()).unwrap();
+        specs.push(CertSpec {
+            names: vec![n.to_string()],
+            cert,
+            key,
+        });
+    }
+    TestCerts {
+        _dir: dir,
+        specs,
+        roots,
+    }
+}
+
+fn client(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test]
+async fn tls_picks_the_certificate_by_sni() {
+    let c = certs(&["a.test", "b.test"]);
+    let acceptor = tls::build_acceptor(&c.specs, &["http/1.1".into()]).unwrap();
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    let mut s = spec(ListenAddr::Tcp(tcp), "t");
+    s.tls = TlsMode::Implicit(acceptor);
+    set.apply(vec![s]).unwrap();
+    for name in ["a.test", "b.test"] {
+        let tcp_stream = TcpStream::connect(tcp).await.unwrap();
+        let sn = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        // verification succeeds only if the server sent the certificate for `name`
+        let mut tls = client(c.roots.clone())
+            .connect(sn, tcp_stream)
+            .await
+            .unwrap();
+        assert_eq!(
+            first_line(&mut tls).await,
+            format!("t Some(127.0.0.1) Some({name:?})\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn starttls_upgrades_mid_session() {
+    let c = certs(&["mail.test"]);
+    let acceptor = tls::build_acceptor(&c.specs, &[]).unwrap();
+    let set = ListenerSet::new();
+    let tcp = free_port();
+    let mut s = spec(ListenAddr::Tcp(tcp), "m");
+    s.tls = TlsMode::StartTls(acceptor);
+    set.apply(vec![s]).unwrap();
+    let mut plain = TcpStream::connect(tcp).await.unwrap();
+    assert_eq!(first_line(&mut plain).await, "m Some(127.0.0.1) None\n");
+    plain.write_all(b"STARTTLS\n").await.unwrap();
+    let sn = rustls_pki_types::ServerName::try_from("mail.test").unwrap();
+    let mut tls = client(c.roots.clone()).connect(sn, plain).await.unwrap();
+    assert_eq!(
+        first_line(&mut tls).await,
+        "m Some(127.0.0.1) Some(\"mail.test\")\n"
+    );
+}
+
+#[test]
+fn tls_errors_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("missing.crt");
+    let err = tls::build_acceptor(
+        &[CertSpec {
+            names: vec![],
+            cert: cert.clone(),
+            key: cert.clone(),
+        }],
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, tls::TlsError::Cert { path, .. } if path == cert));
+}
