@@ -1,0 +1,277 @@
+//! The admin endpoints (/status JSON, /metrics Prometheus text, /health) and the
+//! embedded default's welcome page.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONTENT_TYPE, SERVER};
+use http::{Response, StatusCode};
+use portico_core::ListenerSet;
+use portico_upstream::Upstream;
+use serde_json::json;
+
+use crate::body::{full, HttpBody};
+use crate::errors::{error_response, SERVER_NAME};
+use crate::Metrics;
+
+/// Everything /status and /metrics report. The upstream list is swapped on reload.
+pub struct StatusSource {
+    pub listeners: Arc<ListenerSet>,
+    pub upstreams: ArcSwap<Vec<Arc<Upstream>>>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    pub reloads: AtomicU64,
+    pub failed_reloads: AtomicU64,
+}
+
+impl StatusSource {
+    pub fn new(listeners: Arc<ListenerSet>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            listeners,
+            upstreams: ArcSwap::from_pointee(Vec::new()),
+            metrics,
+            started: Instant::now(),
+            reloads: AtomicU64::new(0),
+            failed_reloads: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        let listeners: Vec<_> = self
+            .listeners
+            .stats()
+            .into_iter()
+            .map(|(addr, name, s)| {
+                json!({
+                    "name": name,
+                    "listen": addr.to_string(),
+                    "connections_accepted": s.accepted.load(Ordering::Relaxed),
+                    "connections_active": s.active.load(Ordering::Relaxed),
+                    "handshake_failures": s.handshake_failures.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        let http: serde_json::Map<String, serde_json::Value> = self
+            .metrics
+            .sites()
+            .into_iter()
+            .map(|(name, s)| {
+                let c = |i: usize| s.by_class[i].load(Ordering::Relaxed);
+                (
+                    name,
+                    json!({
+                        "requests": s.requests.load(Ordering::Relaxed),
+                        "responses": {"1xx": c(0), "2xx": c(1), "3xx": c(2), "4xx": c(3), "5xx": c(4)},
+                        "bytes_sent": s.bytes_sent.load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        let upstreams: serde_json::Map<String, serde_json::Value> = self
+            .upstreams
+            .load()
+            .iter()
+            .map(|u| {
+                let servers: Vec<_> = u
+                    .servers
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "addr": s.addr().to_string(),
+                            "state": s.state(),
+                            "weight": s.config.weight,
+                            "backup": s.config.backup,
+                            "active": s.stats.active.load(Ordering::Relaxed),
+                            "requests": s.stats.requests.load(Ordering::Relaxed),
+                            "failures": s.stats.failures.load(Ordering::Relaxed),
+                            "unavailable": s.stats.unavailable.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                (
+                    u.name().to_string(),
+                    json!({ "balance": format!("{:?}", u.config.balance), "servers": servers }),
+                )
+            })
+            .collect();
+        json!({
+            "server": SERVER_NAME,
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.started.elapsed().as_secs(),
+            "reloads": self.reloads.load(Ordering::Relaxed),
+            "failed_reloads": self.failed_reloads.load(Ordering::Relaxed),
+            "connections_open": self.listeners.open_connections(),
+            "listeners": listeners,
+            "http": http,
+            "upstreams": upstreams,
+        })
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        };
+        let listeners = self.listeners.stats();
+        let l = |f: &dyn Fn(&portico_core::EndpointStats) -> u64| {
+            listeners
+                .iter()
+                .map(|(a, n, s)| {
+                    (
+                        format!("listener=\"{}\",listen=\"{}\"", esc(n), esc(&a.to_string())),
+                        f(s),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        family(
+            "portico_connections_accepted_total",
+            "counter",
+            "Connections accepted.",
+            l(&|s| s.accepted.load(Ordering::Relaxed)),
+        );
+        family(
+            "portico_connections_active",
+            "gauge",
+            "Connections open now.",
+            l(&|s| s.active.load(Ordering::Relaxed) as u64),
+        );
+        family(
+            "portico_handshake_failures_total",
+            "counter",
+            "Connections closed during the PROXY header or TLS handshake.",
+            l(&|s| s.handshake_failures.load(Ordering::Relaxed)),
+        );
+        let sites = self.metrics.sites();
+        let mut rows = Vec::new();
+        for (name, s) in &sites {
+            for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                rows.push((
+                    format!("listener=\"{}\",class=\"{class}\"", esc(name)),
+                    s.by_class[i].load(Ordering::Relaxed),
+                ));
+            }
+        }
+        family(
+            "portico_http_responses_total",
+            "counter",
+            "HTTP responses by status class.",
+            rows,
+        );
+        family(
+            "portico_http_response_bytes_total",
+            "counter",
+            "HTTP response body bytes sent.",
+            sites
+                .iter()
+                .map(|(n, s)| {
+                    (
+                        format!("listener=\"{}\"", esc(n)),
+                        s.bytes_sent.load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+        );
+        let ups = self.upstreams.load();
+        let servers = |f: &dyn Fn(&portico_upstream::Server) -> u64| {
+            let mut rows = Vec::new();
+            for u in ups.iter() {
+                for s in &u.servers {
+                    rows.push((
+                        format!(
+                            "upstream=\"{}\",server=\"{}\"",
+                            esc(u.name()),
+                            esc(&s.addr().to_string())
+                        ),
+                        f(s),
+                    ));
+                }
+            }
+            rows
+        };
+        family(
+            "portico_upstream_server_up",
+            "gauge",
+            "1 when the server takes requests, 0 when unavailable or draining.",
+            servers(&|s| u64::from(s.state() == portico_upstream::ServerState::Up)),
+        );
+        family(
+            "portico_upstream_requests_total",
+            "counter",
+            "Requests sent to the server.",
+            servers(&|s| s.stats.requests.load(Ordering::Relaxed)),
+        );
+        family(
+            "portico_upstream_failures_total",
+            "counter",
+            "Requests that failed on the server (connect error, timeout).",
+            servers(&|s| s.stats.failures.load(Ordering::Relaxed)),
+        );
+        family(
+            "portico_upstream_active",
+            "gauge",
+            "Requests in flight on the server.",
+            servers(&|s| s.stats.active.load(Ordering::Relaxed) as u64),
+        );
+        family(
+            "portico_reloads_total",
+            "counter",
+            "Successful configuration reloads.",
+            vec![(String::new(), self.reloads.load(Ordering::Relaxed))],
+        );
+        out.replace("{}", "")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<HttpBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    r
+}
+
+const WELCOME: &str = "<!DOCTYPE html>
+<html>
+<head><title>Welcome to Portico</title></head>
+<body>
+<h1>Welcome to Portico</h1>
+<p>If you see this page, Portico is running on its embedded default configuration.</p>
+<p>Write a <code>portico.toml</code> (see the README) to proxy your apps; live counters are at
+<a href=\"/status\">/status</a>.</p>
+</body>
+</html>
+";
+
+/// Serves the admin paths, or (for `admin = false`) the welcome page and /status.
+pub fn serve(status: &StatusSource, path: &str, admin: bool) -> Response<HttpBody> {
+    match (path, admin) {
+        ("/status", _) => {
+            let body = serde_json::to_string_pretty(&status.status_json()).unwrap_or_default();
+            text(StatusCode::OK, "application/json", body + "\n")
+        }
+        ("/metrics", true) => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            status.metrics_text(),
+        ),
+        ("/health", true) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        ("/", false) => text(StatusCode::OK, "text/html", WELCOME.into()),
+        _ => error_response(StatusCode::NOT_FOUND),
+    }
+}

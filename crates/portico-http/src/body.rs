@@ -1,0 +1,172 @@
+//! Body types and the wrappers that enforce limits and report completion.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response Portico sends and every request it forwards.
+pub type HttpBody = BoxBody<Bytes, BoxError>;
+
+pub fn full(data: impl Into<Bytes>) -> HttpBody {
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> HttpBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// Why a request body stopped early; decides the status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("no request body data for {0:?}")]
+    Timeout(Duration),
+    #[error("bad request body: {0}")]
+    Invalid(hyper::Error),
+}
+
+pin_project! {
+    /// The client's request body on its way upstream: bounded in size, and in time
+    /// between two reads.
+    pub struct ClientBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        limit: u64,
+        seen: u64,
+        timeout: Duration,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl ClientBody {
+    pub fn new(inner: hyper::body::Incoming, limit: u64, timeout: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            seen: 0,
+            timeout,
+            sleep: tokio::time::sleep(timeout),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(ClientBodyError::Timeout(*this.timeout).into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.seen += d.len() as u64;
+                    if *this.limit > 0 && *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(
+                            ClientBodyError::TooLarge(*this.limit).into()
+                        )));
+                    }
+                }
+                let deadline = Instant::now() + *this.timeout;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Invalid(e).into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// Wraps a response body: counts the bytes sent and calls `on_done` once, when the
+    /// body ends or is dropped (client gone), with the count and whether it completed.
+    pub struct Observed<F: FnOnce(u64, bool)> {
+        #[pin]
+        inner: HttpBody,
+        sent: u64,
+        on_done: Option<F>,
+    }
+
+    impl<F: FnOnce(u64, bool)> PinnedDrop for Observed<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.on_done.take() {
+                f(*this.sent, false);
+            }
+        }
+    }
+}
+
+impl<F: FnOnce(u64, bool)> Observed<F> {
+    pub fn new(inner: HttpBody, on_done: F) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            on_done: Some(on_done),
+        }
+    }
+}
+
+impl<F: FnOnce(u64, bool)> Body for Observed<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = ready!(this.inner.poll_frame(cx));
+        match &r {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.sent += d.len() as u64;
+                }
+            }
+            None => {
+                if let Some(f) = this.on_done.take() {
+                    f(*this.sent, true);
+                }
+            }
+            Some(Err(_)) => {}
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,468 @@
+//! Portico's HTTP module: HTTP/1.1 and h2 (ALPN, or h2c with prior knowledge) on hyper,
+//! virtual hosts by server name, longest-prefix routes to static files or upstreams,
+//! the access log, and the admin endpoints.
+//!
+//! One [`HttpService`] serves one bound address; it holds the [`Site`]s (listeners)
+//! sharing that address. Per request: pick the site by Host (else the first), normalize
+//! the path, pick the route by longest prefix, then [`static_files`] or [`proxy`].
+//! The balancer is `portico-upstream`; accept, TLS and drain are `portico-core`.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+mod errors;
+mod io;
+pub mod path;
+pub mod proxy;
+pub mod static_files;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use portico_config::{Limits, ListenerConfig, RouteAction, StaticConfig};
+use portico_core::{server_name_matches, BoxFuture, Connection, Service};
+use tokio::time::Instant;
+
+pub use access_log::AccessLog;
+pub use admin::StatusSource;
+pub use errors::error_response;
+pub use proxy::HttpUpstream;
+
+use body::{ClientBody, HttpBody, Observed};
+
+/// Request counters per listener, kept across reloads.
+#[derive(Debug, Default)]
+pub struct SiteStats {
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx … 5xx.
+    pub by_class: [AtomicU64; 5],
+    pub bytes_sent: AtomicU64,
+}
+
+/// Counters that outlive a reload, keyed by listener name.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    sites: Mutex<BTreeMap<String, Arc<SiteStats>>>,
+}
+
+impl Metrics {
+    pub fn site(&self, name: &str) -> Arc<SiteStats> {
+        let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(sites.entry(name.to_string()).or_default())
+    }
+
+    pub fn sites(&self) -> Vec<(String, Arc<SiteStats>)> {
+        let sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
+        sites
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::clone(v)))
+            .collect()
+    }
+}
+
+enum RouteKind {
+    Static(StaticConfig),
+    Proxy(Arc<HttpUpstream>),
+}
+
+struct CompiledRoute {
+    prefix: String,
+    kind: RouteKind,
+    max_body_bytes: u64,
+}
+
+enum SiteKind {
+    Routes(Vec<CompiledRoute>),
+    /// A listener without routes: the welcome page and /status.
+    Welcome,
+    /// The admin listener: /status, /metrics, /health.
+    Admin,
+}
+
+/// One HTTP listener as compiled for serving.
+pub struct Site {
+    name: String,
+    server_names: Vec<String>,
+    limits: Limits,
+    kind: SiteKind,
+    stats: Arc<SiteStats>,
+}
+
+impl Site {
+    /// Compiles `l`; `upstreams` must hold every upstream its routes name.
+    pub fn new(
+        l: &ListenerConfig,
+        upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let kind = if l.routes.is_empty() {
+            SiteKind::Welcome
+        } else {
+            let mut routes = Vec::new();
+            for r in &l.routes {
+                let kind = match &r.action {
+                    RouteAction::Static(s) => RouteKind::Static(s.clone()),
+                    RouteAction::Proxy(p) => RouteKind::Proxy(
+                        upstreams
+                            .get(&p.upstream)
+                            .cloned()
+                            .ok_or_else(|| format!("no upstream named {:?}", p.upstream))?,
+                    ),
+                };
+                routes.push(CompiledRoute {
+                    prefix: r.path.clone(),
+                    kind,
+                    max_body_bytes: r.max_body_bytes.unwrap_or(l.limits.max_body_bytes),
+                });
+            }
+            // longest prefix first
+            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            SiteKind::Routes(routes)
+        };
+        Ok(Self {
+            name: l.name.clone(),
+            server_names: l.server_names.clone(),
+            limits: l.limits.clone(),
+            kind,
+            stats: metrics.site(&l.name),
+        })
+    }
+
+    /// The admin site.
+    pub fn admin(limits: Limits, metrics: &Metrics) -> Self {
+        Self {
+            name: "admin".into(),
+            server_names: Vec::new(),
+            limits,
+            kind: SiteKind::Admin,
+            stats: metrics.site("admin"),
+        }
+    }
+}
+
+/// What the HTTP module shares across its services.
+#[derive(Clone)]
+pub struct Shared {
+    pub access_log: AccessLog,
+    pub status: Arc<StatusSource>,
+}
+
+/// Serves HTTP on one bound address for the sites sharing it.
+pub struct HttpService {
+    sites: Vec<Arc<Site>>,
+    shared: Shared,
+}
+
+impl HttpService {
+    /// `sites` must not be empty; the first is the default virtual host.
+    pub fn new(sites: Vec<Site>, shared: Shared) -> Self {
+        Self {
+            sites: sites.into_iter().map(Arc::new).collect(),
+            shared,
+        }
+    }
+
+    fn site_for(&self, host: Option<&str>) -> &Arc<Site> {
+        if let Some(host) = host {
+            for exact in [true, false] {
+                if let Some(s) = self.sites.iter().find(|s| {
+                    s.server_names
+                        .iter()
+                        .any(|n| n.starts_with('*') != exact && server_name_matches(n, host))
+                }) {
+                    return s;
+                }
+            }
+        }
+        &self.sites[0]
+    }
+}
+
+/// Per-connection facts and the state the idle timer needs.
+struct ConnState {
+    peer_ip: Option<IpAddr>,
+    tls: bool,
+    sni: Option<String>,
+    in_flight: AtomicUsize,
+    /// When the last request finished, as ms since `start`.
+    last_done_ms: AtomicU64,
+    start: Instant,
+}
+
+impl ConnState {
+    fn finish(&self) {
+        self.last_done_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Service for HttpService {
+    fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
+        Box::pin(async move {
+            let Connection {
+                stream,
+                info,
+                shutdown,
+                ..
+            } = conn;
+            let limits = self.sites[0].limits.clone();
+            let state = Arc::new(ConnState {
+                peer_ip: info.peer.map(|p| p.ip()),
+                tls: info.tls.is_some(),
+                sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
+                in_flight: AtomicUsize::new(0),
+                last_done_ms: AtomicU64::new(0),
+                start: Instant::now(),
+            });
+            let io = TokioIo::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
+            let svc_state = Arc::clone(&state);
+            let this = Arc::clone(&self);
+            let svc = hyper::service::service_fn(move |req| {
+                let this = Arc::clone(&this);
+                let state = Arc::clone(&svc_state);
+                async move { Ok::<_, Infallible>(this.handle(req, state).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256);
+            let conn = builder.serve_connection(io, svc);
+            tokio::pin!(conn);
+            let mut closing = false;
+            loop {
+                let idle_deadline = state.start
+                    + std::time::Duration::from_millis(state.last_done_ms.load(Ordering::Relaxed))
+                    + limits.idle_timeout;
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(conn = info.id, error = %e, "http connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = shutdown.cancelled(), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                    _ = tokio::time::sleep_until(idle_deadline), if !closing => {
+                        let idle_for = state.start.elapsed().as_millis() as u64
+                            - state.last_done_ms.load(Ordering::Relaxed).min(state.start.elapsed().as_millis() as u64);
+                        if state.in_flight.load(Ordering::Relaxed) == 0
+                            && idle_for >= limits.idle_timeout.as_millis() as u64
+                        {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        } else if state.in_flight.load(Ordering::Relaxed) > 0 {
+                            // busy: look again one idle period from now
+                            state.last_done_ms.store(state.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// The host the request is for: Host for HTTP/1, :authority (or Host) for h2. Errors
+/// when it is missing on HTTP/1.1, duplicated, or not a valid host.
+fn request_host(req: &Request<Incoming>) -> Result<Option<String>, StatusCode> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header_host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    let raw = match (req.uri().authority(), header_host) {
+        (Some(a), _) => Some(a.as_str().to_string()),
+        (None, Some(h)) => Some(h.to_str().map_err(|_| StatusCode::BAD_REQUEST)?.to_string()),
+        (None, None) => None,
+    };
+    match raw {
+        None if req.version() == Version::HTTP_11 => Err(StatusCode::BAD_REQUEST),
+        None => Ok(None),
+        Some(h) => {
+            let valid = !h.is_empty()
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+                });
+            if valid {
+                Ok(Some(h))
+            } else {
+                Err(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+}
+
+/// The host without its port (`[::1]:80` → `[::1]`).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    host.split_once(':').map(|(h, _)| h).unwrap_or(host)
+}
+
+impl HttpService {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnState>,
+    ) -> Response<HttpBody> {
+        conn.in_flight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let time = SystemTime::now();
+        let host = request_host(&req);
+        let site = Arc::clone(match &host {
+            Ok(h) => self.site_for(h.as_deref().map(host_name).or(conn.sni.as_deref())),
+            Err(_) => &self.sites[0],
+        });
+        let log_fields = self.shared.access_log.is_on().then(|| LogFields {
+            method: req.method().to_string(),
+            uri: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| "/".into()),
+            version: version_str(req.version()),
+            referer: header_str(&req, header::REFERER),
+            user_agent: header_str(&req, header::USER_AGENT),
+            host: host.as_ref().ok().cloned().flatten(),
+        });
+        let (resp, upstream) = match host {
+            Err(status) => (error_response(status), None),
+            Ok(host) => self.dispatch(req, &site, &conn, host).await,
+        };
+
+        let status = resp.status().as_u16();
+        site.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        site.stats.by_class[class].fetch_add(1, Ordering::Relaxed);
+
+        let (parts, body) = resp.into_parts();
+        let log = self.shared.access_log.clone();
+        let stats = Arc::clone(&site.stats);
+        let site_name = site.name.clone();
+        let body = Observed::new(body, move |bytes, _complete| {
+            stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            if let Some(f) = log_fields {
+                log.log(&access_log::Entry {
+                    remote: conn.peer_ip,
+                    time,
+                    method: &f.method,
+                    uri: &f.uri,
+                    version: f.version,
+                    status,
+                    bytes,
+                    referer: f.referer.as_deref(),
+                    user_agent: f.user_agent.as_deref(),
+                    host: f.host.as_deref(),
+                    duration: started.elapsed(),
+                    upstream: upstream.as_deref(),
+                    listener: &site_name,
+                });
+            }
+            conn.finish();
+        });
+        Response::from_parts(parts, body.boxed())
+    }
+
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        site: &Site,
+        conn: &ConnState,
+        host: Option<String>,
+    ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let Ok(path) = path::normalize(req.uri().path()) else {
+            return (error_response(StatusCode::BAD_REQUEST), None);
+        };
+        let routes = match &site.kind {
+            SiteKind::Admin => return (admin::serve(&self.shared.status, &path, true), None),
+            SiteKind::Welcome => return (admin::serve(&self.shared.status, &path, false), None),
+            SiteKind::Routes(r) => r,
+        };
+        let Some(route) = routes.iter().find(|r| path.starts_with(&r.prefix)) else {
+            return (error_response(StatusCode::NOT_FOUND), None);
+        };
+        match &route.kind {
+            RouteKind::Static(cfg) => {
+                let resp =
+                    static_files::serve(cfg, req.method(), &path, req.uri().query(), req.headers())
+                        .await;
+                (resp, None)
+            }
+            RouteKind::Proxy(up) => {
+                let limit = route.max_body_bytes;
+                let declared = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if limit > 0 && declared.is_some_and(|n| n > limit) {
+                    return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
+                }
+                let client = proxy::ClientSide {
+                    peer_ip: conn.peer_ip,
+                    tls: conn.tls,
+                    host,
+                };
+                let (parts, body) = req.into_parts();
+                let body = if body.is_end_stream() {
+                    body::empty()
+                } else {
+                    ClientBody::new(body, limit, site.limits.body_timeout).boxed()
+                };
+                proxy::forward(up, Request::from_parts(parts, body), &client).await
+            }
+        }
+    }
+}
+
+struct LogFields {
+    method: String,
+    uri: String,
+    version: &'static str,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    host: Option<String>,
+}
+
+fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .map(HeaderValue::as_bytes)
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}

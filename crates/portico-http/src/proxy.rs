@@ -1,0 +1,362 @@
+//! `via = "http"`: forwarding a request to an upstream chosen by the shared balancer.
+//!
+//! Connections are HTTP/1.1, kept alive in a per-server [`IdlePool`]. A connection goes
+//! back to the pool only once its response body has been read to the end. Bodies stream
+//! both ways with backpressure (hyper polls the next frame only when the peer took the
+//! last one).
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
+use portico_upstream::{connect, IdlePool, Pick, SelectCtx, Upstream};
+use tokio::time::{Instant, Sleep};
+
+use crate::body::{empty, BoxError, ClientBodyError, HttpBody};
+use crate::errors::error_response;
+
+type Sender = SendRequest<HttpBody>;
+
+/// An upstream as the HTTP module uses it: the shared balancer plus HTTP connection pools.
+pub struct HttpUpstream {
+    pub upstream: Arc<Upstream>,
+    pools: Vec<Arc<IdlePool<Sender>>>,
+}
+
+impl HttpUpstream {
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        let cfg = &upstream.config;
+        let pools = upstream
+            .servers
+            .iter()
+            .map(|_| Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout)))
+            .collect();
+        Self { upstream, pools }
+    }
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// What the proxy needs to know about the client side of one request.
+pub struct ClientSide {
+    pub peer_ip: Option<IpAddr>,
+    pub tls: bool,
+    /// The host the client asked for (Host or :authority), for X-Forwarded-Host.
+    pub host: Option<String>,
+}
+
+/// The upstream server that answered, for the access log.
+pub type UpstreamAddr = Option<String>;
+
+/// Forwards `req` to `up`, trying further servers on connect errors (any method: nothing
+/// was sent) and, for idempotent requests whose body was empty, on errors and timeouts.
+pub async fn forward(
+    up: &HttpUpstream,
+    req: Request<HttpBody>,
+    client: &ClientSide,
+) -> (Response<HttpBody>, UpstreamAddr) {
+    let (mut parts, body) = req.into_parts();
+    let cfg = &up.upstream.config;
+    prepare_request_headers(&mut parts.headers, client);
+    parts.version = Version::HTTP_11;
+    // An absolute-form or h2 URI becomes origin-form for the upstream.
+    if let Some(pq) = parts.uri.path_and_query() {
+        if let Ok(uri) = pq.as_str().parse() {
+            parts.uri = uri;
+        }
+    }
+    let empty_body = body.is_end_stream();
+    let retry_after_send = empty_body && is_idempotent(&parts.method);
+    let mut body = Some(body);
+    let mut tried: Vec<usize> = Vec::new();
+    let max_tries = up.upstream.max_tries();
+    let mut resends = 0;
+    let mut last_error = StatusCode::BAD_GATEWAY;
+    let mut last_addr = None;
+
+    while tried.len() < max_tries {
+        let ctx = SelectCtx {
+            client_ip: client.peer_ip,
+            exclude: &tried,
+        };
+        let Some(pick) = up.upstream.select(&ctx) else {
+            if tried.is_empty() {
+                tracing::error!(upstream = %cfg.name, "no live upstreams");
+            }
+            break;
+        };
+        tried.push(pick.index);
+        let addr = pick.server.addr().to_string();
+        last_addr = Some(addr.clone());
+        let pool = Arc::clone(&up.pools[pick.index]);
+
+        // A pooled connection the server has not closed, or a new one.
+        let mut pooled = pool.take(|s| !s.is_closed());
+        if let Some(s) = pooled.as_mut() {
+            if s.ready().await.is_err() {
+                pooled = None;
+            }
+        }
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match open(&pick, cfg.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
+                    last_error = if e.kind() == std::io::ErrorKind::TimedOut {
+                        StatusCode::GATEWAY_TIMEOUT
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    pick.failure();
+                    continue;
+                }
+            },
+        };
+
+        let this_body = if empty_body {
+            empty()
+        } else {
+            match body.take() {
+                Some(b) => b,
+                None => break, // consumed by an earlier attempt: cannot be resent
+            }
+        };
+        let req = Request::from_parts(parts.clone(), this_body);
+        let sent = tokio::time::timeout(cfg.read_timeout, sender.try_send_request(req)).await;
+        match sent {
+            Ok(Ok(resp)) => {
+                return (
+                    finish_response(resp, sender, pool, pick, cfg.read_timeout),
+                    Some(addr),
+                );
+            }
+            Ok(Err(mut e)) => {
+                let unsent = e.take_message();
+                let err = e.into_error();
+                if let Some(status) = client_body_status(&err) {
+                    // The client's body failed, not the server: do not blame it.
+                    return (error_response(status), Some(addr));
+                }
+                tracing::warn!(upstream = %cfg.name, server = %addr, error = %err, "upstream request failed");
+                if let Some(req) = unsent {
+                    // The connection died before the request left Portico: resend it,
+                    // body and all, without blaming the server.
+                    if resends < 2 {
+                        resends += 1;
+                        body = Some(req.into_body());
+                        tried.pop();
+                        continue;
+                    }
+                }
+                pick.failure();
+                last_error = StatusCode::BAD_GATEWAY;
+                if !retry_after_send {
+                    break;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, timeout = ?cfg.read_timeout,
+                    "upstream timed out waiting for the response header");
+                pick.failure();
+                last_error = StatusCode::GATEWAY_TIMEOUT;
+                if !retry_after_send {
+                    break;
+                }
+            }
+        }
+    }
+    (error_response(last_error), last_addr)
+}
+
+fn client_body_status(err: &hyper::Error) -> Option<StatusCode> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return Some(match c {
+                ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ClientBodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                ClientBodyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            });
+        }
+        source = e.source();
+    }
+    None
+}
+
+async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
+    let stream = connect(pick.server.addr(), timeout).await?;
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
+    strip_hop_by_hop(h);
+    if let Some(ip) = client.peer_ip {
+        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+            _ => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = &client.host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert("x-forwarded-host", v.clone());
+            // h2 clients send :authority, not Host: HTTP/1.1 upstreams need a Host.
+            h.entry(header::HOST).or_insert(v);
+        }
+    }
+}
+
+fn finish_response(
+    resp: Response<hyper::body::Incoming>,
+    sender: Sender,
+    pool: Arc<IdlePool<Sender>>,
+    pick: Pick,
+    read_timeout: Duration,
+) -> Response<HttpBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = UpstreamBody {
+        inner: body,
+        sleep: tokio::time::sleep(read_timeout),
+        read_timeout,
+        done: Some((sender, pool, pick)),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent no response data for {0:?}")]
+struct UpstreamBodyTimeout(Duration);
+
+pin_project! {
+    /// The upstream's response body on its way to the client. At its end the connection
+    /// goes back to the pool and the server is counted healthy.
+    struct UpstreamBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        #[pin]
+        sleep: Sleep,
+        read_timeout: Duration,
+        done: Option<(Sender, Arc<IdlePool<Sender>>, Pick)>,
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Pending => {
+                if this.sleep.as_mut().poll(cx).is_ready() {
+                    if let Some((_, _, pick)) = this.done.take() {
+                        pick.failure();
+                    }
+                    return Poll::Ready(Some(Err(UpstreamBodyTimeout(*this.read_timeout).into())));
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let deadline = Instant::now() + *this.read_timeout;
+                this.sleep.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    release(this.done);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                if let Some((_, _, pick)) = this.done.take() {
+                    pick.failure();
+                }
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                release(this.done);
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn release(done: &mut Option<(Sender, Arc<IdlePool<Sender>>, Pick)>) {
+    if let Some((sender, pool, pick)) = done.take() {
+        pick.success();
+        if !sender.is_closed() {
+            pool.put(sender);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! `static = { root, index }`: files from disk with nginx `root` semantics.
+//!
+//! The request path (already normalized: decoded, dot segments resolved, so it cannot
+//! climb out of the root) is appended to the root. Directories serve their index file;
+//! a directory asked for without its trailing slash is redirected (301) to it.
+//! Conditional requests (ETag, Last-Modified) and single byte ranges are honoured.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use futures_util::StreamExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use portico_config::StaticConfig;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use crate::body::{empty, HttpBody};
+use crate::errors::{error_response, SERVER_NAME};
+
+/// Serves `path` (normalized, starting with `/`) from `cfg.root`.
+pub async fn serve(
+    cfg: &StaticConfig,
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Response<HttpBody> {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut file_path = join_root(&cfg.root, path);
+    let mut meta = match tokio::fs::metadata(&file_path).await {
+        Ok(m) => m,
+        Err(e) => return io_error(e),
+    };
+    if meta.is_dir() {
+        if !path.ends_with('/') {
+            let location = match query {
+                Some(q) => format!("{path}/?{q}"),
+                None => format!("{path}/"),
+            };
+            let mut r = error_response(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return r;
+        }
+        let mut found = None;
+        for index in &cfg.index {
+            let candidate = file_path.join(index);
+            if let Ok(m) = tokio::fs::metadata(&candidate).await {
+                if m.is_file() {
+                    found = Some((candidate, m));
+                    break;
+                }
+            }
+        }
+        match found {
+            Some((p, m)) => {
+                file_path = p;
+                meta = m;
+            }
+            // nginx answers 403 for a directory without index (autoindex off)
+            None => return error_response(StatusCode::FORBIDDEN),
+        }
+    }
+    if !meta.is_file() {
+        return error_response(StatusCode::NOT_FOUND);
+    }
+    let size = meta.len();
+    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+    let secs = mtime
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let etag = format!("\"{secs:x}-{size:x}\"");
+    let last_modified = httpdate::fmt_http_date(mtime);
+
+    let mut base = HeaderMap::new();
+    base.insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        base.insert(header::ETAG, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&last_modified) {
+        base.insert(header::LAST_MODIFIED, v);
+    }
+    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    if not_modified(headers, &etag, secs) {
+        let mut r = Response::new(empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        *r.headers_mut() = base;
+        return r;
+    }
+
+    base.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type(&file_path)),
+    );
+
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_matches(headers, &etag, &last_modified));
+    let (status, start, len) = match range.map(|r| parse_range(r, size)) {
+        None | Some(RangeResult::Ignore) => (StatusCode::OK, 0, size),
+        Some(RangeResult::Unsatisfiable) => {
+            let mut r = error_response(StatusCode::RANGE_NOT_SATISFIABLE);
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+        Some(RangeResult::Range(a, b)) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {a}-{b}/{size}")) {
+                base.insert(header::CONTENT_RANGE, v);
+            }
+            (StatusCode::PARTIAL_CONTENT, a, b - a + 1)
+        }
+    };
+    base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+
+    let body = if *method == Method::HEAD {
+        empty()
+    } else {
+        match open_range(&file_path, start, len).await {
+            Ok(b) => b,
+            Err(e) => return io_error(e),
+        }
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = base;
+    r
+}
+
+fn join_root(root: &Path, path: &str) -> PathBuf {
+    let mut p = root.to_path_buf();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        p.push(seg);
+    }
+    p
+}
+
+fn io_error(e: std::io::Error) -> Response<HttpBody> {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
+            error_response(StatusCode::NOT_FOUND)
+        }
+        std::io::ErrorKind::PermissionDenied => error_response(StatusCode::FORBIDDEN),
+        _ => {
+            tracing::error!(error = %e, "static file error");
+            error_response(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+async fn open_range(path: &Path, start: u64, len: u64) -> std::io::Result<HttpBody> {
+    let mut f = tokio::fs::File::open(path).await?;
+    if start > 0 {
+        f.seek(std::io::SeekFrom::Start(start)).await?;
+    }
+    let stream = ReaderStream::with_capacity(f.take(len), 64 * 1024)
+        .map(|chunk| chunk.map(Frame::data).map_err(Into::into));
+    Ok(BodyExt::boxed(StreamBody::new(stream)))
+}
+
+fn not_modified(h: &HeaderMap, etag: &str, mtime_secs: u64) -> bool {
+    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag);
+    }
+    if let Some(ims) = h
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    {
+        let ims = ims
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        return mtime_secs <= ims;
+    }
+    false
+}
+
+fn if_range_matches(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(v) => v == etag || v == last_modified,
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeResult {
+    /// Serve the whole file (no usable range, or several ranges).
+    Ignore,
+    Unsatisfiable,
+    /// Inclusive byte positions.
+    Range(u64, u64),
+}
+
+fn parse_range(v: &str, size: u64) -> RangeResult {
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return RangeResult::Ignore;
+    };
+    if spec.contains(',') {
+        return RangeResult::Ignore;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeResult::Ignore;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parse = |s: &str| s.parse::<u64>().ok();
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => RangeResult::Ignore,
+        (true, false) => match parse(b) {
+            Some(0) => RangeResult::Unsatisfiable,
+            Some(n) if size > 0 => RangeResult::Range(size.saturating_sub(n), size - 1),
+            Some(_) => RangeResult::Unsatisfiable,
+            None => RangeResult::Ignore,
+        },
+        (false, _) => {
+            let Some(start) = parse(a) else {
+                return RangeResult::Ignore;
+            };
+            let end = if b.is_empty() {
+                Some(u64::MAX)
+            } else {
+                parse(b)
+            };
+            match end {
+                None => RangeResult::Ignore,
+                Some(end) if end < start => RangeResult::Ignore,
+                Some(_) if start >= size => RangeResult::Unsatisfiable,
+                Some(end) => RangeResult::Range(start, end.min(size - 1)),
+            }
+        }
+    }
+}
+
+/// Content-Type by file extension (the common part of nginx's mime.types).
+pub fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" | "shtml" => "text/html",
+        "css" => "text/css",
+        "xml" => "text/xml",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "md" => "text/markdown",
+        "js" | "mjs" => "application/javascript",
+        "json" => "application/json",
+        "map" => "application/json",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" | "tgz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "gif" => "image/gif",
+        "jpeg" | "jpg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "svg" | "svgz" => "image/svg+xml",
+        "ico" => "image/x-icon",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeResult::Range(0, 9));
+        assert_eq!(parse_range("bytes=90-", 100), RangeResult::Range(90, 99));
+        assert_eq!(parse_range("bytes=-10", 100), RangeResult::Range(90, 99));
+        assert_eq!(parse_range("bytes=-200", 100), RangeResult::Range(0, 99));
+        assert_eq!(parse_range("bytes=50-500", 100), RangeResult::Range(50, 99));
+        assert_eq!(parse_range("bytes=100-", 100), RangeResult::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeResult::Unsatisfiable);
+        assert_eq!(parse_range("bytes=9-1", 100), RangeResult::Ignore);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeResult::Ignore);
+        assert_eq!(parse_range("items=0-1", 100), RangeResult::Ignore);
+    }
+
+    #[test]
+    fn types() {
+        assert_eq!(content_type(Path::new("a/b.CSS")), "text/css");
+        assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
+    }
+}

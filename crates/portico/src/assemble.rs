@@ -1,0 +1,127 @@
+//! Config → running pieces: upstreams (kept across reloads when unchanged), one service
+//! per bound address (listeners sharing an address become virtual hosts of one service),
+//! TLS acceptors, and the admin endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use portico_config::{Config, Limits, ListenAddr, ListenerConfig, Protocol};
+use portico_core::{tls, CertSpec, EndpointSpec, TlsMode};
+use portico_http::{HttpService, HttpUpstream, Shared, Site};
+use portico_upstream::Upstream;
+
+/// The upstreams of one config generation.
+#[derive(Default, Clone)]
+pub struct Upstreams {
+    pub shared: BTreeMap<String, Arc<Upstream>>,
+    pub http: BTreeMap<String, Arc<HttpUpstream>>,
+}
+
+impl Upstreams {
+    /// Builds the upstreams of `config`, keeping the state (health, counters, pools) of
+    /// every upstream whose config did not change.
+    pub fn build(config: &Config, previous: &Upstreams) -> Self {
+        let mut next = Upstreams::default();
+        for (name, cfg) in &config.upstreams {
+            match (previous.shared.get(name), previous.http.get(name)) {
+                (Some(up), Some(http)) if &up.config == cfg => {
+                    next.shared.insert(name.clone(), Arc::clone(up));
+                    next.http.insert(name.clone(), Arc::clone(http));
+                }
+                _ => {
+                    let up = Arc::new(Upstream::new(cfg.clone()));
+                    next.http
+                        .insert(name.clone(), Arc::new(HttpUpstream::new(Arc::clone(&up))));
+                    next.shared.insert(name.clone(), up);
+                }
+            }
+        }
+        next
+    }
+}
+
+/// One endpoint spec per bound address, plus the admin endpoint.
+pub fn endpoints(
+    config: &Config,
+    upstreams: &Upstreams,
+    shared: &Shared,
+) -> Result<Vec<EndpointSpec>, String> {
+    let mut by_addr: Vec<(ListenAddr, Vec<&ListenerConfig>)> = Vec::new();
+    for l in &config.listeners {
+        for a in &l.listen {
+            match by_addr.iter_mut().find(|(addr, _)| addr == a) {
+                Some((_, ls)) => ls.push(l),
+                None => by_addr.push((a.clone(), vec![l])),
+            }
+        }
+    }
+    let metrics = &shared.status.metrics;
+    let mut specs = Vec::new();
+    for (addr, listeners) in by_addr {
+        let first = listeners[0];
+        let service = match first.protocol {
+            Protocol::Http => {
+                let sites = listeners
+                    .iter()
+                    .map(|l| Site::new(l, &upstreams.http, metrics))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Arc::new(HttpService::new(sites, shared.clone()))
+            }
+            other => {
+                return Err(format!(
+                    "protocol {other} is not available in this build yet"
+                ))
+            }
+        };
+        let certs: Vec<CertSpec> = listeners
+            .iter()
+            .filter_map(|l| {
+                l.tls.as_ref().map(|t| CertSpec {
+                    names: l.server_names.clone(),
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                })
+            })
+            .collect();
+        let tls = match &first.tls {
+            None => TlsMode::Off,
+            Some(t) => {
+                let acceptor = tls::build_acceptor(&certs, &t.alpn).map_err(|e| e.to_string())?;
+                TlsMode::Implicit(acceptor)
+            }
+        };
+        specs.push(EndpointSpec {
+            addr,
+            name: first.name.clone(),
+            tls,
+            proxy_protocol: first.proxy_protocol,
+            handshake_timeout: first.limits.header_timeout,
+            max_connections: first.limits.max_connections,
+            service,
+        });
+    }
+    if let Some(admin) = &config.admin {
+        let limits = Limits {
+            header_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            body_timeout: std::time::Duration::from_secs(10),
+            send_timeout: std::time::Duration::from_secs(10),
+            max_connections: 64,
+            max_header_bytes: 16 * 1024,
+            max_body_bytes: 0,
+        };
+        specs.push(EndpointSpec {
+            addr: admin.listen.clone(),
+            name: "admin".into(),
+            tls: TlsMode::Off,
+            proxy_protocol: false,
+            handshake_timeout: limits.header_timeout,
+            max_connections: limits.max_connections,
+            service: Arc::new(HttpService::new(
+                vec![Site::admin(limits, metrics)],
+                shared.clone(),
+            )),
+        });
+    }
+    Ok(specs)
+}

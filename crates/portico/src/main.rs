@@ -1,0 +1,319 @@
+//! The `portico` binary: command line, logging, the runtime, signals (reload, drain).
+//!
+//! `run` loads the config (portico-config), assembles upstreams and services
+//! ([`assemble`]), hands them to the listener core (portico-core) and waits for signals.
+
+mod assemble;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use portico_config::{Config, Loaded};
+use portico_core::ListenerSet;
+use portico_http::{AccessLog, Metrics, Shared, StatusSource};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "A multi-protocol proxy for Python apps and mail"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML or YAML, by extension); may repeat, later files win key by key.
+    #[arg(short, long = "config", global = true)]
+    config: Vec<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run in the foreground (the default).
+    Run,
+    /// Validate the config and print it merged; exit 0 when valid, 1 when not.
+    Check {
+        /// Show where each value came from: default, file and line, or env variable.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Ask a running Portico to reload its config (SIGHUP via runtime.pid_file).
+    Reload {
+        /// The pid file; defaults to runtime.pid_file from the config.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check { explain } => check(&cli.config, explain),
+        Command::Reload { pid_file } => match reload_command(&cli.config, pid_file) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portico reload: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run => match run(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portico: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn load(given: &[PathBuf]) -> Result<(Vec<PathBuf>, Loaded), Vec<portico_config::ConfigError>> {
+    let files = portico_config::find_config_files(given).unwrap_or_default();
+    portico_config::load(&files, portico_config::process_env()).map(|l| (files, l))
+}
+
+fn check(given: &[PathBuf], explain: bool) -> ExitCode {
+    match load(given) {
+        Ok((files, loaded)) => {
+            if explain {
+                for (key, value, origin) in loaded.explain() {
+                    println!("{key} = {value}    # {origin}");
+                }
+            } else {
+                print!("{}", loaded.to_toml());
+            }
+            let from = if files.is_empty() {
+                "the embedded default".to_string()
+            } else {
+                files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            eprintln!("portico: configuration from {from} is valid");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "portico: configuration is invalid ({} error(s))",
+                errors.len()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let pid_file = match pid_file {
+        Some(p) => p,
+        None => {
+            let (_, loaded) = load(given).map_err(|errs| {
+                anyhow::anyhow!(errs
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            })?;
+            loaded
+                .config
+                .runtime
+                .pid_file
+                .context("no --pid-file given and runtime.pid_file is not set")?
+        }
+    };
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("cannot read {}", pid_file.display()))?;
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+    Ok(())
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let _ = match config.log.format {
+        portico_config::LogFormat::Json => builder.json().try_init(),
+        portico_config::LogFormat::Text => builder.try_init(),
+    };
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "a task panicked; its connection was closed, the process goes on");
+    }));
+}
+
+fn run(given: &[PathBuf]) -> anyhow::Result<()> {
+    let (files, loaded) = match load(given) {
+        Ok(l) => l,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            anyhow::bail!("configuration is invalid ({} error(s))", errors.len());
+        }
+    };
+    let config = loaded.config;
+    init_logging(&config);
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if config.runtime.workers > 0 {
+        rt.worker_threads(config.runtime.workers);
+    }
+    let rt = rt
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(serve(files, config))
+}
+
+struct State {
+    files: Vec<PathBuf>,
+    config: Config,
+    upstreams: assemble::Upstreams,
+    listeners: Arc<ListenerSet>,
+    status: Arc<StatusSource>,
+}
+
+impl State {
+    fn shared(&self, config: &Config) -> anyhow::Result<Shared> {
+        let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
+            .context("cannot open the access log")?;
+        Ok(Shared {
+            access_log,
+            status: Arc::clone(&self.status),
+        })
+    }
+
+    /// Builds and applies `config`; on any error the running state stays as it was.
+    fn apply(&mut self, config: Config) -> anyhow::Result<()> {
+        let upstreams = assemble::Upstreams::build(&config, &self.upstreams);
+        let shared = self.shared(&config)?;
+        let specs =
+            assemble::endpoints(&config, &upstreams, &shared).map_err(anyhow::Error::msg)?;
+        self.listeners
+            .apply(specs)
+            .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        self.status
+            .upstreams
+            .store(Arc::new(upstreams.shared.values().cloned().collect()));
+        self.upstreams = upstreams;
+        self.config = config;
+        Ok(())
+    }
+
+    fn reload(&mut self) {
+        tracing::info!("SIGHUP: reloading configuration");
+        let loaded = portico_config::load(&self.files, portico_config::process_env());
+        let result = match loaded {
+            Ok(l) => {
+                if l.config.runtime.workers != self.config.runtime.workers {
+                    tracing::warn!("runtime.workers changes take effect at the next start");
+                }
+                self.apply(l.config)
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                Err(anyhow::anyhow!("{} config error(s)", errors.len()))
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.status.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                self.status.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("reload refused, the previous configuration keeps serving: {e:#}");
+            }
+        }
+    }
+}
+
+async fn serve(files: Vec<PathBuf>, config: Config) -> anyhow::Result<()> {
+    let listen: Vec<String> = config
+        .listeners
+        .iter()
+        .flat_map(|l| l.listen.iter().map(|a| format!("{} {a}", l.protocol)))
+        .collect();
+    if files.is_empty() {
+        tracing::info!(
+            "portico {} starting on the embedded default config (no config file found): {}",
+            env!("CARGO_PKG_VERSION"),
+            listen.join(", ")
+        );
+    } else {
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        tracing::info!(
+            "portico {} starting with config {}: {}",
+            env!("CARGO_PKG_VERSION"),
+            names.join(", "),
+            listen.join(", ")
+        );
+    }
+    let listeners = Arc::new(ListenerSet::new());
+    let status = Arc::new(StatusSource::new(
+        Arc::clone(&listeners),
+        Arc::new(Metrics::default()),
+    ));
+    let mut state = State {
+        files,
+        config: config.clone(),
+        upstreams: assemble::Upstreams::default(),
+        listeners: Arc::clone(&listeners),
+        status,
+    };
+    // Signal handlers first: a SIGTERM during start-up must not kill us half-way.
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    state.apply(config)?;
+    let pid_file = state.config.runtime.pid_file.clone();
+    if let Some(p) = &pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write pid file {}", p.display()))?;
+    }
+    tracing::info!("ready");
+    let which = loop {
+        tokio::select! {
+            _ = hup.recv() => state.reload(),
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    let timeout = state.config.runtime.shutdown_timeout;
+    tracing::info!(
+        open = listeners.open_connections(),
+        ?timeout,
+        "{which}: draining"
+    );
+    if listeners.shutdown(timeout).await {
+        tracing::info!("all connections finished; exiting");
+    } else {
+        tracing::warn!(
+            open = listeners.open_connections(),
+            "shutdown_timeout reached; closing the remaining connections"
+        );
+    }
+    if let Some(p) = &pid_file {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
