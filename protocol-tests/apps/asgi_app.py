@@ -1,0 +1,44 @@
+"""A plain ASGI app for uvicorn: echo and streaming, no framework needed."""
+import hashlib
+import json
+import os
+
+APP_ID = os.environ.get("APP_ID", "asgi")
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    body = b""
+    while True:
+        msg = await receive()
+        body += msg.get("body", b"")
+        if not msg.get("more_body"):
+            break
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        for i in range(100):
+            await send({"type": "http.response.body", "body": b"line %d\n" % i, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    payload = json.dumps({
+        "app": APP_ID,
+        "method": scope["method"],
+        "path": path,
+        "http_version": scope["http_version"],
+        "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
+        "body_len": len(body),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
+    }).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,79 @@
+"""The Flask app the protocol tests run under gunicorn (and later uWSGI/flup).
+
+Every endpoint reports what the app saw, so tests can assert on the proxy's behaviour.
+"""
+import hashlib
+import json
+import os
+import time
+
+from flask import Flask, Response, request
+
+app = Flask(__name__)
+APP_ID = os.environ.get("APP_ID", "app")
+HEALTH_FILE = os.environ.get("HEALTH_FILE", "")
+
+
+@app.route("/")
+def index():
+    return f"hello from {APP_ID}\n"
+
+
+@app.route("/echo", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"])
+def echo():
+    body = request.get_data()
+    return Response(
+        json.dumps(
+            {
+                "app": APP_ID,
+                "method": request.method,
+                "path": request.path,
+                "query": request.query_string.decode("latin-1"),
+                "headers": {k.lower(): v for k, v in request.headers.items()},
+                "body_len": len(body),
+                "body_sha256": hashlib.sha256(body).hexdigest(),
+            }
+        ),
+        mimetype="application/json",
+    )
+
+
+@app.route("/status/<int:code>")
+def status(code):
+    return Response(f"status {code}\n", status=code)
+
+
+@app.route("/cookies")
+def cookies():
+    r = Response("cookies\n")
+    r.headers.add("Set-Cookie", "a=1; Path=/")
+    r.headers.add("Set-Cookie", "b=2; Path=/")
+    return r
+
+
+@app.route("/stream")
+def stream():
+    n = int(request.args.get("n", "5"))
+    size = int(request.args.get("size", "1024"))
+    delay = float(request.args.get("delay", "0"))
+
+    def gen():
+        for i in range(n):
+            yield (b"%06d" % i) + b"x" * (size - 6)
+            if delay:
+                time.sleep(delay)
+
+    return Response(gen(), mimetype="application/octet-stream")
+
+
+@app.route("/slow")
+def slow():
+    time.sleep(float(request.args.get("secs", "2")))
+    return f"slow done from {APP_ID}\n"
+
+
+@app.route("/healthz")
+def healthz():
+    if HEALTH_FILE and os.path.exists(HEALTH_FILE):
+        return Response("sick\n", status=503)
+    return "ok\n"

@@ -1,0 +1,529 @@
+//! Helpers for the black-box tests: start the real `portico` binary and real peers
+//! (gunicorn, uvicorn, nginx), wait for readiness by connecting (never by sleeping),
+//! talk HTTP with curl or raw sockets, and stop everything on drop.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The portico binary under test: $PORTICO_BIN, else target/{debug,release}/portico.
+pub fn portico_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("PORTICO_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"));
+    for profile in ["debug", "release"] {
+        let p = target.join(profile).join("portico");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("portico binary not found: run `cargo build -p portico` first (or set PORTICO_BIN)");
+}
+
+/// The Python venv with the peers (protocol-tests/peers/install.sh makes it).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var("PORTICO_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("protocol-tests/.venv"));
+    let p = venv.join("bin").join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run protocol-tests/peers/install.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn apps_dir() -> PathBuf {
+    root().join("protocol-tests/apps")
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `addr` accepts connections (a readiness check, bounded at 30 s).
+pub fn wait_tcp(addr: SocketAddr, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {addr} within 30 s");
+}
+
+pub fn wait_unix(path: &Path, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {} within 30 s", path.display());
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {} failed", self.name);
+    }
+
+    /// Waits for the process to exit (bounded), returning its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not exit within {within:?}", self.name);
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// gunicorn serving the Flask app on a Unix socket.
+pub fn gunicorn_unix(sock: &Path, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(venv_bin("gunicorn"));
+    cmd.args(["--chdir"])
+        .arg(apps_dir())
+        .args(["-w", "2", "--graceful-timeout", "1", "-b"])
+        .arg(format!("unix:{}", sock.display()))
+        .arg("flask_app:app")
+        .env("APP_ID", app_id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn("gunicorn", &mut cmd);
+    wait_unix(sock, &mut p.child, "gunicorn");
+    p
+}
+
+/// gunicorn serving the Flask app on a TCP port.
+pub fn gunicorn_tcp(port: u16, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(venv_bin("gunicorn"));
+    cmd.args(["--chdir"])
+        .arg(apps_dir())
+        .args(["-w", "2", "--graceful-timeout", "1", "-b"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("flask_app:app")
+        .env("APP_ID", app_id)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn("gunicorn", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "gunicorn",
+    );
+    p
+}
+
+/// uvicorn serving the ASGI echo app on a TCP port.
+pub fn uvicorn_tcp(port: u16) -> Proc {
+    let mut cmd = Command::new(venv_bin("uvicorn"));
+    cmd.arg("--app-dir")
+        .arg(apps_dir())
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "warning",
+        ])
+        .arg("asgi_app:app")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("uvicorn", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "uvicorn",
+    );
+    p
+}
+
+/// A running portico with its config in a temp dir.
+pub struct Portico {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Portico {
+    /// Starts portico on `config` (TOML). `{port}`, `{admin}` and `{dir}` are replaced by
+    /// the main port, the admin port and the temp dir; waits until both ports answer.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config, "toml")
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str, ext: &str) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let text = config
+            .replace("{port}", &port.to_string())
+            .replace("{admin}", &admin_port.to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let path = dir.path().join(format!("portico.{ext}"));
+        std::fs::write(&path, text).unwrap();
+        let log = dir.path().join("portico.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let mut cmd = Command::new(portico_bin());
+        cmd.arg("--config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf);
+        let mut proc = Proc::spawn("portico", &mut cmd);
+        wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut proc.child,
+            "portico",
+        );
+        if config.contains("{admin}") {
+            wait_tcp(
+                SocketAddr::from(([127, 0, 0, 1], admin_port)),
+                &mut proc.child,
+                "portico admin",
+            );
+        }
+        Portico {
+            proc,
+            dir,
+            config: path,
+            port,
+            admin_port,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Rewrites the config file (same placeholders) and sends SIGHUP; waits until the log
+    /// shows the outcome of this reload.
+    pub fn reload(&self, config: &str) -> bool {
+        let text = config
+            .replace("{port}", &self.port.to_string())
+            .replace("{admin}", &self.admin_port.to_string())
+            .replace("{dir}", &self.dir.path().display().to_string());
+        std::fs::write(&self.config, text).unwrap();
+        let before_ok = self.log_text().matches("configuration reloaded").count();
+        let before_bad = self.log_text().matches("reload refused").count();
+        self.proc.signal("HUP");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let log = self.log_text();
+            if log.matches("configuration reloaded").count() > before_ok {
+                return true;
+            }
+            if log.matches("reload refused").count() > before_bad {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no reload outcome in the log:\n{}", self.log_text());
+    }
+}
+
+/// A response as curl saw it.
+#[derive(Debug)]
+pub struct CurlResponse {
+    pub status: u16,
+    pub version: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl CurlResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Runs curl with `args` (plus -s, a 60 s cap, and header capture) on `url`.
+pub fn curl(args: &[&str], url: &str) -> CurlResponse {
+    let dir = tempfile::tempdir().unwrap();
+    let hdr = dir.path().join("h");
+    let out: Output = Command::new("curl")
+        .args(["-s", "--max-time", "60", "-D"])
+        .arg(&hdr)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let head = std::fs::read_to_string(&hdr).unwrap_or_default();
+    // With redirects or 100-continue there may be several heads: take the last.
+    let last = head
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()
+        .unwrap_or("")
+        .to_string();
+    let mut lines = last.lines();
+    let status_line = lines.next().unwrap_or("");
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap_or("").to_string();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    CurlResponse {
+        status,
+        version,
+        headers,
+        body: out.stdout,
+    }
+}
+
+/// Sends `raw` bytes on a new connection and returns the status of the first response
+/// and whether the server closed the connection afterwards.
+pub fn raw_status(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// A minimal keep-alive HTTP/1.1 client for load during reloads and restarts.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(Self {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    /// GET `path`; returns (status, body, server closes after).
+    pub fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>, bool)> {
+        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        let mut line = String::new();
+        self.reader.read_line(&mut line)?;
+        let status: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut len = None;
+        let mut chunked = false;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            self.reader.read_line(&mut h)?;
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => len = v.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v.contains("close"),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let n = usize::from_str_radix(size.trim(), 16).map_err(std::io::Error::other)?;
+                let mut chunk = vec![0; n + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else if let Some(n) = len {
+            body.resize(n, 0);
+            self.reader.read_exact(&mut body)?;
+        }
+        Ok((status, body, close))
+    }
+}
+
+/// Runs `portico` with `args` and returns (exit code, stdout, stderr).
+pub fn portico_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
+    let out = Command::new(portico_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("PORTICO_LOG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// nginx (Debian's) with `conf` as its http{} body etc.; `conf` is the whole file
+/// without the top-level lines this adds (daemon, pid, error_log, events).
+pub fn nginx(dir: &Path, conf_body: &str, port: u16) -> Proc {
+    let prefix = dir.join("nginx");
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = format!(
+        "daemon off;\nuser root;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log info;\nevents {{ worker_connections 1024; }}\n{conf_body}\n",
+        p = prefix.display()
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(&prefix)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("nginx", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "nginx",
+    );
+    p
+}
+
+/// The temp-path lines nginx needs inside an http{} block when running unprivileged
+/// from a private prefix.
+pub fn nginx_http_temp(prefix: &Path) -> String {
+    let p = prefix.join("nginx");
+    format!(
+        "client_body_temp_path {p}/client_temp; proxy_temp_path {p}/proxy_temp; fastcgi_temp_path {p}/fastcgi_temp; uwsgi_temp_path {p}/uwsgi_temp; scgi_temp_path {p}/scgi_temp;",
+        p = p.display()
+    )
+}

@@ -1,0 +1,263 @@
+//! Reverse proxying to real Python app servers: gunicorn (Flask) on a Unix socket and
+//! uvicorn (ASGI) on TCP, with curl as the client.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+
+/// The example config config/gunicorn-unix.toml, pointed at this test's socket and ports.
+fn example_config(sock: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(root().join("config/gunicorn-unix.toml")).unwrap();
+    text.replace("/tmp/portico-flask.sock", &sock.display().to_string())
+        .replace("127.0.0.1:8080", "127.0.0.1:{port}")
+        .replace("127.0.0.1:9901", "127.0.0.1:{admin}")
+        .replace("\"site\"", "\"{dir}/site\"")
+}
+
+#[test]
+fn example_gunicorn_unix_fronts_flask() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("flask.sock");
+    let _app = gunicorn_unix(&sock, "g1", &[]);
+    let pdir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(pdir.path().join("site/static")).unwrap();
+    std::fs::write(pdir.path().join("site/static/a.css"), "body{}\n").unwrap();
+    let p = Portico::start_in(pdir, &example_config(&sock), "toml");
+
+    let r = curl(&[], &p.url("/"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "hello from g1\n");
+
+    // static files next to the app
+    let r = curl(&[], &p.url("/static/a.css"));
+    assert_eq!((r.status, r.text().as_str()), (200, "body{}\n"));
+    assert_eq!(r.header("content-type"), Some("text/css"));
+
+    // what the app sees: forwarding headers, Host preserved, hop-by-hop removed
+    let r = curl(
+        &[
+            "-H",
+            "Host: shop.example",
+            "-H",
+            "X-Forwarded-For: 203.0.113.7",
+            "-H",
+            "Connection: keep-alive, X-Secret",
+            "-H",
+            "X-Secret: leak",
+            "-H",
+            "Keep-Alive: timeout=5",
+        ],
+        &p.url("/echo?q=%C3%A9&x=1"),
+    );
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(h["host"], "shop.example");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example");
+    assert!(
+        h.get("x-secret").is_none(),
+        "a header named in Connection is hop-by-hop: {h}"
+    );
+    assert!(h.get("keep-alive").is_none());
+    assert_eq!(
+        j["query"], "q=%C3%A9&x=1",
+        "the query goes upstream untouched"
+    );
+
+    // several Set-Cookie headers survive
+    let r = curl(&[], &p.url("/cookies"));
+    assert_eq!(
+        r.headers_named("set-cookie"),
+        vec!["a=1; Path=/", "b=2; Path=/"]
+    );
+
+    // the app's status codes are relayed
+    for code in [201, 404, 500, 503] {
+        assert_eq!(curl(&[], &p.url(&format!("/status/{code}"))).status, code);
+    }
+
+    // HEAD has headers and no body
+    let (status, text) = raw_status(
+        p.addr(),
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "no body after the head: {text:?}"
+    );
+
+    // the access log has the nginx combined line for a request
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.log_text().contains("\"GET /status/503 HTTP/1.1\" 503 ") {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bodies_stream_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("flask.sock");
+    let _app = gunicorn_unix(&sock, "g1", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        sock.display()
+    ));
+    // 5 MiB binary POST, with Content-Length and chunked
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = dir.path().join("body.bin");
+    std::fs::File::create(&file)
+        .unwrap()
+        .write_all(&body)
+        .unwrap();
+    let expected = sha256_hex(&file);
+    for extra in [&[][..], &["-H", "Transfer-Encoding: chunked"][..]] {
+        let mut args = vec!["--data-binary"];
+        let at = format!("@{}", file.display());
+        args.push(&at);
+        args.extend_from_slice(extra);
+        let r = curl(&args, &p.url("/echo"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["body_len"], body.len());
+        assert_eq!(j["body_sha256"], expected.as_str());
+    }
+    // a 10 MB streamed (chunked) response arrives whole
+    let r = curl(&[], &p.url("/stream?n=1000&size=10000"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 10_000_000);
+    assert!(r.body.starts_with(b"000000x"));
+    assert_eq!(&r.body[9_990_000..9_990_006], b"000999");
+}
+
+fn sha256_hex(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn uvicorn_over_tcp_with_h2c_clients() {
+    let port = free_port();
+    let _app = uvicorn_tcp(port);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.asgi]
+servers = [{{ addr = "127.0.0.1:{port}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "asgi"
+"#
+    ));
+    let r = curl(&["--http2-prior-knowledge", "-d", "hello"], &p.url("/echo"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, "HTTP/2");
+    let j = r.json();
+    assert_eq!(
+        j["http_version"], "1.1",
+        "upstreams are spoken to in HTTP/1.1"
+    );
+    assert_eq!(j["body_len"], 5);
+    assert_eq!(j["headers"]["host"], format!("127.0.0.1:{}", p.port));
+    let r = curl(&["--http2-prior-knowledge"], &p.url("/stream"));
+    assert_eq!(r.text().lines().count(), 100);
+    assert_eq!(r.text().lines().last(), Some("line 99"));
+}
+
+#[test]
+fn dead_and_slow_upstreams_give_502_and_504() {
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("slow.sock");
+    let _app = gunicorn_unix(&sock, "slow", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[upstreams.dead]
+servers = [{{ addr = "127.0.0.1:{dead}" }}]
+[upstreams.slow]
+read_timeout = "1s"
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/dead/"
+  upstream = "dead"
+  [[listeners.routes]]
+  path = "/"
+  upstream = "slow"
+"#,
+        sock.display()
+    ));
+    let r = curl(&[], &p.url("/dead/x"));
+    assert_eq!(r.status, 502);
+    assert!(r.text().contains("502 Bad Gateway"));
+    let r = curl(&[], &p.url("/slow?secs=3"));
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("504 Gateway Timeout"));
+    // passive health: the dead server is shown unavailable after max_fails (1) failure
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(s["upstreams"]["dead"]["servers"][0]["state"], "unavailable");
+    assert!(
+        s["upstreams"]["dead"]["servers"][0]["failures"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    // the timeout counted against the slow server too (nginx: proxy_next_upstream
+    // timeout), so with one server it is out of rotation now: 502, and Portico is up
+    assert_eq!(s["upstreams"]["slow"]["servers"][0]["state"], "unavailable");
+    assert_eq!(curl(&[], &p.url("/")).status, 502);
+    let health = curl(&[], &format!("http://127.0.0.1:{}/health", p.admin_port));
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+}
+
+#[test]
+fn a_dead_server_is_skipped_without_failing_requests() {
+    let dead = free_port();
+    let live = free_port();
+    let _app = gunicorn_tcp(live, "live", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{dead}" }}, {{ addr = "127.0.0.1:{live}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#
+    ));
+    for i in 0..20 {
+        // idempotent and not: a connect failure sent nothing, so both are retried
+        let r = if i % 2 == 0 {
+            curl(&[], &p.url("/"))
+        } else {
+            curl(&["-X", "POST", "-d", "x"], &p.url("/echo"))
+        };
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+}
