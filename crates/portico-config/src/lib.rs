@@ -180,7 +180,7 @@ pub fn load(files: &[PathBuf], env: Vec<(String, String)>) -> Result<Loaded, Vec
     let layers = Layers::load(&parsed, env).map_err(|e| vec![e])?;
     let raw = deserialize_all(&layers, &mut errors);
     let Some(raw) = raw else {
-        return Err(errors);
+        return Err(sorted(errors));
     };
     match validate::validate(&raw, &layers) {
         Ok(config) if errors.is_empty() => Ok(Loaded {
@@ -188,12 +188,29 @@ pub fn load(files: &[PathBuf], env: Vec<(String, String)>) -> Result<Loaded, Vec
             raw,
             layers,
         }),
-        Ok(_) => Err(errors),
+        Ok(_) => Err(sorted(errors)),
         Err(more) => {
             errors.extend(more);
-            Err(errors)
+            Err(sorted(errors))
         }
     }
+}
+
+/// Errors in file order (file, then line), environment variables last.
+fn sorted(mut errors: Vec<ConfigError>) -> Vec<ConfigError> {
+    let key = |e: &ConfigError| {
+        let env = e.location.starts_with("env ");
+        let (file, line) = match e.location.rsplit_once(':') {
+            Some((f, l)) => match l.parse::<usize>() {
+                Ok(n) => (f.to_string(), n),
+                Err(_) => (e.location.clone(), 0),
+            },
+            None => (e.location.clone(), 0),
+        };
+        (env, file, line)
+    };
+    errors.sort_by_key(key);
+    errors
 }
 
 /// Deserializes the merged tree into [`RawConfig`]. serde stops at the first bad key, so

@@ -136,7 +136,7 @@ listen = ["127.0.0.1:8080", "nonsense"]
   upstream = "nope"
 "#,
     );
-    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     let file = f.display().to_string();
     let has = |line: usize, key: &str| {
@@ -162,7 +162,7 @@ fn yaml_errors_have_lines() {
         "bad.yml",
         "log:\n  level: loud\nlisteners:\n  - listen: [\"127.0.0.1:1\"]\n    limits:\n      header_timeout: soon\n",
     );
-    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
     let file = f.display().to_string();
     assert!(
         errs.iter()
@@ -198,13 +198,13 @@ fn env_errors_name_the_variable() {
 fn syntax_errors_have_lines() {
     let dir = tempfile::tempdir().unwrap();
     let f = write(&dir, "s.toml", "[log]\nlevel = \"info\"\nformat = \n");
-    let errs = load(&[f.clone()], vec![]).unwrap_err();
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
     assert!(
         errs[0].location.starts_with(&format!("{}:3", f.display())),
         "{errs:?}"
     );
     let y = write(&dir, "s.yaml", "log:\n  level: [unclosed\n");
-    let errs = load(&[y.clone()], vec![]).unwrap_err();
+    let errs = load(std::slice::from_ref(&y), vec![]).unwrap_err();
     assert!(
         errs[0].location.starts_with(&y.display().to_string()),
         "{errs:?}"

@@ -89,7 +89,7 @@ impl ResolvesServerCert for SniResolver {
                 for (names, key) in &self.certs {
                     if names
                         .iter()
-                        .any(|n| !n.starts_with('*') == exact && server_name_matches(n, sni))
+                        .any(|n| n.starts_with('*') != exact && server_name_matches(n, sni))
                     {
                         return Some(Arc::clone(key));
                     }

@@ -126,7 +126,7 @@ impl Site {
                 });
             }
             // longest prefix first
-            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             SiteKind::Routes(routes)
         };
         Ok(Self {

@@ -1,0 +1,367 @@
+//! The process as an operator meets it: the embedded default, `portico check`, SIGHUP
+//! reload under load (good and bad configs), SIGTERM drain, limits and timeouts, PROXY
+//! protocol and Unix-socket listeners.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn app_config(sock: &std::path::Path, extra_route: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[upstreams.app]
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+name = "web"
+listen = ["127.0.0.1:{{port}}"]
+{extra_route}
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        sock.display()
+    )
+}
+
+#[test]
+fn embedded_default_runs_without_a_config_file() {
+    let cwd = tempfile::tempdir().unwrap();
+    let log = cwd.path().join("log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let mut cmd = std::process::Command::new(portico_bin());
+    cmd.current_dir(cwd.path())
+        .env_remove("PORTICO_LOG")
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf);
+    let mut p = Proc::spawn("portico", &mut cmd);
+    wait_tcp("127.0.0.1:8080".parse().unwrap(), &mut p.child, "portico");
+    let first = std::fs::read_to_string(&log).unwrap();
+    let first = first.lines().next().unwrap_or("").to_string();
+    assert!(first.contains("embedded default"), "{first}");
+    assert!(first.contains("127.0.0.1:8080"), "{first}");
+    let r = curl(&[], "http://127.0.0.1:8080/");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("Welcome to Portico"));
+    let s = curl(&[], "http://127.0.0.1:8080/status").json();
+    assert_eq!(s["listeners"][0]["listen"], "127.0.0.1:8080");
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn check_validates_and_reports_every_error_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("good.toml"),
+        "[[listeners]]\nlisten = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("override.yaml"), "log:\n  level: debug\n").unwrap();
+    let (code, out, _) = portico_cmd(
+        &["check", "-c", "good.toml", "-c", "override.yaml"],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("level = \"debug\""), "{out}");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[log]\nlevel = \"loud\"\n\n[[listeners]]\nlisten = [\"nowhere\"]\ncolour = 1\n",
+    )
+    .unwrap();
+    let (code, _, err) = portico_cmd(&["check", "-c", "bad.toml"], dir.path());
+    assert_eq!(code, 1);
+    let path = "bad.toml"; // as given on the command line
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(path)).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{path}:2: log.level: "))),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{path}:5: listeners.0.listen.0: "))),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{path}:6: listeners.0.colour: "))),
+        "{err}"
+    );
+
+    // env overrides name the variable, and --explain tells where values come from
+    let out = std::process::Command::new(portico_bin())
+        .args(["check", "--explain", "-c", "good.toml"])
+        .current_dir(dir.path())
+        .env("PORTICO_LOG__LEVEL", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("log.level = \"warn\"")
+                && l.ends_with("# env PORTICO_LOG__LEVEL")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("listeners.0.listen.0 = ") && l.contains("good.toml:2")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("runtime.shutdown_timeout = \"30s\"") && l.ends_with("# default")
+        ),
+        "{text}"
+    );
+    let out = std::process::Command::new(portico_bin())
+        .args(["check", "-c", "good.toml"])
+        .current_dir(dir.path())
+        .env("PORTICO_RUNTIME__SHUTDOWN_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("env PORTICO_RUNTIME__SHUTDOWN_TIMEOUT: ")
+    );
+}
+
+#[test]
+fn reload_under_load_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "r", &[]);
+    let p = Portico::start(&app_config(&sock, ""));
+    std::fs::create_dir_all(p.dir.path().join("v2")).unwrap();
+    std::fs::write(p.dir.path().join("v2/hello.txt"), "from v2\n").unwrap();
+    let with_v2 = app_config(
+        &sock,
+        "  [[listeners.routes]]\n  path = \"/v2/\"\n  static = { root = \"{dir}\" }\n",
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for t in 0..3 {
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), p.addr());
+        load.push(std::thread::spawn(move || {
+            // thread 0 keeps one connection alive across every reload; the others
+            // reconnect every few requests
+            let mut conn = KeepAlive::connect(addr).unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                if t > 0 && n % 5 == 0 {
+                    conn = KeepAlive::connect(addr).unwrap();
+                }
+                match conn.get("/echo") {
+                    Ok((200, _, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        }));
+    }
+    for round in 0..6 {
+        let cfg = if round % 2 == 0 {
+            &with_v2
+        } else {
+            &app_config(&sock, "")
+        };
+        assert!(p.reload(cfg), "reload {round} refused:\n{}", p.log_text());
+        let r = curl(&[], &p.url("/v2/hello.txt"));
+        if round % 2 == 0 {
+            assert_eq!((r.status, r.text().as_str()), (200, "from v2\n"));
+        } else {
+            assert_eq!(r.status, 404, "/v2/ goes to the app again (Flask 404)");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(s["reloads"], 6);
+}
+
+#[test]
+fn a_bad_reload_is_refused_and_the_old_config_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "b", &[]);
+    let good = app_config(&sock, "");
+    let p = Portico::start(&good);
+    let bad = good.replace("path = \"/\"", "path = \"/\"\n  via = \"carrier-pigeon\"");
+    assert!(!p.reload(&bad));
+    assert!(
+        p.log_text().contains("portico.toml:"),
+        "the error names the file and line:\n{}",
+        p.log_text()
+    );
+    assert_eq!(curl(&[], &p.url("/")).status, 200);
+    // a new address that cannot be bound also refuses the whole reload
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port2 = taken.local_addr().unwrap().port();
+    let clash = good.replace(
+        "listen = [\"127.0.0.1:{port}\"]",
+        &format!("listen = [\"127.0.0.1:{{port}}\", \"127.0.0.1:{port2}\"]"),
+    );
+    assert!(!p.reload(&clash));
+    assert_eq!(curl(&[], &p.url("/")).status, 200);
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(s["failed_reloads"], 2);
+    assert_eq!(s["reloads"], 0);
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "t", &[]);
+    let mut p = Portico::start(&app_config(&sock, ""));
+    let addr = p.addr();
+    let mut conn = KeepAlive::connect(addr).unwrap();
+    assert_eq!(conn.get("/").unwrap().0, 200);
+    let slow = std::thread::spawn(move || conn.get("/slow?secs=2"));
+    // wait until the app has the request (Portico counts it in flight upstream)
+    let status_url = format!("http://127.0.0.1:{}/status", p.admin_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while curl(&[], &status_url).json()["upstreams"]["app"]["servers"][0]["active"] != 1 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p.proc.signal("TERM");
+    let (status, body, close) = slow.join().unwrap().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&body), "slow done from t\n");
+    assert!(
+        close,
+        "the drained connection is closed after its last response"
+    );
+    assert_eq!(p.proc.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn limits_answer_431_413_and_idle_connections_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "l", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [listeners.limits]
+  max_header_bytes = 8192
+  max_body_bytes = 1000
+  idle_timeout = "1s"
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        sock.display()
+    ));
+    let big = "a".repeat(10_000);
+    let (status, _) = raw_status(
+        p.addr(),
+        format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 431);
+    // declared too large: refused before anything goes upstream
+    let r = curl(&["--data-binary", &"x".repeat(2000)], &p.url("/echo"));
+    assert_eq!(r.status, 413);
+    // chunked, found too large while streaming
+    let r = curl(
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &"x".repeat(5000),
+        ],
+        &p.url("/echo"),
+    );
+    assert_eq!(r.status, 413);
+    let r = curl(&["--data-binary", &"x".repeat(999)], &p.url("/echo"));
+    assert_eq!(r.status, 200);
+
+    // an idle keep-alive connection is closed by the server after idle_timeout
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let n = s.read_to_end(&mut all);
+    assert!(
+        n.is_ok(),
+        "the server closed the connection (EOF), not our read timeout: {n:?}"
+    );
+    assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn proxy_protocol_and_unix_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "pp", &[]);
+    let front = dir.path().join("front.sock");
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+proxy_protocol = true
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+[[listeners]]
+name = "local"
+listen = ["unix:{}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        sock.display(),
+        front.display()
+    ));
+    let (status, text) = raw_status(
+        p.addr(),
+        b"PROXY TCP4 203.0.113.50 127.0.0.1 40000 80\r\nGET /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("\"x-forwarded-for\": \"203.0.113.50\""),
+        "{text}"
+    );
+    // without the header the connection is refused service
+    let (status, _) = raw_status(p.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(status, 0);
+    let r = curl(
+        &["--unix-socket", front.to_str().unwrap()],
+        "http://local/echo",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("x-forwarded-for").is_none(),
+        "no client IP on a Unix socket"
+    );
+}
