@@ -26,7 +26,7 @@ use portico_config::ListenAddr;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub use listener::{EndpointSpec, EndpointStats, ListenerSet, TlsMode};
+pub use listener::{worker_id, EndpointSpec, EndpointStats, ListenerSet, TlsMode};
 pub use names::server_name_matches;
 pub use stream::Stream;
 pub use tls::{CertSpec, TlsInfo};

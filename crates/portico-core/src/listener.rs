@@ -70,40 +70,84 @@ struct Running {
     stats: Arc<EndpointStats>,
 }
 
+/// A bound socket, before a worker registers it with its runtime.
+enum StdBound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
 enum Bound {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
 
-/// The set of running endpoints.
+impl StdBound {
+    /// Registers the socket with the current (worker) runtime.
+    fn register(self) -> io::Result<Bound> {
+        Ok(match self {
+            StdBound::Tcp(l) => Bound::Tcp(TcpListener::from_std(l)?),
+            StdBound::Unix(l) => Bound::Unix(UnixListener::from_std(l)?),
+        })
+    }
+}
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The index of the worker thread running the caller (0 outside workers). Modules use it
+/// to keep per-worker state, such as idle upstream connections, without sharing it
+/// across threads.
+pub fn worker_id() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+/// The set of running endpoints, served by worker threads that each run their own
+/// single-threaded runtime (thread per core, like nginx's worker processes): a
+/// connection, its requests and its upstream connections stay on one thread.
 pub struct ListenerSet {
+    workers: Vec<tokio::runtime::Handle>,
+    /// Stops the worker runtimes when the set is dropped.
+    workers_stop: CancellationToken,
     running: Mutex<HashMap<ListenAddr, Running>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     next_id: Arc<AtomicU64>,
 }
 
-impl Default for ListenerSet {
-    fn default() -> Self {
-        Self::new()
+impl Drop for ListenerSet {
+    fn drop(&mut self) {
+        self.workers_stop.cancel();
     }
 }
 
-fn bind(addr: &ListenAddr) -> io::Result<Bound> {
+/// Binds `addr` once per worker: TCP sockets share the port with SO_REUSEPORT so the
+/// kernel spreads connections over the workers; a Unix socket is bound once and shared.
+fn bind(addr: &ListenAddr, workers: usize) -> io::Result<Vec<StdBound>> {
     match addr {
         ListenAddr::Tcp(a) => {
-            let domain = socket2::Domain::for_address(*a);
-            let s =
-                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-            s.set_reuse_address(true)?;
-            if a.is_ipv6() {
-                // [::]:80 and 0.0.0.0:80 can both be listed, as in nginx.
-                s.set_only_v6(true)?;
+            let mut out = Vec::with_capacity(workers);
+            for _ in 0..workers {
+                let domain = socket2::Domain::for_address(*a);
+                let s = socket2::Socket::new(
+                    domain,
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                s.set_reuse_address(true)?;
+                if workers > 1 {
+                    s.set_reuse_port(true)?;
+                }
+                if a.is_ipv6() {
+                    // [::]:80 and 0.0.0.0:80 can both be listed, as in nginx.
+                    s.set_only_v6(true)?;
+                }
+                s.set_nonblocking(true)?;
+                s.bind(&(*a).into())?;
+                s.listen(1024)?;
+                out.push(StdBound::Tcp(s.into()));
             }
-            s.set_nonblocking(true)?;
-            s.bind(&(*a).into())?;
-            s.listen(1024)?;
-            Ok(Bound::Tcp(TcpListener::from_std(s.into())?))
+            Ok(out)
         }
         ListenAddr::Unix(p) => {
             if p.exists() {
@@ -117,19 +161,60 @@ fn bind(addr: &ListenAddr) -> io::Result<Bound> {
                 }
                 std::fs::remove_file(p)?;
             }
-            Ok(Bound::Unix(UnixListener::bind(p)?))
+            let l = std::os::unix::net::UnixListener::bind(p)?;
+            l.set_nonblocking(true)?;
+            let mut out = Vec::with_capacity(workers);
+            for _ in 1..workers {
+                out.push(StdBound::Unix(l.try_clone()?));
+            }
+            out.push(StdBound::Unix(l));
+            Ok(out)
         }
     }
 }
 
 impl ListenerSet {
-    pub fn new() -> Self {
-        Self {
+    /// Starts `workers` worker threads (at least one).
+    pub fn new(workers: usize) -> io::Result<Self> {
+        let workers_stop = CancellationToken::new();
+        let mut handles = Vec::new();
+        for i in 0..workers.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop = workers_stop.clone();
+            std::thread::Builder::new()
+                .name(format!("portico-w{i}"))
+                .spawn(move || {
+                    WORKER.with(|w| w.set(i));
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(rt.handle().clone()));
+                    rt.block_on(stop.cancelled());
+                })?;
+            let handle = rx
+                .recv()
+                .map_err(|_| io::Error::other("worker thread died at start"))??;
+            handles.push(handle);
+        }
+        Ok(Self {
+            workers: handles,
+            workers_stop,
             running: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             next_id: Arc::new(AtomicU64::new(1)),
-        }
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// Makes the running endpoints match `specs`: running addresses get the new service
@@ -141,7 +226,7 @@ impl ListenerSet {
         let mut bound = Vec::new();
         for spec in &specs {
             if !running.contains_key(&spec.addr) {
-                let b = bind(&spec.addr).map_err(|e| (spec.addr.clone(), e))?;
+                let b = bind(&spec.addr, self.workers.len()).map_err(|e| (spec.addr.clone(), e))?;
                 bound.push((spec.addr.clone(), b));
             }
         }
@@ -155,7 +240,7 @@ impl ListenerSet {
             }
             keep
         });
-        let mut bound: HashMap<ListenAddr, Bound> = bound.into_iter().collect();
+        let mut bound: HashMap<ListenAddr, Vec<StdBound>> = bound.into_iter().collect();
         for spec in specs {
             let addr = spec.addr.clone();
             if let Some(r) = running.get(&addr) {
@@ -172,16 +257,23 @@ impl ListenerSet {
                 let state = Arc::new(ArcSwap::from_pointee(EndpointState { spec, limit }));
                 let stop = self.shutdown.child_token();
                 let stats = Arc::new(EndpointStats::default());
-                let ctx = AcceptCtx {
-                    addr: addr.clone(),
-                    state: Arc::clone(&state),
-                    stop: stop.clone(),
-                    stats: Arc::clone(&stats),
-                    tracker: self.tracker.clone(),
-                    shutdown: self.shutdown.clone(),
-                    next_id: Arc::clone(&self.next_id),
-                };
-                tokio::spawn(accept_loop(b, ctx));
+                for (socket, worker) in b.into_iter().zip(&self.workers) {
+                    let ctx = AcceptCtx {
+                        addr: addr.clone(),
+                        state: Arc::clone(&state),
+                        stop: stop.clone(),
+                        stats: Arc::clone(&stats),
+                        tracker: self.tracker.clone(),
+                        shutdown: self.shutdown.clone(),
+                        next_id: Arc::clone(&self.next_id),
+                    };
+                    worker.spawn(async move {
+                        match socket.register() {
+                            Ok(l) => accept_loop(l, ctx).await,
+                            Err(e) => tracing::error!(listen = %ctx.addr, error = %e, "cannot register listener"),
+                        }
+                    });
+                }
                 running.insert(addr, Running { state, stop, stats });
             }
         }
@@ -246,12 +338,6 @@ struct AcceptCtx {
 
 async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
     loop {
-        // At max_connections, stop accepting: new clients wait in the kernel backlog.
-        let limit = Arc::clone(&ctx.state.load().limit);
-        let permit = tokio::select! {
-            _ = ctx.stop.cancelled() => break,
-            p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
         let accepted = tokio::select! {
             _ = ctx.stop.cancelled() => break,
             r = accept(&listener) => r,
@@ -266,6 +352,14 @@ async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
             }
         };
         ctx.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // At max_connections this worker stops accepting until a connection ends: new
+        // clients wait in the kernel backlog (at most one accepted client per worker
+        // waits here, unserved).
+        let limit = Arc::clone(&ctx.state.load().limit);
+        let permit = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            p = limit.acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
         let state = ctx.state.load_full();
         let info = ConnInfo {
             id: ctx.next_id.fetch_add(1, Ordering::Relaxed),

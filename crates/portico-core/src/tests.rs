@@ -86,7 +86,7 @@ async fn first_line<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> String {
 
 #[tokio::test]
 async fn tcp_and_unix_connections_reach_the_service() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("p.sock");
@@ -105,7 +105,7 @@ async fn tcp_and_unix_connections_reach_the_service() {
 
 #[tokio::test]
 async fn reload_swaps_the_service_for_new_connections_only() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     set.apply(vec![spec(ListenAddr::Tcp(tcp), "old")]).unwrap();
     let mut before = TcpStream::connect(tcp).await.unwrap();
@@ -122,7 +122,7 @@ async fn reload_swaps_the_service_for_new_connections_only() {
 
 #[tokio::test]
 async fn a_failed_bind_changes_nothing() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let a = free_port();
     set.apply(vec![spec(ListenAddr::Tcp(a), "a")]).unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -135,7 +135,7 @@ async fn a_failed_bind_changes_nothing() {
 
 #[tokio::test]
 async fn connection_limit_holds_new_clients_until_a_slot_frees() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "l");
     s.max_connections = 1;
@@ -155,7 +155,7 @@ async fn connection_limit_holds_new_clients_until_a_slot_frees() {
 
 #[tokio::test]
 async fn shutdown_tells_connections_and_waits() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     set.apply(vec![spec(ListenAddr::Tcp(tcp), "s")]).unwrap();
     let mut c = TcpStream::connect(tcp).await.unwrap();
@@ -172,7 +172,7 @@ async fn shutdown_tells_connections_and_waits() {
 
 #[tokio::test]
 async fn proxy_protocol_sets_the_peer() {
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "p");
     s.proxy_protocol = true;
@@ -236,7 +236,7 @@ fn client(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
 async fn tls_picks_the_certificate_by_sni() {
     let c = certs(&["a.test", "b.test"]);
     let acceptor = tls::build_acceptor(&c.specs, &["http/1.1".into()]).unwrap();
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "t");
     s.tls = TlsMode::Implicit(acceptor);
@@ -260,7 +260,7 @@ async fn tls_picks_the_certificate_by_sni() {
 async fn starttls_upgrades_mid_session() {
     let c = certs(&["mail.test"]);
     let acceptor = tls::build_acceptor(&c.specs, &[]).unwrap();
-    let set = ListenerSet::new();
+    let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "m");
     s.tls = TlsMode::StartTls(acceptor);

@@ -37,6 +37,45 @@ pub enum ClientBodyError {
     Invalid(hyper::Error),
 }
 
+/// A timeout on the gap between two pieces of progress (reads, writes, frames). The
+/// timer is only armed once an operation has to wait, so an operation that is ready at
+/// once costs no timer at all.
+pub struct GapTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl GapTimer {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Call when the operation is pending: true once it has waited `timeout` since the
+    /// last progress.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timeout = self.timeout;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+
+    /// Call when the operation made progress.
+    pub fn progress(&mut self) {
+        if let Some(s) = self.sleep.as_mut() {
+            s.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+}
+
 pin_project! {
     /// The client's request body on its way upstream: bounded in size, and in time
     /// between two reads.
@@ -45,9 +84,7 @@ pin_project! {
         inner: hyper::body::Incoming,
         limit: u64,
         seen: u64,
-        timeout: Duration,
-        #[pin]
-        sleep: Sleep,
+        gap: GapTimer,
     }
 }
 
@@ -57,8 +94,7 @@ impl ClientBody {
             inner,
             limit,
             seen: 0,
-            timeout,
-            sleep: tokio::time::sleep(timeout),
+            gap: GapTimer::new(timeout),
         }
     }
 }
@@ -71,11 +107,13 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
+        let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(ClientBodyError::Timeout(*this.timeout).into())));
+                if this.gap.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(
+                        ClientBodyError::Timeout(this.gap.timeout()).into()
+                    )));
                 }
                 Poll::Pending
             }
@@ -88,8 +126,7 @@ impl Body for ClientBody {
                         )));
                     }
                 }
-                let deadline = Instant::now() + *this.timeout;
-                this.sleep.as_mut().reset(deadline);
+                this.gap.progress();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Invalid(e).into()))),

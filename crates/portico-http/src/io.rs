@@ -2,50 +2,42 @@
 //! for that long fails the connection (a client that stopped reading cannot pin memory
 //! and a task forever).
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+
+use crate::body::GapTimer;
 
 pub struct SendTimeoutIo<S> {
     inner: S,
-    timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    gap: GapTimer,
 }
 
 impl<S> SendTimeoutIo<S> {
     pub fn new(inner: S, timeout: Duration) -> Self {
         Self {
             inner,
-            timeout,
-            sleep: None,
+            gap: GapTimer::new(timeout),
         }
     }
 
     fn check<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(v) => {
-                self.sleep = None;
+                self.gap.progress();
                 Poll::Ready(v)
             }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if sleep.as_mut().poll(cx).is_ready() {
-                    self.sleep = None;
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("client did not read for {timeout:?} (send_timeout)"),
-                    )));
-                }
-                Poll::Pending
-            }
+            Poll::Pending if self.gap.poll_expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "client did not read for {:?} (send_timeout)",
+                    self.gap.timeout()
+                ),
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }

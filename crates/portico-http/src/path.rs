@@ -3,12 +3,15 @@
 //! NUL byte is an error (400). The raw path is what goes upstream; the normalized one is
 //! what routes and static files see, so `/static/../secret` cannot escape a route.
 
+use std::borrow::Cow;
+
 /// Why a path was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadPath;
 
-/// Normalizes a request path (without query).
-pub fn normalize(raw: &str) -> Result<String, BadPath> {
+/// Normalizes a request path (without query). Paths that are already normal (the
+/// common case) are returned as they are, without allocating.
+pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     if !raw.starts_with('/') {
         // "*" (OPTIONS) or an authority form: route as the root.
         return if raw == "*" {
@@ -16,6 +19,9 @@ pub fn normalize(raw: &str) -> Result<String, BadPath> {
         } else {
             Err(BadPath)
         };
+    }
+    if !raw.contains('%') && !raw.contains("//") && !raw.contains("/.") {
+        return Ok(Cow::Borrowed(raw));
     }
     let decoded = percent_decode(raw.as_bytes())?;
     let text = String::from_utf8_lossy(&decoded);
@@ -43,7 +49,7 @@ pub fn normalize(raw: &str) -> Result<String, BadPath> {
     if trailing || out.is_empty() {
         path.push('/');
     }
-    Ok(path)
+    Ok(Cow::Owned(path))
 }
 
 fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, BadPath> {

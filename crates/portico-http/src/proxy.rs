@@ -5,7 +5,6 @@
 //! both ways with backpressure (hyper polls the next frame only when the peer took the
 //! last one).
 
-use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,10 +19,10 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use portico_core::worker_id;
 use portico_upstream::{connect, IdlePool, Pick, SelectCtx, Upstream};
-use tokio::time::{Instant, Sleep};
 
-use crate::body::{empty, BoxError, ClientBodyError, HttpBody};
+use crate::body::{empty, BoxError, ClientBodyError, GapTimer, HttpBody};
 use crate::errors::error_response;
 
 type Sender = SendRequest<HttpBody>;
@@ -35,12 +34,13 @@ pub struct HttpUpstream {
 }
 
 impl HttpUpstream {
-    pub fn new(upstream: Arc<Upstream>) -> Self {
+    /// `workers`: the number of worker threads (idle connections are kept per worker).
+    pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
         let cfg = &upstream.config;
         let pools = upstream
             .servers
             .iter()
-            .map(|_| Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout)))
+            .map(|_| Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, workers)))
             .collect();
         Self { upstream, pools }
     }
@@ -137,7 +137,7 @@ pub async fn forward(
         let pool = Arc::clone(&up.pools[pick.index]);
 
         // A pooled connection the server has not closed, or a new one.
-        let mut pooled = pool.take(|s| !s.is_closed());
+        let mut pooled = pool.take(worker_id(), |s| !s.is_closed());
         if let Some(s) = pooled.as_mut() {
             if s.ready().await.is_err() {
                 pooled = None;
@@ -168,7 +168,14 @@ pub async fn forward(
                 None => break, // consumed by an earlier attempt: cannot be resent
             }
         };
-        let req = Request::from_parts(parts.clone(), this_body);
+        // Keep a copy of the head only if this request may be sent again.
+        let may_resend = retry_after_send && tried.len() < max_tries;
+        let head = if may_resend {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        let req = Request::from_parts(head, this_body);
         let sent = tokio::time::timeout(cfg.read_timeout, sender.try_send_request(req)).await;
         match sent {
             Ok(Ok(resp)) => {
@@ -190,7 +197,9 @@ pub async fn forward(
                     // body and all, without blaming the server.
                     if resends < 2 {
                         resends += 1;
-                        body = Some(req.into_body());
+                        let (head, unsent_body) = req.into_parts();
+                        parts = head;
+                        body = Some(unsent_body);
                         tried.pop();
                         continue;
                     }
@@ -279,8 +288,7 @@ fn finish_response(
     strip_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody {
         inner: body,
-        sleep: tokio::time::sleep(read_timeout),
-        read_timeout,
+        gap: GapTimer::new(read_timeout),
         done: Some((sender, pool, pick)),
     };
     Response::from_parts(parts, body.boxed())
@@ -296,9 +304,7 @@ pin_project! {
     struct UpstreamBody {
         #[pin]
         inner: hyper::body::Incoming,
-        #[pin]
-        sleep: Sleep,
-        read_timeout: Duration,
+        gap: GapTimer,
         done: Option<(Sender, Arc<IdlePool<Sender>>, Pick)>,
     }
 }
@@ -314,17 +320,16 @@ impl Body for UpstreamBody {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Pending => {
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                if this.gap.poll_expired(cx) {
                     if let Some((_, _, pick)) = this.done.take() {
                         pick.failure();
                     }
-                    return Poll::Ready(Some(Err(UpstreamBodyTimeout(*this.read_timeout).into())));
+                    return Poll::Ready(Some(Err(UpstreamBodyTimeout(this.gap.timeout()).into())));
                 }
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
-                let deadline = Instant::now() + *this.read_timeout;
-                this.sleep.as_mut().reset(deadline);
+                this.gap.progress();
                 if this.inner.is_end_stream() {
                     release(this.done);
                 }
@@ -356,7 +361,7 @@ fn release(done: &mut Option<(Sender, Arc<IdlePool<Sender>>, Pick)>) {
     if let Some((sender, pool, pick)) = done.take() {
         pick.success();
         if !sender.is_closed() {
-            pool.put(sender);
+            pool.put(worker_id(), sender);
         }
     }
 }

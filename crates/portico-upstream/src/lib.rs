@@ -39,7 +39,19 @@ pub struct Upstream {
 pub struct Server {
     pub config: ServerConfig,
     pub stats: ServerStats,
+    /// When passive health lets the server back in, as [`now_ms`]; 0 = not out. Read on
+    /// every pick, so it is an atomic; the failure window below is locked only when
+    /// something failed.
+    down_until_ms: AtomicU64,
+    /// Set while `passive` holds failures to forget on the next success.
+    has_failures: std::sync::atomic::AtomicBool,
     passive: Mutex<Passive>,
+}
+
+/// Milliseconds since the first call, never 0.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Counters shown on /status and /metrics.
@@ -56,7 +68,6 @@ pub struct ServerStats {
 struct Passive {
     fails: u32,
     window_start: Option<Instant>,
-    down_until: Option<Instant>,
 }
 
 /// What the balancer may use to pick a server.
@@ -96,34 +107,34 @@ impl Server {
         Self {
             config,
             stats: ServerStats::default(),
+            down_until_ms: AtomicU64::new(0),
+            has_failures: std::sync::atomic::AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
         }
+    }
+
+    fn is_down(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     pub fn addr(&self) -> &PeerAddr {
         &self.config.addr
     }
 
-    /// Whether passive health lets this server take a request now.
-    pub fn is_available(&self, now: Instant) -> bool {
-        if self.config.drain {
-            return false;
-        }
-        if self.config.max_conns > 0
-            && self.stats.active.load(Ordering::Relaxed) >= self.config.max_conns
-        {
-            return false;
-        }
-        lock(&self.passive).down_until.is_none_or(|t| now >= t)
+    /// Whether this server may take a request now: not draining, under max_conns, and
+    /// not out after failures.
+    pub fn is_available(&self) -> bool {
+        !self.config.drain
+            && (self.config.max_conns == 0
+                || self.stats.active.load(Ordering::Relaxed) < self.config.max_conns)
+            && !self.is_down()
     }
 
     pub fn state(&self) -> ServerState {
         if self.config.drain {
             ServerState::Draining
-        } else if lock(&self.passive)
-            .down_until
-            .is_some_and(|t| Instant::now() < t)
-        {
+        } else if self.is_down() {
             ServerState::Unavailable
         } else {
             ServerState::Up
@@ -138,6 +149,7 @@ impl Server {
         }
         let fail_timeout = self.config.fail_timeout;
         let mut p = lock(&self.passive);
+        self.has_failures.store(true, Ordering::Relaxed);
         if p.window_start
             .is_none_or(|s| now.duration_since(s) > fail_timeout)
         {
@@ -146,7 +158,10 @@ impl Server {
         }
         p.fails += 1;
         if p.fails >= max_fails {
-            p.down_until = Some(now + fail_timeout);
+            self.down_until_ms.store(
+                now_ms() + fail_timeout.as_millis() as u64,
+                Ordering::Relaxed,
+            );
             p.fails = 0;
             p.window_start = None;
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -156,12 +171,14 @@ impl Server {
     }
 
     fn record_success(&self) {
-        let mut p = lock(&self.passive);
-        if p.fails > 0 || p.down_until.is_some() {
-            p.fails = 0;
-            p.window_start = None;
-            p.down_until = None;
+        if !self.has_failures.load(Ordering::Relaxed) {
+            return;
         }
+        let mut p = lock(&self.passive);
+        p.fails = 0;
+        p.window_start = None;
+        self.down_until_ms.store(0, Ordering::Relaxed);
+        self.has_failures.store(false, Ordering::Relaxed);
     }
 }
 
@@ -188,30 +205,25 @@ impl Upstream {
     /// Chooses a server for one request, or `None` when no server is available
     /// ("no live upstreams"). Backup servers are used only while every primary is out.
     pub fn select(&self, ctx: &SelectCtx<'_>) -> Option<Pick> {
-        let now = Instant::now();
-        let eligible = |backup: bool| -> Vec<usize> {
-            self.servers
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| {
-                    s.config.backup == backup && !ctx.exclude.contains(i) && s.is_available(now)
-                })
-                .map(|(i, _)| i)
-                .collect()
+        let usable = |i: usize, backup: bool| {
+            let s = &self.servers[i];
+            s.config.backup == backup && !ctx.exclude.contains(&i) && s.is_available()
         };
-        let mut candidates = eligible(false);
-        if candidates.is_empty() {
-            candidates = eligible(true);
-        }
-        if candidates.is_empty() {
+        let n = self.servers.len();
+        let backup = if (0..n).any(|i| usable(i, false)) {
+            false
+        } else if (0..n).any(|i| usable(i, true)) {
+            true
+        } else {
             return None;
-        }
+        };
+        let ok = |i: usize| usable(i, backup);
         let index = match self.config.balance {
-            Balance::LeastConn => select::least_conn(&self.servers, &candidates),
-            Balance::IpHash => select::ip_hash(&self.servers, &candidates, ctx.client_ip),
-            Balance::RandomTwo => select::random_two(&self.servers, &candidates),
+            Balance::LeastConn => select::least_conn(&self.servers, ok),
+            Balance::IpHash => select::ip_hash(&self.servers, ok, ctx.client_ip),
+            Balance::RandomTwo => select::random_two(&self.servers, ok),
             Balance::RoundRobin | Balance::Hash | Balance::LeastTime => {
-                lock(&self.rr).pick(&self.servers, &candidates)
+                lock(&self.rr).pick(&self.servers, ok)
             }
         }?;
         let server = Arc::clone(&self.servers[index]);

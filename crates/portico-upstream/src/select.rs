@@ -1,6 +1,6 @@
-//! Selection algorithms. Each one chooses among `candidates`, the indexes of servers that
-//! are available for this request (not excluded, not failed, not draining, under
-//! max_conns); weights come from the servers' config.
+//! Selection algorithms. Each one chooses among the servers for which `ok(index)` holds
+//! (available for this request: not excluded, not failed, not draining, under
+//! max_conns); weights come from the servers' config. No allocation per pick.
 
 use std::cell::Cell;
 use std::net::IpAddr;
@@ -22,10 +22,14 @@ impl RoundRobin {
         }
     }
 
-    pub(crate) fn pick(&mut self, servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
+    pub(crate) fn pick(
+        &mut self,
+        servers: &[Arc<Server>],
+        ok: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for &i in candidates {
+        for i in (0..servers.len()).filter(|&i| ok(i)) {
             let w = i64::from(servers[i].config.weight);
             self.current[i] += w;
             total += w;
@@ -40,24 +44,43 @@ impl RoundRobin {
 }
 
 /// Fewest in-flight requests relative to weight; ties go to the first candidate.
-pub(crate) fn least_conn(servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
-    candidates.iter().copied().min_by(|&a, &b| {
-        let load = |i: usize| {
-            let s = &servers[i];
-            (
-                s.stats.active.load(Ordering::Relaxed) as u64,
-                u64::from(s.config.weight),
-            )
-        };
-        let ((aa, aw), (ba, bw)) = (load(a), load(b));
-        (aa * bw).cmp(&(ba * aw))
-    })
+pub(crate) fn least_conn(servers: &[Arc<Server>], ok: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..servers.len())
+        .filter(|&i| ok(i))
+        .min_by(|&a, &b| load(servers, a).cmp(&load(servers, b)))
+}
+
+/// In-flight requests per weight, compared without division.
+#[derive(PartialEq, Eq)]
+struct Load {
+    active: u64,
+    weight: u64,
+}
+
+impl PartialOrd for Load {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Load {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.active * other.weight).cmp(&(other.active * self.weight))
+    }
+}
+
+fn load(servers: &[Arc<Server>], i: usize) -> Load {
+    let s = &servers[i];
+    Load {
+        active: s.stats.active.load(Ordering::Relaxed) as u64,
+        weight: u64::from(s.config.weight),
+    }
 }
 
 /// nginx `ip_hash`: the first three octets of an IPv4 address, the whole IPv6 address.
 pub(crate) fn ip_hash(
     servers: &[Arc<Server>],
-    candidates: &[usize],
+    ok: impl Fn(usize) -> bool,
     ip: Option<IpAddr>,
 ) -> Option<usize> {
     let key: Vec<u8> = match ip {
@@ -68,8 +91,9 @@ pub(crate) fn ip_hash(
     // Hash over all servers, so a client keeps its server while it is available; walk
     // on (as nginx rehashes) when it is not.
     let total: u64 = servers.iter().map(|s| u64::from(s.config.weight)).sum();
+    let first = || (0..servers.len()).find(|&i| ok(i));
     if total == 0 {
-        return candidates.first().copied();
+        return first();
     }
     let mut h = fnv1a(&key);
     for _ in 0..20 {
@@ -77,7 +101,7 @@ pub(crate) fn ip_hash(
         for (i, s) in servers.iter().enumerate() {
             let sw = u64::from(s.config.weight);
             if w < sw {
-                if candidates.contains(&i) {
+                if ok(i) {
                     return Some(i);
                 }
                 break;
@@ -86,22 +110,29 @@ pub(crate) fn ip_hash(
         }
         h = fnv1a(&h.to_le_bytes());
     }
-    candidates.first().copied()
+    first()
 }
 
 /// Power of two choices: two random candidates, the one with fewer in-flight requests
 /// per weight wins.
-pub(crate) fn random_two(servers: &[Arc<Server>], candidates: &[usize]) -> Option<usize> {
-    match candidates.len() {
+pub(crate) fn random_two(servers: &[Arc<Server>], ok: impl Fn(usize) -> bool) -> Option<usize> {
+    let nth = |k: usize| (0..servers.len()).filter(|&i| ok(i)).nth(k);
+    match (0..servers.len()).filter(|&i| ok(i)).count() {
         0 => None,
-        1 => Some(candidates[0]),
+        1 => nth(0),
         n => {
             let a = (next_random() % n as u64) as usize;
             let mut b = (next_random() % (n as u64 - 1)) as usize;
             if b >= a {
                 b += 1;
             }
-            least_conn(servers, &[candidates[a], candidates[b]])
+            let (a, b) = (nth(a)?, nth(b)?);
+            // ties go to the first, randomly chosen, candidate
+            Some(if load(servers, b) < load(servers, a) {
+                b
+            } else {
+                a
+            })
         }
     }
 }

@@ -172,16 +172,22 @@ fn random_two_uses_every_server() {
 
 #[test]
 fn idle_pool_is_lifo_bounded_and_expires() {
-    let pool = IdlePool::new(2, Duration::from_secs(60));
-    pool.put(1);
-    pool.put(2);
-    pool.put(3);
-    assert_eq!(pool.idle(), 2);
-    assert_eq!(pool.take(|_| true), Some(3));
-    assert_eq!(pool.take(|&x| x != 2), None, "unusable entries are dropped");
-    let expired = IdlePool::new(2, Duration::ZERO);
-    expired.put(1);
-    assert_eq!(expired.take(|_| true), None);
+    let pool = IdlePool::new(2, Duration::from_secs(60), 2);
+    pool.put(0, 1);
+    pool.put(0, 2);
+    pool.put(0, 3);
+    pool.put(1, 10);
+    assert_eq!(pool.idle(), 3);
+    assert_eq!(pool.take(0, |_| true), Some(3));
+    assert_eq!(
+        pool.take(0, |&x| x != 2),
+        None,
+        "unusable entries are dropped"
+    );
+    assert_eq!(pool.take(1, |_| true), Some(10), "shards are separate");
+    let expired = IdlePool::new(2, Duration::ZERO, 1);
+    expired.put(0, 1);
+    assert_eq!(expired.take(0, |_| true), None);
 }
 
 proptest! {

@@ -20,7 +20,7 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds the upstreams of `config`, keeping the state (health, counters, pools) of
     /// every upstream whose config did not change.
-    pub fn build(config: &Config, previous: &Upstreams) -> Self {
+    pub fn build(config: &Config, previous: &Upstreams, workers: usize) -> Self {
         let mut next = Upstreams::default();
         for (name, cfg) in &config.upstreams {
             match (previous.shared.get(name), previous.http.get(name)) {
@@ -30,8 +30,10 @@ impl Upstreams {
                 }
                 _ => {
                     let up = Arc::new(Upstream::new(cfg.clone()));
-                    next.http
-                        .insert(name.clone(), Arc::new(HttpUpstream::new(Arc::clone(&up))));
+                    next.http.insert(
+                        name.clone(),
+                        Arc::new(HttpUpstream::new(Arc::clone(&up), workers)),
+                    );
                     next.shared.insert(name.clone(), up);
                 }
             }

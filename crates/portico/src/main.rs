@@ -202,7 +202,8 @@ impl State {
 
     /// Builds and applies `config`; on any error the running state stays as it was.
     fn apply(&mut self, config: Config) -> anyhow::Result<()> {
-        let upstreams = assemble::Upstreams::build(&config, &self.upstreams);
+        let upstreams =
+            assemble::Upstreams::build(&config, &self.upstreams, self.listeners.workers());
         let shared = self.shared(&config)?;
         let specs =
             assemble::endpoints(&config, &upstreams, &shared).map_err(anyhow::Error::msg)?;
@@ -268,7 +269,11 @@ async fn serve(files: Vec<PathBuf>, config: Config) -> anyhow::Result<()> {
             listen.join(", ")
         );
     }
-    let listeners = Arc::new(ListenerSet::new());
+    let workers = match config.runtime.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let listeners = Arc::new(ListenerSet::new(workers).context("cannot start worker threads")?);
     let status = Arc::new(StatusSource::new(
         Arc::clone(&listeners),
         Arc::new(Metrics::default()),
