@@ -191,6 +191,7 @@ impl HttpService {
 /// Per-connection facts and the state the idle timer needs.
 struct ConnState {
     peer_ip: Option<IpAddr>,
+    peer_value: Option<HeaderValue>,
     tls: bool,
     sni: Option<String>,
     in_flight: AtomicUsize,
@@ -219,6 +220,9 @@ impl Service for HttpService {
             let limits = self.sites[0].limits.clone();
             let state = Arc::new(ConnState {
                 peer_ip: info.peer.map(|p| p.ip()),
+                peer_value: info
+                    .peer
+                    .and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok()),
                 tls: info.tls.is_some(),
                 sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
                 in_flight: AtomicUsize::new(0),
@@ -295,33 +299,31 @@ fn version_str(v: Version) -> &'static str {
 
 /// The host the request is for: Host for HTTP/1, :authority (or Host) for h2. Errors
 /// when it is missing on HTTP/1.1, duplicated, or not a valid host.
-fn request_host(req: &Request<Incoming>) -> Result<Option<String>, StatusCode> {
+fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, StatusCode> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() {
         return Err(StatusCode::BAD_REQUEST);
     }
-    let raw = match (req.uri().authority(), header_host) {
-        (Some(a), _) => Some(a.as_str().to_string()),
-        (None, Some(h)) => Some(h.to_str().map_err(|_| StatusCode::BAD_REQUEST)?.to_string()),
+    let value = match (req.uri().authority(), header_host) {
+        (Some(a), _) => {
+            Some(HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?)
+        }
+        (None, Some(h)) => Some(h.clone()),
+        (None, None) if req.version() == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
         (None, None) => None,
     };
-    match raw {
-        None if req.version() == Version::HTTP_11 => Err(StatusCode::BAD_REQUEST),
-        None => Ok(None),
-        Some(h) => {
-            let valid = !h.is_empty()
-                && h.bytes().all(|b| {
-                    b.is_ascii_alphanumeric()
-                        || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-                });
-            if valid {
-                Ok(Some(h))
-            } else {
-                Err(StatusCode::BAD_REQUEST)
-            }
+    if let Some(v) = &value {
+        let b = v.as_bytes();
+        let valid = !b.is_empty()
+            && b.iter().all(|&c| {
+                c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+            });
+        if !valid {
+            return Err(StatusCode::BAD_REQUEST);
         }
     }
+    Ok(value)
 }
 
 /// The host without its port (`[::1]:80` → `[::1]`).
@@ -346,7 +348,12 @@ impl HttpService {
         let time = SystemTime::now();
         let host = request_host(&req);
         let site = Arc::clone(match &host {
-            Ok(h) => self.site_for(h.as_deref().map(host_name).or(conn.sni.as_deref())),
+            Ok(h) => self.site_for(
+                h.as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(host_name)
+                    .or(conn.sni.as_deref()),
+            ),
             Err(_) => &self.sites[0],
         });
         let log_fields = self.shared.access_log.is_on().then(|| LogFields {
@@ -359,7 +366,12 @@ impl HttpService {
             version: version_str(req.version()),
             referer: header_str(&req, header::REFERER),
             user_agent: header_str(&req, header::USER_AGENT),
-            host: host.as_ref().ok().cloned().flatten(),
+            host: host
+                .as_ref()
+                .ok()
+                .and_then(|h| h.as_ref())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
         });
         let (resp, upstream) = match host {
             Err(status) => (error_response(status), None),
@@ -404,7 +416,7 @@ impl HttpService {
         req: Request<Incoming>,
         site: &Site,
         conn: &ConnState,
-        host: Option<String>,
+        host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let Ok(path) = path::normalize(req.uri().path()) else {
             return (error_response(StatusCode::BAD_REQUEST), None);
@@ -436,6 +448,7 @@ impl HttpService {
                 }
                 let client = proxy::ClientSide {
                     peer_ip: conn.peer_ip,
+                    peer_value: conn.peer_value.clone(),
                     tls: conn.tls,
                     host,
                 };

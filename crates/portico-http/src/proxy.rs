@@ -47,32 +47,38 @@ impl HttpUpstream {
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
     }
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
     }
 }
 
@@ -86,9 +92,11 @@ fn is_idempotent(m: &Method) -> bool {
 /// What the proxy needs to know about the client side of one request.
 pub struct ClientSide {
     pub peer_ip: Option<IpAddr>,
+    /// `peer_ip` as a header value, made once per connection.
+    pub peer_value: Option<HeaderValue>,
     pub tls: bool,
     /// The host the client asked for (Host or :authority), for X-Forwarded-Host.
-    pub host: Option<String>,
+    pub host: Option<HeaderValue>,
 }
 
 /// The upstream server that answered, for the access log.
@@ -255,25 +263,27 @@ async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
 
 fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
     strip_hop_by_hop(h);
-    if let Some(ip) = client.peer_ip {
-        let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.to_string(),
+    if let Some(ip) = &client.peer_value {
+        let joined = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!(
+                "{prev}, {}",
+                client.peer_ip.map(|i| i.to_string()).unwrap_or_default()
+            ))
+            .ok(),
+            _ => Some(ip.clone()),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            h.insert("x-forwarded-for", v);
+        if let Some(v) = joined {
+            h.insert(X_FORWARDED_FOR, v);
         }
     }
     h.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
     );
     if let Some(host) = &client.host {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            h.insert("x-forwarded-host", v.clone());
-            // h2 clients send :authority, not Host: HTTP/1.1 upstreams need a Host.
-            h.entry(header::HOST).or_insert(v);
-        }
+        h.insert(X_FORWARDED_HOST, host.clone());
+        // h2 clients send :authority, not Host: HTTP/1.1 upstreams need a Host.
+        h.entry(header::HOST).or_insert_with(|| host.clone());
     }
 }
 
