@@ -118,16 +118,29 @@ fn bad_requests_get_the_same_answer() {
         ("two Host headers", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         ("obs-fold", b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"),
         ("invalid Content-Length", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: x1\r\n\r\n"),
+        ("Content-Length with Transfer-Encoding", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("Transfer-Encoding before Content-Length", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
+        ("equal duplicate Content-Lengths", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd"),
         ("differing Content-Lengths", b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
         ("bad chunk size", b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
         ("path above the root", b"GET /../x HTTP/1.1\r\nHost: a\r\n\r\n"),
         ("garbage request line", b"HELLO\r\n\r\n"),
         ("fine", b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        (
+            "smuggling after a good request",
+            b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcPOST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
     ];
     for (name, raw) in cases {
         let (n, ntext) = raw_status(nginx_addr, raw);
         let (pp, ptext) = raw_status(p.portico.addr(), raw);
         assert_eq!(n, pp, "{name}:\nnginx: {ntext}\nportico: {ptext}");
+        // and the same number of responses on the connection (nothing smuggled through)
+        assert_eq!(
+            ntext.matches("HTTP/1.1 ").count(),
+            ptext.matches("HTTP/1.1 ").count(),
+            "{name}:\nnginx: {ntext}\nportico: {ptext}"
+        );
     }
     // An unknown transfer coding: nginx answers 501, Portico 400 (hyper's parser
     // refuses the request before it reaches Portico; see docs/http.md).

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 mod errors;
+mod framing;
 mod io;
 pub mod path;
 pub mod proxy;
@@ -229,7 +230,10 @@ impl Service for HttpService {
                 last_done_ms: AtomicU64::new(0),
                 start: Instant::now(),
             });
-            let io = TokioIo::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
+            let io = TokioIo::new(framing::FramingGuard::new(io::SendTimeoutIo::new(
+                stream,
+                limits.send_timeout,
+            )));
             let svc_state = Arc::clone(&state);
             let this = Arc::clone(&self);
             let svc = hyper::service::service_fn(move |req| {
