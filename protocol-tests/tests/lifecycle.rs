@@ -365,3 +365,90 @@ listen = ["unix:{}"]
         "no client IP on a Unix socket"
     );
 }
+
+#[test]
+fn portico_reload_signals_through_the_pid_file_and_in_flight_requests_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "pr", &[]);
+    let with_pid = |extra: &str| {
+        format!(
+            "[runtime]\npid_file = \"{{dir}}/portico.pid\"\n{}",
+            app_config(&sock, extra)
+        )
+    };
+    let p = Portico::start(&with_pid(""));
+    let pid_file = p.dir.path().join("portico.pid");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(pid.trim(), p.proc.pid().to_string());
+
+    // a slow request in flight while the config changes
+    let addr = p.addr();
+    let slow = std::thread::spawn(move || KeepAlive::connect(addr).unwrap().get("/slow?secs=2"));
+    let status_url = format!("http://127.0.0.1:{}/status", p.admin_port);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while curl(&[], &status_url).json()["upstreams"]["app"]["servers"][0]["active"] != 1 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(
+        &p.config,
+        with_pid("  [[listeners.routes]]\n  path = \"/new/\"\n  static = { root = \"{dir}\" }\n")
+            .replace("{port}", &p.port.to_string())
+            .replace("{admin}", &p.admin_port.to_string())
+            .replace("{dir}", &p.dir.path().display().to_string()),
+    )
+    .unwrap();
+    std::fs::create_dir_all(p.dir.path().join("new")).unwrap();
+    std::fs::write(p.dir.path().join("new/x.txt"), "new route\n").unwrap();
+    let (code, _, err) = portico_cmd(
+        &["reload", "--pid-file", pid_file.to_str().unwrap()],
+        p.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !p.log_text().contains("configuration reloaded") {
+        assert!(std::time::Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(curl(&[], &p.url("/new/x.txt")).text(), "new route\n");
+    let (status, body, _) = slow.join().unwrap().unwrap();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).as_ref()),
+        (200, "slow done from pr\n")
+    );
+}
+
+#[test]
+fn ipv6_listeners_and_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "v6", &[]);
+    let v6_port = free_port();
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "unix:{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}", "[::1]:{v6_port}"]
+  [listeners.limits]
+  header_timeout = "1s"
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        sock.display()
+    ));
+    let r = curl(&["-g"], &format!("http://[::1]:{v6_port}/echo"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-forwarded-for"], "::1");
+    // a client that never finishes its request head is disconnected
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        s.read_to_end(&mut rest).is_ok(),
+        "closed by the server, not by our read timeout"
+    );
+}
