@@ -103,18 +103,7 @@ fn bodies_stream_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("flask.sock");
     let _app = gunicorn_unix(&sock, "g1", &[]);
-    let p = Portico::start(&format!(
-        r#"
-[upstreams.app]
-servers = [{{ addr = "unix:{}" }}]
-[[listeners]]
-listen = ["127.0.0.1:{{port}}"]
-  [[listeners.routes]]
-  path = "/"
-  upstream = "app"
-"#,
-        sock.display()
-    ));
+    let p = Portico::start(&proxy_config(&format!("unix:{}", sock.display()), ""));
     // 5 MiB binary POST, with Content-Length and chunked
     let body: Vec<u8> = (0..5 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -160,17 +149,7 @@ fn sha256_hex(path: &std::path::Path) -> String {
 fn uvicorn_over_tcp_with_h2c_clients() {
     let port = free_port();
     let _app = uvicorn_tcp(port);
-    let p = Portico::start(&format!(
-        r#"
-[upstreams.asgi]
-servers = [{{ addr = "127.0.0.1:{port}" }}]
-[[listeners]]
-listen = ["127.0.0.1:{{port}}"]
-  [[listeners.routes]]
-  path = "/"
-  upstream = "asgi"
-"#
-    ));
+    let p = Portico::start(&proxy_config(&format!("127.0.0.1:{port}"), ""));
     let r = curl(&["--http2-prior-knowledge", "-d", "hello"], &p.url("/echo"));
     assert_eq!(r.status, 200);
     assert_eq!(r.version, "HTTP/2");

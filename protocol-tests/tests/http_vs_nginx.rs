@@ -44,18 +44,8 @@ fn pair() -> Pair {
     );
     let nginx = nginx(dir.path(), &conf, nginx_port);
     let portico = Portico::start(&format!(
-        r#"
-[log]
-access_log = "{{dir}}/access.log"
-[upstreams.app]
-servers = [{{ addr = "unix:{}" }}]
-[[listeners]]
-listen = ["127.0.0.1:{{port}}"]
-  [[listeners.routes]]
-  path = "/"
-  upstream = "app"
-"#,
-        sock.display()
+        "[log]\naccess_log = \"{{dir}}/access.log\"\n{}",
+        proxy_config(&format!("unix:{}", sock.display()), "")
     ));
     Pair {
         _app: app,

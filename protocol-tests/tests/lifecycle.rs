@@ -265,21 +265,9 @@ fn limits_answer_431_413_and_idle_connections_close() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("app.sock");
     let _app = gunicorn_unix(&sock, "l", &[]);
-    let p = Portico::start(&format!(
-        r#"
-[upstreams.app]
-servers = [{{ addr = "unix:{}" }}]
-[[listeners]]
-listen = ["127.0.0.1:{{port}}"]
-  [listeners.limits]
-  max_header_bytes = 8192
-  max_body_bytes = 1000
-  idle_timeout = "1s"
-  [[listeners.routes]]
-  path = "/"
-  upstream = "app"
-"#,
-        sock.display()
+    let p = Portico::start(&proxy_config(
+        &format!("unix:{}", sock.display()),
+        "  [listeners.limits]\n  max_header_bytes = 8192\n  max_body_bytes = 1000\n  idle_timeout = \"1s\"",
     ));
     let big = "a".repeat(10_000);
     let (status, _) = raw_status(

@@ -158,13 +158,22 @@ impl Drop for Proc {
     }
 }
 
-/// gunicorn serving the Flask app on a Unix socket.
-pub fn gunicorn_unix(sock: &Path, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
+/// Where a Python app server listens.
+pub enum Bind<'a> {
+    Unix(&'a Path),
+    Tcp(u16),
+}
+
+/// gunicorn (2 workers) serving the Flask app; returns once it accepts connections.
+pub fn gunicorn(bind: Bind<'_>, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(venv_bin("gunicorn"));
     cmd.args(["--chdir"])
         .arg(apps_dir())
         .args(["-w", "2", "--graceful-timeout", "1", "-b"])
-        .arg(format!("unix:{}", sock.display()))
+        .arg(match &bind {
+            Bind::Unix(sock) => format!("unix:{}", sock.display()),
+            Bind::Tcp(port) => format!("127.0.0.1:{port}"),
+        })
         .arg("flask_app:app")
         .env("APP_ID", app_id)
         .stdout(Stdio::null())
@@ -173,31 +182,32 @@ pub fn gunicorn_unix(sock: &Path, app_id: &str, extra_env: &[(&str, &str)]) -> P
         cmd.env(k, v);
     }
     let mut p = Proc::spawn("gunicorn", &mut cmd);
-    wait_unix(sock, &mut p.child, "gunicorn");
+    match bind {
+        Bind::Unix(sock) => wait_unix(sock, &mut p.child, "gunicorn"),
+        Bind::Tcp(port) => wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut p.child,
+            "gunicorn",
+        ),
+    }
     p
 }
 
-/// gunicorn serving the Flask app on a TCP port.
+pub fn gunicorn_unix(sock: &Path, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
+    gunicorn(Bind::Unix(sock), app_id, extra_env)
+}
+
 pub fn gunicorn_tcp(port: u16, app_id: &str, extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(venv_bin("gunicorn"));
-    cmd.args(["--chdir"])
-        .arg(apps_dir())
-        .args(["-w", "2", "--graceful-timeout", "1", "-b"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("flask_app:app")
-        .env("APP_ID", app_id)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut p = Proc::spawn("gunicorn", &mut cmd);
-    wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        &mut p.child,
-        "gunicorn",
-    );
-    p
+    gunicorn(Bind::Tcp(port), app_id, extra_env)
+}
+
+/// A config with one upstream `app` (one server at `server`, e.g. "unix:/x.sock") and
+/// one listener on `{port}` routing `/` to it; `listener_extra` is inserted in the
+/// listener table (limits, proxy_protocol …).
+pub fn proxy_config(server: &str, listener_extra: &str) -> String {
+    format!(
+        "[upstreams.app]\nservers = [{{ addr = \"{server}\" }}]\n\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n{listener_extra}\n  [[listeners.routes]]\n  path = \"/\"\n  upstream = \"app\"\n"
+    )
 }
 
 /// uvicorn serving the ASGI echo app on a TCP port.
