@@ -440,3 +440,45 @@ listen = ["127.0.0.1:{{port}}", "[::1]:{v6_port}"]
         "closed by the server, not by our read timeout"
     );
 }
+
+#[test]
+fn settings_still_to_come_pass_check_with_a_warning_and_run_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("future.toml"),
+        r#"[upstreams.app]
+balance = "hash"
+hash_key = "$request_uri"
+servers = [{ addr = "127.0.0.1:9001" }]
+
+[[listeners]]
+listen = ["127.0.0.1:1"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  via = "uwsgi"
+
+[[listeners]]
+name = "imap"
+listen = ["127.0.0.1:2"]
+protocol = "imap"
+auth_http = "http://127.0.0.1:9000/auth"
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = portico_cmd(&["check", "-c", "future.toml"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    for key in [
+        "future.toml:2: upstreams.app.balance",
+        "future.toml:11: listeners.0.routes.0.via",
+        "future.toml:16: listeners.1.protocol",
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(key) && l.contains("warning")),
+            "{key}: {err}"
+        );
+    }
+    let (code, _, err) = portico_cmd(&["run", "-c", "future.toml"], dir.path());
+    assert_eq!(code, 1, "{err}");
+}

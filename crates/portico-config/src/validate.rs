@@ -110,12 +110,20 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 struct Validator<'a> {
     layers: &'a Layers,
     errors: Vec<ConfigError>,
+    unsupported: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn err(&mut self, path: &str, message: impl Into<String>) {
         let origin = self.layers.origin(path);
         self.errors
+            .push(ConfigError::at(origin, path, message.into()));
+    }
+
+    /// A valid setting this build cannot serve yet: `check` warns, `run` refuses.
+    fn unsupported(&mut self, path: &str, message: impl Into<String>) {
+        let origin = self.layers.origin(path);
+        self.unsupported
             .push(ConfigError::at(origin, path, message.into()));
     }
 
@@ -151,10 +159,15 @@ impl Validator<'_> {
     }
 }
 
-pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<ConfigError>> {
+/// The validated config and the valid settings this build cannot serve yet.
+pub(crate) fn validate(
+    raw: &RawConfig,
+    layers: &Layers,
+) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
     let mut v = Validator {
         layers,
         errors: Vec::new(),
+        unsupported: Vec::new(),
     };
 
     let runtime = Runtime {
@@ -243,13 +256,16 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
     check_shared_addresses(&mut v, &listeners, admin.as_ref());
 
     if v.errors.is_empty() {
-        Ok(Config {
-            runtime,
-            log,
-            admin,
-            upstreams,
-            listeners,
-        })
+        Ok((
+            Config {
+                runtime,
+                log,
+                admin,
+                upstreams,
+                listeners,
+            },
+            v.unsupported,
+        ))
     } else {
         Err(v.errors)
     }
@@ -271,7 +287,7 @@ fn validate_upstream(
     ];
     let balance = v.one_of(&format!("{p}.balance"), &u.balance, &balances);
     if matches!(balance, Some(Balance::Hash | Balance::LeastTime)) {
-        v.err(
+        v.unsupported(
             &format!("{p}.balance"),
             format!(
                 "balance = {:?} is not available in this build yet",
@@ -397,6 +413,12 @@ fn validate_listener(
             &protocols,
         )
         .unwrap_or(Protocol::Http);
+    if protocol != Protocol::Http {
+        v.unsupported(
+            &format!("{p}.protocol"),
+            format!("protocol = \"{protocol}\" is not available in this build yet"),
+        );
+    }
     if l.listen.is_empty() {
         v.err(
             &format!("{p}.listen"),
@@ -558,12 +580,6 @@ fn validate_route(
                 );
             }
             let root = resolve(&v.base(&format!("{rp}.static.root")), &s.root);
-            if !s.root.is_empty() && !root.is_dir() {
-                v.err(
-                    &format!("{rp}.static.root"),
-                    format!("{} is not a directory", root.display()),
-                );
-            }
             let index = if s.index.is_empty() {
                 vec!["index.html".to_string()]
             } else {
@@ -588,10 +604,10 @@ fn validate_route(
                 ],
             )?;
             if via != Via::Http {
-                v.err(
+                v.unsupported(
                     &format!("{rp}.via"),
                     format!(
-                        "via = {:?} is not available in this build yet (see docs/configuration.md)",
+                        "via = {:?} is not available in this build yet",
                         r.via.as_deref().unwrap_or_default()
                     ),
                 );

@@ -58,6 +58,16 @@ pub fn endpoints(
         }
     }
     let metrics = &shared.status.metrics;
+    for l in &config.listeners {
+        for r in &l.routes {
+            if let portico_config::RouteAction::Static(s) = &r.action {
+                if !s.root.is_dir() {
+                    tracing::warn!(listener = %l.name, route = %r.path, root = %s.root.display(),
+                        "static root is not a directory: requests will get 404");
+                }
+            }
+        }
+    }
     let mut specs = Vec::new();
     for (addr, listeners) in by_addr {
         let first = listeners[0];
