@@ -145,21 +145,38 @@ fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = match config.log.format {
-        portico_config::LogFormat::Json => builder.json().try_init(),
-        portico_config::LogFormat::Text => builder.try_init(),
-    };
+/// Changes the log level on reload (unless `PORTICO_LOG` pins it).
+type LogLevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(config: &Config) -> Option<LogLevelHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let pinned = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG").ok();
+    let is_pinned = pinned.is_some();
+    let filter = pinned.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let json = config.log.format == portico_config::LogFormat::Json;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json.then(|| {
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+        }))
+        .with((!json).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(ansi)
+        }))
+        .try_init();
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "a task panicked; its connection was closed, the process goes on");
     }));
+    (!is_pinned).then_some(handle)
 }
 
 fn run(given: &[PathBuf]) -> anyhow::Result<()> {
@@ -182,7 +199,7 @@ fn run(given: &[PathBuf]) -> anyhow::Result<()> {
         );
     }
     let config = loaded.config;
-    init_logging(&config);
+    let log_level = init_logging(&config);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.workers > 0 {
         rt.worker_threads(config.runtime.workers);
@@ -191,11 +208,12 @@ fn run(given: &[PathBuf]) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    rt.block_on(serve(files, config))
+    rt.block_on(serve(files, config, log_level))
 }
 
 struct State {
     files: Vec<PathBuf>,
+    log_level: Option<LogLevelHandle>,
     config: Config,
     upstreams: assemble::Upstreams,
     listeners: Arc<ListenerSet>,
@@ -225,6 +243,11 @@ impl State {
         self.status
             .upstreams
             .store(Arc::new(upstreams.shared.values().cloned().collect()));
+        if let Some(h) = &self.log_level {
+            if config.log.level != self.config.log.level {
+                let _ = h.reload(tracing_subscriber::EnvFilter::new(&config.log.level));
+            }
+        }
         self.upstreams = upstreams;
         self.config = config;
         Ok(())
@@ -269,7 +292,11 @@ impl State {
     }
 }
 
-async fn serve(files: Vec<PathBuf>, config: Config) -> anyhow::Result<()> {
+async fn serve(
+    files: Vec<PathBuf>,
+    config: Config,
+    log_level: Option<LogLevelHandle>,
+) -> anyhow::Result<()> {
     let listen: Vec<String> = config
         .listeners
         .iter()
@@ -301,6 +328,7 @@ async fn serve(files: Vec<PathBuf>, config: Config) -> anyhow::Result<()> {
     ));
     let mut state = State {
         files,
+        log_level,
         config: config.clone(),
         upstreams: assemble::Upstreams::default(),
         listeners: Arc::clone(&listeners),
