@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: wrk through Portico and through nginx to the same fast backend
 # (an nginx answering "hello" itself, so the proxy is the bottleneck), same worker
-# count, same run. Prints req/s and p99 for both and the ratios.
+# count, same run; then both serving the same small static file. Prints req/s and p99
+# for both and the ratios.
 #
 #   bash protocol-tests/bench/http.sh [WORKERS] [DURATION] [CONNECTIONS]
 #
@@ -18,7 +19,8 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -r
 trap cleanup EXIT
 
 backend=18801; nginx_port=18802; portico_port=18803
-mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs"
+mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs" "$tmp/www/static"
+printf 'hello from a file\n' > "$tmp/www/static/hello.txt"
 temp() { echo "client_body_temp_path $1/ct; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
 
 cat > "$tmp/backend/nginx.conf" <<CONF
@@ -33,6 +35,7 @@ events { worker_connections 4096; }
 http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$backend; keepalive 64; }
   server { listen 127.0.0.1:$nginx_port;
+    location /static/ { root $tmp/www; }
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
@@ -48,6 +51,9 @@ keepalive = 64
 [[listeners]]
 listen = ["127.0.0.1:$portico_port"]
   [[listeners.routes]]
+  path = "/static/"
+  static = { root = "$tmp/www" }
+  [[listeners.routes]]
   path = "/"
   upstream = "app"
 CONF
@@ -56,12 +62,14 @@ nginx -c "$tmp/backend/nginx.conf" -p "$tmp/backend" &
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
 for port in $backend $nginx_port $portico_port; do
-  for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.05; done
+  ok=
+  for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/" >/dev/null && ok=1 && break; sleep 0.05; done
+  [ -n "$ok" ] || { echo "nothing answers on port $port (is an old run still there?)" >&2; exit 1; }
 done
 
-run() { # name port
-  wrk -t2 -c"$conns" -d2s "http://127.0.0.1:$2/" >/dev/null   # warm-up
-  wrk -t2 -c"$conns" -d"$duration" --latency "http://127.0.0.1:$2/" > "$tmp/$1.wrk"
+run() { # name url
+  wrk -t2 -c"$conns" -d2s "$2" >/dev/null   # warm-up
+  wrk -t2 -c"$conns" -d"$duration" --latency "$2" > "$tmp/$1.wrk"
   python3 - "$tmp/$1.wrk" "$1" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
@@ -72,12 +80,18 @@ errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
 print(f"{sys.argv[2]} {rps:.0f} {p99:.3f} {errs.group(1) if errs else 0}")
 PY
 }
-n=$(run nginx $nginx_port); p=$(run portico $portico_port)
-echo "wrk -t2 -c$conns -d$duration, proxy workers=$workers, backend: nginx return 200"
-printf "%-8s %12s %10s %8s\n" proxy "req/s" "p99 ms" non2xx
-for line in "$n" "$p"; do set -- $line; printf "%-8s %12s %10s %8s\n" "$1" "$2" "$3" "$4"; done
-python3 - "$n" "$p" <<'PY'
+table() { # title nginx-line portico-line
+  echo "$1: wrk -t2 -c$conns -d$duration, workers=$workers"
+  python3 - "$2" "$3" <<'PY'
 import sys
 n, p = sys.argv[1].split(), sys.argv[2].split()
+print(f"{'server':<8} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8}")
+for r in (n, p):
+    print(f"{r[0]:<8} {r[1]:>12} {r[2]:>10} {r[3]:>8}")
 print(f"ratio portico/nginx: req/s {float(p[1])/float(n[1]):.2f}x, p99 {float(p[2])/float(n[2]):.2f}x")
 PY
+}
+n=$(run nginx "http://127.0.0.1:$nginx_port/"); p=$(run portico "http://127.0.0.1:$portico_port/")
+table "reverse proxy (backend: nginx return 200)" "$n" "$p"
+n=$(run nginx "http://127.0.0.1:$nginx_port/static/hello.txt"); p=$(run portico "http://127.0.0.1:$portico_port/static/hello.txt")
+table "static file (18 bytes)" "$n" "$p"
