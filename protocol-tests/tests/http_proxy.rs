@@ -90,6 +90,20 @@ fn example_gunicorn_unix_fronts_flask() {
         "no body after the head: {text:?}"
     );
 
+    // Prometheus metrics count what happened
+    let metrics = curl(&[], &format!("http://127.0.0.1:{}/metrics", p.admin_port)).text();
+    let requests = metrics
+        .lines()
+        .find(|l| l.starts_with("portico_upstream_requests_total{upstream=\"flask\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let n: u64 = requests.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 8, "{requests}");
+    assert!(
+        metrics.contains("portico_http_responses_total{listener=\"web\",class=\"5xx\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE portico_connections_accepted_total counter"));
+
     // the access log has the nginx combined line for a request
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !p.log_text().contains("\"GET /status/503 HTTP/1.1\" 503 ") {
@@ -239,4 +253,16 @@ listen = ["127.0.0.1:{{port}}"]
         };
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
     }
+}
+
+#[test]
+fn uvicorn_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("uvicorn.sock");
+    let _app = uvicorn(Bind::Unix(&sock));
+    let p = Portico::start(&proxy_config(&format!("unix:{}", sock.display()), ""));
+    let r = curl(&["-d", "over uds"], &p.url("/echo"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 8);
+    assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
 }

@@ -46,6 +46,16 @@ fn serves_files_with_types_and_index() {
     assert_eq!(r.header("location"), Some("/docs/"));
     assert_eq!(curl(&[], &p.url("/docs/")).text(), "<h1>docs</h1>\n");
     assert_eq!(curl(&[], &p.url("/missing.txt")).status, 404);
+    let (status, text) = raw_status(
+        p.addr(),
+        b"HEAD /data.json HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        text.to_ascii_lowercase().contains("content-length: 8\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n"), "HEAD has no body: {text:?}");
     assert_eq!(curl(&["-X", "POST"], &p.url("/data.json")).status, 405);
 }
 

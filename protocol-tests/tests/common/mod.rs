@@ -210,29 +210,31 @@ pub fn proxy_config(server: &str, listener_extra: &str) -> String {
     )
 }
 
-/// uvicorn serving the ASGI echo app on a TCP port.
-pub fn uvicorn_tcp(port: u16) -> Proc {
+/// uvicorn serving the ASGI echo app on a TCP port or a Unix socket (`--uds`).
+pub fn uvicorn(bind: Bind<'_>) -> Proc {
     let mut cmd = Command::new(venv_bin("uvicorn"));
-    cmd.arg("--app-dir")
-        .arg(apps_dir())
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warning",
-        ])
-        .arg("asgi_app:app")
+    cmd.arg("--app-dir").arg(apps_dir());
+    match &bind {
+        Bind::Tcp(port) => cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]),
+        Bind::Unix(sock) => cmd.arg("--uds").arg(sock),
+    };
+    cmd.args(["--log-level", "warning", "asgi_app:app"])
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut p = Proc::spawn("uvicorn", &mut cmd);
-    wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        &mut p.child,
-        "uvicorn",
-    );
+    match bind {
+        Bind::Unix(sock) => wait_unix(sock, &mut p.child, "uvicorn"),
+        Bind::Tcp(port) => wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut p.child,
+            "uvicorn",
+        ),
+    }
     p
+}
+
+pub fn uvicorn_tcp(port: u16) -> Proc {
+    uvicorn(Bind::Tcp(port))
 }
 
 /// A running portico with its config in a temp dir.
