@@ -35,12 +35,25 @@ pub struct HttpUpstream {
 
 impl HttpUpstream {
     /// `workers`: the number of worker threads (idle connections are kept per worker).
-    pub fn new(upstream: Arc<Upstream>, workers: usize) -> Self {
+    /// Servers carried over from `previous` (the same `Arc<Server>`) keep their idle
+    /// connections.
+    pub fn new(upstream: Arc<Upstream>, workers: usize, previous: Option<&HttpUpstream>) -> Self {
         let cfg = &upstream.config;
         let pools = upstream
             .servers
             .iter()
-            .map(|_| Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, workers)))
+            .map(|server| {
+                let kept = previous.and_then(|p| {
+                    p.upstream
+                        .servers
+                        .iter()
+                        .position(|s| Arc::ptr_eq(s, server))
+                        .map(|i| Arc::clone(&p.pools[i]))
+                });
+                kept.unwrap_or_else(|| {
+                    Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, workers))
+                })
+            })
             .collect();
         Self { upstream, pools }
     }

@@ -12,6 +12,7 @@
 //! live in the modules and talk to this crate through these small types.
 
 mod connect;
+pub mod health;
 mod pool;
 mod select;
 
@@ -39,6 +40,8 @@ pub struct Upstream {
 pub struct Server {
     pub config: ServerConfig,
     pub stats: ServerStats,
+    /// Active health check state (all zero / healthy when no checks run).
+    pub health: ActiveHealth,
     /// When passive health lets the server back in, as [`now_ms`]; 0 = not out. Read on
     /// every pick, so it is an atomic; the failure window below is locked only when
     /// something failed.
@@ -62,6 +65,15 @@ pub struct ServerStats {
     pub failures: AtomicU64,
     /// Times this server was marked unavailable by passive health.
     pub unavailable: AtomicU64,
+}
+
+/// What the active checker knows about a server.
+#[derive(Debug, Default)]
+pub struct ActiveHealth {
+    pub unhealthy: std::sync::atomic::AtomicBool,
+    pub passes_in_row: std::sync::atomic::AtomicU32,
+    pub fails_in_row: std::sync::atomic::AtomicU32,
+    pub failed_checks: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -92,6 +104,8 @@ pub enum ServerState {
     Up,
     /// Out of rotation after max_fails failures, until fail_timeout passes.
     Unavailable,
+    /// Out of rotation: the active health check failed `fails` times in a row.
+    Unhealthy,
     /// `drain = true`: no new requests.
     Draining,
 }
@@ -107,6 +121,7 @@ impl Server {
         Self {
             config,
             stats: ServerStats::default(),
+            health: ActiveHealth::default(),
             down_until_ms: AtomicU64::new(0),
             has_failures: std::sync::atomic::AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
@@ -129,11 +144,14 @@ impl Server {
             && (self.config.max_conns == 0
                 || self.stats.active.load(Ordering::Relaxed) < self.config.max_conns)
             && !self.is_down()
+            && !self.health.unhealthy.load(Ordering::Relaxed)
     }
 
     pub fn state(&self) -> ServerState {
         if self.config.drain {
             ServerState::Draining
+        } else if self.health.unhealthy.load(Ordering::Relaxed) {
+            ServerState::Unhealthy
         } else if self.is_down() {
             ServerState::Unavailable
         } else {
@@ -184,11 +202,22 @@ impl Server {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Self {
+        Self::reusing(config, None)
+    }
+
+    /// Builds the upstream for a new config generation, keeping the state (passive and
+    /// active health, counters) of every server whose config did not change.
+    pub fn reusing(config: UpstreamConfig, previous: Option<&Upstream>) -> Self {
+        let mut old: Vec<&Arc<Server>> = previous
+            .map(|p| p.servers.iter().collect())
+            .unwrap_or_default();
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
-            .cloned()
-            .map(|s| Arc::new(Server::new(s)))
+            .map(|cfg| match old.iter().position(|s| &s.config == cfg) {
+                Some(i) => Arc::clone(old.remove(i)),
+                None => Arc::new(Server::new(cfg.clone())),
+            })
             .collect();
         let rr = select::RoundRobin::new(servers.len());
         Self {

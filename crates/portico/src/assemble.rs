@@ -15,6 +15,8 @@ use portico_upstream::Upstream;
 pub struct Upstreams {
     pub shared: BTreeMap<String, Arc<Upstream>>,
     pub http: BTreeMap<String, Arc<HttpUpstream>>,
+    /// Stops an upstream's active health checker when its last generation is dropped.
+    checkers: BTreeMap<String, Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl Upstreams {
@@ -23,20 +25,32 @@ impl Upstreams {
     pub fn build(config: &Config, previous: &Upstreams, workers: usize) -> Self {
         let mut next = Upstreams::default();
         for (name, cfg) in &config.upstreams {
-            match (previous.shared.get(name), previous.http.get(name)) {
-                (Some(up), Some(http)) if &up.config == cfg => {
+            let prev_up = previous.shared.get(name);
+            let prev_http = previous.http.get(name);
+            if let (Some(up), Some(http)) = (prev_up, prev_http) {
+                if &up.config == cfg {
                     next.shared.insert(name.clone(), Arc::clone(up));
                     next.http.insert(name.clone(), Arc::clone(http));
-                }
-                _ => {
-                    let up = Arc::new(Upstream::new(cfg.clone()));
-                    next.http.insert(
-                        name.clone(),
-                        Arc::new(HttpUpstream::new(Arc::clone(&up), workers)),
-                    );
-                    next.shared.insert(name.clone(), up);
+                    if let Some(c) = previous.checkers.get(name) {
+                        next.checkers.insert(name.clone(), Arc::clone(c));
+                    }
+                    continue;
                 }
             }
+            let up = Arc::new(Upstream::reusing(cfg.clone(), prev_up.map(|u| &**u)));
+            let http = HttpUpstream::new(Arc::clone(&up), workers, prev_http.map(|h| &**h));
+            if let Some(health) = &cfg.health {
+                let stop = tokio_util::sync::CancellationToken::new();
+                tokio::spawn(portico_upstream::health::run_checks(
+                    Arc::clone(&up),
+                    health.clone(),
+                    stop.clone(),
+                ));
+                next.checkers
+                    .insert(name.clone(), Arc::new(stop.drop_guard()));
+            }
+            next.http.insert(name.clone(), Arc::new(http));
+            next.shared.insert(name.clone(), up);
         }
         next
     }

@@ -1,0 +1,159 @@
+//! The shared balancer against real backends: active health checks take a sick server
+//! out of rotation and bring it back; killing and restarting a backend under load fails
+//! no idempotent request; a reload keeps the state of servers that did not change.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn two_servers(a: u16, b: u16, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{a}" }}, {{ addr = "127.0.0.1:{b}" }}]
+{extra}
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#
+    )
+}
+
+fn server_state(p: &Portico, i: usize) -> String {
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    s["upstreams"]["app"]["servers"][i]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn wait_state(p: &Portico, i: usize, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server_state(p, i) != want {
+        assert!(Instant::now() < deadline, "server {i} never became {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_sick_server_leaves_rotation_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sick_flag = dir.path().join("sick");
+    let flag = sick_flag.to_str().unwrap();
+    let (a, b) = (free_port(), free_port());
+    let _a = gunicorn_tcp(a, "a", &[("HEALTH_FILE", flag)]);
+    let _b = gunicorn_tcp(b, "b", &[]);
+    let p = Portico::start(&two_servers(
+        a,
+        b,
+        r#"health = { check = "http", uri = "/healthz", interval = "100ms", timeout = "1s", passes = 2, fails = 2 }"#,
+    ));
+    let answers =
+        |n: usize| -> Vec<String> { (0..n).map(|_| curl(&[], &p.url("/")).text()).collect() };
+    assert!(answers(6).contains(&"hello from a\n".to_string()));
+
+    std::fs::write(&sick_flag, "").unwrap();
+    wait_state(&p, 0, "unhealthy");
+    assert!(
+        answers(10).iter().all(|t| t == "hello from b\n"),
+        "a sick server gets no requests"
+    );
+    let metrics = curl(&[], &format!("http://127.0.0.1:{}/metrics", p.admin_port)).text();
+    assert!(metrics.contains(&format!(
+        "portico_upstream_server_up{{upstream=\"app\",server=\"127.0.0.1:{a}\"}} 0"
+    )));
+
+    std::fs::remove_file(&sick_flag).unwrap();
+    wait_state(&p, 0, "up");
+    assert!(answers(6).contains(&"hello from a\n".to_string()));
+    assert!(p.log_text().contains("server out of rotation"));
+    assert!(p.log_text().contains("server back in rotation"));
+}
+
+#[test]
+fn killing_and_restarting_a_backend_under_load_fails_no_request() {
+    let (a, b) = (free_port(), free_port());
+    let mut server_a = gunicorn_tcp(a, "a", &[]);
+    let _b = gunicorn_tcp(b, "b", &[]);
+    let p = Portico::start(&two_servers(a, b, ""));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut load = Vec::new();
+    for _ in 0..3 {
+        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), p.addr());
+        load.push(std::thread::spawn(move || {
+            let mut conn = KeepAlive::connect(addr).unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match conn.get("/") {
+                    Ok((200, _, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failures.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        }));
+    }
+    let wait_ok = |n: usize| {
+        let target = ok.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ok.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "load stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_ok(100);
+    server_a.kill(); // SIGKILL: connections die mid-flight
+    wait_ok(200);
+    let restarted = gunicorn_tcp(a, "a", &[]);
+    wait_ok(200);
+    drop(restarted); // SIGTERM this time
+    wait_ok(200);
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
+#[test]
+fn a_reload_keeps_the_state_of_unchanged_servers() {
+    let (a, b, c) = (free_port(), free_port(), free_port());
+    let _a = gunicorn_tcp(a, "a", &[]);
+    let _b = gunicorn_tcp(b, "b", &[]);
+    let _c = gunicorn_tcp(c, "c", &[]);
+    let p = Portico::start(&two_servers(a, b, ""));
+    for _ in 0..10 {
+        assert_eq!(curl(&[], &p.url("/")).status, 200);
+    }
+    let requests = |i: usize| {
+        curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json()["upstreams"]["app"]
+            ["servers"][i]["requests"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = (requests(0), requests(1));
+    assert_eq!(before.0 + before.1, 10);
+    // add a third server: a and b keep their counters
+    let three = two_servers(a, b, "").replace(
+        &format!("{{ addr = \"127.0.0.1:{b}\" }}]"),
+        &format!("{{ addr = \"127.0.0.1:{b}\" }}, {{ addr = \"127.0.0.1:{c}\" }}]"),
+    );
+    assert!(p.reload(&three));
+    assert_eq!((requests(0), requests(1)), before);
+    assert_eq!(requests(2), 0);
+}
