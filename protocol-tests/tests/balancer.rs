@@ -157,3 +157,25 @@ fn a_reload_keeps_the_state_of_unchanged_servers() {
     assert_eq!((requests(0), requests(1)), before);
     assert_eq!(requests(2), 0);
 }
+
+#[test]
+fn hash_on_a_cookie_keeps_each_client_on_one_server() {
+    let (a, b) = (free_port(), free_port());
+    let _a = gunicorn_tcp(a, "a", &[]);
+    let _b = gunicorn_tcp(b, "b", &[]);
+    let p = Portico::start(&two_servers(
+        a,
+        b,
+        "balance = \"hash\"\nhash_key = \"$cookie_session\"",
+    ));
+    let mut seen = std::collections::HashSet::new();
+    for user in 0..12 {
+        let cookie = format!("Cookie: theme=dark; session=user{user}");
+        let first = curl(&["-H", &cookie], &p.url("/echo")).json()["app"].clone();
+        for _ in 0..4 {
+            assert_eq!(curl(&["-H", &cookie], &p.url("/echo")).json()["app"], first);
+        }
+        seen.insert(first.to_string());
+    }
+    assert_eq!(seen.len(), 2, "both servers get some of the clients");
+}

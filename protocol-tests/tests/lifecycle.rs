@@ -469,7 +469,6 @@ auth_http = "http://127.0.0.1:9000/auth"
     let (code, _, err) = portico_cmd(&["check", "-c", "future.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
     for key in [
-        "future.toml:2: upstreams.app.balance",
         "future.toml:11: listeners.0.routes.0.via",
         "future.toml:16: listeners.1.protocol",
     ] {

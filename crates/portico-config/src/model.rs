@@ -104,7 +104,7 @@ pub enum Balance {
 pub struct UpstreamConfig {
     pub name: String,
     pub balance: Balance,
-    pub hash_key: Option<String>,
+    pub hash_key: Option<KeyTemplate>,
     pub servers: Vec<ServerConfig>,
     /// Idle pooled connections kept per server.
     pub keepalive: usize,
@@ -249,4 +249,90 @@ pub struct ProxyRoute {
     pub params: BTreeMap<String, String>,
     pub root: Option<PathBuf>,
     pub index: Option<String>,
+}
+
+/// A key template such as `"$request_uri"` or `"$http_x_tenant:$cookie_session"`: text
+/// with variables, rendered per request by the module that knows their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTemplate {
+    pub source: String,
+    pub parts: Vec<KeyPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    Literal(String),
+    /// `$request_uri`: path and query as the client sent them.
+    RequestUri,
+    /// `$uri`: the normalized path.
+    Uri,
+    /// `$args`: the query string.
+    Args,
+    /// `$host`: the Host header (or h2 :authority).
+    Host,
+    /// `$remote_addr`: the client address.
+    RemoteAddr,
+    /// `$user`: the authenticated mail user.
+    User,
+    /// `$http_NAME`: a request header, NAME with `_` for `-`, lowercase.
+    Header(String),
+    /// `$cookie_NAME`: a cookie value.
+    Cookie(String),
+}
+
+impl KeyTemplate {
+    /// Parses a template; a `$name` must be one of the variables above.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = s;
+        while let Some(at) = rest.find('$') {
+            if at > 0 {
+                parts.push(KeyPart::Literal(rest[..at].to_string()));
+            }
+            let after = &rest[at + 1..];
+            let (name, tail) = match after.strip_prefix('{') {
+                Some(braced) => {
+                    let end = braced
+                        .find('}')
+                        .ok_or_else(|| format!("unclosed ${{ in {s:?}"))?;
+                    (&braced[..end], &braced[end + 1..])
+                }
+                None => {
+                    let end = after
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(after.len());
+                    (&after[..end], &after[end..])
+                }
+            };
+            let part = match name {
+                "request_uri" => KeyPart::RequestUri,
+                "uri" => KeyPart::Uri,
+                "args" => KeyPart::Args,
+                "host" => KeyPart::Host,
+                "remote_addr" => KeyPart::RemoteAddr,
+                "user" => KeyPart::User,
+                n if n.starts_with("http_") && n.len() > 5 => {
+                    KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
+                }
+                n if n.starts_with("cookie_") && n.len() > 7 => KeyPart::Cookie(n[7..].to_string()),
+                n => {
+                    return Err(format!(
+                        "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME or $cookie_NAME"
+                    ))
+                }
+            };
+            parts.push(part);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            parts.push(KeyPart::Literal(rest.to_string()));
+        }
+        if parts.is_empty() {
+            return Err("an empty hash_key hashes every request alike".into());
+        }
+        Ok(Self {
+            source: s.to_string(),
+            parts,
+        })
+    }
 }

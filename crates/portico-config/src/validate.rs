@@ -286,15 +286,16 @@ fn validate_upstream(
         ("least_time", Balance::LeastTime),
     ];
     let balance = v.one_of(&format!("{p}.balance"), &u.balance, &balances);
-    if matches!(balance, Some(Balance::Hash | Balance::LeastTime)) {
-        v.unsupported(
-            &format!("{p}.balance"),
-            format!(
-                "balance = {:?} is not available in this build yet",
-                u.balance
-            ),
-        );
-    }
+    let hash_key = u
+        .hash_key
+        .as_deref()
+        .and_then(|k| match KeyTemplate::parse(k) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(&format!("{p}.hash_key"), e);
+                None
+            }
+        });
     if balance == Some(Balance::Hash) && u.hash_key.is_none() {
         v.err(
             &format!("{p}.hash_key"),
@@ -374,7 +375,7 @@ fn validate_upstream(
     Some(UpstreamConfig {
         name: name.to_string(),
         balance: balance?,
-        hash_key: u.hash_key.clone(),
+        hash_key,
         servers,
         keepalive: u.keepalive,
         keepalive_timeout: v.duration(&format!("{p}.keepalive_timeout"), &u.keepalive_timeout),
@@ -732,6 +733,24 @@ mod tests {
         );
         assert!(parse_peer("", base).is_err());
         assert!(parse_peer("noport", base).is_err());
+    }
+
+    #[test]
+    fn key_templates() {
+        let t = KeyTemplate::parse("$http_x_tenant:${cookie_sid}/$request_uri").unwrap();
+        assert_eq!(
+            t.parts,
+            vec![
+                KeyPart::Header("x-tenant".into()),
+                KeyPart::Literal(":".into()),
+                KeyPart::Cookie("sid".into()),
+                KeyPart::Literal("/".into()),
+                KeyPart::RequestUri,
+            ]
+        );
+        assert!(KeyTemplate::parse("$nope").is_err());
+        assert!(KeyTemplate::parse("${unclosed").is_err());
+        assert!(KeyTemplate::parse("").is_err());
     }
 
     #[test]

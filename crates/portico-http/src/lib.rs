@@ -450,13 +450,17 @@ impl HttpService {
                 if limit > 0 && declared.is_some_and(|n| n > limit) {
                     return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
                 }
+                let hash_key = up.upstream.config.hash_key.as_ref().map(|t| {
+                    proxy::render_key(t, &req, &path, host.as_ref(), conn.peer_value.as_ref())
+                });
+                let (parts, body) = req.into_parts();
                 let client = proxy::ClientSide {
                     peer_ip: conn.peer_ip,
                     peer_value: conn.peer_value.clone(),
                     tls: conn.tls,
                     host,
+                    hash_key,
                 };
-                let (parts, body) = req.into_parts();
                 let body = if body.is_end_stream() {
                     body::empty()
                 } else {

@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use portico_config::{KeyPart, KeyTemplate};
 use portico_core::worker_id;
 use portico_upstream::{connect, IdlePool, Pick, SelectCtx, Upstream};
 
@@ -110,6 +111,54 @@ pub struct ClientSide {
     pub tls: bool,
     /// The host the client asked for (Host or :authority), for X-Forwarded-Host.
     pub host: Option<HeaderValue>,
+    /// The rendered `hash_key` when the upstream balances by hash.
+    pub hash_key: Option<Vec<u8>>,
+}
+
+/// Renders an upstream's `hash_key` for one request.
+pub fn render_key(
+    t: &KeyTemplate,
+    req: &Request<impl Sized>,
+    path: &str,
+    host: Option<&HeaderValue>,
+    peer: Option<&HeaderValue>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for part in &t.parts {
+        match part {
+            KeyPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+            KeyPart::RequestUri => out.extend_from_slice(
+                req.uri()
+                    .path_and_query()
+                    .map_or(req.uri().path(), |p| p.as_str())
+                    .as_bytes(),
+            ),
+            KeyPart::Uri => out.extend_from_slice(path.as_bytes()),
+            KeyPart::Args => out.extend_from_slice(req.uri().query().unwrap_or("").as_bytes()),
+            KeyPart::Host => out.extend_from_slice(host.map_or(&b""[..], |h| h.as_bytes())),
+            KeyPart::RemoteAddr => out.extend_from_slice(peer.map_or(&b""[..], |h| h.as_bytes())),
+            KeyPart::User => {}
+            KeyPart::Header(name) => {
+                if let Some(v) = req.headers().get(name.as_str()) {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            KeyPart::Cookie(name) => {
+                let found = req
+                    .headers()
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|c| c.trim().split_once('='))
+                    .find(|(k, _)| k == name);
+                if let Some((_, v)) = found {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The upstream server that answered, for the access log.
@@ -145,6 +194,7 @@ pub async fn forward(
         let ctx = SelectCtx {
             client_ip: client.peer_ip,
             exclude: &tried,
+            key: client.hash_key.as_deref(),
         };
         let Some(pick) = up.upstream.select(&ctx) else {
             if tried.is_empty() {
@@ -197,9 +247,11 @@ pub async fn forward(
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
         let req = Request::from_parts(head, this_body);
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(cfg.read_timeout, sender.try_send_request(req)).await;
         match sent {
             Ok(Ok(resp)) => {
+                pick.record_latency(started.elapsed());
                 return (
                     finish_response(resp, sender, pool, pick, cfg.read_timeout),
                     Some(addr),

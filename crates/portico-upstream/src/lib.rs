@@ -33,6 +33,7 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub servers: Vec<Arc<Server>>,
     rr: Mutex<select::RoundRobin>,
+    ring: select::Ring,
 }
 
 /// One backend server: its config, passive-health state and counters.
@@ -65,6 +66,8 @@ pub struct ServerStats {
     pub failures: AtomicU64,
     /// Times this server was marked unavailable by passive health.
     pub unavailable: AtomicU64,
+    /// Moving average of the time to the response header, in microseconds (least_time).
+    pub ewma_us: AtomicU64,
 }
 
 /// What the active checker knows about a server.
@@ -88,6 +91,8 @@ pub struct SelectCtx<'a> {
     pub client_ip: Option<IpAddr>,
     /// Servers (by index) already tried for this request.
     pub exclude: &'a [usize],
+    /// For `balance = "hash"`: the request's key, made by the module from `hash_key`.
+    pub key: Option<&'a [u8]>,
 }
 
 /// A server chosen for one request; counts as in flight until dropped.
@@ -220,10 +225,12 @@ impl Upstream {
             })
             .collect();
         let rr = select::RoundRobin::new(servers.len());
+        let ring = select::Ring::new(&servers);
         Self {
             config,
             servers,
             rr: Mutex::new(rr),
+            ring,
         }
     }
 
@@ -251,9 +258,12 @@ impl Upstream {
             Balance::LeastConn => select::least_conn(&self.servers, ok),
             Balance::IpHash => select::ip_hash(&self.servers, ok, ctx.client_ip),
             Balance::RandomTwo => select::random_two(&self.servers, ok),
-            Balance::RoundRobin | Balance::Hash | Balance::LeastTime => {
-                lock(&self.rr).pick(&self.servers, ok)
-            }
+            Balance::LeastTime => select::least_time(&self.servers, ok),
+            Balance::Hash => match ctx.key {
+                Some(key) => self.ring.pick(key, ok),
+                None => lock(&self.rr).pick(&self.servers, ok),
+            },
+            Balance::RoundRobin => lock(&self.rr).pick(&self.servers, ok),
         }?;
         let server = Arc::clone(&self.servers[index]);
         server.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -272,6 +282,12 @@ impl Upstream {
 }
 
 impl Pick {
+    /// Records how long the server took to answer (its response header, for HTTP):
+    /// feeds `least_time`.
+    pub fn record_latency(&self, took: std::time::Duration) {
+        select::record_latency(&self.server, took);
+    }
+
     /// The request got an answer the module counts as healthy.
     pub fn success(self) {
         self.server.record_success();

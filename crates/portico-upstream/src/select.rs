@@ -167,3 +167,74 @@ fn next_random() -> u64 {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     })
 }
+
+/// `least_time`: the lowest moving-average time to the response header, scaled by the
+/// requests in flight and divided by the weight. Servers without a measurement yet go
+/// first, so every server gets measured.
+pub(crate) fn least_time(servers: &[Arc<Server>], ok: impl Fn(usize) -> bool) -> Option<usize> {
+    (0..servers.len()).filter(|&i| ok(i)).min_by_key(|&i| {
+        let s = &servers[i];
+        let ewma = s.stats.ewma_us.load(Ordering::Relaxed);
+        let active = s.stats.active.load(Ordering::Relaxed) as u64;
+        (ewma + 1).saturating_mul(active + 1) / u64::from(s.config.weight.max(1))
+    })
+}
+
+/// Weight of the newest sample in the moving average, in 1/8ths.
+const EWMA_NEW: u64 = 2;
+
+pub(crate) fn record_latency(server: &Server, took: std::time::Duration) {
+    let sample = took.as_micros().min(u128::from(u32::MAX)) as u64;
+    let avg = &server.stats.ewma_us;
+    let old = avg.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample.max(1)
+    } else {
+        (old * (8 - EWMA_NEW) + sample * EWMA_NEW) / 8
+    };
+    avg.store(new.max(1), Ordering::Relaxed);
+}
+
+/// Points on the ring per unit of weight (as nginx's `hash … consistent`).
+const POINTS_PER_WEIGHT: u32 = 160;
+
+/// A ketama-style consistent-hash ring: each server owns points derived from its address
+/// alone, so removing a server moves only the keys that landed on its points.
+#[derive(Debug, Default)]
+pub(crate) struct Ring {
+    points: Vec<(u64, usize)>,
+}
+
+impl Ring {
+    pub(crate) fn new(servers: &[Arc<Server>]) -> Self {
+        let mut points = Vec::new();
+        for (i, s) in servers.iter().enumerate() {
+            let name = s.config.addr.to_string();
+            for p in 0..POINTS_PER_WEIGHT * s.config.weight.max(1) {
+                points.push((mix(fnv1a(format!("{name}-{p}").as_bytes())), i));
+            }
+        }
+        points.sort_unstable();
+        Self { points }
+    }
+
+    /// The first usable server at or after the key's point, walking round the ring.
+    pub(crate) fn pick(&self, key: &[u8], ok: impl Fn(usize) -> bool) -> Option<usize> {
+        if self.points.is_empty() {
+            return None;
+        }
+        let h = mix(fnv1a(key));
+        let start = self.points.partition_point(|&(p, _)| p < h);
+        let n = self.points.len();
+        (0..n)
+            .map(|k| self.points[(start + k) % n].1)
+            .find(|&i| ok(i))
+    }
+}
+
+/// splitmix64's finalizer: spreads FNV's output over the whole ring.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

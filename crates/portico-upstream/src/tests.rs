@@ -204,3 +204,79 @@ proptest! {
         }
     }
 }
+
+fn keyed<'a>(key: &'a [u8]) -> SelectCtx<'a> {
+    SelectCtx {
+        key: Some(key),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn hash_is_stable_and_spreads_by_weight() {
+    let mut servers: Vec<ServerConfig> = (1..=4).map(|p| server(p, 1)).collect();
+    servers[0].weight = 2;
+    let u = upstream(Balance::Hash, servers);
+    let mut counts = [0usize; 4];
+    for k in 0..10_000 {
+        let key = format!("/item/{k}");
+        let first = u.select(&keyed(key.as_bytes())).unwrap().index;
+        assert_eq!(
+            u.select(&keyed(key.as_bytes())).unwrap().index,
+            first,
+            "same key, same server"
+        );
+        counts[first] += 1;
+    }
+    // weight 2 of a total 5: about 40 %; the others about 20 % each
+    assert!((3000..5000).contains(&counts[0]), "{counts:?}");
+    for c in &counts[1..] {
+        assert!((1200..2800).contains(c), "{counts:?}");
+    }
+}
+
+#[test]
+fn hash_walks_on_past_an_unavailable_server() {
+    let u = upstream(Balance::Hash, (1..=3).map(|p| server(p, 1)).collect());
+    let key = b"/some/key";
+    let first = u.select(&keyed(key)).unwrap().index;
+    let ctx = SelectCtx {
+        key: Some(key),
+        exclude: &[first],
+        ..Default::default()
+    };
+    let second = u.select(&ctx).unwrap().index;
+    assert_ne!(first, second);
+}
+
+#[test]
+fn least_time_prefers_the_faster_server() {
+    let u = upstream(Balance::LeastTime, vec![server(1, 1), server(2, 1)]);
+    // measure both once, then server 1 is ten times slower
+    let a = u.select(&SelectCtx::default()).unwrap();
+    let b = u.select(&SelectCtx::default()).unwrap();
+    let (slow, fast) = if a.index == 0 { (a, b) } else { (b, a) };
+    slow.record_latency(Duration::from_millis(50));
+    fast.record_latency(Duration::from_millis(5));
+    drop((slow, fast));
+    assert!(picks(&u, 20).iter().all(|&i| i == 1));
+}
+
+proptest! {
+    /// Removing a server moves only the keys it owned.
+    #[test]
+    fn ring_removal_moves_only_the_removed_servers_keys(n in 2usize..8, removed in 0usize..8, keys in proptest::collection::vec("[a-z0-9/]{1,20}", 50)) {
+        let removed = removed % n;
+        let all: Vec<ServerConfig> = (0..n).map(|i| server(1000 + i as u16, 1)).collect();
+        let mut fewer = all.clone();
+        fewer.remove(removed);
+        let (full, less) = (upstream(Balance::Hash, all.clone()), upstream(Balance::Hash, fewer));
+        for k in &keys {
+            let before = full.select(&keyed(k.as_bytes())).unwrap().index;
+            let after = less.select(&keyed(k.as_bytes())).unwrap().index;
+            if before != removed {
+                prop_assert_eq!(&all[before].addr, &less.servers[after].config.addr);
+            }
+        }
+    }
+}
