@@ -179,3 +179,67 @@ fn hash_on_a_cookie_keeps_each_client_on_one_server() {
     }
     assert_eq!(seen.len(), 2, "both servers get some of the clients");
 }
+
+#[test]
+fn next_upstream_passes_over_listed_5xx_for_idempotent_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let sick_flag = dir.path().join("sick");
+    std::fs::write(&sick_flag, "").unwrap();
+    let (a, b) = (free_port(), free_port());
+    let _a = gunicorn_tcp(a, "a", &[("HEALTH_FILE", sick_flag.to_str().unwrap())]);
+    let _b = gunicorn_tcp(b, "b", &[]);
+    // max_fails = 0: a's 503s must not take it out of rotation, so every request meets it
+    let config = two_servers(
+        a,
+        b,
+        "next_upstream = [\"error\", \"timeout\", \"http_503\"]",
+    )
+    .replace(
+        &format!("{{ addr = \"127.0.0.1:{a}\" }}"),
+        &format!("{{ addr = \"127.0.0.1:{a}\", max_fails = 0 }}"),
+    );
+    let p = Portico::start(&config);
+    // a answers /healthz with 503: every request still gets b's 200
+    for _ in 0..10 {
+        let r = curl(&[], &p.url("/healthz"));
+        assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    }
+    // when every server answers 503, the last answer is relayed (not a 502)
+    let r = curl(&[], &p.url("/status/503"));
+    assert_eq!((r.status, r.text().as_str()), (503, "status 503\n"));
+    // a non-idempotent request is never sent twice: its 503 comes back as is, or b's 405
+    let r = curl(&["-X", "POST"], &p.url("/healthz"));
+    assert!(r.status == 503 || r.status == 405, "{}", r.status);
+}
+
+#[test]
+fn max_conns_full_answers_503() {
+    let a = free_port();
+    let _a = gunicorn_tcp(a, "a", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{a}", max_conns = 1 }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#
+    ));
+    let addr = p.addr();
+    let slow = std::thread::spawn(move || KeepAlive::connect(addr).unwrap().get("/slow?secs=2"));
+    // while the slow request holds the only slot, others are refused with 503
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = curl(&[], &p.url("/"));
+        if r.status == 503 {
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert!(Instant::now() < deadline, "never saw the slot taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(slow.join().unwrap().unwrap().0, 200);
+    assert_eq!(curl(&[], &p.url("/")).status, 200, "the slot is free again");
+}

@@ -115,6 +115,13 @@ pub struct UpstreamConfig {
     pub send_timeout: Duration,
     /// How many servers one request may try; 0 = every server once.
     pub tries: usize,
+    /// Which outcomes send an (eligible) request to the next server.
+    pub next_upstream: NextUpstream,
+    /// No further tries once this much time has passed (zero = no limit).
+    pub next_upstream_timeout: Duration,
+    /// Requests that may wait when every server is at max_conns (0 = none wait: 503).
+    pub queue: usize,
+    pub queue_timeout: Duration,
     pub health: Option<HealthConfig>,
 }
 
@@ -127,6 +134,32 @@ pub struct ServerConfig {
     pub backup: bool,
     pub max_conns: usize,
     pub drain: bool,
+    /// After the server comes back, its weight ramps up from 1 over this time.
+    pub slow_start: Duration,
+}
+
+/// nginx's `proxy_next_upstream` conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NextUpstream {
+    pub error: bool,
+    pub timeout: bool,
+    pub http_500: bool,
+    pub http_502: bool,
+    pub http_503: bool,
+    pub http_504: bool,
+}
+
+impl NextUpstream {
+    /// Whether an answer with `status` is passed over for the next server.
+    pub fn on_status(&self, status: u16) -> bool {
+        match status {
+            500 => self.http_500,
+            502 => self.http_502,
+            503 => self.http_503,
+            504 => self.http_504,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,6 +82,10 @@ pub struct RawUpstream {
     pub read_timeout: String,
     pub send_timeout: String,
     pub tries: usize,
+    pub next_upstream: Vec<String>,
+    pub next_upstream_timeout: String,
+    pub queue: usize,
+    pub queue_timeout: String,
     pub health: Option<RawHealth>,
 }
 
@@ -97,6 +101,10 @@ impl Default for RawUpstream {
             read_timeout: "60s".into(),
             send_timeout: "60s".into(),
             tries: 0,
+            next_upstream: vec!["error".into(), "timeout".into()],
+            next_upstream_timeout: "0s".into(),
+            queue: 0,
+            queue_timeout: "10s".into(),
             health: None,
         }
     }
@@ -112,6 +120,7 @@ pub struct RawServer {
     pub backup: bool,
     pub max_conns: usize,
     pub drain: bool,
+    pub slow_start: String,
 }
 
 impl Default for RawServer {
@@ -124,6 +133,7 @@ impl Default for RawServer {
             backup: false,
             max_conns: 0,
             drain: false,
+            slow_start: "0s".into(),
         }
     }
 }

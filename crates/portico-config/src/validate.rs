@@ -286,6 +286,26 @@ fn validate_upstream(
         ("least_time", Balance::LeastTime),
     ];
     let balance = v.one_of(&format!("{p}.balance"), &u.balance, &balances);
+    let mut next_upstream = NextUpstream::default();
+    for (i, cond) in u.next_upstream.iter().enumerate() {
+        let flag = match cond.as_str() {
+            "error" => &mut next_upstream.error,
+            "timeout" => &mut next_upstream.timeout,
+            "http_500" => &mut next_upstream.http_500,
+            "http_502" => &mut next_upstream.http_502,
+            "http_503" => &mut next_upstream.http_503,
+            "http_504" => &mut next_upstream.http_504,
+            "off" => continue,
+            other => {
+                v.err(
+                    &format!("{p}.next_upstream.{i}"),
+                    format!("invalid value {other:?}: expected error, timeout, http_500, http_502, http_503, http_504 or off"),
+                );
+                continue;
+            }
+        };
+        *flag = true;
+    }
     let hash_key = u
         .hash_key
         .as_deref()
@@ -322,6 +342,7 @@ fn validate_upstream(
             v.err(&format!("{sp}.weight"), "weight must be at least 1");
         }
         let fail_timeout = v.duration(&format!("{sp}.fail_timeout"), &s.fail_timeout);
+        let slow_start = v.duration(&format!("{sp}.slow_start"), &s.slow_start);
         if let Some(addr) = addr {
             servers.push(ServerConfig {
                 addr,
@@ -331,6 +352,7 @@ fn validate_upstream(
                 backup: s.backup,
                 max_conns: s.max_conns,
                 drain: s.drain,
+                slow_start,
             });
         }
     }
@@ -383,6 +405,13 @@ fn validate_upstream(
         read_timeout: v.duration(&format!("{p}.read_timeout"), &u.read_timeout),
         send_timeout: v.duration(&format!("{p}.send_timeout"), &u.send_timeout),
         tries: u.tries,
+        next_upstream,
+        next_upstream_timeout: v.duration(
+            &format!("{p}.next_upstream_timeout"),
+            &u.next_upstream_timeout,
+        ),
+        queue: u.queue,
+        queue_timeout: v.duration(&format!("{p}.queue_timeout"), &u.queue_timeout),
         health,
     })
 }

@@ -21,7 +21,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use portico_config::{KeyPart, KeyTemplate};
 use portico_core::worker_id;
-use portico_upstream::{connect, IdlePool, Pick, SelectCtx, Upstream};
+use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, Upstream};
 
 use crate::body::{empty, BoxError, ClientBodyError, GapTimer, HttpBody};
 use crate::errors::error_response;
@@ -164,8 +164,11 @@ pub fn render_key(
 /// The upstream server that answered, for the access log.
 pub type UpstreamAddr = Option<String>;
 
-/// Forwards `req` to `up`, trying further servers on connect errors (any method: nothing
-/// was sent) and, for idempotent requests whose body was empty, on errors and timeouts.
+/// Forwards `req` to `up`. Further servers are tried as the upstream's `next_upstream`
+/// policy allows (nginx's `proxy_next_upstream`): after a connect error or timeout for
+/// any request (nothing was sent); after an error, timeout or listed 5xx answer only for
+/// idempotent requests without a body; never past `tries` servers or
+/// `next_upstream_timeout`. When the last try was a listed 5xx, that answer is relayed.
 pub async fn forward(
     up: &HttpUpstream,
     req: Request<HttpBody>,
@@ -173,6 +176,7 @@ pub async fn forward(
 ) -> (Response<HttpBody>, UpstreamAddr) {
     let (mut parts, body) = req.into_parts();
     let cfg = &up.upstream.config;
+    let policy = cfg.next_upstream;
     prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
     // An absolute-form or h2 URI becomes origin-form for the upstream.
@@ -186,21 +190,32 @@ pub async fn forward(
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
     let max_tries = up.upstream.max_tries();
+    let first_try = std::time::Instant::now();
+    let budget_left =
+        || cfg.next_upstream_timeout.is_zero() || first_try.elapsed() < cfg.next_upstream_timeout;
     let mut resends = 0;
     let mut last_error = StatusCode::BAD_GATEWAY;
     let mut last_addr = None;
 
-    while tried.len() < max_tries {
+    while tried.len() < max_tries && (tried.is_empty() || budget_left()) {
         let ctx = SelectCtx {
             client_ip: client.peer_ip,
             exclude: &tried,
             key: client.hash_key.as_deref(),
         };
-        let Some(pick) = up.upstream.select(&ctx) else {
-            if tried.is_empty() {
-                tracing::error!(upstream = %cfg.name, "no live upstreams");
+        let pick = match up.upstream.select_queued(&ctx).await {
+            Ok(p) => p,
+            Err(NoServer::NoneAvailable) => {
+                if tried.is_empty() {
+                    tracing::error!(upstream = %cfg.name, "no live upstreams");
+                }
+                break;
             }
-            break;
+            Err(e) => {
+                tracing::warn!(upstream = %cfg.name, "{e}");
+                last_error = StatusCode::SERVICE_UNAVAILABLE;
+                break;
+            }
         };
         tried.push(pick.index);
         let addr = pick.server.addr().to_string();
@@ -220,13 +235,18 @@ pub async fn forward(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
-                    last_error = if e.kind() == std::io::ErrorKind::TimedOut {
+                    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                    last_error = if timed_out {
                         StatusCode::GATEWAY_TIMEOUT
                     } else {
                         StatusCode::BAD_GATEWAY
                     };
                     pick.failure();
-                    continue;
+                    // Nothing was sent: any request may go on, if the policy says so.
+                    if (timed_out && policy.timeout) || (!timed_out && policy.error) {
+                        continue;
+                    }
+                    break;
                 }
             },
         };
@@ -252,6 +272,28 @@ pub async fn forward(
         match sent {
             Ok(Ok(resp)) => {
                 pick.record_latency(started.elapsed());
+                let status = resp.status().as_u16();
+                // A listed 5xx goes to the next server when there is one to go to;
+                // otherwise this answer is relayed, as nginx relays the last one.
+                let next_exists = || {
+                    let ctx = SelectCtx {
+                        client_ip: client.peer_ip,
+                        exclude: &tried,
+                        key: client.hash_key.as_deref(),
+                    };
+                    up.upstream.select(&ctx).is_some()
+                };
+                if policy.on_status(status)
+                    && retry_after_send
+                    && tried.len() < max_tries
+                    && budget_left()
+                    && next_exists()
+                {
+                    tracing::warn!(upstream = %cfg.name, server = %addr, status,
+                        "upstream answered {status}: trying the next server");
+                    pick.failure();
+                    continue;
+                }
                 return (
                     finish_response(resp, sender, pool, pick, cfg.read_timeout),
                     Some(addr),
@@ -279,7 +321,7 @@ pub async fn forward(
                 }
                 pick.failure();
                 last_error = StatusCode::BAD_GATEWAY;
-                if !retry_after_send {
+                if !(retry_after_send && policy.error) {
                     break;
                 }
             }
@@ -288,7 +330,7 @@ pub async fn forward(
                     "upstream timed out waiting for the response header");
                 pick.failure();
                 last_error = StatusCode::GATEWAY_TIMEOUT;
-                if !retry_after_send {
+                if !(retry_after_send && policy.timeout) {
                     break;
                 }
             }

@@ -283,6 +283,7 @@ fn record(upstream: &Upstream, server: &Server, cfg: &HealthConfig, result: Resu
             h.fails_in_row.store(0, Ordering::Relaxed);
             let passes = h.passes_in_row.fetch_add(1, Ordering::Relaxed) + 1;
             if passes >= cfg.passes && h.unhealthy.swap(false, Ordering::Relaxed) {
+                server.came_back();
                 tracing::warn!(upstream = %upstream.name(), server = %server.addr(),
                     "active health check passed {passes} time(s): server back in rotation");
             }

@@ -34,6 +34,8 @@ pub struct Upstream {
     pub servers: Vec<Arc<Server>>,
     rr: Mutex<select::RoundRobin>,
     ring: select::Ring,
+    freed: Arc<tokio::sync::Notify>,
+    queued: AtomicUsize,
 }
 
 /// One backend server: its config, passive-health state and counters.
@@ -47,6 +49,9 @@ pub struct Server {
     /// every pick, so it is an atomic; the failure window below is locked only when
     /// something failed.
     down_until_ms: AtomicU64,
+    /// When the server last came back into rotation, as [`now_ms`] (0 = never left):
+    /// the start of its slow start.
+    back_at_ms: AtomicU64,
     /// Set while `passive` holds failures to forget on the next success.
     has_failures: std::sync::atomic::AtomicBool,
     passive: Mutex<Passive>,
@@ -100,6 +105,23 @@ pub struct SelectCtx<'a> {
 pub struct Pick {
     pub index: usize,
     pub server: Arc<Server>,
+    /// Wakes a request waiting in the upstream's queue when this one is done.
+    freed: Arc<tokio::sync::Notify>,
+}
+
+/// Why no server could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoServer {
+    /// Every server is down, unhealthy, draining or already tried (nginx's "no live
+    /// upstreams").
+    #[error("no live upstream server")]
+    NoneAvailable,
+    /// Every server is at max_conns and the queue is full.
+    #[error("every server is at max_conns and the queue is full")]
+    QueueFull,
+    /// Every server stayed at max_conns for queue_timeout.
+    #[error("no server freed up within queue_timeout")]
+    QueueTimeout,
 }
 
 /// The server state shown to operators.
@@ -128,9 +150,40 @@ impl Server {
             stats: ServerStats::default(),
             health: ActiveHealth::default(),
             down_until_ms: AtomicU64::new(0),
+            back_at_ms: AtomicU64::new(0),
             has_failures: std::sync::atomic::AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
         }
+    }
+
+    /// The weight to balance with now: during slow start it ramps from 1 up to the
+    /// configured weight.
+    pub fn effective_weight(&self) -> u32 {
+        let weight = self.config.weight.max(1);
+        let ramp = self.config.slow_start.as_millis() as u64;
+        let back = self.back_at_ms.load(Ordering::Relaxed);
+        if ramp == 0 || back == 0 {
+            return weight;
+        }
+        let since = now_ms().saturating_sub(back);
+        if since >= ramp {
+            return weight;
+        }
+        ((u64::from(weight) * since / ramp) as u32).max(1)
+    }
+
+    /// Called by the active checker when the server comes back.
+    pub(crate) fn came_back(&self) {
+        self.back_at_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Available but for max_conns: a request may wait for it in the queue.
+    fn is_full(&self) -> bool {
+        !self.config.drain
+            && self.config.max_conns > 0
+            && self.stats.active.load(Ordering::Relaxed) >= self.config.max_conns
+            && !self.is_down()
+            && !self.health.unhealthy.load(Ordering::Relaxed)
     }
 
     fn is_down(&self) -> bool {
@@ -181,10 +234,9 @@ impl Server {
         }
         p.fails += 1;
         if p.fails >= max_fails {
-            self.down_until_ms.store(
-                now_ms() + fail_timeout.as_millis() as u64,
-                Ordering::Relaxed,
-            );
+            let back = now_ms() + fail_timeout.as_millis() as u64;
+            self.down_until_ms.store(back, Ordering::Relaxed);
+            self.back_at_ms.store(back, Ordering::Relaxed);
             p.fails = 0;
             p.window_start = None;
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -231,6 +283,8 @@ impl Upstream {
             servers,
             rr: Mutex::new(rr),
             ring,
+            freed: Arc::new(tokio::sync::Notify::new()),
+            queued: AtomicUsize::new(0),
         }
     }
 
@@ -268,7 +322,50 @@ impl Upstream {
         let server = Arc::clone(&self.servers[index]);
         server.stats.active.fetch_add(1, Ordering::Relaxed);
         server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some(Pick { index, server })
+        Some(Pick {
+            index,
+            server,
+            freed: Arc::clone(&self.freed),
+        })
+    }
+
+    /// Like [`Upstream::select`], but when every eligible server is only at max_conns,
+    /// waits (up to `queue` requests, each up to `queue_timeout`) for one to free up.
+    pub async fn select_queued(&self, ctx: &SelectCtx<'_>) -> Result<Pick, NoServer> {
+        if let Some(p) = self.select(ctx) {
+            return Ok(p);
+        }
+        let full = |s: (usize, &Arc<Server>)| !ctx.exclude.contains(&s.0) && s.1.is_full();
+        if self.config.queue == 0 || !self.servers.iter().enumerate().any(full) {
+            return Err(if self.servers.iter().enumerate().any(full) {
+                NoServer::QueueFull
+            } else {
+                NoServer::NoneAvailable
+            });
+        }
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.config.queue {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(NoServer::QueueFull);
+        }
+        struct Leave<'a>(&'a AtomicUsize);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _leave = Leave(&self.queued);
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(p) = self.select(ctx) {
+                return Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(NoServer::QueueTimeout);
+            }
+        }
     }
 
     /// How many servers one request may try.
@@ -302,6 +399,9 @@ impl Pick {
 impl Drop for Pick {
     fn drop(&mut self) {
         self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+        if self.server.config.max_conns > 0 {
+            self.freed.notify_one();
+        }
     }
 }
 

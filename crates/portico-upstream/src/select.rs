@@ -30,7 +30,7 @@ impl RoundRobin {
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for i in (0..servers.len()).filter(|&i| ok(i)) {
-            let w = i64::from(servers[i].config.weight);
+            let w = i64::from(servers[i].effective_weight());
             self.current[i] += w;
             total += w;
             if best.is_none_or(|b| self.current[i] > self.current[b]) {
@@ -73,7 +73,7 @@ fn load(servers: &[Arc<Server>], i: usize) -> Load {
     let s = &servers[i];
     Load {
         active: s.stats.active.load(Ordering::Relaxed) as u64,
-        weight: u64::from(s.config.weight),
+        weight: u64::from(s.effective_weight()),
     }
 }
 
@@ -176,7 +176,7 @@ pub(crate) fn least_time(servers: &[Arc<Server>], ok: impl Fn(usize) -> bool) ->
         let s = &servers[i];
         let ewma = s.stats.ewma_us.load(Ordering::Relaxed);
         let active = s.stats.active.load(Ordering::Relaxed) as u64;
-        (ewma + 1).saturating_mul(active + 1) / u64::from(s.config.weight.max(1))
+        (ewma + 1).saturating_mul(active + 1) / u64::from(s.effective_weight())
     })
 }
 

@@ -14,6 +14,7 @@ fn server(port: u16, weight: u32) -> ServerConfig {
         backup: false,
         max_conns: 0,
         drain: false,
+        slow_start: Duration::ZERO,
     }
 }
 
@@ -29,6 +30,10 @@ fn upstream(balance: Balance, servers: Vec<ServerConfig>) -> Upstream {
         read_timeout: Duration::from_secs(1),
         send_timeout: Duration::from_secs(1),
         tries: 0,
+        next_upstream: Default::default(),
+        next_upstream_timeout: Duration::ZERO,
+        queue: 0,
+        queue_timeout: Duration::from_secs(1),
         health: None,
     })
 }
@@ -279,4 +284,80 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn slow_start_ramps_weight_after_recovery() {
+    let mut a = server(1, 10);
+    a.fail_timeout = Duration::ZERO; // back at once…
+    a.slow_start = Duration::from_secs(1000); // …but at weight 1 for a long while
+    let u = upstream(Balance::RoundRobin, vec![a, server(2, 1)]);
+    assert_eq!(u.servers[0].effective_weight(), 10);
+    u.select(&SelectCtx {
+        exclude: &[1],
+        ..Default::default()
+    })
+    .unwrap()
+    .failure();
+    assert_eq!(u.servers[0].effective_weight(), 1);
+    let got = picks(&u, 20);
+    assert_eq!(
+        got.iter().filter(|&&i| i == 0).count(),
+        10,
+        "1:1 while ramping: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn max_conns_queue_waits_then_gives_up() {
+    let mut a = server(1, 1);
+    a.max_conns = 1;
+    let mut cfg = upstream(Balance::RoundRobin, vec![a]).config.clone();
+    cfg.queue = 1;
+    cfg.queue_timeout = Duration::from_millis(100);
+    let u = std::sync::Arc::new(Upstream::new(cfg));
+    let held = u.select_queued(&SelectCtx::default()).await.unwrap();
+    // one may wait; it gets the server when the holder is done
+    let waiter = {
+        let u = u.clone();
+        tokio::spawn(async move {
+            u.select_queued(&SelectCtx::default())
+                .await
+                .map(|p| p.index)
+        })
+    };
+    while u.queued.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // a second waiter finds the queue full
+    assert_eq!(
+        u.select_queued(&SelectCtx::default()).await.err(),
+        Some(NoServer::QueueFull)
+    );
+    drop(held);
+    assert_eq!(waiter.await.unwrap(), Ok(0));
+    // nobody frees the server: the wait ends at queue_timeout
+    let _held = u.select_queued(&SelectCtx::default()).await.unwrap();
+    assert_eq!(
+        u.select_queued(&SelectCtx::default()).await.err(),
+        Some(NoServer::QueueTimeout)
+    );
+}
+
+#[tokio::test]
+async fn without_a_queue_a_full_upstream_is_503_not_502() {
+    let mut a = server(1, 1);
+    a.max_conns = 1;
+    let u = upstream(Balance::RoundRobin, vec![a]);
+    let _held = u.select_queued(&SelectCtx::default()).await.unwrap();
+    assert_eq!(
+        u.select_queued(&SelectCtx::default()).await.err(),
+        Some(NoServer::QueueFull)
+    );
+    let down = upstream(Balance::RoundRobin, vec![server(1, 1)]);
+    down.select(&SelectCtx::default()).unwrap().failure();
+    assert_eq!(
+        down.select_queued(&SelectCtx::default()).await.err(),
+        Some(NoServer::NoneAvailable)
+    );
 }
