@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: wrk through Portico and through nginx to the same fast backend
 # (an nginx answering "hello" itself, so the proxy is the bottleneck), same worker
-# count, same run; then both serving the same small static file. Prints req/s and p99
+# count, same run; then to three backends (round-robin, one upstream block each); then
+# both serving the same small static file. Prints req/s and p99
 # for both and the ratios.
 #
 #   bash protocol-tests/bench/http.sh [WORKERS] [DURATION] [CONNECTIONS]
@@ -18,7 +19,7 @@ tmp=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
 trap cleanup EXIT
 
-backend=18801; nginx_port=18802; portico_port=18803
+backend=18801; nginx_port=18802; portico_port=18803; b2=18804; b3=18805
 mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs" "$tmp/www/static"
 printf 'hello from a file\n' > "$tmp/www/static/hello.txt"
 temp() { echo "client_body_temp_path $1/ct; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
@@ -27,15 +28,19 @@ cat > "$tmp/backend/nginx.conf" <<CONF
 daemon off; user root; worker_processes 1; pid $tmp/backend/pid; error_log $tmp/backend/logs/error.log;
 events { worker_connections 4096; }
 http { $(temp "$tmp/backend") access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$backend; location / { return 200 "hello\n"; } } }
+  server { listen 127.0.0.1:$backend; listen 127.0.0.1:$b2; listen 127.0.0.1:$b3;
+    location / { return 200 "hello\n"; } } }
 CONF
 cat > "$tmp/nginx/nginx.conf" <<CONF
 daemon off; user root; worker_processes $workers; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
 events { worker_connections 4096; }
 http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$backend; keepalive 64; }
+  upstream three { server 127.0.0.1:$backend; server 127.0.0.1:$b2; server 127.0.0.1:$b3; keepalive 64; }
   server { listen 127.0.0.1:$nginx_port;
     location /static/ { root $tmp/www; }
+    location /three/ { proxy_pass http://three; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; }
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
@@ -48,11 +53,17 @@ access_log = "off"
 [upstreams.app]
 servers = [{ addr = "127.0.0.1:$backend" }]
 keepalive = 64
+[upstreams.three]
+servers = [{ addr = "127.0.0.1:$backend" }, { addr = "127.0.0.1:$b2" }, { addr = "127.0.0.1:$b3" }]
+keepalive = 64
 [[listeners]]
 listen = ["127.0.0.1:$portico_port"]
   [[listeners.routes]]
   path = "/static/"
   static = { root = "$tmp/www" }
+  [[listeners.routes]]
+  path = "/three/"
+  upstream = "three"
   [[listeners.routes]]
   path = "/"
   upstream = "app"
@@ -93,5 +104,7 @@ PY
 }
 n=$(run nginx "http://127.0.0.1:$nginx_port/"); p=$(run portico "http://127.0.0.1:$portico_port/")
 table "reverse proxy (backend: nginx return 200)" "$n" "$p"
+n=$(run nginx "http://127.0.0.1:$nginx_port/three/"); p=$(run portico "http://127.0.0.1:$portico_port/three/")
+table "reverse proxy, three backends round-robin" "$n" "$p"
 n=$(run nginx "http://127.0.0.1:$nginx_port/static/hello.txt"); p=$(run portico "http://127.0.0.1:$portico_port/static/hello.txt")
 table "static file (18 bytes)" "$n" "$p"
