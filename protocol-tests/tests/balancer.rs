@@ -243,3 +243,40 @@ listen = ["127.0.0.1:{{port}}"]
     assert_eq!(slow.join().unwrap().unwrap().0, 200);
     assert_eq!(curl(&[], &p.url("/")).status, 200, "the slot is free again");
 }
+
+#[test]
+fn host_names_with_resolve_become_one_server_per_address() {
+    let a = free_port();
+    let _a = gunicorn_tcp(a, "a", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[upstreams.app]
+resolve = "1s"
+servers = [{{ addr = "localhost:{a}", max_fails = 1 }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#
+    ));
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    let addrs: Vec<String> = s["upstreams"]["app"]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["addr"].as_str().unwrap().to_string())
+        .collect();
+    assert!(addrs.contains(&format!("127.0.0.1:{a}")), "{addrs:?}");
+    assert!(
+        addrs.iter().all(|x| !x.starts_with("localhost")),
+        "{addrs:?}"
+    );
+    // whatever else localhost resolves to (::1 here, where gunicorn does not listen),
+    // requests succeed: a refused address is passed over
+    for _ in 0..6 {
+        assert_eq!(curl(&[], &p.url("/")).text(), "hello from a\n");
+    }
+}

@@ -122,6 +122,8 @@ pub struct UpstreamConfig {
     /// Requests that may wait when every server is at max_conns (0 = none wait: 503).
     pub queue: usize,
     pub queue_timeout: Duration,
+    /// Re-resolve host-name servers on this interval, one server per address.
+    pub resolve: Option<Duration>,
     pub health: Option<HealthConfig>,
 }
 

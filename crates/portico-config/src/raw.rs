@@ -86,6 +86,7 @@ pub struct RawUpstream {
     pub next_upstream_timeout: String,
     pub queue: usize,
     pub queue_timeout: String,
+    pub resolve: Option<String>,
     pub health: Option<RawHealth>,
 }
 
@@ -105,6 +106,7 @@ impl Default for RawUpstream {
             next_upstream_timeout: "0s".into(),
             queue: 0,
             queue_timeout: "10s".into(),
+            resolve: None,
             health: None,
         }
     }

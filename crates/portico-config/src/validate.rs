@@ -412,6 +412,16 @@ fn validate_upstream(
         ),
         queue: u.queue,
         queue_timeout: v.duration(&format!("{p}.queue_timeout"), &u.queue_timeout),
+        resolve: u.resolve.as_ref().map(|r| {
+            let d = v.duration(&format!("{p}.resolve"), r);
+            if d.is_zero() {
+                v.err(
+                    &format!("{p}.resolve"),
+                    "resolve needs an interval of at least 1s",
+                );
+            }
+            d
+        }),
         health,
     })
 }

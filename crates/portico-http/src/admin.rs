@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONTENT_TYPE, SERVER};
 use http::{Response, StatusCode};
 use portico_core::ListenerSet;
-use portico_upstream::Upstream;
+use portico_upstream::UpstreamHandle;
 use serde_json::json;
 
 use crate::body::{full, HttpBody};
@@ -20,7 +20,7 @@ use crate::Metrics;
 /// Everything /status and /metrics report. The upstream list is swapped on reload.
 pub struct StatusSource {
     pub listeners: Arc<ListenerSet>,
-    pub upstreams: ArcSwap<Vec<Arc<Upstream>>>,
+    pub upstreams: ArcSwap<Vec<Arc<UpstreamHandle>>>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub reloads: AtomicU64,
@@ -74,7 +74,8 @@ impl StatusSource {
             .upstreams
             .load()
             .iter()
-            .map(|u| {
+            .map(|h| {
+                let u = h.load();
                 let servers: Vec<_> = u
                     .servers
                     .iter()
@@ -179,7 +180,7 @@ impl StatusSource {
                 })
                 .collect(),
         );
-        let ups = self.upstreams.load();
+        let ups: Vec<_> = self.upstreams.load().iter().map(|h| h.load()).collect();
         let servers = |f: &dyn Fn(&portico_upstream::Server) -> u64| {
             let mut rows = Vec::new();
             for u in ups.iter() {

@@ -450,7 +450,7 @@ impl HttpService {
                 if limit > 0 && declared.is_some_and(|n| n > limit) {
                     return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
                 }
-                let hash_key = up.upstream.config.hash_key.as_ref().map(|t| {
+                let hash_key = up.handle.template.hash_key.as_ref().map(|t| {
                     proxy::render_key(t, &req, &path, host.as_ref(), conn.peer_value.as_ref())
                 });
                 let (parts, body) = req.into_parts();

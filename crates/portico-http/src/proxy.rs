@@ -21,42 +21,36 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use portico_config::{KeyPart, KeyTemplate};
 use portico_core::worker_id;
-use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, Upstream};
+use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHandle};
 
 use crate::body::{empty, BoxError, ClientBodyError, GapTimer, HttpBody};
 use crate::errors::error_response;
 
 type Sender = SendRequest<HttpBody>;
+/// What goes back when a response body ends: the connection, its pool, the pick.
+type Release = (Sender, Option<Arc<IdlePool<Sender>>>, Pick);
 
-/// An upstream as the HTTP module uses it: the shared balancer plus HTTP connection pools.
+/// An upstream as the HTTP module uses it: the shared balancer's current generation,
+/// with an idle connection pool attached to each server (so pools follow servers across
+/// reloads and re-resolutions).
 pub struct HttpUpstream {
-    pub upstream: Arc<Upstream>,
-    pools: Vec<Arc<IdlePool<Sender>>>,
+    pub handle: Arc<UpstreamHandle>,
+    workers: usize,
 }
 
 impl HttpUpstream {
     /// `workers`: the number of worker threads (idle connections are kept per worker).
-    /// Servers carried over from `previous` (the same `Arc<Server>`) keep their idle
-    /// connections.
-    pub fn new(upstream: Arc<Upstream>, workers: usize, previous: Option<&HttpUpstream>) -> Self {
-        let cfg = &upstream.config;
-        let pools = upstream
-            .servers
-            .iter()
-            .map(|server| {
-                let kept = previous.and_then(|p| {
-                    p.upstream
-                        .servers
-                        .iter()
-                        .position(|s| Arc::ptr_eq(s, server))
-                        .map(|i| Arc::clone(&p.pools[i]))
-                });
-                kept.unwrap_or_else(|| {
-                    Arc::new(IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, workers))
-                })
-            })
-            .collect();
-        Self { upstream, pools }
+    pub fn new(handle: Arc<UpstreamHandle>, workers: usize) -> Self {
+        Self { handle, workers }
+    }
+
+    /// The idle pool of `server`; `None` if another module owns the server's slot.
+    fn pool(
+        &self,
+        server: &portico_upstream::Server,
+        cfg: &portico_config::UpstreamConfig,
+    ) -> Option<Arc<IdlePool<Sender>>> {
+        server.ext_or_init(|| IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, self.workers))
     }
 }
 
@@ -175,7 +169,8 @@ pub async fn forward(
     client: &ClientSide,
 ) -> (Response<HttpBody>, UpstreamAddr) {
     let (mut parts, body) = req.into_parts();
-    let cfg = &up.upstream.config;
+    let upstream = up.handle.load();
+    let cfg = &upstream.config;
     let policy = cfg.next_upstream;
     prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
@@ -189,7 +184,7 @@ pub async fn forward(
     let retry_after_send = empty_body && is_idempotent(&parts.method);
     let mut body = Some(body);
     let mut tried: Vec<usize> = Vec::new();
-    let max_tries = up.upstream.max_tries();
+    let max_tries = upstream.max_tries();
     let first_try = std::time::Instant::now();
     let budget_left =
         || cfg.next_upstream_timeout.is_zero() || first_try.elapsed() < cfg.next_upstream_timeout;
@@ -203,7 +198,7 @@ pub async fn forward(
             exclude: &tried,
             key: client.hash_key.as_deref(),
         };
-        let pick = match up.upstream.select_queued(&ctx).await {
+        let pick = match upstream.select_queued(&ctx).await {
             Ok(p) => p,
             Err(NoServer::NoneAvailable) => {
                 if tried.is_empty() {
@@ -220,10 +215,12 @@ pub async fn forward(
         tried.push(pick.index);
         let addr = pick.server.addr().to_string();
         last_addr = Some(addr.clone());
-        let pool = Arc::clone(&up.pools[pick.index]);
+        let pool = up.pool(&pick.server, cfg);
 
         // A pooled connection the server has not closed, or a new one.
-        let mut pooled = pool.take(worker_id(), |s| !s.is_closed());
+        let mut pooled = pool
+            .as_ref()
+            .and_then(|p| p.take(worker_id(), |s| !s.is_closed()));
         if let Some(s) = pooled.as_mut() {
             if s.ready().await.is_err() {
                 pooled = None;
@@ -281,7 +278,7 @@ pub async fn forward(
                         exclude: &tried,
                         key: client.hash_key.as_deref(),
                     };
-                    up.upstream.select(&ctx).is_some()
+                    upstream.select(&ctx).is_some()
                 };
                 if policy.on_status(status)
                     && retry_after_send
@@ -397,7 +394,7 @@ fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
 fn finish_response(
     resp: Response<hyper::body::Incoming>,
     sender: Sender,
-    pool: Arc<IdlePool<Sender>>,
+    pool: Option<Arc<IdlePool<Sender>>>,
     pick: Pick,
     read_timeout: Duration,
 ) -> Response<HttpBody> {
@@ -422,7 +419,7 @@ pin_project! {
         #[pin]
         inner: hyper::body::Incoming,
         gap: GapTimer,
-        done: Option<(Sender, Arc<IdlePool<Sender>>, Pick)>,
+        done: Option<Release>,
     }
 }
 
@@ -474,10 +471,10 @@ impl Body for UpstreamBody {
     }
 }
 
-fn release(done: &mut Option<(Sender, Arc<IdlePool<Sender>>, Pick)>) {
+fn release(done: &mut Option<Release>) {
     if let Some((sender, pool, pick)) = done.take() {
         pick.success();
-        if !sender.is_closed() {
+        if let Some(pool) = pool.filter(|_| !sender.is_closed()) {
             pool.put(worker_id(), sender);
         }
     }

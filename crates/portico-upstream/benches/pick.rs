@@ -36,6 +36,7 @@ fn upstream(balance: Balance, n: usize) -> Upstream {
         next_upstream_timeout: Duration::ZERO,
         queue: 0,
         queue_timeout: Duration::from_secs(1),
+        resolve: None,
         health: None,
     })
 }
@@ -50,7 +51,9 @@ fn pick(c: &mut Criterion) {
         ("least_time", Balance::LeastTime),
     ];
     let mut group = c.benchmark_group("pick");
-    group.measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
+    group
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
     for (name, balance) in algorithms {
         for n in [2usize, 32, 1000] {
             let u = upstream(balance, n);

@@ -14,7 +14,7 @@ use portico_config::{HealthCheck, HealthConfig, PeerAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{connect, PeerStream, Server, Upstream};
+use crate::{connect, PeerStream, Server, Upstream, UpstreamHandle};
 
 /// At most this much of a probe answer is read.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -238,8 +238,9 @@ impl Probe for FastcgiGetValues {
     }
 }
 
-/// Runs the active checks of `upstream` until `stop` is cancelled.
-pub async fn run_checks(upstream: Arc<Upstream>, cfg: HealthConfig, stop: CancellationToken) {
+/// Runs the active checks of the upstream behind `handle` (its current generation, so
+/// re-resolved servers are checked too) until `stop` is cancelled.
+pub async fn run_checks(handle: Arc<UpstreamHandle>, cfg: HealthConfig, stop: CancellationToken) {
     let probe: Arc<dyn Probe> = Arc::from(probe_for(&cfg));
     let mut tick = 0u64;
     loop {
@@ -249,6 +250,7 @@ pub async fn run_checks(upstream: Arc<Upstream>, cfg: HealthConfig, stop: Cancel
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(cfg.interval + jitter) => {}
         }
+        let upstream = handle.load();
         let mut probes = tokio::task::JoinSet::new();
         for server in &upstream.servers {
             let probe = Arc::clone(&probe);

@@ -14,6 +14,7 @@
 mod connect;
 pub mod health;
 mod pool;
+mod resolve;
 mod select;
 
 use std::net::IpAddr;
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 pub use connect::{connect, PeerStream};
 pub use pool::IdlePool;
+pub use resolve::{expand, run_resolver, UpstreamHandle};
 
 /// A named group of servers and the state the balancer keeps about them.
 #[derive(Debug)]
@@ -52,6 +54,9 @@ pub struct Server {
     /// When the server last came back into rotation, as [`now_ms`] (0 = never left):
     /// the start of its slow start.
     back_at_ms: AtomicU64,
+    /// Per-server state a protocol module attaches (its idle connection pool): it lives
+    /// as long as the server, across reloads and re-resolutions that keep the server.
+    ext: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
     /// Set while `passive` holds failures to forget on the next success.
     has_failures: std::sync::atomic::AtomicBool,
     passive: Mutex<Passive>,
@@ -151,9 +156,22 @@ impl Server {
             health: ActiveHealth::default(),
             down_until_ms: AtomicU64::new(0),
             back_at_ms: AtomicU64::new(0),
+            ext: std::sync::OnceLock::new(),
             has_failures: std::sync::atomic::AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
         }
+    }
+
+    /// The module state attached to this server, made by `init` on first use. `None` if
+    /// another module attached a different type first.
+    pub fn ext_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        init: impl FnOnce() -> T,
+    ) -> Option<Arc<T>> {
+        let any = self
+            .ext
+            .get_or_init(|| Arc::new(init()) as Arc<dyn std::any::Any + Send + Sync>);
+        Arc::clone(any).downcast::<T>().ok()
     }
 
     /// The weight to balance with now: during slow start it ramps from 1 up to the

@@ -34,6 +34,7 @@ fn upstream(balance: Balance, servers: Vec<ServerConfig>) -> Upstream {
         next_upstream_timeout: Duration::ZERO,
         queue: 0,
         queue_timeout: Duration::from_secs(1),
+        resolve: None,
         health: None,
     })
 }

@@ -8,49 +8,56 @@ use std::sync::Arc;
 use portico_config::{Config, Limits, ListenAddr, ListenerConfig, Protocol};
 use portico_core::{tls, CertSpec, EndpointSpec, TlsMode};
 use portico_http::{HttpService, HttpUpstream, Shared, Site};
-use portico_upstream::Upstream;
+use portico_upstream::{expand, run_resolver, Upstream, UpstreamHandle};
 
 /// The upstreams of one config generation.
 #[derive(Default, Clone)]
 pub struct Upstreams {
-    pub shared: BTreeMap<String, Arc<Upstream>>,
+    pub shared: BTreeMap<String, Arc<UpstreamHandle>>,
     pub http: BTreeMap<String, Arc<HttpUpstream>>,
-    /// Stops an upstream's active health checker when its last generation is dropped.
-    checkers: BTreeMap<String, Arc<tokio_util::sync::DropGuard>>,
+    /// Stops an upstream's active health checker and resolver when its last generation
+    /// is dropped.
+    background: BTreeMap<String, Arc<tokio_util::sync::DropGuard>>,
 }
 
 impl Upstreams {
-    /// Builds the upstreams of `config`, keeping the state (health, counters, pools) of
-    /// every upstream whose config did not change.
+    /// Builds the upstreams of `config`. An upstream whose settings did not change is
+    /// kept whole; otherwise servers whose settings did not change keep their state.
     pub fn build(config: &Config, previous: &Upstreams, workers: usize) -> Self {
         let mut next = Upstreams::default();
         for (name, cfg) in &config.upstreams {
-            let prev_up = previous.shared.get(name);
-            let prev_http = previous.http.get(name);
-            if let (Some(up), Some(http)) = (prev_up, prev_http) {
-                if &up.config == cfg {
-                    next.shared.insert(name.clone(), Arc::clone(up));
+            let prev = previous.shared.get(name);
+            if let Some(handle) = prev.filter(|h| &h.template == cfg) {
+                next.shared.insert(name.clone(), Arc::clone(handle));
+                if let Some(http) = previous.http.get(name) {
                     next.http.insert(name.clone(), Arc::clone(http));
-                    if let Some(c) = previous.checkers.get(name) {
-                        next.checkers.insert(name.clone(), Arc::clone(c));
-                    }
-                    continue;
                 }
+                if let Some(bg) = previous.background.get(name) {
+                    next.background.insert(name.clone(), Arc::clone(bg));
+                }
+                continue;
             }
-            let up = Arc::new(Upstream::reusing(cfg.clone(), prev_up.map(|u| &**u)));
-            let http = HttpUpstream::new(Arc::clone(&up), workers, prev_http.map(|h| &**h));
+            let old = prev.map(|h| h.load());
+            let upstream = Upstream::reusing(expand(cfg), old.as_deref());
+            let handle = Arc::new(UpstreamHandle::new(cfg.clone(), upstream));
+            let stop = tokio_util::sync::CancellationToken::new();
             if let Some(health) = &cfg.health {
-                let stop = tokio_util::sync::CancellationToken::new();
                 tokio::spawn(portico_upstream::health::run_checks(
-                    Arc::clone(&up),
+                    Arc::clone(&handle),
                     health.clone(),
                     stop.clone(),
                 ));
-                next.checkers
-                    .insert(name.clone(), Arc::new(stop.drop_guard()));
             }
-            next.http.insert(name.clone(), Arc::new(http));
-            next.shared.insert(name.clone(), up);
+            if cfg.resolve.is_some() {
+                tokio::spawn(run_resolver(Arc::clone(&handle), stop.clone()));
+            }
+            next.background
+                .insert(name.clone(), Arc::new(stop.drop_guard()));
+            next.http.insert(
+                name.clone(),
+                Arc::new(HttpUpstream::new(Arc::clone(&handle), workers)),
+            );
+            next.shared.insert(name.clone(), handle);
         }
         next
     }
