@@ -177,7 +177,8 @@ pub enum HealthCheck {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HealthConfig {
-    pub check: HealthCheck,
+    /// `None`: the default probe of the module that uses the upstream.
+    pub check: Option<HealthCheck>,
     pub uri: String,
     pub interval: Duration,
     pub timeout: Duration,

@@ -143,7 +143,7 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealth {
-    pub check: String,
+    pub check: Option<String>,
     pub uri: String,
     pub interval: String,
     pub timeout: String,
@@ -156,7 +156,7 @@ pub struct RawHealth {
 impl Default for RawHealth {
     fn default() -> Self {
         Self {
-            check: "tcp".into(),
+            check: None,
             uri: "/".into(),
             interval: "5s".into(),
             timeout: "2s".into(),

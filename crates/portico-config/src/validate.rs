@@ -367,9 +367,10 @@ fn validate_upstream(
             ("imap", HealthCheck::Imap),
             ("pop3", HealthCheck::Pop3),
         ];
-        let check = v
-            .one_of(&format!("{hp}.check"), &h.check, &checks)
-            .unwrap_or(HealthCheck::Tcp);
+        let check = h
+            .check
+            .as_deref()
+            .and_then(|c| v.one_of(&format!("{hp}.check"), c, &checks));
         let status = match h.status.as_deref() {
             None => (200, 399),
             Some(s) => parse_status_range(s).unwrap_or_else(|| {

@@ -41,6 +41,16 @@ pub use proxy::HttpUpstream;
 
 use body::{ClientBody, HttpBody, Observed};
 
+/// The health probe for an upstream this module speaks to with `via`, when its
+/// `health` block names no `check`.
+pub fn default_health_check(via: portico_config::Via) -> portico_config::HealthCheck {
+    match via {
+        portico_config::Via::Http => portico_config::HealthCheck::Http,
+        portico_config::Via::Uwsgi => portico_config::HealthCheck::Uwsgi,
+        portico_config::Via::Fastcgi => portico_config::HealthCheck::Fastcgi,
+    }
+}
+
 /// Request counters per listener, kept across reloads.
 #[derive(Debug, Default)]
 pub struct SiteStats {

@@ -26,9 +26,9 @@ pub trait Probe: Send + Sync {
     fn check<'a>(&'a self, addr: &'a PeerAddr) -> ProbeFuture<'a>;
 }
 
-/// The probe a `health` block asks for.
-pub fn probe_for(cfg: &HealthConfig) -> Box<dyn Probe> {
-    match cfg.check {
+/// The probe a `health` block asks for (`check` resolved: see [`run_checks`]).
+pub fn probe_for(check: HealthCheck, cfg: &HealthConfig) -> Box<dyn Probe> {
+    match check {
         HealthCheck::Tcp => Box::new(TcpProbe),
         HealthCheck::Http => Box::new(HttpProbe {
             uri: cfg.uri.clone(),
@@ -239,9 +239,16 @@ impl Probe for FastcgiGetValues {
 }
 
 /// Runs the active checks of the upstream behind `handle` (its current generation, so
-/// re-resolved servers are checked too) until `stop` is cancelled.
-pub async fn run_checks(handle: Arc<UpstreamHandle>, cfg: HealthConfig, stop: CancellationToken) {
-    let probe: Arc<dyn Probe> = Arc::from(probe_for(&cfg));
+/// re-resolved servers are checked too) until `stop` is cancelled. `default_check` is
+/// the probe of the module using the upstream, for a `health` block without `check`.
+pub async fn run_checks(
+    handle: Arc<UpstreamHandle>,
+    cfg: HealthConfig,
+    default_check: HealthCheck,
+    stop: CancellationToken,
+) {
+    let check = cfg.check.unwrap_or(default_check);
+    let probe: Arc<dyn Probe> = Arc::from(probe_for(check, &cfg));
     let mut tick = 0u64;
     loop {
         let jitter = jitter(cfg.interval, tick);

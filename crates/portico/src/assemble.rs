@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use portico_config::{Config, Limits, ListenAddr, ListenerConfig, Protocol};
+use portico_config::{
+    Config, HealthCheck, Limits, ListenAddr, ListenerConfig, Protocol, RouteAction,
+};
 use portico_core::{tls, CertSpec, EndpointSpec, TlsMode};
 use portico_http::{HttpService, HttpUpstream, Shared, Site};
 use portico_upstream::{expand, run_resolver, Upstream, UpstreamHandle};
@@ -45,6 +47,7 @@ impl Upstreams {
                 tokio::spawn(portico_upstream::health::run_checks(
                     Arc::clone(&handle),
                     health.clone(),
+                    default_check(config, name),
                     stop.clone(),
                 ));
             }
@@ -61,6 +64,22 @@ impl Upstreams {
         }
         next
     }
+}
+
+/// The probe of the first module found using upstream `name` (each module declares
+/// its own default); TCP connect for an upstream nobody uses yet.
+fn default_check(config: &Config, name: &str) -> HealthCheck {
+    config
+        .listeners
+        .iter()
+        .flat_map(|l| &l.routes)
+        .find_map(|r| match &r.action {
+            RouteAction::Proxy(p) if p.upstream == name => {
+                Some(portico_http::default_health_check(p.via))
+            }
+            _ => None,
+        })
+        .unwrap_or(HealthCheck::Tcp)
 }
 
 /// One endpoint spec per bound address, plus the admin endpoint.
@@ -81,7 +100,7 @@ pub fn endpoints(
     let metrics = &shared.status.metrics;
     for l in &config.listeners {
         for r in &l.routes {
-            if let portico_config::RouteAction::Static(s) = &r.action {
+            if let RouteAction::Static(s) = &r.action {
                 if !s.root.is_dir() {
                     tracing::warn!(listener = %l.name, route = %r.path, root = %s.root.display(),
                         "static root is not a directory: requests will get 404");
