@@ -77,3 +77,19 @@ def healthz():
     if HEALTH_FILE and os.path.exists(HEALTH_FILE):
         return Response("sick\n", status=503)
     return "ok\n"
+
+
+@app.route("/events")
+def events():
+    """Server-sent events: one event, then a second once the file $SSE_GATE exists."""
+    gate = os.environ.get("SSE_GATE", "")
+
+    def gen():
+        yield "data: first\n\n"
+        for _ in range(3000):
+            if not gate or os.path.exists(gate):
+                break
+            time.sleep(0.01)
+        yield "data: second\n\n"
+
+    return Response(gen(), mimetype="text/event-stream")

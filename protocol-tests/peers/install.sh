@@ -19,11 +19,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   (systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || pkill -x nginx || true) >/dev/null 2>&1
 fi
 
-py_pkgs=(flask gunicorn uvicorn)
+py_pkgs=(flask gunicorn uvicorn websockets)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c 'import flask, gunicorn, uvicorn' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets' 2>/dev/null; then
   echo "install.sh: pip install ${py_pkgs[*]}"
   "$venv/bin/pip" install -q "${py_pkgs[@]}"
 fi

@@ -248,6 +248,10 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// 0 = no limit.
     pub max_body_bytes: u64,
+    /// An upgraded (WebSocket) connection with no data either way for this long closes.
+    pub websocket_idle_timeout: Duration,
+    /// An upgraded connection closes after this long whatever happens (zero = never).
+    pub websocket_max_lifetime: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -202,6 +202,8 @@ pub struct RawLimits {
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    pub websocket_idle_timeout: String,
+    pub websocket_max_lifetime: String,
 }
 
 impl Default for RawLimits {
@@ -214,6 +216,8 @@ impl Default for RawLimits {
             max_connections: 10_000,
             max_header_bytes: 65_536,
             max_body_bytes: 0,
+            websocket_idle_timeout: "1h".into(),
+            websocket_max_lifetime: "0s".into(),
         }
     }
 }

@@ -520,6 +520,14 @@ fn validate_listener(
         max_connections: l.limits.max_connections,
         max_header_bytes: l.limits.max_header_bytes,
         max_body_bytes: l.limits.max_body_bytes,
+        websocket_idle_timeout: v.duration(
+            &format!("{lp}.websocket_idle_timeout"),
+            &l.limits.websocket_idle_timeout,
+        ),
+        websocket_max_lifetime: v.duration(
+            &format!("{lp}.websocket_max_lifetime"),
+            &l.limits.websocket_max_lifetime,
+        ),
     };
     if limits.max_connections == 0 {
         v.err(&format!("{lp}.max_connections"), "must be at least 1");

@@ -166,6 +166,8 @@ impl Site {
 pub struct Shared {
     pub access_log: AccessLog,
     pub status: Arc<StatusSource>,
+    /// How long open tunnels (WebSocket) may go on after shutdown begins.
+    pub drain: std::time::Duration,
 }
 
 /// Serves HTTP on one bound address for the sites sharing it.
@@ -206,6 +208,10 @@ struct ConnState {
     tls: bool,
     sni: Option<String>,
     in_flight: AtomicUsize,
+    shutdown: tokio_util::sync::CancellationToken,
+    /// Upgraded connections (WebSocket tunnels) this connection handed on: the
+    /// connection's task lives until they end, so drain waits for them.
+    tunnels: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// When the last request finished, as ms since `start`.
     last_done_ms: AtomicU64,
     start: Instant,
@@ -237,6 +243,8 @@ impl Service for HttpService {
                 tls: info.tls.is_some(),
                 sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
                 in_flight: AtomicUsize::new(0),
+                shutdown: shutdown.clone(),
+                tunnels: Mutex::new(Vec::new()),
                 last_done_ms: AtomicU64::new(0),
                 start: Instant::now(),
             });
@@ -263,7 +271,7 @@ impl Service for HttpService {
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .max_concurrent_streams(256);
-            let conn = builder.serve_connection(io, svc);
+            let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
             let mut closing = false;
             loop {
@@ -296,8 +304,27 @@ impl Service for HttpService {
                     }
                 }
             }
+            let tunnels =
+                std::mem::take(&mut *state.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+            for t in tunnels {
+                let _ = t.await;
+            }
         })
     }
+}
+
+/// An HTTP/1.1 `Upgrade: websocket` request (Connection: upgrade, GET).
+fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -432,6 +459,8 @@ impl HttpService {
         conn: &ConnState,
         host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let mut req = req;
+        let on_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Ok(path) = path::normalize(req.uri().path()) else {
             return (error_response(StatusCode::BAD_REQUEST), None);
         };
@@ -471,6 +500,33 @@ impl HttpService {
                     host,
                     hash_key,
                 };
+                if let Some(on_upgrade) = on_upgrade {
+                    let limits = portico_websocket::TunnelLimits {
+                        idle: site.limits.websocket_idle_timeout,
+                        max_lifetime: site.limits.websocket_max_lifetime,
+                        drain: self
+                            .shared
+                            .drain
+                            .saturating_sub(std::time::Duration::from_millis(500)),
+                    };
+                    let (resp, addr, tunnel) = proxy::forward_upgrade(
+                        up,
+                        parts,
+                        &client,
+                        on_upgrade,
+                        limits,
+                        conn.shutdown.clone(),
+                    )
+                    .await;
+                    if let Some(t) = tunnel {
+                        let handle = tokio::spawn(t);
+                        conn.tunnels
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(handle);
+                    }
+                    return (resp, addr);
+                }
                 let body = if body.is_end_stream() {
                     body::empty()
                 } else {

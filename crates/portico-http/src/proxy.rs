@@ -358,7 +358,7 @@ async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
@@ -478,4 +478,136 @@ fn release(done: &mut Option<Release>) {
             pool.put(worker_id(), sender);
         }
     }
+}
+
+/// The tunnel an upgrade hands to the WebSocket module, to be run as its own task.
+pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Forwards an HTTP/1.1 `Upgrade: websocket` request on a fresh upstream connection.
+/// Only when the upstream answers 101 are both connections upgraded and handed to
+/// [`portico_websocket::tunnel`] (returned as a [`Tunnel`]); any other answer is relayed
+/// as a normal response. The pick stays in flight while the tunnel is open, so
+/// least_conn counts open tunnels; an upstream that fails mid-stream is reported to
+/// passive health.
+pub async fn forward_upgrade(
+    up: &HttpUpstream,
+    mut parts: http::request::Parts,
+    client: &ClientSide,
+    on_client: hyper::upgrade::OnUpgrade,
+    limits: portico_websocket::TunnelLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> (Response<HttpBody>, UpstreamAddr, Option<Tunnel>) {
+    let upstream = up.handle.load();
+    let cfg = &upstream.config;
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    prepare_request_headers(&mut parts.headers, client);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    parts.version = Version::HTTP_11;
+    if let Some(pq) = parts.uri.path_and_query() {
+        if let Ok(uri) = pq.as_str().parse() {
+            parts.uri = uri;
+        }
+    }
+    let mut on_client = Some(on_client);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = StatusCode::BAD_GATEWAY;
+    let mut last_addr = None;
+    while tried.len() < upstream.max_tries() {
+        let ctx = SelectCtx {
+            client_ip: client.peer_ip,
+            exclude: &tried,
+            key: client.hash_key.as_deref(),
+        };
+        let pick = match upstream.select_queued(&ctx).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(upstream = %cfg.name, "{e}");
+                if e != NoServer::NoneAvailable {
+                    last_error = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                break;
+            }
+        };
+        tried.push(pick.index);
+        let addr = pick.server.addr().to_string();
+        last_addr = Some(addr.clone());
+        let mut sender = match open(&pick, cfg.connect_timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
+                pick.failure();
+                if cfg.next_upstream.error {
+                    continue;
+                }
+                break;
+            }
+        };
+        let req = Request::from_parts(parts.clone(), empty());
+        match tokio::time::timeout(cfg.read_timeout, sender.send_request(req)).await {
+            Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let on_upstream = hyper::upgrade::on(&mut resp);
+                let (head, _) = resp.into_parts();
+                let Some(on_client) = on_client.take() else {
+                    break;
+                };
+                let tunnel = async move {
+                    match (on_client.await, on_upstream.await) {
+                        (Ok(c), Ok(u)) => {
+                            let end = portico_websocket::tunnel(
+                                TokioIo::new(c),
+                                TokioIo::new(u),
+                                limits,
+                                shutdown,
+                            )
+                            .await;
+                            tracing::debug!(?end, "websocket tunnel ended");
+                            if end == portico_websocket::TunnelEnd::UpstreamError {
+                                pick.failure();
+                            } else {
+                                pick.success();
+                            }
+                        }
+                        (c, u) => {
+                            tracing::debug!(
+                                client = c.is_ok(),
+                                upstream = u.is_ok(),
+                                "upgrade did not complete"
+                            );
+                        }
+                    }
+                };
+                return (
+                    Response::from_parts(head, empty()),
+                    Some(addr),
+                    Some(Box::pin(tunnel)),
+                );
+            }
+            Ok(Ok(resp)) => {
+                // Not upgraded: an ordinary answer, relayed; this connection is not reused.
+                let resp = finish_response(resp, sender, None, pick, cfg.read_timeout);
+                return (resp, Some(addr), None);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "upstream upgrade request failed");
+                pick.failure();
+                if !cfg.next_upstream.error {
+                    break;
+                }
+            }
+            Err(_) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, "upstream timed out answering the upgrade");
+                pick.failure();
+                last_error = StatusCode::GATEWAY_TIMEOUT;
+                if !cfg.next_upstream.timeout {
+                    break;
+                }
+            }
+        }
+    }
+    (error_response(last_error), last_addr, None)
 }

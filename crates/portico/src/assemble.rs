@@ -161,6 +161,8 @@ pub fn endpoints(
             max_connections: 64,
             max_header_bytes: 16 * 1024,
             max_body_bytes: 0,
+            websocket_idle_timeout: std::time::Duration::from_secs(60),
+            websocket_max_lifetime: std::time::Duration::ZERO,
         };
         specs.push(EndpointSpec {
             addr: admin.listen.clone(),

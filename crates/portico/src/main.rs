@@ -200,6 +200,12 @@ fn run(given: &[PathBuf]) -> anyhow::Result<()> {
     }
     let config = loaded.config;
     let log_level = init_logging(&config);
+    // Each proxied connection holds two descriptors (more with tunnels): use every
+    // descriptor the hard limit allows, as nginx's worker_rlimit_nofile would.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(nofile = n, "descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if config.runtime.workers > 0 {
         rt.worker_threads(config.runtime.workers);
@@ -227,6 +233,7 @@ impl State {
         Ok(Shared {
             access_log,
             status: Arc::clone(&self.status),
+            drain: config.runtime.shutdown_timeout,
         })
     }
 

@@ -1,0 +1,225 @@
+//! WebSocket tunnels through Portico to the `websockets` package's server, with its
+//! client: echo of every message kind, close codes both ways, a backend dying
+//! mid-stream, open sockets across a reload, SIGTERM's 1001, many sockets at once, a
+//! refused upgrade followed by a pipelined request, and server-sent events unbuffered.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn ws_echo(port: u16) -> Proc {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("ws_echo.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("ws_echo", &mut cmd);
+    wait_tcp(([127, 0, 0, 1], port).into(), &mut p.child, "ws_echo");
+    p
+}
+
+fn client(url: &str, scenario: &str) -> serde_json::Value {
+    let out = Command::new(venv_bin("python"))
+        .arg(apps_dir().join("ws_client.py"))
+        .args([url, scenario])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(last).unwrap()
+}
+
+/// A client run in the background: its first line says the socket is open.
+struct Interactive {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Interactive {
+    fn start(url: &str, scenario: &str) -> Self {
+        let mut child = Command::new(venv_bin("python"))
+            .arg(apps_dir().join("ws_client.py"))
+            .args([url, scenario])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.contains("\"open\""), "{first}");
+        Interactive { child, out }
+    }
+
+    fn go_on(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn result(mut self) -> serde_json::Value {
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        let _ = self.child.wait();
+        serde_json::from_str(rest.lines().last().unwrap_or("null")).unwrap()
+    }
+}
+
+fn ws_config(ws_port: u16, extra: &str) -> String {
+    format!(
+        r#"{extra}
+[upstreams.ws]
+servers = [{{ addr = "127.0.0.1:{ws_port}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "ws"
+"#
+    )
+}
+
+#[test]
+fn messages_and_close_codes_pass_through() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(ws_port, ""));
+    let r = client(&format!("ws://127.0.0.1:{}/chat?room=1", p.port), "echo");
+    assert_eq!(r["text"], "héllo");
+    assert_eq!(r["binary"], "00ff62696e617279");
+    assert_eq!(r["big_ok"], true, "4 MiB message");
+    assert_eq!(r["fragmented"], "fragmented message");
+    assert_eq!(r["pong"], true);
+    assert_eq!(r["whoami"]["path"], "/chat?room=1");
+    assert_eq!(r["whoami"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(r["client_close_code"], 4002);
+    assert_eq!(r["server_close_code"], 4001);
+}
+
+#[test]
+fn a_backend_dying_mid_stream_closes_the_client_promptly() {
+    let ws_port = free_port();
+    let mut ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(
+        ws_port,
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"",
+    ));
+    let waiting = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
+    ws.kill();
+    let r = waiting.result();
+    assert!(
+        r["ended"].as_str().unwrap().starts_with("ConnectionClosed"),
+        "{r}"
+    );
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert!(
+        s["upstreams"]["ws"]["servers"][0]["failures"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{s}"
+    );
+}
+
+#[test]
+fn open_sockets_survive_a_reload() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(ws_port, ""));
+    let mut open = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "hold_and_echo");
+    assert!(p.reload(&ws_config(
+        ws_port,
+        "[log]\nlevel = \"info\"\naccess_log = \"off\""
+    )));
+    open.go_on();
+    let r = open.result();
+    assert_eq!(r["after"], "after");
+}
+
+#[test]
+fn sigterm_drains_then_says_going_away() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let mut p = Portico::start(&ws_config(ws_port, "[runtime]\nshutdown_timeout = \"1s\""));
+    let waiting = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
+    p.proc.signal("TERM");
+    let r = waiting.result();
+    assert_eq!(r["code"], 1001, "{r}");
+    assert_eq!(p.proc.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn a_thousand_sockets_at_once() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(ws_port, ""));
+    let r = client(&format!("ws://127.0.0.1:{}/", p.port), "many:1000");
+    assert_eq!(r["ok"], 1000);
+}
+
+#[test]
+fn a_refused_upgrade_is_a_normal_response_and_the_connection_goes_on() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let app = free_port();
+    let _app = gunicorn_tcp(app, "plain", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.ws]
+servers = [{{ addr = "127.0.0.1:{ws_port}" }}]
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{app}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/ws/"
+  upstream = "ws"
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#
+    ));
+    let (status, text) = raw_status(
+        p.addr(),
+        b"GET /ws/forbidden HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        text.contains("hello from plain"),
+        "the pipelined request was answered: {text}"
+    );
+}
+
+#[test]
+fn server_sent_events_are_not_buffered() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let app = free_port();
+    let _app = gunicorn_tcp(app, "sse", &[("SSE_GATE", gate.to_str().unwrap())]);
+    let p = Portico::start(&proxy_config(&format!("127.0.0.1:{app}"), ""));
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // The app sends the first event, then waits for the gate file before the second:
+    // the first must reach us while the app is still waiting.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: first") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(!String::from_utf8_lossy(&seen).contains("data: second"));
+    std::fs::write(&gate, "").unwrap();
+    s.read_to_end(&mut seen).unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains("data: second"), "{text}");
+}
