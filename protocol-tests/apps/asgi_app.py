@@ -15,6 +15,21 @@ async def app(scope, receive, send):
             elif msg["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        # echo, as the websockets-package server does
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            if msg.get("text") is not None:
+                if msg["text"].startswith("close:"):
+                    await send({"type": "websocket.close", "code": int(msg["text"][6:])})
+                    return
+                await send({"type": "websocket.send", "text": msg["text"]})
+            else:
+                await send({"type": "websocket.send", "bytes": msg["bytes"]})
     path = scope["path"]
     body = b""
     while True:

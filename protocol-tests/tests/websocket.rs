@@ -223,3 +223,14 @@ fn server_sent_events_are_not_buffered() {
     assert!(text.contains("text/event-stream"), "{text}");
     assert!(text.contains("data: second"), "{text}");
 }
+
+#[test]
+fn uvicorn_asgi_websockets_too() {
+    let app = free_port();
+    let _app = uvicorn_tcp(app);
+    let p = Portico::start(&proxy_config(&format!("127.0.0.1:{app}"), ""));
+    let mut open = Interactive::start(&format!("ws://127.0.0.1:{}/ws", p.port), "hold_and_echo");
+    open.go_on();
+    let r = open.result();
+    assert_eq!((r["before"].as_str(), r["after"].as_str()), (Some("before"), Some("after")));
+}
