@@ -232,5 +232,66 @@ fn uvicorn_asgi_websockets_too() {
     let mut open = Interactive::start(&format!("ws://127.0.0.1:{}/ws", p.port), "hold_and_echo");
     open.go_on();
     let r = open.result();
-    assert_eq!((r["before"].as_str(), r["after"].as_str()), (Some("before"), Some("after")));
+    assert_eq!(
+        (r["before"].as_str(), r["after"].as_str()),
+        (Some("before"), Some("after"))
+    );
+}
+
+/// RFC 8441: WebSocket over an h2 stream (extended CONNECT) from the client, HTTP/1.1
+/// Upgrade towards the `websockets` server. nginx cannot do this.
+#[test]
+fn websocket_over_h2_extended_connect() {
+    use bytes::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(ws_port, ""));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(p.addr()).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        // The server's SETTINGS (which enable extended CONNECT) arrive just after the
+        // handshake: retry until the client has seen them (bounded).
+        let mut resp = None;
+        for _ in 0..200 {
+            let mut req = hyper::Request::builder()
+                .method(hyper::Method::CONNECT)
+                .version(hyper::Version::HTTP_2)
+                .uri(format!("http://127.0.0.1:{}/chat", p.port))
+                .header("sec-websocket-version", "13")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            match send.send_request(req).await {
+                Ok(r) => {
+                    resp = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        let mut resp = resp.expect("extended CONNECT accepted");
+        assert_eq!(resp.status(), 200);
+        let mut io = TokioIo::new(hyper::upgrade::on(&mut resp).await.unwrap());
+        // a masked text frame "hello"
+        let mask = [1u8, 2, 3, 4];
+        let mut frame = vec![0x81, 0x80 | 5];
+        frame.extend(mask);
+        frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        io.write_all(&frame).await.unwrap();
+        let mut echo = [0u8; 7];
+        io.read_exact(&mut echo).await.unwrap();
+        assert_eq!(&echo, b"\x81\x05hello");
+    });
 }

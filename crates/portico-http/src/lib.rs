@@ -270,7 +270,8 @@ impl Service for HttpService {
                 .http2()
                 .timer(TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256);
+                .max_concurrent_streams(256)
+                .enable_connect_protocol();
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
             let mut closing = false;
@@ -313,8 +314,16 @@ impl Service for HttpService {
     }
 }
 
-/// An HTTP/1.1 `Upgrade: websocket` request (Connection: upgrade, GET).
+/// A WebSocket opening: an HTTP/1.1 `Upgrade: websocket` request, or an h2 extended
+/// CONNECT with `:protocol = websocket` (RFC 8441).
 fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+    if req.version() == Version::HTTP_2 {
+        return req.method() == http::Method::CONNECT
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    }
     let has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()

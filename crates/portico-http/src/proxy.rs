@@ -483,7 +483,9 @@ fn release(done: &mut Option<Release>) {
 /// The tunnel an upgrade hands to the WebSocket module, to be run as its own task.
 pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// Forwards an HTTP/1.1 `Upgrade: websocket` request on a fresh upstream connection.
+/// Forwards a WebSocket opening on a fresh upstream connection, always as an HTTP/1.1
+/// `Upgrade: websocket` request: an h2 extended CONNECT from the client (RFC 8441) is
+/// translated, and the upstream's 101 answered with 200 on the h2 stream.
 /// Only when the upstream answers 101 are both connections upgraded and handed to
 /// [`portico_websocket::tunnel`] (returned as a [`Tunnel`]); any other answer is relayed
 /// as a normal response. The pick stays in flight while the tunnel is open, so
@@ -499,12 +501,22 @@ pub async fn forward_upgrade(
 ) -> (Response<HttpBody>, UpstreamAddr, Option<Tunnel>) {
     let upstream = up.handle.load();
     let cfg = &upstream.config;
+    let from_h2 = parts.version == Version::HTTP_2;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
     prepare_request_headers(&mut parts.headers, client);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(u) = upgrade {
+    if from_h2 {
+        parts.method = http::Method::GET;
+        parts.extensions.remove::<hyper::ext::Protocol>();
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(key) = HeaderValue::from_str(&websocket_key()) {
+            parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+        }
+    } else if let Some(u) = upgrade {
         parts.headers.insert(header::UPGRADE, u);
     }
     parts.version = Version::HTTP_11;
@@ -551,7 +563,19 @@ pub async fn forward_upgrade(
         match tokio::time::timeout(cfg.read_timeout, sender.send_request(req)).await {
             Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let on_upstream = hyper::upgrade::on(&mut resp);
-                let (head, _) = resp.into_parts();
+                let (mut head, _) = resp.into_parts();
+                if from_h2 {
+                    // RFC 8441: a 2xx opens the stream; the 101 handshake headers stay
+                    // on the upstream side.
+                    head.status = StatusCode::OK;
+                    for h in [
+                        header::UPGRADE,
+                        header::CONNECTION,
+                        header::SEC_WEBSOCKET_ACCEPT,
+                    ] {
+                        head.headers.remove(h);
+                    }
+                }
                 let Some(on_client) = on_client.take() else {
                     break;
                 };
@@ -610,4 +634,50 @@ pub async fn forward_upgrade(
         }
     }
     (error_response(last_error), last_addr, None)
+}
+
+/// A fresh Sec-WebSocket-Key: 16 random bytes, base64. A handshake nonce, not a secret.
+fn websocket_key() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for chunk in bytes.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    base64(&bytes)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(websocket_key().len(), 24);
+        assert_ne!(websocket_key(), websocket_key());
+    }
 }
