@@ -15,8 +15,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Each direction moves at most this much at a time.
+/// Each direction moves at most this much at a time while busy…
 const BUF: usize = 64 * 1024;
+/// …and reads into this little while quiet, so an idle tunnel holds almost no memory.
+const SMALL: usize = 512;
 
 /// Limits of one tunnel.
 #[derive(Debug, Clone, Copy)]
@@ -141,11 +143,16 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut small = [0u8; SMALL];
+    let mut big: Option<Vec<u8>> = None;
     let mut total = 0u64;
     let mut frames = FrameScanner::default();
     loop {
-        let n = match from.read(&mut buf).await {
+        let read = match big.as_mut() {
+            Some(b) => from.read(b).await,
+            None => from.read(&mut small).await,
+        };
+        let n = match read {
             Ok(0) => {
                 // Half-close: tell the other side, keep the other direction going.
                 let _ = to.shutdown().await;
@@ -158,14 +165,24 @@ where
             Ok(n) => n,
             Err(_) => return Err(side),
         };
+        let data = match big.as_ref() {
+            Some(b) => &b[..n],
+            None => &small[..n],
+        };
         if matches!(side, Side::Upstream) {
-            frames.feed(&buf[..n]);
+            frames.feed(data);
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(data).await.is_err() {
             return Err(match side {
                 Side::Client => Side::Upstream,
                 Side::Upstream => Side::Client,
             });
+        }
+        // Grow while reads fill the buffer; shrink back once traffic is light again.
+        match big {
+            None if n == SMALL => big = Some(vec![0u8; BUF]),
+            Some(_) if n < SMALL => big = None,
+            _ => {}
         }
         total += n as u64;
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
