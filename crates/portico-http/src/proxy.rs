@@ -109,6 +109,29 @@ pub struct ClientSide {
     pub hash_key: Option<Vec<u8>>,
 }
 
+impl ClientSide {
+    /// What the balancer needs for this request, given the servers already tried.
+    fn select_ctx<'a>(&'a self, tried: &'a [usize]) -> SelectCtx<'a> {
+        SelectCtx {
+            client_ip: self.peer_ip,
+            exclude: tried,
+            key: self.hash_key.as_deref(),
+        }
+    }
+}
+
+/// The request head as an upstream gets it: forwarding headers, HTTP/1.1, origin-form.
+fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
+    prepare_request_headers(&mut parts.headers, client);
+    parts.version = Version::HTTP_11;
+    // An absolute-form or h2 URI becomes origin-form for the upstream.
+    if let Some(pq) = parts.uri.path_and_query() {
+        if let Ok(uri) = pq.as_str().parse() {
+            parts.uri = uri;
+        }
+    }
+}
+
 /// Renders an upstream's `hash_key` for one request.
 pub fn render_key(
     t: &KeyTemplate,
@@ -172,14 +195,7 @@ pub async fn forward(
     let upstream = up.handle.load();
     let cfg = &upstream.config;
     let policy = cfg.next_upstream;
-    prepare_request_headers(&mut parts.headers, client);
-    parts.version = Version::HTTP_11;
-    // An absolute-form or h2 URI becomes origin-form for the upstream.
-    if let Some(pq) = parts.uri.path_and_query() {
-        if let Ok(uri) = pq.as_str().parse() {
-            parts.uri = uri;
-        }
-    }
+    to_upstream_head(&mut parts, client);
     let empty_body = body.is_end_stream();
     let retry_after_send = empty_body && is_idempotent(&parts.method);
     let mut body = Some(body);
@@ -193,11 +209,7 @@ pub async fn forward(
     let mut last_addr = None;
 
     while tried.len() < max_tries && (tried.is_empty() || budget_left()) {
-        let ctx = SelectCtx {
-            client_ip: client.peer_ip,
-            exclude: &tried,
-            key: client.hash_key.as_deref(),
-        };
+        let ctx = client.select_ctx(&tried);
         let pick = match upstream.select_queued(&ctx).await {
             Ok(p) => p,
             Err(NoServer::NoneAvailable) => {
@@ -273,11 +285,7 @@ pub async fn forward(
                 // A listed 5xx goes to the next server when there is one to go to;
                 // otherwise this answer is relayed, as nginx relays the last one.
                 let next_exists = || {
-                    let ctx = SelectCtx {
-                        client_ip: client.peer_ip,
-                        exclude: &tried,
-                        key: client.hash_key.as_deref(),
-                    };
+                    let ctx = client.select_ctx(&tried);
                     upstream.select(&ctx).is_some()
                 };
                 if policy.on_status(status)
@@ -503,7 +511,7 @@ pub async fn forward_upgrade(
     let cfg = &upstream.config;
     let from_h2 = parts.version == Version::HTTP_2;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
-    prepare_request_headers(&mut parts.headers, client);
+    to_upstream_head(&mut parts, client);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -519,22 +527,12 @@ pub async fn forward_upgrade(
     } else if let Some(u) = upgrade {
         parts.headers.insert(header::UPGRADE, u);
     }
-    parts.version = Version::HTTP_11;
-    if let Some(pq) = parts.uri.path_and_query() {
-        if let Ok(uri) = pq.as_str().parse() {
-            parts.uri = uri;
-        }
-    }
     let mut on_client = Some(on_client);
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = StatusCode::BAD_GATEWAY;
     let mut last_addr = None;
     while tried.len() < upstream.max_tries() {
-        let ctx = SelectCtx {
-            client_ip: client.peer_ip,
-            exclude: &tried,
-            key: client.hash_key.as_deref(),
-        };
+        let ctx = client.select_ctx(&tried);
         let pick = match upstream.select_queued(&ctx).await {
             Ok(p) => p,
             Err(e) => {
