@@ -295,3 +295,37 @@ fn websocket_over_h2_extended_connect() {
         assert_eq!(&echo, b"\x81\x05hello");
     });
 }
+
+#[test]
+fn frames_sent_with_the_handshake_arrive_after_the_101_and_tunnels_count_as_active() {
+    let ws_port = free_port();
+    let _ws = ws_echo(ws_port);
+    let p = Portico::start(&ws_config(
+        ws_port,
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"",
+    ));
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    // the handshake and a masked text frame "hi", in one write, before any answer
+    let mut bytes = b"GET /x HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec();
+    let mask = [9u8, 8, 7, 6];
+    bytes.extend([0x81, 0x82]);
+    bytes.extend(mask);
+    bytes.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i]));
+    s.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\x81\x02hi") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // the open tunnel is a request in flight for the balancer (least_conn counts it)
+    let st = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(st["upstreams"]["ws"]["servers"][0]["active"], 1, "{st}");
+}
