@@ -24,7 +24,7 @@ async def idle(url, n, pids):
     before = rss_kib(pids)
     socks = []
     for i in range(n):
-        ws = await connect(url, ping_interval=None, open_timeout=60)
+        ws = await connect(url, ping_interval=None, open_timeout=180)
         socks.append(ws)
     await asyncio.sleep(1)
     after = rss_kib(pids)
