@@ -205,13 +205,14 @@ impl Probe for UwsgiPing {
     fn check<'a>(&'a self, addr: &'a PeerAddr) -> ProbeFuture<'a> {
         Box::pin(async move {
             let mut s = open(addr).await?;
-            s.write_all(&[100, 0, 0, 0])
+            s.write_all(&portico_uwsgi::ping())
                 .await
                 .map_err(|e| format!("write: {e}"))?;
             let answer = read_until(&mut s, |b| b.len() >= 4).await?;
-            match answer.first() {
-                Some(100) => Ok(()),
-                _ => Err("no PONG".into()),
+            if portico_uwsgi::is_pong(&answer) {
+                Ok(())
+            } else {
+                Err("no PONG".into())
             }
         })
     }
