@@ -5,8 +5,6 @@
 mod common;
 
 use common::*;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn two_servers(a: u16, b: u16, extra: &str) -> String {
@@ -85,50 +83,15 @@ fn killing_and_restarting_a_backend_under_load_fails_no_request() {
     let _b = gunicorn_tcp(b, "b", &[]);
     let p = Portico::start(&two_servers(a, b, ""));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut load = Vec::new();
-    for _ in 0..3 {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), p.addr());
-        load.push(std::thread::spawn(move || {
-            let mut conn = KeepAlive::connect(addr).unwrap();
-            while !stop.load(Ordering::Relaxed) {
-                match conn.get("/") {
-                    Ok((200, _, _)) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => failures.lock().unwrap().push(format!("{other:?}")),
-                }
-            }
-        }));
-    }
-    let wait_ok = |n: usize| {
-        let target = ok.load(Ordering::Relaxed) + n;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ok.load(Ordering::Relaxed) < target {
-            assert!(Instant::now() < deadline, "load stalled");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    };
-    wait_ok(100);
+    let load = Load::start(p.addr(), "/", 3, None);
+    load.wait_ok(100);
     server_a.kill(); // SIGKILL: connections die mid-flight
-    wait_ok(200);
+    load.wait_ok(200);
     let restarted = gunicorn_tcp(a, "a", &[]);
-    wait_ok(200);
+    load.wait_ok(200);
     drop(restarted); // SIGTERM this time
-    wait_ok(200);
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.wait_ok(200);
+    load.finish();
 }
 
 #[test]

@@ -6,8 +6,6 @@ mod common;
 
 use common::*;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 fn app_config(sock: &std::path::Path, extra_route: &str) -> String {
@@ -148,31 +146,7 @@ fn reload_under_load_drops_nothing() {
         "  [[listeners.routes]]\n  path = \"/v2/\"\n  static = { root = \"{dir}\" }\n",
     );
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut load = Vec::new();
-    for t in 0..3 {
-        let (stop, ok, failures, addr) = (stop.clone(), ok.clone(), failures.clone(), p.addr());
-        load.push(std::thread::spawn(move || {
-            // thread 0 keeps one connection alive across every reload; the others
-            // reconnect every few requests
-            let mut conn = KeepAlive::connect(addr).unwrap();
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                if t > 0 && n % 5 == 0 {
-                    conn = KeepAlive::connect(addr).unwrap();
-                }
-                match conn.get("/echo") {
-                    Ok((200, _, _)) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    other => failures.lock().unwrap().push(format!("{other:?}")),
-                }
-            }
-        }));
-    }
+    let load = Load::start(p.addr(), "/echo", 3, Some(5));
     for round in 0..6 {
         let cfg = if round % 2 == 0 {
             &with_v2
@@ -187,18 +161,7 @@ fn reload_under_load_drops_nothing() {
             assert_eq!(r.status, 404, "/v2/ goes to the app again (Flask 404)");
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    for t in load {
-        t.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
-    assert!(ok.load(Ordering::Relaxed) > 0);
+    load.finish();
     let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
     assert_eq!(s["reloads"], 6);
 }

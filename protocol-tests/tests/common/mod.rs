@@ -539,3 +539,88 @@ pub fn nginx_http_temp(prefix: &Path) -> String {
         p = p.display()
     )
 }
+
+/// Load for "nothing is dropped" tests: `threads` clients sending GET `path` in a loop
+/// until [`Load::finish`]. Thread 0 keeps one keep-alive connection throughout; with
+/// `reconnect_every = Some(n)` the others open a new connection every n requests.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(
+        addr: SocketAddr,
+        path: &str,
+        threads: usize,
+        reconnect_every: Option<usize>,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let load = Load {
+            stop: Default::default(),
+            ok: Default::default(),
+            failures: Default::default(),
+            threads: Vec::new(),
+        };
+        let mut handles = Vec::new();
+        for t in 0..threads {
+            let (stop, ok, failures) = (load.stop.clone(), load.ok.clone(), load.failures.clone());
+            let path = path.to_string();
+            handles.push(std::thread::spawn(move || {
+                let mut conn = KeepAlive::connect(addr).unwrap();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    if let Some(every) = reconnect_every.filter(|_| t > 0) {
+                        if n % every == 0 {
+                            conn = KeepAlive::connect(addr).unwrap();
+                        }
+                    }
+                    match conn.get(&path) {
+                        Ok((200, _, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                    }
+                }
+            }));
+        }
+        Load {
+            threads: handles,
+            ..load
+        }
+    }
+
+    /// Successful requests so far.
+    pub fn ok(&self) -> usize {
+        self.ok.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded) until `n` more requests have succeeded.
+    pub fn wait_ok(&self, n: usize) {
+        let target = self.ok() + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ok() < target {
+            assert!(Instant::now() < deadline, "load stalled");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the clients; asserts some requests succeeded and none failed.
+    pub fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed: {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(self.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+}
