@@ -5,39 +5,20 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use portico_config::{Balance, KeyTemplate, NextUpstream, PeerAddr, ServerConfig, UpstreamConfig};
+use portico_config::{Balance, KeyTemplate, PeerAddr, UpstreamConfig};
+use portico_upstream::fixtures::{server_config, upstream_config};
 use portico_upstream::{SelectCtx, Upstream};
 
 fn upstream(balance: Balance, n: usize) -> Upstream {
     let servers = (0..n)
-        .map(|i| ServerConfig {
-            addr: PeerAddr::Tcp(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8000).into()),
-            weight: 1 + (i % 3) as u32,
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
-            backup: false,
-            max_conns: 0,
-            drain: false,
-            slow_start: Duration::ZERO,
+        .map(|i| {
+            let addr = PeerAddr::Tcp(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8000).into());
+            server_config(addr, 1 + (i % 3) as u32)
         })
         .collect();
     Upstream::new(UpstreamConfig {
-        name: "bench".into(),
-        balance,
         hash_key: KeyTemplate::parse("$request_uri").ok(),
-        servers,
-        keepalive: 0,
-        keepalive_timeout: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(1),
-        send_timeout: Duration::from_secs(1),
-        tries: 0,
-        next_upstream: NextUpstream::default(),
-        next_upstream_timeout: Duration::ZERO,
-        queue: 0,
-        queue_timeout: Duration::from_secs(1),
-        resolve: None,
-        health: None,
+        ..upstream_config(balance, servers)
     })
 }
 

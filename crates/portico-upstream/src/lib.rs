@@ -12,6 +12,8 @@
 //! live in the modules and talk to this crate through these small types.
 
 mod connect;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod health;
 mod pool;
 mod resolve;

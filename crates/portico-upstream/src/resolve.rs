@@ -144,39 +144,18 @@ mod tests {
     use std::time::Duration;
 
     fn template(resolve: Option<Duration>) -> UpstreamConfig {
-        let server = |addr| ServerConfig {
-            addr,
-            weight: 2,
-            max_fails: 1,
-            fail_timeout: Duration::from_secs(10),
-            backup: false,
-            max_conns: 0,
-            drain: false,
-            slow_start: Duration::ZERO,
+        use crate::fixtures::{server_config, upstream_config};
+        let host = PeerAddr::Host {
+            host: "app.internal".into(),
+            port: 8000,
         };
+        let servers = vec![
+            server_config(host, 2),
+            server_config(PeerAddr::Unix("/run/x.sock".into()), 2),
+        ];
         UpstreamConfig {
-            name: "u".into(),
-            balance: portico_config::Balance::RoundRobin,
-            hash_key: None,
-            servers: vec![
-                server(PeerAddr::Host {
-                    host: "app.internal".into(),
-                    port: 8000,
-                }),
-                server(PeerAddr::Unix("/run/x.sock".into())),
-            ],
-            keepalive: 0,
-            keepalive_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            send_timeout: Duration::from_secs(1),
-            tries: 0,
-            next_upstream: Default::default(),
-            next_upstream_timeout: Duration::ZERO,
-            queue: 0,
-            queue_timeout: Duration::from_secs(1),
             resolve,
-            health: None,
+            ..upstream_config(portico_config::Balance::RoundRobin, servers)
         }
     }
 

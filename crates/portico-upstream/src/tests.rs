@@ -1,42 +1,16 @@
 use std::time::Duration;
 
-use portico_config::{Balance, PeerAddr, ServerConfig, UpstreamConfig};
+use portico_config::{Balance, PeerAddr, ServerConfig};
 use proptest::prelude::*;
 
 use super::*;
 
 fn server(port: u16, weight: u32) -> ServerConfig {
-    ServerConfig {
-        addr: PeerAddr::Tcp(([127, 0, 0, 1], port).into()),
-        weight,
-        max_fails: 1,
-        fail_timeout: Duration::from_secs(10),
-        backup: false,
-        max_conns: 0,
-        drain: false,
-        slow_start: Duration::ZERO,
-    }
+    fixtures::server_config(PeerAddr::Tcp(([127, 0, 0, 1], port).into()), weight)
 }
 
 fn upstream(balance: Balance, servers: Vec<ServerConfig>) -> Upstream {
-    Upstream::new(UpstreamConfig {
-        name: "u".into(),
-        balance,
-        hash_key: None,
-        servers,
-        keepalive: 0,
-        keepalive_timeout: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(1),
-        read_timeout: Duration::from_secs(1),
-        send_timeout: Duration::from_secs(1),
-        tries: 0,
-        next_upstream: Default::default(),
-        next_upstream_timeout: Duration::ZERO,
-        queue: 0,
-        queue_timeout: Duration::from_secs(1),
-        resolve: None,
-        health: None,
-    })
+    Upstream::new(fixtures::upstream_config(balance, servers))
 }
 
 fn picks(u: &Upstream, n: usize) -> Vec<usize> {
