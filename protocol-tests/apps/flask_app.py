@@ -93,3 +93,64 @@ def events():
         yield "data: second\n\n"
 
     return Response(gen(), mimetype="text/event-stream")
+
+
+# --- for the uwsgi / FastCGI gateway tests ---
+
+
+@app.route("/env", methods=["GET", "POST", "HEAD", "PUT", "DELETE"])
+def env():
+    """The CGI variables the app server passed on (upper-case str keys of the environ)."""
+    seen = {
+        k: v
+        for k, v in request.environ.items()
+        if isinstance(k, str) and k.isupper() and isinstance(v, str)
+    }
+    body = request.get_data()
+    seen["_body_len"] = str(len(body))
+    seen["_body_sha256"] = hashlib.sha256(body).hexdigest()
+    return Response(json.dumps(seen, sort_keys=True), mimetype="application/json")
+
+
+@app.route("/form", methods=["POST"])
+def form():
+    return Response(json.dumps(request.form.to_dict(flat=False)), mimetype="application/json")
+
+
+@app.route("/redirect")
+def redirect_():
+    return Response("", status=302, headers={"Location": "/echo?from=redirect"})
+
+
+@app.route("/big")
+def big():
+    """`mb` MiB streamed in 64 KiB pieces, without Content-Length."""
+    mb = int(request.args.get("mb", "10"))
+    piece = bytes(range(256)) * 256
+
+    def gen():
+        for _ in range(mb * 16):
+            yield piece
+
+    return Response(gen(), mimetype="application/octet-stream")
+
+
+@app.route("/crash")
+def crash():
+    """Promises 1 MB, sends 64 KiB, then dies (CRASH=exit: the process; else raises)."""
+
+    def gen():
+        yield b"x" * 65536
+        if os.environ.get("CRASH") == "exit":
+            os._exit(1)
+        raise RuntimeError("crash in the middle of the response")
+
+    return Response(gen(), headers={"Content-Length": "1000000"}, mimetype="text/plain")
+
+
+@app.route("/u/<path:rest>")
+def unicode_path(rest):
+    return Response(
+        json.dumps({"rest": rest, "args": request.args.to_dict(flat=False)}),
+        mimetype="application/json",
+    )

@@ -419,7 +419,6 @@ listen = ["127.0.0.1:1"]
   [[listeners.routes]]
   path = "/"
   upstream = "app"
-  via = "uwsgi"
 
 [[listeners]]
 name = "imap"
@@ -431,10 +430,7 @@ auth_http = "http://127.0.0.1:9000/auth"
     .unwrap();
     let (code, _, err) = portico_cmd(&["check", "-c", "future.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
-    for key in [
-        "future.toml:11: listeners.0.routes.0.via",
-        "future.toml:16: listeners.1.protocol",
-    ] {
+    for key in ["future.toml:15: listeners.1.protocol"] {
         assert!(
             err.lines()
                 .any(|l| l.starts_with(key) && l.contains("warning")),

@@ -125,6 +125,8 @@ pub struct UpstreamConfig {
     /// Re-resolve host-name servers on this interval, one server per address.
     pub resolve: Option<Duration>,
     pub health: Option<HealthConfig>,
+    /// uwsgi: the largest vars block sent (match uWSGI's `buffer-size`); bigger → 431.
+    pub max_vars: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -286,9 +288,17 @@ pub enum Via {
 pub struct ProxyRoute {
     pub upstream: String,
     pub via: Via,
-    pub params: BTreeMap<String, String>,
+    /// Extra uwsgi/FastCGI vars; each replaces a default var of the same name.
+    pub params: Vec<(String, KeyTemplate)>,
+    /// DOCUMENT_ROOT (and the base of SCRIPT_FILENAME).
     pub root: Option<PathBuf>,
+    /// FastCGI: appended to a path ending in `/` for SCRIPT_NAME (nginx `fastcgi_index`).
     pub index: Option<String>,
+    /// FastCGI: nginx `fastcgi_split_path_info`, a regex with two captures.
+    pub split_path_info: Option<String>,
+    /// uwsgi packet modifiers (nginx `uwsgi_modifier1`/`uwsgi_modifier2`).
+    pub modifier1: u8,
+    pub modifier2: u8,
 }
 
 /// A key template such as `"$request_uri"` or `"$http_x_tenant:$cookie_session"`: text
@@ -304,9 +314,9 @@ pub enum KeyPart {
     Literal(String),
     /// `$request_uri`: path and query as the client sent them.
     RequestUri,
-    /// `$uri`: the normalized path.
+    /// `$uri` or `$document_uri`: the normalized (percent-decoded) path.
     Uri,
-    /// `$args`: the query string.
+    /// `$args` or `$query_string`: the query string.
     Args,
     /// `$host`: the Host header (or h2 :authority).
     Host,
@@ -318,11 +328,67 @@ pub enum KeyPart {
     Header(String),
     /// `$cookie_NAME`: a cookie value.
     Cookie(String),
+    /// A request fact only gateways (uwsgi, FastCGI `params`) render.
+    Gateway(GatewayVar),
 }
 
+/// The nginx variables a uwsgi/FastCGI `params` value may use on top of the hash-key ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayVar {
+    RequestMethod,
+    ContentType,
+    ContentLength,
+    DocumentRoot,
+    ServerProtocol,
+    Scheme,
+    Https,
+    RemotePort,
+    RemoteUser,
+    ServerAddr,
+    ServerPort,
+    ServerName,
+    FastcgiScriptName,
+    FastcgiPathInfo,
+    RequestFilename,
+}
+
+const GATEWAY_VARS: [(&str, GatewayVar); 15] = [
+    ("request_method", GatewayVar::RequestMethod),
+    ("content_type", GatewayVar::ContentType),
+    ("content_length", GatewayVar::ContentLength),
+    ("document_root", GatewayVar::DocumentRoot),
+    ("server_protocol", GatewayVar::ServerProtocol),
+    ("scheme", GatewayVar::Scheme),
+    ("https", GatewayVar::Https),
+    ("remote_port", GatewayVar::RemotePort),
+    ("remote_user", GatewayVar::RemoteUser),
+    ("server_addr", GatewayVar::ServerAddr),
+    ("server_port", GatewayVar::ServerPort),
+    ("server_name", GatewayVar::ServerName),
+    ("fastcgi_script_name", GatewayVar::FastcgiScriptName),
+    ("fastcgi_path_info", GatewayVar::FastcgiPathInfo),
+    ("request_filename", GatewayVar::RequestFilename),
+];
+
 impl KeyTemplate {
-    /// Parses a template; a `$name` must be one of the variables above.
+    /// Parses a `hash_key`: not empty, and only the variables a balancer can use
+    /// ($request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME).
     pub fn parse(s: &str) -> Result<Self, String> {
+        let t = Self::parse_value(s)?;
+        if t.parts.is_empty() {
+            return Err("an empty hash_key hashes every request alike".into());
+        }
+        if t.parts.iter().any(|p| matches!(p, KeyPart::Gateway(_))) {
+            return Err(
+                "hash_key takes $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME or $cookie_NAME".into(),
+            );
+        }
+        Ok(t)
+    }
+
+    /// Parses a template such as a uwsgi/FastCGI `params` value: any text (empty too)
+    /// with nginx variables, `$name` or `${name}`.
+    pub fn parse_value(s: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(at) = rest.find('$') {
@@ -346,8 +412,8 @@ impl KeyTemplate {
             };
             let part = match name {
                 "request_uri" => KeyPart::RequestUri,
-                "uri" => KeyPart::Uri,
-                "args" => KeyPart::Args,
+                "uri" | "document_uri" => KeyPart::Uri,
+                "args" | "query_string" => KeyPart::Args,
                 "host" => KeyPart::Host,
                 "remote_addr" => KeyPart::RemoteAddr,
                 "user" => KeyPart::User,
@@ -355,20 +421,20 @@ impl KeyTemplate {
                     KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
                 }
                 n if n.starts_with("cookie_") && n.len() > 7 => KeyPart::Cookie(n[7..].to_string()),
-                n => {
-                    return Err(format!(
-                        "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME or $cookie_NAME"
-                    ))
-                }
+                n => match GATEWAY_VARS.iter().find(|(name, _)| *name == n) {
+                    Some((_, v)) => KeyPart::Gateway(*v),
+                    None => {
+                        return Err(format!(
+                            "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME or a gateway variable ($request_method, $document_root, $fastcgi_script_name, …)"
+                        ))
+                    }
+                },
             };
             parts.push(part);
             rest = tail;
         }
         if !rest.is_empty() {
             parts.push(KeyPart::Literal(rest.to_string()));
-        }
-        if parts.is_empty() {
-            return Err("an empty hash_key hashes every request alike".into());
         }
         Ok(Self {
             source: s.to_string(),

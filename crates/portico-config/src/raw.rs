@@ -88,6 +88,7 @@ pub struct RawUpstream {
     pub queue_timeout: String,
     pub resolve: Option<String>,
     pub health: Option<RawHealth>,
+    pub max_vars: usize,
 }
 
 impl Default for RawUpstream {
@@ -108,6 +109,7 @@ impl Default for RawUpstream {
             queue_timeout: "10s".into(),
             resolve: None,
             health: None,
+            max_vars: 65_535,
         }
     }
 }
@@ -233,6 +235,9 @@ pub struct RawRoute {
     pub params: BTreeMap<String, String>,
     pub root: Option<String>,
     pub index: Option<String>,
+    pub split_path_info: Option<String>,
+    pub modifier1: Option<u8>,
+    pub modifier2: Option<u8>,
     pub max_body_bytes: Option<u64>,
 }
 

@@ -424,6 +424,15 @@ fn validate_upstream(
             d
         }),
         health,
+        max_vars: {
+            if !(1..=65_535).contains(&u.max_vars) {
+                v.err(
+                    &format!("{p}.max_vars"),
+                    "max_vars is between 1 and 65535 (the uwsgi packet limit)",
+                );
+            }
+            u.max_vars.clamp(1, 65_535)
+        },
     })
 }
 
@@ -652,24 +661,69 @@ fn validate_route(
                     ("fastcgi", Via::Fastcgi),
                 ],
             )?;
-            if via != Via::Http {
-                v.unsupported(
-                    &format!("{rp}.via"),
-                    format!(
-                        "via = {:?} is not available in this build yet",
-                        r.via.as_deref().unwrap_or_default()
+            if via == Via::Http {
+                for (key, set) in [
+                    ("params", !r.params.is_empty()),
+                    ("root", r.root.is_some()),
+                    ("index", r.index.is_some()),
+                    ("split_path_info", r.split_path_info.is_some()),
+                    ("modifier1", r.modifier1.is_some()),
+                    ("modifier2", r.modifier2.is_some()),
+                ] {
+                    if set {
+                        v.err(
+                            &format!("{rp}.{key}"),
+                            format!("{key} applies to via = \"uwsgi\" or \"fastcgi\" routes"),
+                        );
+                    }
+                }
+            }
+            if via == Via::Uwsgi {
+                for (key, set) in [
+                    ("index", r.index.is_some()),
+                    ("split_path_info", r.split_path_info.is_some()),
+                ] {
+                    if set {
+                        v.err(
+                            &format!("{rp}.{key}"),
+                            format!("{key} applies to via = \"fastcgi\" routes"),
+                        );
+                    }
+                }
+            }
+            let mut params = Vec::new();
+            for (name, value) in &r.params {
+                let key = format!("{rp}.params.{name}");
+                if name.is_empty() || name.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
+                    v.err(&key, "a param name is not empty and has no spaces or NUL");
+                }
+                match KeyTemplate::parse_value(value) {
+                    Ok(t) => params.push((name.clone(), t)),
+                    Err(e) => v.err(&key, e),
+                }
+            }
+            if let Some(re) = &r.split_path_info {
+                match regex::Regex::new(re) {
+                    Ok(c) if c.captures_len() >= 3 => {}
+                    Ok(_) => v.err(
+                        &format!("{rp}.split_path_info"),
+                        "split_path_info needs two captures: the script name and the path info",
                     ),
-                );
+                    Err(e) => v.err(&format!("{rp}.split_path_info"), format!("bad regex: {e}")),
+                }
             }
             RouteAction::Proxy(ProxyRoute {
                 upstream: u.clone(),
                 via,
-                params: r.params.clone(),
+                params,
                 root: r
                     .root
                     .as_ref()
                     .map(|root| resolve(&v.base(&format!("{rp}.root")), root)),
                 index: r.index.clone(),
+                split_path_info: r.split_path_info.clone(),
+                modifier1: r.modifier1.unwrap_or(0),
+                modifier2: r.modifier2.unwrap_or(0),
             })
         }
     };

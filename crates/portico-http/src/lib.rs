@@ -9,9 +9,11 @@
 
 pub mod access_log;
 pub mod admin;
+mod base64;
 pub mod body;
 mod errors;
 mod framing;
+pub mod gateway;
 mod io;
 pub mod path;
 pub mod proxy;
@@ -84,6 +86,7 @@ impl Metrics {
 enum RouteKind {
     Static(StaticConfig),
     Proxy(Arc<HttpUpstream>),
+    Gateway(Arc<gateway::GatewayRoute>),
 }
 
 struct CompiledRoute {
@@ -123,12 +126,16 @@ impl Site {
             for r in &l.routes {
                 let kind = match &r.action {
                     RouteAction::Static(s) => RouteKind::Static(s.clone()),
-                    RouteAction::Proxy(p) => RouteKind::Proxy(
-                        upstreams
+                    RouteAction::Proxy(p) => {
+                        let up = upstreams
                             .get(&p.upstream)
                             .cloned()
-                            .ok_or_else(|| format!("no upstream named {:?}", p.upstream))?,
-                    ),
+                            .ok_or_else(|| format!("no upstream named {:?}", p.upstream))?;
+                        match p.via {
+                            portico_config::Via::Http => RouteKind::Proxy(up),
+                            _ => RouteKind::Gateway(Arc::new(gateway::GatewayRoute::new(p, up)?)),
+                        }
+                    }
                 };
                 routes.push(CompiledRoute {
                     prefix: r.path.clone(),
@@ -203,6 +210,8 @@ impl HttpService {
 
 /// Per-connection facts and the state the idle timer needs.
 struct ConnState {
+    peer: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
     peer_ip: Option<IpAddr>,
     peer_value: Option<HeaderValue>,
     tls: bool,
@@ -236,6 +245,8 @@ impl Service for HttpService {
             } = conn;
             let limits = self.sites[0].limits.clone();
             let state = Arc::new(ConnState {
+                peer: info.peer,
+                local: info.local,
                 peer_ip: info.peer.map(|p| p.ip()),
                 peer_value: info
                     .peer
@@ -481,26 +492,48 @@ impl HttpService {
         let Some(route) = routes.iter().find(|r| path.starts_with(&r.prefix)) else {
             return (error_response(StatusCode::NOT_FOUND), None);
         };
-        match &route.kind {
+        let up = match &route.kind {
+            RouteKind::Proxy(up) => up,
+            RouteKind::Gateway(g) => &g.upstream,
             RouteKind::Static(cfg) => {
                 let resp =
                     static_files::serve(cfg, req.method(), &path, req.uri().query(), req.headers())
                         .await;
-                (resp, None)
+                return (resp, None);
             }
+        };
+        let limit = route.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if limit > 0 && declared.is_some_and(|n| n > limit) {
+            return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
+        }
+        let hash_key =
+            up.handle.template.hash_key.as_ref().map(|t| {
+                proxy::render_key(t, &req, &path, host.as_ref(), conn.peer_value.as_ref())
+            });
+        match &route.kind {
+            RouteKind::Gateway(g) => {
+                let path = path.into_owned();
+                let (parts, body) = req.into_parts();
+                let client = gateway::Client {
+                    path: &path,
+                    host: host.as_ref(),
+                    peer: conn.peer,
+                    local: conn.local,
+                    tls: conn.tls,
+                    server_name: site.server_names.first().map_or("", String::as_str),
+                    hash_key,
+                    max_body_bytes: limit,
+                    body_timeout: site.limits.body_timeout,
+                };
+                gateway::forward(g, parts, body, client).await
+            }
+            RouteKind::Static(_) => (error_response(StatusCode::NOT_FOUND), None),
             RouteKind::Proxy(up) => {
-                let limit = route.max_body_bytes;
-                let declared = req
-                    .headers()
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if limit > 0 && declared.is_some_and(|n| n > limit) {
-                    return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
-                }
-                let hash_key = up.handle.template.hash_key.as_ref().map(|t| {
-                    proxy::render_key(t, &req, &path, host.as_ref(), conn.peer_value.as_ref())
-                });
                 let (parts, body) = req.into_parts();
                 let client = proxy::ClientSide {
                     peer_ip: conn.peer_ip,

@@ -90,7 +90,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
+pub(crate) fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
@@ -154,7 +154,8 @@ pub fn render_key(
             KeyPart::Args => out.extend_from_slice(req.uri().query().unwrap_or("").as_bytes()),
             KeyPart::Host => out.extend_from_slice(host.map_or(&b""[..], |h| h.as_bytes())),
             KeyPart::RemoteAddr => out.extend_from_slice(peer.map_or(&b""[..], |h| h.as_bytes())),
-            KeyPart::User => {}
+            // `$user` is the mail module's; hash_key never holds gateway variables.
+            KeyPart::User | KeyPart::Gateway(_) => {}
             KeyPart::Header(name) => {
                 if let Some(v) = req.headers().get(name.as_str()) {
                     out.extend_from_slice(v.as_bytes());
@@ -643,25 +644,7 @@ fn websocket_key() -> String {
         h.write_u64(0);
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
-    base64(&bytes)
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    crate::base64::encode(&bytes)
 }
 
 #[cfg(test)]
@@ -669,12 +652,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    fn websocket_keys_are_fresh() {
         assert_eq!(websocket_key().len(), 24);
         assert_ne!(websocket_key(), websocket_key());
     }

@@ -48,6 +48,19 @@ pub async fn connect(addr: &PeerAddr, timeout: Duration) -> io::Result<PeerStrea
     }
 }
 
+impl PeerStream {
+    /// For an idle pooled connection: true while the server has neither closed it nor
+    /// sent anything unasked (a read would block).
+    pub fn is_idle_usable(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let r = match self {
+            PeerStream::Tcp { inner } => inner.try_read(&mut probe),
+            PeerStream::Unix { inner } => inner.try_read(&mut probe),
+        };
+        matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 impl AsyncRead for PeerStream {
     fn poll_read(
         self: Pin<&mut Self>,

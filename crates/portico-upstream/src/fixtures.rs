@@ -38,5 +38,6 @@ pub fn upstream_config(balance: Balance, servers: Vec<ServerConfig>) -> Upstream
         queue_timeout: Duration::from_secs(1),
         resolve: None,
         health: None,
+        max_vars: 65_535,
     }
 }

@@ -31,6 +31,10 @@ pub use connect::{connect, PeerStream};
 pub use pool::IdlePool;
 pub use resolve::{expand, run_resolver, UpstreamHandle};
 
+/// Requests that may wait, per upstream, when a server's limit was announced by the
+/// server (FastCGI FCGI_MAX_CONNS) and `queue` is not configured.
+pub const LEARNED_LIMIT_QUEUE: usize = 1024;
+
 /// A named group of servers and the state the balancer keeps about them.
 #[derive(Debug)]
 pub struct Upstream {
@@ -59,6 +63,9 @@ pub struct Server {
     /// Per-server state a protocol module attaches (its idle connection pool): it lives
     /// as long as the server, across reloads and re-resolutions that keep the server.
     ext: std::sync::OnceLock<Arc<dyn std::any::Any + Send + Sync>>,
+    /// A connection limit the server announced (FastCGI FCGI_MAX_CONNS), used when
+    /// `max_conns` is not configured; 0 = none.
+    learned_max_conns: AtomicUsize,
     /// Set while `passive` holds failures to forget on the next success.
     has_failures: std::sync::atomic::AtomicBool,
     passive: Mutex<Passive>,
@@ -159,6 +166,7 @@ impl Server {
             down_until_ms: AtomicU64::new(0),
             back_at_ms: AtomicU64::new(0),
             ext: std::sync::OnceLock::new(),
+            learned_max_conns: AtomicUsize::new(0),
             has_failures: std::sync::atomic::AtomicBool::new(false),
             passive: Mutex::new(Passive::default()),
         }
@@ -174,6 +182,26 @@ impl Server {
             .ext
             .get_or_init(|| Arc::new(init()) as Arc<dyn std::any::Any + Send + Sync>);
         Arc::clone(any).downcast::<T>().ok()
+    }
+
+    /// The concurrent request limit: `max_conns` when configured, else what the server
+    /// announced ([`Server::learn_max_conns`]), else 0 (none).
+    pub fn max_conns(&self) -> usize {
+        match self.config.max_conns {
+            0 => self.learned_max_conns.load(Ordering::Relaxed),
+            n => n,
+        }
+    }
+
+    /// Records the limit the server announced; it applies only where `max_conns` is not
+    /// configured. Requests over it wait in the upstream's queue.
+    pub fn learn_max_conns(&self, n: usize) {
+        self.learned_max_conns.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether the limit in force was announced by the server rather than configured.
+    fn limit_is_learned(&self) -> bool {
+        self.config.max_conns == 0 && self.learned_max_conns.load(Ordering::Relaxed) > 0
     }
 
     /// The weight to balance with now: during slow start it ramps from 1 up to the
@@ -199,9 +227,10 @@ impl Server {
 
     /// Available but for max_conns: a request may wait for it in the queue.
     fn is_full(&self) -> bool {
+        let max = self.max_conns();
         !self.config.drain
-            && self.config.max_conns > 0
-            && self.stats.active.load(Ordering::Relaxed) >= self.config.max_conns
+            && max > 0
+            && self.stats.active.load(Ordering::Relaxed) >= max
             && !self.is_down()
             && !self.health.unhealthy.load(Ordering::Relaxed)
     }
@@ -218,9 +247,9 @@ impl Server {
     /// Whether this server may take a request now: not draining, under max_conns, and
     /// not out after failures.
     pub fn is_available(&self) -> bool {
+        let max = self.max_conns();
         !self.config.drain
-            && (self.config.max_conns == 0
-                || self.stats.active.load(Ordering::Relaxed) < self.config.max_conns)
+            && (max == 0 || self.stats.active.load(Ordering::Relaxed) < max)
             && !self.is_down()
             && !self.health.unhealthy.load(Ordering::Relaxed)
     }
@@ -356,14 +385,15 @@ impl Upstream {
             return Ok(p);
         }
         let full = |s: (usize, &Arc<Server>)| !ctx.exclude.contains(&s.0) && s.1.is_full();
-        if self.config.queue == 0 || !self.servers.iter().enumerate().any(full) {
+        let queue = self.queue_limit();
+        if queue == 0 || !self.servers.iter().enumerate().any(full) {
             return Err(if self.servers.iter().enumerate().any(full) {
                 NoServer::QueueFull
             } else {
                 NoServer::NoneAvailable
             });
         }
-        if self.queued.fetch_add(1, Ordering::Relaxed) >= self.config.queue {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= queue {
             self.queued.fetch_sub(1, Ordering::Relaxed);
             return Err(NoServer::QueueFull);
         }
@@ -385,6 +415,17 @@ impl Upstream {
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 return Err(NoServer::QueueTimeout);
             }
+        }
+    }
+
+    /// How many requests may wait for a server under its limit: `queue`, or, when it is 0
+    /// and a server announced its own limit, [`LEARNED_LIMIT_QUEUE`] (the requests the
+    /// server's listen backlog would otherwise have held).
+    fn queue_limit(&self) -> usize {
+        if self.config.queue == 0 && self.servers.iter().any(|s| s.limit_is_learned()) {
+            LEARNED_LIMIT_QUEUE
+        } else {
+            self.config.queue
         }
     }
 
@@ -419,7 +460,7 @@ impl Pick {
 impl Drop for Pick {
     fn drop(&mut self) {
         self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
-        if self.server.config.max_conns > 0 {
+        if self.server.max_conns() > 0 {
             self.freed.notify_one();
         }
     }

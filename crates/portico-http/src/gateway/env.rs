@@ -1,0 +1,404 @@
+//! The CGI-style environment both gateways send: uwsgi vars and FastCGI params, built
+//! once from the request as nginx builds them from Debian's `uwsgi_params` and
+//! `fastcgi_params` (+ `fastcgi.conf`'s SCRIPT_FILENAME), then the request headers as
+//! `HTTP_*`, then the route's `params`, which replace defaults of the same name.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Uri, Version};
+use portico_config::{GatewayVar, KeyPart, KeyTemplate};
+
+/// What the environment is made of: one request as the client sent it, and where it
+/// arrived.
+pub struct Facts<'a> {
+    pub method: &'a Method,
+    pub uri: &'a Uri,
+    /// The normalized, percent-decoded path ($uri / $document_uri).
+    pub path: &'a str,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+    /// Host header or h2 :authority, as sent.
+    pub host: Option<&'a HeaderValue>,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub tls: bool,
+    /// The first `server_names` entry of the listener ("" without one, as nginx).
+    pub server_name: &'a str,
+    /// The body length: the Content-Length sent, or counted for a buffered body.
+    pub content_length: Option<u64>,
+    /// The route's `root` ("" when unset).
+    pub document_root: &'a str,
+    /// FastCGI: $fastcgi_script_name and $fastcgi_path_info.
+    pub script_name: Cow<'a, str>,
+    pub path_info: &'a str,
+}
+
+/// Which parameter set to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    Uwsgi,
+    Fastcgi {
+        /// `split_path_info` is set: PATH_INFO is sent (Debian's fastcgi-php snippet).
+        path_info: bool,
+    },
+}
+
+/// One var: name and value as bytes (values may hold decoded, non-UTF-8 path bytes).
+pub type Var = (Cow<'static, str>, Vec<u8>);
+
+impl Facts<'_> {
+    fn request_uri(&self) -> &str {
+        self.uri
+            .path_and_query()
+            .map_or(self.uri.path(), |p| p.as_str())
+    }
+
+    /// $host: from the request line or Host, lowercase, without the port; else the
+    /// server name.
+    fn host(&self) -> String {
+        let raw = self
+            .uri
+            .host()
+            .map(str::to_string)
+            .or_else(|| {
+                self.host
+                    .and_then(|h| h.to_str().ok())
+                    .map(|h| crate::host_name(h).to_string())
+            })
+            .unwrap_or_else(|| self.server_name.to_string());
+        raw.to_ascii_lowercase()
+    }
+
+    fn remote_user(&self) -> Vec<u8> {
+        let Some(v) = self.headers.get(header::AUTHORIZATION) else {
+            return Vec::new();
+        };
+        let b = v.as_bytes();
+        let Some(cred) = b
+            .get(..6)
+            .filter(|p| p.eq_ignore_ascii_case(b"basic "))
+            .and_then(|_| crate::base64::decode(b[6..].trim_ascii()))
+        else {
+            return Vec::new();
+        };
+        let end = cred.iter().position(|&c| c == b':').unwrap_or(cred.len());
+        cred[..end].to_vec()
+    }
+
+    /// One variable's value, as nginx renders it.
+    pub fn render(&self, part: &KeyPart, out: &mut Vec<u8>) {
+        match part {
+            KeyPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
+            KeyPart::RequestUri => out.extend_from_slice(self.request_uri().as_bytes()),
+            KeyPart::Uri => out.extend_from_slice(self.path.as_bytes()),
+            KeyPart::Args => out.extend_from_slice(self.uri.query().unwrap_or("").as_bytes()),
+            KeyPart::Host => out.extend_from_slice(self.host().as_bytes()),
+            KeyPart::RemoteAddr => out.extend_from_slice(&self.remote_addr()),
+            KeyPart::User => {}
+            KeyPart::Header(name) => out.extend_from_slice(&self.header_joined(name)),
+            KeyPart::Cookie(name) => {
+                let found = self
+                    .headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .filter_map(|c| c.trim().split_once('='))
+                    .find(|(k, _)| k == name);
+                if let Some((_, v)) = found {
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+            KeyPart::Gateway(v) => self.render_gateway(*v, out),
+        }
+    }
+
+    fn render_gateway(&self, v: GatewayVar, out: &mut Vec<u8>) {
+        let port = |a: Option<SocketAddr>| a.map(|a| a.port().to_string()).unwrap_or_default();
+        match v {
+            GatewayVar::RequestMethod => out.extend_from_slice(self.method.as_str().as_bytes()),
+            GatewayVar::ContentType => {
+                if let Some(ct) = self.headers.get(header::CONTENT_TYPE) {
+                    out.extend_from_slice(ct.as_bytes());
+                }
+            }
+            GatewayVar::ContentLength => {
+                if let Some(n) = self.content_length {
+                    out.extend_from_slice(n.to_string().as_bytes());
+                }
+            }
+            GatewayVar::DocumentRoot => out.extend_from_slice(self.document_root.as_bytes()),
+            GatewayVar::ServerProtocol => {
+                out.extend_from_slice(crate::version_str(self.version).as_bytes())
+            }
+            GatewayVar::Scheme => out.extend_from_slice(if self.tls { b"https" } else { b"http" }),
+            GatewayVar::Https => {
+                if self.tls {
+                    out.extend_from_slice(b"on");
+                }
+            }
+            GatewayVar::RemotePort => out.extend_from_slice(port(self.peer).as_bytes()),
+            GatewayVar::RemoteUser => out.extend_from_slice(&self.remote_user()),
+            GatewayVar::ServerAddr => match self.local {
+                Some(a) => out.extend_from_slice(a.ip().to_string().as_bytes()),
+                None => out.extend_from_slice(b"unix:"),
+            },
+            GatewayVar::ServerPort => out.extend_from_slice(port(self.local).as_bytes()),
+            GatewayVar::ServerName => out.extend_from_slice(self.server_name.as_bytes()),
+            GatewayVar::FastcgiScriptName => out.extend_from_slice(self.script_name.as_bytes()),
+            GatewayVar::FastcgiPathInfo => out.extend_from_slice(self.path_info.as_bytes()),
+            GatewayVar::RequestFilename => {
+                out.extend_from_slice(self.document_root.as_bytes());
+                out.extend_from_slice(self.path.as_bytes());
+            }
+        }
+    }
+
+    fn remote_addr(&self) -> Vec<u8> {
+        match self.peer {
+            Some(p) => p.ip().to_string().into_bytes(),
+            None => b"unix:".to_vec(),
+        }
+    }
+
+    /// Every value of a header, joined as nginx (1.23+) joins duplicates: `; ` for
+    /// Cookie, `, ` for the rest.
+    fn header_joined(&self, name: &str) -> Vec<u8> {
+        let sep: &[u8] = if name == "cookie" { b"; " } else { b", " };
+        let mut out = Vec::new();
+        for (i, v) in self.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(sep);
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out
+    }
+
+    fn var(&self, v: GatewayVar) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.render_gateway(v, &mut out);
+        out
+    }
+
+    /// The vars to send: the nginx defaults of `flavor`, the request headers as `HTTP_*`,
+    /// and `params` (each replacing a default or header var of the same name).
+    pub fn vars(&self, flavor: Flavor, params: &[(String, KeyTemplate)]) -> Vec<Var> {
+        use GatewayVar as G;
+        let mut vars: Vec<Var> = Vec::with_capacity(24 + self.headers.len() + params.len());
+        let mut push = |name: &'static str, value: Vec<u8>| vars.push((name.into(), value));
+        if let Flavor::Fastcgi { .. } = flavor {
+            let mut filename = self.document_root.as_bytes().to_vec();
+            filename.extend_from_slice(self.script_name.as_bytes());
+            push("SCRIPT_FILENAME", filename);
+        }
+        push(
+            "QUERY_STRING",
+            self.uri.query().unwrap_or("").as_bytes().to_vec(),
+        );
+        push("REQUEST_METHOD", self.var(G::RequestMethod));
+        push("CONTENT_TYPE", self.var(G::ContentType));
+        push("CONTENT_LENGTH", self.var(G::ContentLength));
+        if let Flavor::Fastcgi { .. } = flavor {
+            push("SCRIPT_NAME", self.script_name.as_bytes().to_vec());
+        }
+        push("REQUEST_URI", self.request_uri().as_bytes().to_vec());
+        match flavor {
+            Flavor::Uwsgi => push("PATH_INFO", self.path.as_bytes().to_vec()),
+            Flavor::Fastcgi { .. } => push("DOCUMENT_URI", self.path.as_bytes().to_vec()),
+        }
+        push("DOCUMENT_ROOT", self.document_root.as_bytes().to_vec());
+        push("SERVER_PROTOCOL", self.var(G::ServerProtocol));
+        push("REQUEST_SCHEME", self.var(G::Scheme));
+        if self.tls {
+            push("HTTPS", b"on".to_vec());
+        }
+        if let Flavor::Fastcgi { .. } = flavor {
+            push("GATEWAY_INTERFACE", b"CGI/1.1".to_vec());
+            push(
+                "SERVER_SOFTWARE",
+                concat!("portico/", env!("CARGO_PKG_VERSION"))
+                    .as_bytes()
+                    .to_vec(),
+            );
+        }
+        push("REMOTE_ADDR", self.remote_addr());
+        push("REMOTE_PORT", self.var(G::RemotePort));
+        if let Flavor::Fastcgi { .. } = flavor {
+            push("REMOTE_USER", self.remote_user());
+            push("SERVER_ADDR", self.var(G::ServerAddr));
+        }
+        push("SERVER_PORT", self.var(G::ServerPort));
+        push("SERVER_NAME", self.var(G::ServerName));
+        if let Flavor::Fastcgi { path_info } = flavor {
+            push("REDIRECT_STATUS", b"200".to_vec());
+            if path_info {
+                push("PATH_INFO", self.path_info.as_bytes().to_vec());
+            }
+        }
+        // Debian's param files send $host, never the raw Host header.
+        push("HTTP_HOST", self.host().into_bytes());
+
+        // Route params: replace a default in place, or come after the defaults.
+        for (name, t) in params {
+            let mut value = Vec::new();
+            for part in &t.parts {
+                self.render(part, &mut value);
+            }
+            match vars.iter_mut().find(|(n, _)| n == name) {
+                Some(slot) => slot.1 = value,
+                None => vars.push((Cow::Owned(name.clone()), value)),
+            }
+        }
+
+        // Request headers, each name once (duplicates joined), unless a param set it.
+        // Transfer-Encoding is not passed: the body goes de-chunked, with CONTENT_LENGTH.
+        for name in self.headers.keys() {
+            if name == header::TRANSFER_ENCODING {
+                continue;
+            }
+            let Some(var) = header_var(name.as_str()) else {
+                continue;
+            };
+            if vars.iter().any(|(n, _)| *n == var) {
+                continue;
+            }
+            let value = self.header_joined(name.as_str());
+            vars.push((Cow::Owned(var), value));
+        }
+        vars
+    }
+}
+
+/// `HTTP_NAME` for a request header, or `None` for headers never passed: names with
+/// characters outside `[A-Za-z0-9-]` (so `X_Foo` cannot pose as `X-Foo`), and `Proxy`
+/// (httpoxy: it would become the app's HTTP_PROXY).
+pub fn header_var(name: &str) -> Option<String> {
+    if name.is_empty()
+        || name.eq_ignore_ascii_case("proxy")
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return None;
+    }
+    let mut var = String::with_capacity(5 + name.len());
+    var.push_str("HTTP_");
+    var.extend(name.bytes().map(|b| {
+        if b == b'-' {
+            '_'
+        } else {
+            b.to_ascii_uppercase() as char
+        }
+    }));
+    Some(var)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts<'a>(uri: &'a Uri, headers: &'a HeaderMap, path: &'a str) -> Facts<'a> {
+        Facts {
+            method: &Method::GET,
+            uri,
+            path,
+            version: Version::HTTP_11,
+            headers,
+            host: headers.get(header::HOST),
+            peer: "192.0.2.1:5555".parse().ok(),
+            local: "127.0.0.1:8080".parse().ok(),
+            tls: false,
+            server_name: "",
+            content_length: None,
+            document_root: "/srv",
+            script_name: Cow::Borrowed(path),
+            path_info: "",
+        }
+    }
+
+    fn get<'a>(vars: &'a [Var], name: &str) -> Option<&'a [u8]> {
+        vars.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn uwsgi_vars_follow_uwsgi_params() {
+        let uri: Uri = "/caf%C3%A9/x?q=%20a".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("Shop.Example:8080"));
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        h.insert("proxy", HeaderValue::from_static("http://evil"));
+        h.insert("x_foo", HeaderValue::from_static("spoof"));
+        let f = facts(&uri, &h, "/café/x");
+        let vars = f.vars(Flavor::Uwsgi, &[]);
+        assert_eq!(get(&vars, "PATH_INFO"), Some("/café/x".as_bytes()));
+        assert_eq!(get(&vars, "REQUEST_URI"), Some(&b"/caf%C3%A9/x?q=%20a"[..]));
+        assert_eq!(get(&vars, "QUERY_STRING"), Some(&b"q=%20a"[..]));
+        assert_eq!(get(&vars, "CONTENT_LENGTH"), Some(&b""[..]));
+        assert_eq!(get(&vars, "HTTP_HOST"), Some(&b"shop.example"[..]));
+        assert_eq!(get(&vars, "HTTP_X_MULTI"), Some(&b"a, b"[..]));
+        assert_eq!(get(&vars, "HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(get(&vars, "HTTP_PROXY"), None);
+        assert_eq!(get(&vars, "HTTP_X_FOO"), None);
+        assert_eq!(get(&vars, "HTTPS"), None);
+        assert_eq!(get(&vars, "SCRIPT_NAME"), None);
+        assert_eq!(get(&vars, "REMOTE_ADDR"), Some(&b"192.0.2.1"[..]));
+        assert_eq!(get(&vars, "SERVER_PORT"), Some(&b"8080"[..]));
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_ref()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "HTTP_X_MULTI").count(), 1);
+    }
+
+    #[test]
+    fn params_replace_defaults_and_use_variables() {
+        let uri: Uri = "/app/x?y=1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("h"));
+        h.insert("x-tenant", HeaderValue::from_static("t1"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic YWxpY2U6c2VjcmV0"),
+        );
+        let f = facts(&uri, &h, "/app/x");
+        let params = vec![
+            (
+                "SCRIPT_NAME".to_string(),
+                KeyTemplate::parse_value("").unwrap(),
+            ),
+            (
+                "APP_ORIGIN".to_string(),
+                KeyTemplate::parse_value("$remote_addr:$remote_port$document_uri").unwrap(),
+            ),
+            (
+                "HTTP_X_TENANT".to_string(),
+                KeyTemplate::parse_value("fixed").unwrap(),
+            ),
+        ];
+        let vars = f.vars(Flavor::Fastcgi { path_info: false }, &params);
+        assert_eq!(get(&vars, "SCRIPT_NAME"), Some(&b""[..]));
+        assert_eq!(get(&vars, "SCRIPT_FILENAME"), Some(&b"/srv/app/x"[..]));
+        assert_eq!(get(&vars, "APP_ORIGIN"), Some(&b"192.0.2.1:5555/app/x"[..]));
+        assert_eq!(get(&vars, "HTTP_X_TENANT"), Some(&b"fixed"[..]));
+        assert_eq!(get(&vars, "REMOTE_USER"), Some(&b"alice"[..]));
+        assert_eq!(get(&vars, "GATEWAY_INTERFACE"), Some(&b"CGI/1.1"[..]));
+        assert_eq!(get(&vars, "REDIRECT_STATUS"), Some(&b"200"[..]));
+        assert_eq!(get(&vars, "PATH_INFO"), None);
+        let tenants = vars.iter().filter(|(n, _)| n == "HTTP_X_TENANT").count();
+        assert_eq!(tenants, 1);
+    }
+
+    #[test]
+    fn header_names_outside_the_safe_set_are_dropped() {
+        assert_eq!(
+            header_var("x-forwarded-for").as_deref(),
+            Some("HTTP_X_FORWARDED_FOR")
+        );
+        assert_eq!(header_var("x_forwarded_for"), None);
+        assert_eq!(header_var("Proxy"), None);
+        assert_eq!(header_var("x.y"), None);
+    }
+}

@@ -1,0 +1,366 @@
+//! `via = "fastcgi"`: the Responder role over connections kept alive (FCGI_KEEP_CONN)
+//! in a per-server pool. BEGIN_REQUEST, PARAMS, STDIN streamed as records; STDOUT parsed
+//! as a CGI response (Status:, Location:, headers) and its body streamed; STDERR logged;
+//! END_REQUEST ends the response and, when everything was read, frees the connection.
+//!
+//! On the first request to a server, FCGI_GET_VALUES asks for FCGI_MAX_CONNS: the
+//! answer becomes the server's `max_conns` unless one is configured, so Portico never
+//! holds more connections than the app has workers (php-fpm pins a worker to each
+//! kept-alive connection).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{header, HeaderMap, StatusCode};
+use portico_config::UpstreamConfig;
+use portico_fastcgi::{self as fcgi, EndRequest, ProtocolStatus, RecordType};
+use portico_upstream::{connect, IdlePool, Pick, Server};
+
+use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
+use super::Head;
+use crate::body::{BoxError, HttpBody};
+
+/// The one request id used on a connection (no multiplexing).
+const ID: u16 = 1;
+
+/// What the FastCGI gateway keeps per server: idle connections, and whether
+/// FCGI_GET_VALUES was asked.
+pub struct ServerState {
+    /// One shard: a connection is plain IO, usable from any worker, and one pool keeps
+    /// the connection count (idle + busy) within the server's limit.
+    pool: IdlePool<Conn>,
+    asked: tokio::sync::OnceCell<()>,
+}
+
+fn state(server: &Server, cfg: &UpstreamConfig) -> Option<Arc<ServerState>> {
+    server.ext_or_init(|| ServerState {
+        pool: IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, 1),
+        asked: tokio::sync::OnceCell::new(),
+    })
+}
+
+/// The PARAMS stream (records and the empty record that ends it).
+pub fn encode_params(vars: &[super::env::Var]) -> Vec<u8> {
+    let mut pairs = Vec::with_capacity(
+        vars.iter()
+            .map(|(n, v)| fcgi::pair_len(n.as_bytes(), v))
+            .sum(),
+    );
+    for (n, v) in vars {
+        fcgi::encode_pair(n.as_bytes(), v, &mut pairs);
+    }
+    let mut out = Vec::with_capacity(pairs.len() + 32);
+    fcgi::encode_stream(RecordType::Params, ID, &pairs, &mut out);
+    out.extend_from_slice(&fcgi::end_stream(RecordType::Params, ID));
+    out
+}
+
+fn stdin_frame(data: &[u8], out: &mut Vec<u8>) {
+    fcgi::encode_stream(RecordType::Stdin, ID, data, out);
+}
+
+/// Asks FCGI_MAX_CONNS on a connection of its own (php-fpm closes a connection after a
+/// management record) and applies the answer.
+async fn ask_values(server: &Server, cfg: &UpstreamConfig) {
+    let timeout = cfg.connect_timeout.min(Duration::from_secs(2));
+    let answer = async {
+        let stream = connect(server.addr(), timeout)
+            .await
+            .map_err(Failure::Connect)?;
+        let mut conn = Conn::new(stream);
+        let ask = fcgi::get_values(&["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"]);
+        conn.write_all(&ask, timeout).await?;
+        loop {
+            let (kind, content) = next_record(&mut conn, timeout).await?;
+            if kind == RecordType::GetValuesResult as u8 {
+                return Ok::<_, Failure>(content);
+            }
+        }
+    };
+    match answer.await {
+        Ok(content) => {
+            let pairs = fcgi::decode_pairs(&content).unwrap_or_default();
+            let get = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name.as_bytes())
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            };
+            let max_conns = get("FCGI_MAX_CONNS");
+            tracing::info!(server = %server.addr(), ?max_conns, max_reqs = ?get("FCGI_MAX_REQS"),
+                "FastCGI server limits (FCGI_GET_VALUES)");
+            if let Some(n) = max_conns.filter(|&n| n > 0) {
+                if server.config.max_conns == 0 {
+                    server.learn_max_conns(n);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::debug!(server = %server.addr(), error = %e, "FCGI_GET_VALUES not answered");
+        }
+    }
+}
+
+/// Reads the next record: its type and content.
+async fn next_record(conn: &mut Conn, timeout: Duration) -> Result<(u8, Bytes), Failure> {
+    loop {
+        match fcgi::decode_record(&conn.buf) {
+            Ok(Some((rec, used))) => {
+                let kind = rec.header.kind;
+                let len = rec.content.len();
+                let mut whole = conn.buf.split_to(used);
+                whole.advance(8);
+                whole.truncate(len);
+                return Ok((kind, whole.freeze()));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Failure::Invalid(e.to_string())),
+        }
+        if conn.fill(timeout, fcgi::MAX_RECORD).await? == 0 {
+            return Err(Failure::Closed);
+        }
+    }
+}
+
+fn log_stderr(request: u64, server: &str, text: &[u8]) {
+    for line in String::from_utf8_lossy(text).lines() {
+        if !line.trim().is_empty() {
+            tracing::warn!(request, server, "FastCGI stderr: {line}");
+        }
+    }
+}
+
+/// Sends one request (on a pooled connection when there is one) and reads the CGI head.
+pub async fn attempt(
+    pick: &Pick,
+    cfg: &UpstreamConfig,
+    params: &[u8],
+    body: &mut RequestBody,
+    request: u64,
+) -> Result<(Head, Reader), Failure> {
+    let state = state(&pick.server, cfg);
+    if let Some(st) = &state {
+        st.asked.get_or_init(|| ask_values(&pick.server, cfg)).await;
+    }
+    // Keep-conn only under a connection limit (configured, or announced by the server):
+    // php-fpm pins a worker to each kept-alive connection, so more connections than
+    // workers would leave requests stuck in its backlog. Without one, a connection per
+    // request, as nginx's default.
+    let keep = cfg.keepalive > 0 && state.is_some() && pick.server.max_conns() > 0;
+    let mut pooled = state.as_ref().and_then(|s| {
+        s.pool
+            .take(0, |c| c.buf.is_empty() && c.stream.is_idle_usable())
+    });
+    loop {
+        let reused = pooled.is_some();
+        let mut conn = match pooled.take() {
+            Some(c) => c,
+            None => Conn::new(
+                connect(pick.server.addr(), cfg.connect_timeout)
+                    .await
+                    .map_err(Failure::Connect)?,
+            ),
+        };
+        let mut head = Vec::with_capacity(16 + params.len());
+        head.extend_from_slice(&fcgi::begin_request(ID, keep));
+        head.extend_from_slice(params);
+        if let Err(e) = conn.write_all(&head, cfg.send_timeout).await {
+            if reused {
+                continue; // the server closed the idle connection: open a new one
+            }
+            return Err(e);
+        }
+        body.send(&mut conn, cfg.send_timeout, stdin_frame).await?;
+        conn.write_all(&fcgi::end_stream(RecordType::Stdin, ID), cfg.send_timeout)
+            .await?;
+        return read_head(conn, cfg, request, pick, if keep { state } else { None }).await;
+    }
+}
+
+async fn read_head(
+    mut conn: Conn,
+    cfg: &UpstreamConfig,
+    request: u64,
+    pick: &Pick,
+    state: Option<Arc<ServerState>>,
+) -> Result<(Head, Reader), Failure> {
+    let server = pick.server.addr().to_string();
+    let mut stdout: Vec<u8> = Vec::new();
+    loop {
+        let (kind, content) = next_record(&mut conn, cfg.read_timeout).await?;
+        match RecordType::from_u8(kind) {
+            Some(RecordType::Stdout) => {
+                stdout.extend_from_slice(&content);
+                if let Some((used, head)) = parse_cgi_head(&stdout)? {
+                    let rest = Bytes::copy_from_slice(&stdout[used..]);
+                    let reader = Reader {
+                        conn: Some(conn),
+                        pending: (!rest.is_empty()).then_some(rest),
+                        timeout: cfg.read_timeout,
+                        request,
+                        server,
+                        state,
+                    };
+                    return Ok((head, reader));
+                }
+                if stdout.len() > MAX_HEAD {
+                    return Err(Failure::Invalid("response header too big".into()));
+                }
+            }
+            Some(RecordType::Stderr) => log_stderr(request, &server, &content),
+            Some(RecordType::EndRequest) => {
+                let end =
+                    EndRequest::decode(&content).map_err(|e| Failure::Invalid(e.to_string()))?;
+                return Err(match end.protocol_status {
+                    ProtocolStatus::Overloaded => Failure::Overloaded,
+                    ProtocolStatus::RequestComplete => Failure::Invalid(
+                        "the app ended the request without a response header".into(),
+                    ),
+                    other => Failure::Invalid(format!("request refused: {other:?}")),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Parses a CGI response head (headers, a blank line; LF or CRLF): `None` until complete.
+fn parse_cgi_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let (used, parsed) = match httparse::parse_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete((n, h))) => (n, h),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(Failure::Invalid(e.to_string())),
+    };
+    let mut map = HeaderMap::with_capacity(parsed.len());
+    super::append_headers(&mut map, parsed)?;
+    let status = match map.remove("status") {
+        Some(v) => {
+            let code = v
+                .as_bytes()
+                .get(..3)
+                .and_then(|c| std::str::from_utf8(c).ok());
+            code.and_then(|c| c.parse::<u16>().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .filter(|c| c.as_u16() >= 200)
+                .ok_or_else(|| Failure::Invalid(format!("bad Status: {v:?}")))?
+        }
+        None if map.contains_key(header::LOCATION) => StatusCode::FOUND,
+        None => StatusCode::OK,
+    };
+    Ok(Some((
+        used,
+        Head {
+            status,
+            headers: map,
+        },
+    )))
+}
+
+/// The rest of STDOUT, up to END_REQUEST.
+pub struct Reader {
+    /// `None` once the response ended or failed.
+    conn: Option<Conn>,
+    pending: Option<Bytes>,
+    timeout: Duration,
+    request: u64,
+    server: String,
+    /// Where the connection goes back when the request completed cleanly.
+    state: Option<Arc<ServerState>>,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
+        if let Some(p) = self.pending.take() {
+            return Ok(Some(p));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            let (kind, content) = next_record(conn, self.timeout).await?;
+            match RecordType::from_u8(kind) {
+                Some(RecordType::Stdout) if !content.is_empty() => return Ok(Some(content)),
+                Some(RecordType::Stderr) => log_stderr(self.request, &self.server, &content),
+                Some(RecordType::EndRequest) => {
+                    if let (Some(conn), Some(st)) = (self.conn.take(), self.state.as_ref()) {
+                        if conn.buf.is_empty() {
+                            st.pool.put(0, conn);
+                        }
+                    }
+                    return Ok(None);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The response body; the pick succeeds when END_REQUEST arrives, fails if the
+    /// stream breaks.
+    pub fn into_body(self, pick: Pick) -> HttpBody {
+        super::io::streamed((self, Some(pick)), |(mut r, mut pick)| async move {
+            match r.next().await {
+                Ok(Some(b)) => Some((Ok(b), (r, pick))),
+                Ok(None) => {
+                    if let Some(p) = pick.take() {
+                        p.success();
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(request = r.request, server = %r.server, error = %e,
+                        "FastCGI response body failed");
+                    if let Some(p) = pick.take() {
+                        p.failure();
+                    }
+                    r.conn = None;
+                    Some((Err(Box::new(e) as BoxError), (r, None)))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgi_heads() {
+        let wire = b"Status: 404 Not Found\nContent-Type: text/plain\n\nbody";
+        let (used, h) = parse_cgi_head(wire).unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::NOT_FOUND);
+        assert!(h.headers.get("status").is_none());
+        assert_eq!(&wire[used..], b"body");
+        let (_, h) = parse_cgi_head(b"Location: /there\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::FOUND);
+        let (_, h) = parse_cgi_head(b"Location: /there\r\nStatus: 301\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::MOVED_PERMANENTLY);
+        let (_, h) = parse_cgi_head(b"X-A: 1\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert!(parse_cgi_head(b"X-A: 1\r\n").unwrap().is_none());
+        assert!(parse_cgi_head(b"not a header\r\n\r\n").is_err());
+        assert!(parse_cgi_head(b"Status: abc\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn params_end_with_an_empty_record() {
+        let vars = vec![("A".into(), b"1".to_vec())];
+        let wire = encode_params(&vars);
+        assert_eq!(
+            &wire[wire.len() - 8..],
+            &fcgi::end_stream(RecordType::Params, ID)
+        );
+        let (rec, _) = fcgi::decode_record(&wire).unwrap().unwrap();
+        assert_eq!(
+            fcgi::decode_pairs(rec.content).unwrap(),
+            vec![(&b"A"[..], &b"1"[..])]
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! What both gateways do on the wire: a connection with a bounded read buffer and
+//! timed reads and writes, the request body (streamed, or buffered when its length is
+//! not known up front), and turning an upstream reader into a streamed response body.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use portico_upstream::PeerStream;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::body::{BoxError, ClientBodyError, HttpBody};
+
+/// A response head larger than this is refused (502), like nginx's "upstream sent too
+/// big header".
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Bodies of unknown length are kept in memory up to this size, then in a temporary
+/// file (nginx's client_body_buffer_size / client_body_temp_path).
+const SPOOL_IN_MEMORY: usize = 256 * 1024;
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("no data from the upstream for {0:?}")]
+    Timeout(Duration),
+    #[error("upstream closed the connection before the response header")]
+    Closed,
+    #[error("upstream sent an invalid response header: {0}")]
+    Invalid(String),
+    #[error("upstream is overloaded (FastCGI FCGI_OVERLOADED)")]
+    Overloaded,
+    #[error("the client's request body failed: {0}")]
+    Client(StatusCode),
+}
+
+impl Failure {
+    /// The status the client gets when this was the last try.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Failure::Connect(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            Failure::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Client(s) => *s,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// Whether this counts against the server's passive health.
+    pub fn blames_server(&self) -> bool {
+        !matches!(self, Failure::Client(_) | Failure::Overloaded)
+    }
+}
+
+/// A connection to an app server with what has been read but not used yet.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: PeerStream,
+    pub buf: BytesMut,
+}
+
+impl Conn {
+    pub fn new(stream: PeerStream) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+        }
+    }
+
+    /// Reads more into `buf`; `Ok(0)` at end of stream. `limit` bounds the buffer.
+    pub async fn fill(&mut self, timeout: Duration, limit: usize) -> Result<usize, Failure> {
+        if self.buf.len() >= limit {
+            return Err(Failure::Invalid(format!(
+                "more than {limit} bytes buffered"
+            )));
+        }
+        self.buf.reserve(8 * 1024);
+        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(Failure::Io(e)),
+            Err(_) => Err(Failure::Timeout(timeout)),
+        }
+    }
+
+    pub async fn write_all(&mut self, data: &[u8], timeout: Duration) -> Result<(), Failure> {
+        match tokio::time::timeout(timeout, self.stream.write_all(data)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Io(e)),
+            Err(_) => Err(Failure::Timeout(timeout)),
+        }
+    }
+}
+
+/// The client's request body as a gateway sends it.
+pub enum RequestBody {
+    Empty,
+    /// Content-Length was sent: streamed as it arrives (once).
+    Stream(Option<HttpBody>),
+    /// Length unknown up front (chunked, or h2 without content-length): read first so
+    /// CONTENT_LENGTH can be sent, as nginx does; may be sent again on a retry.
+    Spooled(Spool),
+}
+
+impl RequestBody {
+    /// Whether the body can be sent again to another server.
+    pub fn resendable(&self) -> bool {
+        !matches!(self, RequestBody::Stream(_))
+    }
+
+    /// Sends the body, each piece framed by `frame` (uwsgi: as is; FastCGI: STDIN records).
+    pub async fn send(
+        &mut self,
+        conn: &mut Conn,
+        timeout: Duration,
+        frame: Framer,
+    ) -> Result<(), Failure> {
+        let mut out = Vec::new();
+        match self {
+            RequestBody::Empty => Ok(()),
+            RequestBody::Stream(body) => {
+                let Some(mut body) = body.take() else {
+                    return Err(Failure::Invalid("request body already sent".into()));
+                };
+                while let Some(f) = body.frame().await {
+                    let f = f.map_err(|e| Failure::Client(client_status(&*e)))?;
+                    if let Ok(data) = f.into_data() {
+                        write_framed(conn, &data, frame, &mut out, timeout).await?;
+                    }
+                }
+                Ok(())
+            }
+            RequestBody::Spooled(spool) => {
+                for chunk in &spool.memory {
+                    write_framed(conn, chunk, frame, &mut out, timeout).await?;
+                }
+                if let Some(file) = spool.file.as_mut() {
+                    file.seek(std::io::SeekFrom::Start(0))
+                        .await
+                        .map_err(|e| Failure::Client(spool_error(e)))?;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = file
+                            .read(&mut buf)
+                            .await
+                            .map_err(|e| Failure::Client(spool_error(e)))?;
+                        if n == 0 {
+                            break;
+                        }
+                        write_framed(conn, &buf[..n], frame, &mut out, timeout).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Frames one piece of request body for the wire.
+pub type Framer = fn(&[u8], &mut Vec<u8>);
+
+async fn write_framed(
+    conn: &mut Conn,
+    data: &[u8],
+    frame: Framer,
+    out: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    out.clear();
+    frame(data, out);
+    conn.write_all(out, timeout).await
+}
+
+fn spool_error(e: std::io::Error) -> StatusCode {
+    tracing::error!(error = %e, "request body buffer file failed");
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+/// The status for a client body that failed (limits are enforced by `ClientBody`).
+pub fn client_status(e: &(dyn std::error::Error + 'static)) -> StatusCode {
+    match e.downcast_ref::<ClientBodyError>() {
+        Some(ClientBodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
+        Some(ClientBodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A request body read to its end: in memory, then in an unlinked temporary file.
+#[derive(Default)]
+pub struct Spool {
+    memory: Vec<Bytes>,
+    file: Option<tokio::fs::File>,
+    pub len: u64,
+}
+
+impl Spool {
+    /// Reads `body` to its end (its limits and timeouts are the caller's `ClientBody`).
+    pub async fn read(mut body: HttpBody) -> Result<Self, StatusCode> {
+        let mut spool = Spool::default();
+        let mut in_memory = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| client_status(&*e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            spool.len += data.len() as u64;
+            if spool.file.is_none() && in_memory + data.len() <= SPOOL_IN_MEMORY {
+                in_memory += data.len();
+                spool.memory.push(data);
+                continue;
+            }
+            if spool.file.is_none() {
+                spool.file = Some(temp_file().await.map_err(spool_error)?);
+            }
+            if let Some(f) = spool.file.as_mut() {
+                f.write_all(&data).await.map_err(spool_error)?;
+            }
+        }
+        if let Some(f) = spool.file.as_mut() {
+            f.flush().await.map_err(spool_error)?;
+        }
+        Ok(spool)
+    }
+}
+
+/// A temporary file that is already unlinked: it goes away with its handle.
+async fn temp_file() -> std::io::Result<tokio::fs::File> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "portico-body-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await?;
+    tokio::fs::remove_file(&path).await?;
+    Ok(file)
+}
+
+/// A response body pulled from an upstream by `next` (one piece per call, `None` at the
+/// end), streamed to the client with backpressure: the next piece is read only when
+/// the client took the last one.
+pub fn streamed<S, F, Fut>(state: S, next: F) -> HttpBody
+where
+    S: Send + 'static,
+    F: FnMut(S) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<(Result<Bytes, BoxError>, S)>> + Send + 'static,
+{
+    BodyExt::boxed(Streamed {
+        inner: std::sync::Mutex::new(Box::pin(futures_util::stream::unfold(state, next))),
+    })
+}
+
+type PieceStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, BoxError>> + Send>>;
+
+/// A body over a stream of pieces. The stream is only ever used through `&mut`, so the
+/// mutex is never locked: it only makes the body `Sync`, as the boxed body type needs.
+struct Streamed {
+    inner: std::sync::Mutex<PieceStream>,
+}
+
+impl http_body::Body for Streamed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let stream = self
+            .get_mut()
+            .inner
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        stream
+            .as_mut()
+            .poll_next(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}

@@ -1,0 +1,3 @@
+<?php
+sleep(isset($_GET['secs']) ? (int) $_GET['secs'] : 2);
+echo "slow done\n";
