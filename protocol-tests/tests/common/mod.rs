@@ -307,6 +307,22 @@ impl Portico {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The first log line containing `needle`, waiting (up to 10 s) for it to be written.
+    pub fn wait_log_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Rewrites the config file (same placeholders) and sends SIGHUP; waits until the log
     /// shows the outcome of this reload.
     pub fn reload(&self, config: &str) -> bool {
@@ -622,5 +638,99 @@ impl Load {
             &failures[..failures.len().min(5)]
         );
         assert!(self.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+}
+
+/// uWSGI (pip's, 2 processes) serving the Flask app over the uwsgi protocol.
+pub fn uwsgi(bind: Bind<'_>, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(venv_bin("uwsgi"));
+    cmd.arg("--socket")
+        .arg(match &bind {
+            Bind::Unix(sock) => sock.display().to_string(),
+            Bind::Tcp(port) => format!("127.0.0.1:{port}"),
+        })
+        .arg("--chdir")
+        .arg(apps_dir())
+        .args([
+            "--module",
+            "flask_app:app",
+            "--processes",
+            "2",
+            "--master",
+            "--die-on-term",
+            "--disable-logging",
+            "--buffer-size",
+            "32768",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn("uwsgi", &mut cmd);
+    wait_bind(&bind, &mut p, "uwsgi");
+    p
+}
+
+/// flup serving the Flask app over FastCGI.
+pub fn flup(bind: Bind<'_>) -> Proc {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("flup_server.py"))
+        .arg(match &bind {
+            Bind::Unix(sock) => format!("unix:{}", sock.display()),
+            Bind::Tcp(port) => format!("127.0.0.1:{port}"),
+        })
+        .current_dir(apps_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("flup", &mut cmd);
+    wait_bind(&bind, &mut p, "flup");
+    p
+}
+
+/// The PHP scripts the php-fpm tests serve.
+pub fn php_root() -> PathBuf {
+    apps_dir().join("php")
+}
+
+/// php-fpm (Debian's) with one static pool of `children` workers; its config and log
+/// live in `dir`.
+pub fn php_fpm(dir: &Path, bind: Bind<'_>, children: usize) -> Proc {
+    let bin = ["php-fpm8.2", "php-fpm8.3", "php-fpm"]
+        .iter()
+        .map(|b| PathBuf::from("/usr/sbin").join(b))
+        .find(|p| p.exists())
+        .expect("php-fpm is installed (protocol-tests/peers/install.sh)");
+    let listen = match &bind {
+        Bind::Unix(sock) => sock.display().to_string(),
+        Bind::Tcp(port) => format!("127.0.0.1:{port}"),
+    };
+    let conf = dir.join(format!("php-fpm-{}.conf", listen.replace(['/', ':'], "_")));
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nerror_log = {log}\ndaemonize = no\n[www]\nlisten = {listen}\npm = static\npm.max_children = {children}\nclear_env = no\ncatch_workers_output = yes\n",
+            log = dir.join("php-fpm.log").display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin);
+    cmd.args(["-R", "-F", "-y"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("php-fpm", &mut cmd);
+    wait_bind(&bind, &mut p, "php-fpm");
+    p
+}
+
+fn wait_bind(bind: &Bind<'_>, p: &mut Proc, what: &str) {
+    match bind {
+        Bind::Unix(sock) => wait_unix(sock, &mut p.child, what),
+        Bind::Tcp(port) => wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], *port)),
+            &mut p.child,
+            what,
+        ),
     }
 }

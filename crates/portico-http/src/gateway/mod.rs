@@ -222,12 +222,10 @@ pub async fn forward(
                         .iter()
                         .filter(|(n, _)| n.starts_with("HTTP_"))
                         .max_by_key(|(n, v)| n.len() + v.len());
-                    tracing::warn!(
-                        upstream = %cfg.name,
-                        largest_header = largest.map(|(n, _)| n.as_ref()).unwrap_or("-"),
-                        largest_bytes = largest.map(|(n, v)| n.len() + v.len()).unwrap_or(0),
-                        "request refused with 431: uwsgi {e} (max_vars)"
-                    );
+                    let (name, size) =
+                        largest.map_or(("-", 0), |(n, v)| (n.as_ref(), n.len() + v.len()));
+                    tracing::warn!(upstream = %cfg.name,
+                        "request refused with 431: {e} (upstream max_vars); the largest header var is {name} ({size} bytes)");
                     return (
                         error_response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
                         None,
