@@ -430,13 +430,12 @@ auth_http = "http://127.0.0.1:9000/auth"
     .unwrap();
     let (code, _, err) = portico_cmd(&["check", "-c", "future.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
-    for key in ["future.toml:15: listeners.1.protocol"] {
-        assert!(
-            err.lines()
-                .any(|l| l.starts_with(key) && l.contains("warning")),
-            "{key}: {err}"
-        );
-    }
+    let key = "future.toml:15: listeners.1.protocol";
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(key) && l.contains("warning")),
+        "{key}: {err}"
+    );
     let (code, _, err) = portico_cmd(&["run", "-c", "future.toml"], dir.path());
     assert_eq!(code, 1, "{err}");
 }
