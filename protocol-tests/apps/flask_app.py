@@ -99,7 +99,8 @@ def events():
 
 
 @app.route("/env", methods=["GET", "POST", "HEAD", "PUT", "DELETE"])
-def env():
+@app.route("/env/<path:rest>", methods=["GET", "POST", "HEAD", "PUT", "DELETE"])
+def env(rest=None):
     """The CGI variables the app server passed on (upper-case str keys of the environ)."""
     seen = {
         k: v
