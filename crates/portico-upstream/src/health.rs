@@ -226,14 +226,22 @@ impl Probe for FastcgiGetValues {
     fn check<'a>(&'a self, addr: &'a PeerAddr) -> ProbeFuture<'a> {
         Box::pin(async move {
             let mut s = open(addr).await?;
-            // version 1, type 9 (GET_VALUES), request id 0, content length 0
-            s.write_all(&[1, 9, 0, 0, 0, 0, 0, 0])
+            s.write_all(&portico_fastcgi::get_values(&["FCGI_MAX_CONNS"]))
                 .await
                 .map_err(|e| format!("write: {e}"))?;
-            let answer = read_until(&mut s, |b| b.len() >= 8).await?;
-            match answer.get(1) {
-                Some(10) => Ok(()),
-                _ => Err("no FCGI_GET_VALUES_RESULT".into()),
+            let answer = read_until(&mut s, |b| {
+                !matches!(portico_fastcgi::decode_record(b), Ok(None))
+            })
+            .await?;
+            match portico_fastcgi::decode_record(&answer) {
+                Ok(Some((r, _)))
+                    if r.header.record_type()
+                        == Some(portico_fastcgi::RecordType::GetValuesResult) =>
+                {
+                    Ok(())
+                }
+                Ok(_) => Err("no FCGI_GET_VALUES_RESULT".into()),
+                Err(e) => Err(e.to_string()),
             }
         })
     }

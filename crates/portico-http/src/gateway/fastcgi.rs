@@ -326,6 +326,158 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portico_upstream::fixtures::{server_config, upstream_config};
+    use portico_upstream::{SelectCtx, Upstream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A FastCGI server that answers FCGI_GET_VALUES with FCGI_MAX_CONNS = 3 and every
+    /// request with `answer`, written one byte at a time (records split everywhere).
+    async fn fake_server(answer: Vec<u8>) -> std::net::SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = s.read(&mut chunk).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if buf.get(1) == Some(&(RecordType::GetValues as u8)) {
+                            let mut pairs = Vec::new();
+                            fcgi::encode_pair(b"FCGI_MAX_CONNS", b"3", &mut pairs);
+                            let mut out = Vec::new();
+                            fcgi::encode_stream(RecordType::GetValuesResult, 0, &pairs, &mut out);
+                            let _ = s.write_all(&out).await;
+                            return;
+                        }
+                        // the request is complete at the empty STDIN record
+                        if buf.ends_with(&fcgi::end_stream(RecordType::Stdin, ID)) {
+                            for b in &answer {
+                                if s.write_all(&[*b]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            buf.clear();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn stdout(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        fcgi::encode_stream(RecordType::Stdout, ID, data, &mut out);
+        out
+    }
+
+    fn end(status: ProtocolStatus) -> [u8; 16] {
+        EndRequest {
+            app_status: 0,
+            protocol_status: status,
+        }
+        .encode(ID)
+    }
+
+    fn upstream(addr: std::net::SocketAddr) -> Upstream {
+        let mut cfg = upstream_config(
+            portico_config::Balance::RoundRobin,
+            vec![server_config(portico_config::PeerAddr::Tcp(addr), 1)],
+        );
+        cfg.keepalive = 4;
+        Upstream::new(cfg)
+    }
+
+    async fn body_text(body: HttpBody) -> Vec<u8> {
+        use http_body_util::BodyExt;
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn split_records_stderr_and_keep_conn_with_an_announced_limit() {
+        let mut answer = Vec::new();
+        fcgi::encode_stream(RecordType::Stderr, ID, b"warning one\n", &mut answer);
+        answer.extend(stdout(b"Status: 201 Created\r\nX-A: 1\r\n\r\nhel"));
+        answer.extend(stdout(b"lo"));
+        answer.extend(end(ProtocolStatus::RequestComplete));
+        let addr = fake_server(answer).await;
+        let up = upstream(addr);
+        let params = encode_params(&[("A".into(), b"1".to_vec())]);
+        for round in 0..2 {
+            let pick = up.select(&SelectCtx::default()).unwrap();
+            let mut body = RequestBody::Empty;
+            let (head, reader) = attempt(&pick, &up.config, &params, &mut body, 1)
+                .await
+                .unwrap();
+            assert_eq!(head.status, StatusCode::CREATED, "round {round}");
+            assert_eq!(head.headers["x-a"], "1");
+            assert_eq!(body_text(reader.into_body(pick)).await, b"hello");
+        }
+        // FCGI_MAX_CONNS = 3 became the server's limit, so connections were kept.
+        assert_eq!(up.servers[0].max_conns(), 3);
+        let st = state(&up.servers[0], &up.config).unwrap();
+        assert_eq!(st.pool.idle(), 1, "one connection, reused");
+    }
+
+    #[tokio::test]
+    async fn overloaded_and_invalid_answers() {
+        let addr = fake_server(end(ProtocolStatus::Overloaded).to_vec()).await;
+        let up = upstream(addr);
+        let pick = up.select(&SelectCtx::default()).unwrap();
+        let r = attempt(
+            &pick,
+            &up.config,
+            &encode_params(&[]),
+            &mut RequestBody::Empty,
+            1,
+        )
+        .await;
+        let Err(f) = r else {
+            panic!("overloaded is a failure")
+        };
+        assert!(matches!(f, Failure::Overloaded));
+        assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!f.blames_server());
+
+        let mut bad = stdout(b"no header here\r\n\r\n");
+        bad.extend(end(ProtocolStatus::RequestComplete));
+        let addr = fake_server(bad).await;
+        let up = upstream(addr);
+        let pick = up.select(&SelectCtx::default()).unwrap();
+        let r = attempt(
+            &pick,
+            &up.config,
+            &encode_params(&[]),
+            &mut RequestBody::Empty,
+            1,
+        )
+        .await;
+        let Err(f) = r else {
+            panic!("an invalid header is a failure")
+        };
+        assert_eq!(f.status(), StatusCode::BAD_GATEWAY);
+
+        let addr = fake_server(end(ProtocolStatus::RequestComplete).to_vec()).await;
+        let up = upstream(addr);
+        let pick = up.select(&SelectCtx::default()).unwrap();
+        let r = attempt(
+            &pick,
+            &up.config,
+            &encode_params(&[]),
+            &mut RequestBody::Empty,
+            1,
+        )
+        .await;
+        assert!(matches!(r, Err(Failure::Invalid(_))), "no header at all");
+    }
 
     #[test]
     fn cgi_heads() {
