@@ -411,3 +411,65 @@ fn php_fpm_keep_conn_stays_within_the_workers() {
         "{open} connections to php-fpm, expected 1 or 2 kept open"
     );
 }
+
+/// An example config from config/, pointed at this test's app server and port.
+fn example(name: &str, replace: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(root().join("config").join(name)).unwrap();
+    for (from, to) in replace {
+        assert!(text.contains(from), "{name} has {from}");
+        text = text.replace(from, to);
+    }
+    text.replace("127.0.0.1:8080", "127.0.0.1:{port}")
+}
+
+#[test]
+fn example_flask_uwsgi() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("uwsgi.sock");
+    let _app = uwsgi(Bind::Unix(&sock), &[]);
+    let p = Portico::start(&example(
+        "flask-uwsgi.toml",
+        &[("/tmp/portico-uwsgi.sock", sock.display().to_string())],
+    ));
+    let r = curl(&[], &p.url("/env?q=1"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["SERVER_NAME"], "localhost");
+    assert_eq!(r.json()["PATH_INFO"], "/env");
+    // max_vars = 4096 (uWSGI's default buffer-size): a 5 kB header is a 431, not a 502.
+    let big = format!("X-Big: {}", "b".repeat(5000));
+    assert_eq!(curl(&["-H", &big], &p.url("/env")).status, 431);
+}
+
+#[test]
+fn example_flask_flup() {
+    let port = free_port();
+    let _app = flup(Bind::Tcp(port));
+    let p = Portico::start(&example(
+        "flask-flup.toml",
+        &[("127.0.0.1:9002", format!("127.0.0.1:{port}"))],
+    ));
+    let r = curl(&[], &p.url("/u/caf%C3%A9"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["rest"], "café");
+    let r = curl(&["-d", "a=1"], &p.url("/form"));
+    assert_eq!(r.json()["a"][0], "1");
+}
+
+#[test]
+fn example_php_fpm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _fpm = php_fpm(dir.path(), Bind::Tcp(port), 2);
+    let p = Portico::start(&example(
+        "php-fpm.toml",
+        &[
+            ("127.0.0.1:9000", format!("127.0.0.1:{port}")),
+            ("/var/www/php", php_root().display().to_string()),
+        ],
+    ));
+    assert_eq!(curl(&[], &p.url("/")).text(), "php index\n");
+    let r = curl(&[], &p.url("/echo.php/extra/path?x=1"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path_info"], "/extra/path");
+    assert_eq!(r.json()["get"]["x"], "1");
+}

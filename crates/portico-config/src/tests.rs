@@ -269,3 +269,98 @@ fn check_output_round_trips() {
     let again = load(&[printed], vec![]).unwrap();
     assert_eq!(again.config, loaded.config);
 }
+
+#[test]
+fn gateway_route_settings_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "g.toml",
+        r#"[upstreams.app]
+servers = [{ addr = "127.0.0.1:9001" }]
+max_vars = 0
+
+[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  path = "/a/"
+  upstream = "app"
+  params = { X = "1" }
+  [[listeners.routes]]
+  path = "/b/"
+  upstream = "app"
+  via = "uwsgi"
+  index = "index.php"
+  [[listeners.routes]]
+  path = "/c/"
+  upstream = "app"
+  via = "fastcgi"
+  split_path_info = '^(.+\.php)$'
+  params = { X = "$nope" }
+  [[listeners.routes]]
+  path = "/d/"
+  upstream = "app"
+  via = "fastcgi"
+  split_path_info = '(unclosed'
+"#,
+    );
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    for (line, key) in [
+        (3, "upstreams.app.max_vars"),
+        (10, "listeners.0.routes.0.params"),
+        (15, "listeners.0.routes.1.index"),
+        (20, "listeners.0.routes.2.split_path_info"),
+        (21, "listeners.0.routes.2.params.X"),
+        (26, "listeners.0.routes.3.split_path_info"),
+    ] {
+        let want = format!("g.toml:{line}: {key}");
+        assert!(
+            text.iter().any(|t| t.contains(&want)),
+            "{want} in {text:#?}"
+        );
+    }
+}
+
+#[test]
+fn gateway_route_settings_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "g.toml",
+        r#"[upstreams.php]
+servers = [{ addr = "127.0.0.1:9000" }]
+max_vars = 4096
+
+[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "php"
+  via = "fastcgi"
+  root = "/srv/www"
+  index = "index.php"
+  split_path_info = '^(.+?\.php)(/.*)$'
+  params = { SCRIPT_NAME = "", APP = "$remote_addr:$http_x_tenant" }
+"#,
+    );
+    let c = load(&[f], vec![]).unwrap().config;
+    assert_eq!(c.upstreams["php"].max_vars, 4096);
+    let RouteAction::Proxy(p) = &c.listeners[0].routes[0].action else {
+        panic!("a proxy route")
+    };
+    assert_eq!(p.via, Via::Fastcgi);
+    assert_eq!(p.root.as_deref(), Some(std::path::Path::new("/srv/www")));
+    assert_eq!(p.index.as_deref(), Some("index.php"));
+    let app = p.params.iter().find(|(n, _)| n == "APP").unwrap();
+    assert_eq!(
+        app.1.parts,
+        vec![
+            KeyPart::RemoteAddr,
+            KeyPart::Literal(":".into()),
+            KeyPart::Header("x-tenant".into())
+        ]
+    );
+    let script = p.params.iter().find(|(n, _)| n == "SCRIPT_NAME").unwrap();
+    assert!(script.1.parts.is_empty());
+}

@@ -709,7 +709,17 @@ fn validate_route(
                         &format!("{rp}.split_path_info"),
                         "split_path_info needs two captures: the script name and the path info",
                     ),
-                    Err(e) => v.err(&format!("{rp}.split_path_info"), format!("bad regex: {e}")),
+                    Err(e) => {
+                        let one_line = e
+                            .to_string()
+                            .split_whitespace()
+                            .collect::<Vec<_>>()
+                            .join(" ");
+                        v.err(
+                            &format!("{rp}.split_path_info"),
+                            format!("bad regex: {one_line}"),
+                        )
+                    }
                 }
             }
             RouteAction::Proxy(ProxyRoute {
