@@ -140,10 +140,14 @@ fn walk_leaves(v: &Value, path: String, f: &mut impl FnMut(String, &Value)) {
     }
 }
 
-/// The `PORTICO_` variables of this process.
+/// The variable that pins the log filter (`PORTICO_LOG=portico_http=debug`); it is not
+/// a config key, unlike `PORTICO_LOG__LEVEL`.
+pub const LOG_FILTER_VAR: &str = "PORTICO_LOG";
+
+/// The `PORTICO_` variables of this process that set config keys.
 pub fn process_env() -> Vec<(String, String)> {
     std::env::vars()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != LOG_FILTER_VAR)
         .collect()
 }
 

@@ -20,18 +20,33 @@ pin_project! {
     }
 }
 
-/// Connects to `addr`, giving up after `timeout` with `ErrorKind::TimedOut`.
+/// Connects to `addr`, giving up after `timeout` with `ErrorKind::TimedOut`. TCP
+/// connections have Nagle's algorithm off (TCP_NODELAY).
 pub async fn connect(addr: &PeerAddr, timeout: Duration) -> io::Result<PeerStream> {
+    connect_with(addr, timeout, true).await
+}
+
+/// [`connect`], with TCP_NODELAY only if `nodelay`: a protocol that sends its whole
+/// request in one write and then only reads (uwsgi without a body) saves the syscall.
+pub async fn connect_with(
+    addr: &PeerAddr,
+    timeout: Duration,
+    nodelay: bool,
+) -> io::Result<PeerStream> {
     let fut = async {
         match addr {
             PeerAddr::Tcp(a) => {
                 let s = TcpStream::connect(a).await?;
-                s.set_nodelay(true)?;
+                if nodelay {
+                    s.set_nodelay(true)?;
+                }
                 Ok(PeerStream::Tcp { inner: s })
             }
             PeerAddr::Host { host, port } => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
-                s.set_nodelay(true)?;
+                if nodelay {
+                    s.set_nodelay(true)?;
+                }
                 Ok(PeerStream::Tcp { inner: s })
             }
             PeerAddr::Unix(p) => Ok(PeerStream::Unix {

@@ -27,7 +27,7 @@ use std::time::Instant;
 use portico_config::{Balance, PeerAddr, ServerConfig, UpstreamConfig};
 use serde::Serialize;
 
-pub use connect::{connect, PeerStream};
+pub use connect::{connect, connect_with, PeerStream};
 pub use pool::IdlePool;
 pub use resolve::{expand, run_resolver, UpstreamHandle};
 
@@ -225,12 +225,12 @@ impl Server {
         self.back_at_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Available but for max_conns: a request may wait for it in the queue.
-    fn is_full(&self) -> bool {
-        let max = self.max_conns();
+    /// Up (not draining, down or unhealthy) and under a connection limit: a request may
+    /// wait for it in the queue. Independent of how many requests are in flight right
+    /// now, so a server freed between two looks is never mistaken for a dead one.
+    fn may_queue(&self) -> bool {
         !self.config.drain
-            && max > 0
-            && self.stats.active.load(Ordering::Relaxed) >= max
+            && self.max_conns() > 0
             && !self.is_down()
             && !self.health.unhealthy.load(Ordering::Relaxed)
     }
@@ -384,10 +384,14 @@ impl Upstream {
         if let Some(p) = self.select(ctx) {
             return Ok(p);
         }
-        let full = |s: (usize, &Arc<Server>)| !ctx.exclude.contains(&s.0) && s.1.is_full();
+        let waitable = |s: (usize, &Arc<Server>)| !ctx.exclude.contains(&s.0) && s.1.may_queue();
         let queue = self.queue_limit();
-        if queue == 0 || !self.servers.iter().enumerate().any(full) {
-            return Err(if self.servers.iter().enumerate().any(full) {
+        if queue == 0 || !self.servers.iter().enumerate().any(waitable) {
+            // One more look: a request may have finished since the first.
+            if let Some(p) = self.select(ctx) {
+                return Ok(p);
+            }
+            return Err(if self.servers.iter().enumerate().any(waitable) {
                 NoServer::QueueFull
             } else {
                 NoServer::NoneAvailable

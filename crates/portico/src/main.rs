@@ -152,7 +152,7 @@ type LogLevelHandle =
 fn init_logging(config: &Config) -> Option<LogLevelHandle> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let pinned = tracing_subscriber::EnvFilter::try_from_env("PORTICO_LOG").ok();
+    let pinned = tracing_subscriber::EnvFilter::try_from_env(portico_config::LOG_FILTER_VAR).ok();
     let is_pinned = pinned.is_some();
     let filter = pinned.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log.level));
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);

@@ -8,6 +8,7 @@
 //! holds more connections than the app has workers (php-fpm pins a worker to each
 //! kept-alive connection).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,20 +25,69 @@ use crate::body::{BoxError, HttpBody};
 /// The one request id used on a connection (no multiplexing).
 const ID: u16 = 1;
 
-/// What the FastCGI gateway keeps per server: idle connections, and whether
-/// FCGI_GET_VALUES was asked.
+/// What the FastCGI gateway keeps per server: idle connections, how many connections
+/// are open, and whether FCGI_GET_VALUES was asked.
 pub struct ServerState {
-    /// One shard: a connection is plain IO, usable from any worker, and one pool keeps
-    /// the connection count (idle + busy) within the server's limit.
-    pool: IdlePool<Conn>,
+    /// One shard for all workers: php-fpm ties an app worker to each kept connection, so
+    /// the connections (at most the server's limit) go to whichever worker needs one.
+    /// (Per-worker shards made workers close each other's idle connections to stay
+    /// within the limit: measured slower.)
+    pool: IdlePool<PooledConn>,
+    /// Connections open to the server (idle and busy), across workers.
+    open: Arc<AtomicUsize>,
     asked: tokio::sync::OnceCell<()>,
 }
 
 fn state(server: &Server, cfg: &UpstreamConfig) -> Option<Arc<ServerState>> {
     server.ext_or_init(|| ServerState {
         pool: IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, 1),
+        open: Arc::new(AtomicUsize::new(0)),
         asked: tokio::sync::OnceCell::new(),
     })
+}
+
+/// Counts a connection as open until it is dropped.
+#[derive(Debug)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ServerState {
+    /// Reserves a place for a new connection, before connecting, so two requests cannot
+    /// both take the last one. At the limit an idle connection (one the pool did not
+    /// hand out: stale or unusable) is closed to free its app worker; if none is idle
+    /// (one is on its way back), the limit is passed rather than waited for.
+    fn reserve(&self, limit: usize) -> Counted {
+        loop {
+            let n = self.open.load(Ordering::Acquire);
+            if n < limit {
+                if self
+                    .open
+                    .compare_exchange(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return Counted(Arc::clone(&self.open));
+                }
+                continue;
+            }
+            if self.pool.take(0, |_| true).is_none() {
+                tracing::debug!(open = n, limit, "fastcgi: no idle connection to close");
+                self.open.fetch_add(1, Ordering::AcqRel);
+                return Counted(Arc::clone(&self.open));
+            }
+        }
+    }
+}
+
+/// A kept-alive connection and its place in the open count.
+#[derive(Debug)]
+pub struct PooledConn {
+    conn: Conn,
+    _open: Counted,
 }
 
 /// The PARAMS stream (records and the empty record that ends it).
@@ -148,39 +198,49 @@ pub async fn attempt(
     // php-fpm pins a worker to each kept-alive connection, so more connections than
     // workers would leave requests stuck in its backlog. Without one, a connection per
     // request, as nginx's default.
-    let keep = cfg.keepalive > 0 && state.is_some() && pick.server.max_conns() > 0;
-    let mut pooled = state.as_ref().and_then(|s| {
-        s.pool
-            .take(0, |c| c.buf.is_empty() && c.stream.is_idle_usable())
-    });
+    let limit = pick.server.max_conns();
+    let keep = cfg.keepalive > 0 && limit > 0;
+    let state = state.filter(|_| keep);
+    let usable = |c: &PooledConn| c.conn.buf.is_empty() && c.conn.stream.is_idle_usable();
+    let mut pooled = state.as_ref().and_then(|s| s.pool.take(0, usable));
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
             Some(c) => c,
-            None => Conn::new(
-                connect(pick.server.addr(), cfg.connect_timeout)
+            None => {
+                let open = match &state {
+                    Some(st) => st.reserve(limit),
+                    None => Counted(Arc::new(AtomicUsize::new(1))),
+                };
+                let stream = connect(pick.server.addr(), cfg.connect_timeout)
                     .await
-                    .map_err(Failure::Connect)?,
-            ),
+                    .map_err(Failure::Connect)?;
+                PooledConn {
+                    conn: Conn::new(stream),
+                    _open: open,
+                }
+            }
         };
         let mut head = Vec::with_capacity(16 + params.len());
         head.extend_from_slice(&fcgi::begin_request(ID, keep));
         head.extend_from_slice(params);
-        if let Err(e) = conn.write_all(&head, cfg.send_timeout).await {
+        if let Err(e) = conn.conn.write_all(&head, cfg.send_timeout).await {
             if reused {
                 continue; // the server closed the idle connection: open a new one
             }
             return Err(e);
         }
-        body.send(&mut conn, cfg.send_timeout, stdin_frame).await?;
-        conn.write_all(&fcgi::end_stream(RecordType::Stdin, ID), cfg.send_timeout)
+        body.send(&mut conn.conn, cfg.send_timeout, stdin_frame)
             .await?;
-        return read_head(conn, cfg, request, pick, if keep { state } else { None }).await;
+        conn.conn
+            .write_all(&fcgi::end_stream(RecordType::Stdin, ID), cfg.send_timeout)
+            .await?;
+        return read_head(conn, cfg, request, pick, state).await;
     }
 }
 
 async fn read_head(
-    mut conn: Conn,
+    mut conn: PooledConn,
     cfg: &UpstreamConfig,
     request: u64,
     pick: &Pick,
@@ -189,7 +249,7 @@ async fn read_head(
     let server = pick.server.addr().to_string();
     let mut stdout: Vec<u8> = Vec::new();
     loop {
-        let (kind, content) = next_record(&mut conn, cfg.read_timeout).await?;
+        let (kind, content) = next_record(&mut conn.conn, cfg.read_timeout).await?;
         match RecordType::from_u8(kind) {
             Some(RecordType::Stdout) => {
                 stdout.extend_from_slice(&content);
@@ -262,7 +322,7 @@ fn parse_cgi_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
 /// The rest of STDOUT, up to END_REQUEST.
 pub struct Reader {
     /// `None` once the response ended or failed.
-    conn: Option<Conn>,
+    conn: Option<PooledConn>,
     pending: Option<Bytes>,
     timeout: Duration,
     request: u64,
@@ -280,13 +340,13 @@ impl Reader {
             return Ok(None);
         };
         loop {
-            let (kind, content) = next_record(conn, self.timeout).await?;
+            let (kind, content) = next_record(&mut conn.conn, self.timeout).await?;
             match RecordType::from_u8(kind) {
                 Some(RecordType::Stdout) if !content.is_empty() => return Ok(Some(content)),
                 Some(RecordType::Stderr) => log_stderr(self.request, &self.server, &content),
                 Some(RecordType::EndRequest) => {
                     if let (Some(conn), Some(st)) = (self.conn.take(), self.state.as_ref()) {
-                        if conn.buf.is_empty() {
+                        if conn.conn.buf.is_empty() {
                             st.pool.put(0, conn);
                         }
                     }
@@ -312,10 +372,12 @@ impl Reader {
                 Err(e) => {
                     tracing::warn!(request = r.request, server = %r.server, error = %e,
                         "FastCGI response body failed");
+                    // The connection goes before the pick: a request waiting for the
+                    // server must find the connection count already down.
+                    r.conn = None;
                     if let Some(p) = pick.take() {
                         p.failure();
                     }
-                    r.conn = None;
                     Some((Err(Box::new(e) as BoxError), (r, None)))
                 }
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use portico_upstream::{connect, Pick};
+use portico_upstream::{connect_with, Pick};
 
 use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
 use super::Head;
@@ -20,7 +20,9 @@ pub async fn attempt(
     body: &mut RequestBody,
     no_body: bool,
 ) -> Result<(Head, Reader), Failure> {
-    let stream = connect(pick.server.addr(), cfg.connect_timeout)
+    // The packet goes in one write; only a body written after it needs TCP_NODELAY.
+    let nodelay = !matches!(body, RequestBody::Empty);
+    let stream = connect_with(pick.server.addr(), cfg.connect_timeout, nodelay)
         .await
         .map_err(Failure::Connect)?;
     let mut conn = Conn::new(stream);
