@@ -336,3 +336,41 @@ async fn without_a_queue_a_full_upstream_is_503_not_502() {
         Some(NoServer::NoneAvailable)
     );
 }
+
+#[tokio::test]
+async fn an_announced_limit_applies_and_queues_without_a_configured_queue() {
+    let u = upstream(Balance::RoundRobin, vec![server(1, 1)]);
+    assert_eq!(u.servers[0].max_conns(), 0);
+    u.servers[0].learn_max_conns(1);
+    assert_eq!(u.servers[0].max_conns(), 1);
+    let held = u.select_queued(&SelectCtx::default()).await.unwrap();
+    // queue = 0, but the limit was announced: the next request waits for the first
+    let ctx = SelectCtx::default();
+    let waiter = u.select_queued(&ctx);
+    tokio::pin!(waiter);
+    assert!(
+        futures_poll_once(waiter.as_mut()).await.is_none(),
+        "it waits"
+    );
+    drop(held);
+    assert!(waiter.await.is_ok());
+
+    // a configured max_conns wins over an announced one
+    let mut s = server(1, 1);
+    s.max_conns = 5;
+    let u = upstream(Balance::RoundRobin, vec![s]);
+    u.servers[0].learn_max_conns(1);
+    assert_eq!(u.servers[0].max_conns(), 5);
+}
+
+/// Polls a future once: `Some(output)` if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
+    let mut f = f;
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
