@@ -283,7 +283,15 @@ impl Reader {
     }
 
     /// The response body; the pick succeeds when it ends, fails if it breaks.
-    pub fn into_body(self, pick: Pick) -> HttpBody {
+    pub fn into_body(mut self, pick: Pick) -> HttpBody {
+        // A small answer often arrives whole with its head: hand it over as it is and
+        // let the connection go now.
+        if let Framing::Length(n) = self.framing {
+            if self.conn.buf.len() as u64 == n {
+                pick.success();
+                return crate::body::full(self.conn.buf.split().freeze());
+            }
+        }
         super::io::streamed((self, Some(pick)), |(mut r, mut pick)| async move {
             match r.next().await {
                 Ok(Some(b)) => Some((Ok(b), (r, pick))),
