@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${PORTICO_VENV:-$here/.venv}"
 
-apt_pkgs=(nginx wrk curl nghttp2-client php-fpm php-cli)
+apt_pkgs=(nginx libnginx-mod-mail wrk curl nghttp2-client php-fpm php-cli dovecot-imapd dovecot-pop3d swaks)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,14 +18,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Debian starts nginx as a service on install; the tests run their own.
   (systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || pkill -x nginx || true) >/dev/null 2>&1
   (pkill -f 'php-fpm: master' || true) >/dev/null 2>&1
+  (systemctl stop dovecot 2>/dev/null || pkill -x dovecot || true) >/dev/null 2>&1
 fi
 
 # uwsgi from pip compiles its C core (≈25 s once) and needs no --plugin.
-py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi)
+py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi aiosmtpd)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
+if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup, aiosmtpd' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
   echo "install.sh: pip install ${py_pkgs[*]}"
   "$venv/bin/pip" install -q "${py_pkgs[@]}"
 fi

@@ -421,9 +421,9 @@ listen = ["127.0.0.1:1"]
   upstream = "app"
 
 [[listeners]]
-name = "imap"
+name = "pop3"
 listen = ["127.0.0.1:2"]
-protocol = "imap"
+protocol = "pop3"
 auth_http = "http://127.0.0.1:9000/auth"
 "#,
     )

@@ -463,7 +463,7 @@ fn validate_listener(
             &protocols,
         )
         .unwrap_or(Protocol::Http);
-    if protocol != Protocol::Http {
+    if matches!(protocol, Protocol::Pop3 | Protocol::Smtp) {
         v.unsupported(
             &format!("{p}.protocol"),
             format!("protocol = \"{protocol}\" is not available in this build yet"),
@@ -572,8 +572,21 @@ fn validate_listener(
                 "starttls is for mail listeners (smtp, imap, pop3)",
             );
         }
-    } else if !l.routes.is_empty() {
-        v.err(&format!("{p}.routes"), "routes are for http listeners");
+    } else {
+        if !l.routes.is_empty() {
+            v.err(&format!("{p}.routes"), "routes are for http listeners");
+        }
+        match l.auth_http.as_deref() {
+            None => v.err(
+                &format!("{p}.protocol"),
+                format!("a {protocol} listener needs auth_http = \"http://HOST:PORT/PATH\""),
+            ),
+            Some(u) if !u.starts_with("http://") || u.len() <= "http://".len() => v.err(
+                &format!("{p}.auth_http"),
+                format!("auth_http {u:?}: expected an http://HOST[:PORT]/PATH URL"),
+            ),
+            Some(_) => {}
+        }
     }
     let starttls = match l.starttls.as_deref() {
         None => StartTls::Off,

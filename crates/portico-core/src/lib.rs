@@ -10,9 +10,11 @@
 //! Where to look instead: protocol behaviour is in the module crates (`portico-http`),
 //! upstream choice in `portico-upstream`, config parsing in `portico-config`.
 
+pub mod base64;
 mod listener;
 mod names;
 pub mod proxy_protocol;
+pub mod relay;
 mod stream;
 pub mod tls;
 

@@ -9,7 +9,6 @@
 
 pub mod access_log;
 pub mod admin;
-mod base64;
 pub mod body;
 mod errors;
 mod framing;

@@ -644,7 +644,7 @@ fn websocket_key() -> String {
         h.write_u64(0);
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
-    crate::base64::encode(&bytes)
+    portico_core::base64::encode(&bytes)
 }
 
 #[cfg(test)]

@@ -8,17 +8,10 @@
 //! It knows nothing of HTTP: the handshake is the HTTP module's (`portico-http`
 //! `proxy::forward_upgrade`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-
-/// Each direction moves at most this much at a time while busy…
-const BUF: usize = 64 * 1024;
-/// …and reads into this little while quiet, so an idle tunnel holds almost no memory.
-const SMALL: usize = 512;
 
 /// Limits of one tunnel.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +36,6 @@ pub enum TunnelEnd {
     Idle,
     Lifetime,
     Shutdown,
-}
-
-enum Side {
-    Client,
-    Upstream,
 }
 
 /// Follows the frame headers of one direction (without looking at payloads) to notice
@@ -132,60 +120,14 @@ fn going_away(to_server: bool) -> Vec<u8> {
     }
 }
 
-async fn pump<R, W>(
-    from: &mut R,
-    to: &mut W,
-    last: &AtomicU64,
-    start: Instant,
-    side: Side,
-) -> Result<u64, Side>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut small = [0u8; SMALL];
-    let mut big: Option<Vec<u8>> = None;
-    let mut total = 0u64;
-    let mut frames = FrameScanner::default();
-    loop {
-        let read = match big.as_mut() {
-            Some(b) => from.read(b).await,
-            None => from.read(&mut small).await,
-        };
-        let n = match read {
-            Ok(0) => {
-                // Half-close: tell the other side, keep the other direction going.
-                let _ = to.shutdown().await;
-                // An upstream that hangs up without a close frame died mid-stream.
-                if matches!(side, Side::Upstream) && !frames.saw_close && !frames.lost {
-                    return Err(side);
-                }
-                return Ok(total);
-            }
-            Ok(n) => n,
-            Err(_) => return Err(side),
-        };
-        let data = match big.as_ref() {
-            Some(b) => &b[..n],
-            None => &small[..n],
-        };
-        if matches!(side, Side::Upstream) {
-            frames.feed(data);
-        }
-        if to.write_all(data).await.is_err() {
-            return Err(match side {
-                Side::Client => Side::Upstream,
-                Side::Upstream => Side::Client,
-            });
-        }
-        // Grow while reads fill the buffer; shrink back once traffic is light again.
-        match big {
-            None if n == SMALL => big = Some(vec![0u8; BUF]),
-            Some(_) if n < SMALL => big = None,
-            _ => {}
-        }
-        total += n as u64;
-        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+impl portico_core::relay::Watch for FrameScanner {
+    fn feed(&mut self, data: &[u8]) {
+        FrameScanner::feed(self, data);
+    }
+
+    /// An upstream that hangs up without a close frame died mid-stream.
+    fn clean_end(&self) -> bool {
+        self.saw_close || self.lost
     }
 }
 
@@ -200,64 +142,32 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let start = Instant::now();
-    let last = AtomicU64::new(0);
-    let lifetime = async {
-        if limits.max_lifetime.is_zero() {
-            std::future::pending::<()>().await
-        } else {
-            tokio::time::sleep(limits.max_lifetime).await
-        }
+    use portico_core::relay::{relay, Goodbye, RelayEnd, RelayLimits};
+    let limits = RelayLimits {
+        idle: limits.idle,
+        max_lifetime: limits.max_lifetime,
+        drain: limits.drain,
     };
-    let idle = async {
-        loop {
-            let seen = Duration::from_millis(last.load(Ordering::Relaxed));
-            let deadline = start + seen + limits.idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+    let goodbye = Goodbye {
+        to_client: going_away(false),
+        to_upstream: going_away(true),
     };
-    let drained = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(limits.drain).await;
-    };
-    let end = {
-        let both = async {
-            tokio::try_join!(
-                pump(&mut cr, &mut uw, &last, start, Side::Client),
-                pump(&mut ur, &mut cw, &last, start, Side::Upstream)
-            )
-        };
-        tokio::select! {
-            r = both => match r {
-                Ok(_) => return TunnelEnd::Closed,
-                Err(Side::Client) => return TunnelEnd::ClientError,
-                Err(Side::Upstream) => return TunnelEnd::UpstreamError,
-            },
-            _ = idle => TunnelEnd::Idle,
-            _ = lifetime => TunnelEnd::Lifetime,
-            _ = drained => TunnelEnd::Shutdown,
-        }
-    };
-    // Say goodbye on both sides, bounded so a peer that stopped reading cannot hold us.
-    let bye = async {
-        let _ = cw.write_all(&going_away(false)).await;
-        let _ = uw.write_all(&going_away(true)).await;
-        let _ = cw.shutdown().await;
-        let _ = uw.shutdown().await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
-    end
+    let mut frames = FrameScanner::default();
+    match relay(client, upstream, limits, shutdown, &mut frames, goodbye).await {
+        RelayEnd::Closed => TunnelEnd::Closed,
+        RelayEnd::ClientError => TunnelEnd::ClientError,
+        RelayEnd::UpstreamError => TunnelEnd::UpstreamError,
+        RelayEnd::Idle => TunnelEnd::Idle,
+        RelayEnd::Lifetime => TunnelEnd::Lifetime,
+        RelayEnd::Shutdown => TunnelEnd::Shutdown,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::duplex;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn limits() -> TunnelLimits {
         TunnelLimits {

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use portico_config::{
-    Config, HealthCheck, Limits, ListenAddr, ListenerConfig, Protocol, RouteAction,
+    Config, HealthCheck, Limits, ListenAddr, ListenerConfig, Protocol, RouteAction, StartTls,
 };
 use portico_core::{tls, CertSpec, EndpointSpec, TlsMode};
 use portico_http::{HttpService, HttpUpstream, Shared, Site};
+use portico_mail::{MailService, MailSettings};
 use portico_upstream::{expand, run_resolver, Upstream, UpstreamHandle};
 
 /// The upstreams of one config generation.
@@ -69,6 +70,14 @@ impl Upstreams {
 /// The probe of the first module found using upstream `name` (each module declares
 /// its own default); TCP connect for an upstream nobody uses yet.
 fn default_check(config: &Config, name: &str) -> HealthCheck {
+    let mail = config.listeners.iter().find_map(|l| {
+        (l.upstream.as_deref() == Some(name)).then_some(match l.protocol {
+            Protocol::Imap => HealthCheck::Imap,
+            Protocol::Pop3 => HealthCheck::Pop3,
+            Protocol::Smtp => HealthCheck::Smtp,
+            Protocol::Http => HealthCheck::Tcp,
+        })
+    });
     config
         .listeners
         .iter()
@@ -79,6 +88,7 @@ fn default_check(config: &Config, name: &str) -> HealthCheck {
             }
             _ => None,
         })
+        .or(mail)
         .unwrap_or(HealthCheck::Tcp)
 }
 
@@ -111,7 +121,7 @@ pub fn endpoints(
     let mut specs = Vec::new();
     for (addr, listeners) in by_addr {
         let first = listeners[0];
-        let service = match first.protocol {
+        let service: Arc<dyn portico_core::Service> = match first.protocol {
             Protocol::Http => {
                 let sites = listeners
                     .iter()
@@ -119,11 +129,9 @@ pub fn endpoints(
                     .collect::<Result<Vec<_>, _>>()?;
                 Arc::new(HttpService::new(sites, shared.clone()))
             }
-            other => {
-                return Err(format!(
-                    "protocol {other} is not available in this build yet"
-                ))
-            }
+            Protocol::Imap | Protocol::Pop3 | Protocol::Smtp => Arc::new(MailService::new(
+                MailSettings::new(first, &upstreams.shared, shared.drain)?,
+            )),
         };
         let certs: Vec<CertSpec> = listeners
             .iter()
@@ -139,7 +147,12 @@ pub fn endpoints(
             None => TlsMode::Off,
             Some(t) => {
                 let acceptor = tls::build_acceptor(&certs, &t.alpn).map_err(|e| e.to_string())?;
-                TlsMode::Implicit(acceptor)
+                // Mail listeners with starttls on/only begin in plain text.
+                if first.protocol != Protocol::Http && first.starttls != StartTls::Off {
+                    TlsMode::StartTls(acceptor)
+                } else {
+                    TlsMode::Implicit(acceptor)
+                }
             }
         };
         specs.push(EndpointSpec {

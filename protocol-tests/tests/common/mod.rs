@@ -734,3 +734,117 @@ fn wait_bind(bind: &Bind<'_>, p: &mut Proc, what: &str) {
         ),
     }
 }
+
+/// Dovecot (Debian's) with IMAP and POP3 on free loopback ports and two users,
+/// alice/secret and bob/hunter2 (passwd-file), mail under `dir`. Returns the process and
+/// the IMAP and POP3 ports.
+pub fn dovecot(dir: &Path) -> (Proc, u16, u16) {
+    use std::os::unix::fs::PermissionsExt;
+    // Dovecot's auth and login processes run as other users: every directory above
+    // its files must be searchable.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::write(
+        dir.join("users"),
+        "alice:{PLAIN}secret\nbob:{PLAIN}hunter2\npooled:{PLAIN}secret\n",
+    )
+    .unwrap();
+    let (imap, pop3) = (free_port(), free_port());
+    let d = dir.display();
+    let conf = format!(
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:{d}/home/%u/Maildir\nlogin_trusted_networks = 127.0.0.1\npassdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n}}\nservice pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\n"
+    );
+    let path = dir.join("dovecot.conf");
+    std::fs::write(&path, conf).unwrap();
+    let mut cmd = Command::new("dovecot");
+    cmd.arg("-F")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("dovecot", &mut cmd);
+    for port in [imap, pop3] {
+        wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            &mut p.child,
+            "dovecot",
+        );
+    }
+    (p, imap, pop3)
+}
+
+/// The auth_http server of `apps/auth_http.py` with `opts` ("imap=HOST:PORT", "wait=0",
+/// "pool=1", …); returns it, its port and the file where it logs each request's headers.
+pub fn auth_server(dir: &Path, opts: &[String]) -> (Proc, u16, PathBuf) {
+    let port = free_port();
+    let log = dir.join(format!("auth-{port}.log"));
+    let mut cmd = Command::new("python3");
+    cmd.arg(apps_dir().join("auth_http.py"))
+        .arg(port.to_string())
+        .arg(&log)
+        .args(opts)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("auth_http.py", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "auth_http.py",
+    );
+    (p, port, log)
+}
+
+/// A line-oriented client for protocol transcripts (IMAP, POP3, SMTP).
+pub struct LineClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl LineClient {
+    pub fn connect(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Self {
+            writer: s.try_clone().unwrap(),
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// The next line without CRLF; "" once the server closed.
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        let _ = self.reader.read_line(&mut l);
+        l.trim_end_matches(['\r', '\n']).to_string()
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Sends one line (CRLF added) and returns the next line of the answer.
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(&format!("{line}\r\n"));
+        self.line()
+    }
+
+    /// Lines until one starts with `prefix` (included).
+    pub fn until(&mut self, prefix: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.line();
+            let done = l.starts_with(prefix) || l.is_empty();
+            out.push(l);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// True once the server has closed the connection.
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0))
+    }
+}

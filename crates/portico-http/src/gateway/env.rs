@@ -79,7 +79,7 @@ impl Facts<'_> {
         let Some(cred) = b
             .get(..6)
             .filter(|p| p.eq_ignore_ascii_case(b"basic "))
-            .and_then(|_| crate::base64::decode(b[6..].trim_ascii()))
+            .and_then(|_| portico_core::base64::decode(b[6..].trim_ascii()))
         else {
             return Vec::new();
         };

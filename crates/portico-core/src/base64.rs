@@ -1,5 +1,6 @@
-//! Base64 (RFC 4648, standard alphabet with padding): the WebSocket key and HTTP Basic
-//! credentials ($remote_user). Small enough not to need a crate.
+//! Base64 (RFC 4648, standard alphabet with padding): the WebSocket key, HTTP Basic
+//! credentials ($remote_user), SASL exchanges in the mail protocols. Small enough not to
+//! need a crate.
 
 const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 

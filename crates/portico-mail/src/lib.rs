@@ -1,0 +1,111 @@
+//! Portico's mail module: one public SMTP, IMAP or POP3 endpoint per listener. Each
+//! login is looked up over HTTP with nginx's `auth_http` protocol, then the session is
+//! logged in to the backend mail server the answer names (or one the shared balancer
+//! picks from the listener's upstream) and tunnelled (`portico_core::relay`).
+//!
+//! Shared by the protocols: [`session`] (client IO, STARTTLS, the lookup, the backend
+//! connection, the tunnel), [`auth_http`], [`sasl`]. Per protocol: its codec, its
+//! pre-authentication state and its backend login ([`imap`]).
+
+pub mod auth_http;
+pub mod imap;
+mod io;
+mod sasl;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_config::{ListenerConfig, Protocol, StartTls};
+use portico_core::{BoxFuture, Connection, Service};
+use portico_upstream::UpstreamHandle;
+
+/// A mail listener's settings, compiled.
+#[derive(Debug)]
+pub struct MailSettings {
+    pub protocol: Protocol,
+    pub auth: auth_http::AuthUrl,
+    pub starttls: StartTls,
+    /// The listener's upstream, for answers without Auth-Server.
+    pub upstream: Option<Arc<UpstreamHandle>>,
+    /// Every upstream, for `Auth-Server: pool:NAME`.
+    pub pools: BTreeMap<String, Arc<UpstreamHandle>>,
+    /// Longest command line before authentication.
+    pub max_line: usize,
+    /// Invalid commands before the session is closed (nginx `max_errors`).
+    pub max_errors: u32,
+    /// Waiting for the client's next command before login.
+    pub command_timeout: Duration,
+    pub send_timeout: Duration,
+    /// The auth_http exchange (nginx `auth_http_timeout`).
+    pub auth_timeout: Duration,
+    /// Connecting and logging in to the backend.
+    pub connect_timeout: Duration,
+    /// The tunnel with nothing moving either way (nginx `proxy_timeout`).
+    pub idle_timeout: Duration,
+    /// After shutdown begins, tunnels go on this long.
+    pub drain: Duration,
+}
+
+impl MailSettings {
+    pub fn new(
+        l: &ListenerConfig,
+        pools: &BTreeMap<String, Arc<UpstreamHandle>>,
+        drain: Duration,
+    ) -> Result<Self, String> {
+        let auth = l
+            .auth_http
+            .as_deref()
+            .ok_or_else(|| format!("listener {}: a mail listener needs auth_http", l.name))
+            .and_then(auth_http::AuthUrl::parse)?;
+        let upstream = match &l.upstream {
+            Some(name) => Some(
+                pools
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("no upstream named {name:?}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            protocol: l.protocol,
+            auth,
+            starttls: l.starttls,
+            upstream,
+            pools: pools.clone(),
+            max_line: 8192,
+            max_errors: 5,
+            command_timeout: l.limits.idle_timeout,
+            send_timeout: l.limits.send_timeout,
+            auth_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(24 * 3600),
+            drain,
+        })
+    }
+}
+
+/// Serves one mail protocol on one bound address.
+pub struct MailService {
+    cfg: Arc<MailSettings>,
+}
+
+impl MailService {
+    pub fn new(cfg: MailSettings) -> Self {
+        Self { cfg: Arc::new(cfg) }
+    }
+}
+
+impl Service for MailService {
+    fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
+        let session = session::Session::new(conn, Arc::clone(&self.cfg));
+        match self.cfg.protocol {
+            Protocol::Imap => Box::pin(imap::Imap::serve(session)),
+            // POP3 and SMTP front ends are not built yet: close at once.
+            Protocol::Pop3 | Protocol::Smtp | Protocol::Http => Box::pin(async move {
+                drop(session);
+            }),
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! What the three mail front ends share: the client session (bounded line reads with a
+//! timeout, writes, STARTTLS with read-ahead discarded, max_errors), the auth_http
+//! lookup and what follows from its answer (a refusal, with Auth-Wait a retry; a backend
+//! picked by address or by the shared balancer), and the tunnel after the backend login.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_config::StartTls;
+use portico_core::relay::{relay, AnyEnd, Goodbye, RelayEnd, RelayLimits};
+use portico_core::Connection;
+use portico_upstream::{connect, PeerStream, Pick, SelectCtx};
+
+use crate::auth_http::{self, AuthAnswer, AuthRequest, Backend};
+use crate::io::{write_all, LineIo, ReadError};
+use crate::MailSettings;
+
+/// A user's credentials as the client gave them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Auth-Method: plain (LOGIN, USER/PASS, AUTH PLAIN), login (AUTH LOGIN), …
+    pub method: &'static str,
+    pub user: Vec<u8>,
+    pub pass: Vec<u8>,
+}
+
+impl Credentials {
+    pub fn plain(user: Vec<u8>, pass: Vec<u8>) -> Self {
+        Self {
+            method: "plain",
+            user,
+            pass,
+        }
+    }
+}
+
+/// One client connection before its backend is known.
+pub struct Session {
+    conn: Connection,
+    io: LineIo,
+    pub cfg: Arc<MailSettings>,
+    errors: u32,
+    attempts: u32,
+}
+
+/// How a login attempt ended.
+pub enum Outcome {
+    /// The auth server said no: answer `status`; with `retry` (Auth-Wait) the session
+    /// goes on after the wait, without it the session closes after the answer.
+    Refused {
+        session: Session,
+        status: String,
+        retry: bool,
+        error_code: Option<String>,
+    },
+    /// The auth server or the backend could not be reached: a temporary failure, and
+    /// the session closes. Never an open door.
+    Failed(Session),
+    /// Connected to the backend: log in there, then tunnel.
+    Backend(BackendSession),
+}
+
+impl Session {
+    pub fn new(conn: Connection, cfg: Arc<MailSettings>) -> Self {
+        Self {
+            conn,
+            io: LineIo::new(),
+            cfg,
+            errors: 0,
+            attempts: 0,
+        }
+    }
+
+    pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
+        write_all(&mut self.conn.stream, data, self.cfg.send_timeout).await
+    }
+
+    /// The next command line (bounded by `max_line`, within `command_timeout`).
+    pub async fn line(&mut self) -> Result<Vec<u8>, ReadError> {
+        self.io
+            .read_line(
+                &mut self.conn.stream,
+                self.cfg.max_line,
+                self.cfg.command_timeout,
+            )
+            .await
+    }
+
+    pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
+        self.io
+            .read_exact(&mut self.conn.stream, n, self.cfg.command_timeout)
+            .await
+    }
+
+    /// STARTTLS is advertised and accepted: the listener has a certificate, the
+    /// setting is on or only, and the connection is not TLS yet.
+    pub fn starttls_offered(&self) -> bool {
+        self.cfg.starttls != StartTls::Off && self.conn.can_start_tls()
+    }
+
+    /// `starttls = "only"` and not upgraded yet: no authentication allowed.
+    pub fn starttls_required(&self) -> bool {
+        self.cfg.starttls == StartTls::Only && !self.conn.stream.is_tls()
+    }
+
+    /// Sends `reply` and upgrades to TLS. Anything the client pipelined after the
+    /// command in plain text is discarded, never read as if it came inside TLS.
+    pub async fn start_tls(mut self, reply: &[u8]) -> Option<Session> {
+        self.send(reply).await.ok()?;
+        let dropped = self.io.discard();
+        if dropped > 0 {
+            tracing::warn!(
+                conn = self.conn.info.id,
+                bytes = dropped,
+                "plaintext sent after STARTTLS discarded"
+            );
+        }
+        match self.conn.start_tls().await {
+            Ok(conn) => Some(Session {
+                conn,
+                io: self.io,
+                cfg: self.cfg,
+                errors: self.errors,
+                attempts: self.attempts,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "STARTTLS handshake failed");
+                None
+            }
+        }
+    }
+
+    /// Counts a protocol error; true once `max_errors` is reached (close the session).
+    pub fn count_error(&mut self) -> bool {
+        self.errors += 1;
+        self.errors >= self.cfg.max_errors
+    }
+
+    pub fn log_end(&self, e: &ReadError) {
+        tracing::debug!(conn = self.conn.info.id, error = %e, "mail session ended");
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.conn.stream.is_tls()
+    }
+
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.conn.info.peer.map(|p| p.ip())
+    }
+
+    /// Asks the auth server about `creds`; on OK connects to the backend it names (or
+    /// one of the listener's upstream, chosen by the balancer with the user as key).
+    pub async fn authorize(self, creds: Credentials, protocol: &'static str) -> Outcome {
+        self.authorize_with(creds, protocol, AuthRequest::default())
+            .await
+    }
+
+    /// [`Session::authorize`] with protocol-specific request fields (SMTP's Helo/From/To).
+    pub async fn authorize_with(
+        mut self,
+        creds: Credentials,
+        protocol: &'static str,
+        extra: AuthRequest,
+    ) -> Outcome {
+        self.attempts += 1;
+        let request = AuthRequest {
+            method: creds.method,
+            user: creds.user.clone(),
+            pass: creds.pass.clone(),
+            protocol,
+            attempt: self.attempts,
+            client_ip: self.client_ip(),
+            ssl: self.is_tls(),
+            ..extra
+        };
+        let answer = auth_http::lookup(&self.cfg.auth, &request, self.cfg.auth_timeout).await;
+        let user_text = String::from_utf8_lossy(&creds.user).into_owned();
+        let (server, user, pass) = match answer {
+            Err(e) => {
+                tracing::error!(conn = self.conn.info.id, user = %user_text, error = %e, "auth_http lookup failed");
+                return Outcome::Failed(self);
+            }
+            Ok(AuthAnswer::Refused {
+                status,
+                wait,
+                error_code,
+            }) => {
+                tracing::info!(conn = self.conn.info.id, user = %user_text, %status, "login refused");
+                if let Some(w) = wait {
+                    tokio::time::sleep(w).await;
+                }
+                return Outcome::Refused {
+                    session: self,
+                    status,
+                    retry: wait.is_some(),
+                    error_code,
+                };
+            }
+            Ok(AuthAnswer::Ok { server, user, pass }) => (server, user, pass),
+        };
+        let creds = Credentials {
+            method: creds.method,
+            user: user.unwrap_or(creds.user),
+            pass: pass.unwrap_or(creds.pass),
+        };
+        let (stream, pick) = match self.connect_backend(server, &creds.user).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(conn = self.conn.info.id, user = %user_text, error = %e, "backend unreachable");
+                return Outcome::Failed(self);
+            }
+        };
+        tracing::info!(conn = self.conn.info.id, user = %user_text, "login accepted");
+        Outcome::Backend(BackendSession {
+            session: self,
+            stream,
+            creds,
+            pick,
+        })
+    }
+
+    async fn connect_backend(
+        &self,
+        server: Option<Backend>,
+        user: &[u8],
+    ) -> Result<(PeerStream, Option<Pick>), String> {
+        let pool =
+            match server {
+                Some(Backend::Addr(a)) => {
+                    let s = connect(&portico_config::PeerAddr::Tcp(a), self.cfg.connect_timeout)
+                        .await
+                        .map_err(|e| format!("{a}: {e}"))?;
+                    return Ok((s, None));
+                }
+                Some(Backend::Pool(name)) => self
+                    .cfg
+                    .pools
+                    .get(&name)
+                    .ok_or_else(|| format!("Auth-Server names pool:{name}, no such upstream"))?,
+                None => self.cfg.upstream.as_ref().ok_or(
+                    "the auth server named no Auth-Server and the listener has no upstream",
+                )?,
+            };
+        let upstream = pool.load();
+        let ctx = SelectCtx {
+            client_ip: self.client_ip(),
+            exclude: &[],
+            key: Some(user),
+        };
+        let pick = upstream
+            .select_queued(&ctx)
+            .await
+            .map_err(|e| format!("upstream {}: {e}", upstream.name()))?;
+        match connect(pick.server.addr(), self.cfg.connect_timeout).await {
+            Ok(s) => Ok((s, Some(pick))),
+            Err(e) => {
+                let addr = pick.server.addr().to_string();
+                pick.failure();
+                Err(format!("{addr}: {e}"))
+            }
+        }
+    }
+}
+
+/// A session whose user was accepted, connected to its backend.
+pub struct BackendSession {
+    session: Session,
+    stream: PeerStream,
+    creds: Credentials,
+    /// Held while the session lasts when the balancer chose the backend (least_conn
+    /// counts sessions).
+    pick: Option<Pick>,
+}
+
+/// How to log in to the backend.
+pub type LoginFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Vec<u8>>> + Send + 'a>>;
+
+impl BackendSession {
+    /// Logs in with `login` (which returns what to pass on to the client: the backend's
+    /// answer, or on `Err` its refusal), then relays (`portico_core::relay`) until both
+    /// sides close or the tunnel is idle for `idle_timeout`. Bytes either side sent
+    /// ahead are passed on first, so pipelined commands are not lost.
+    pub async fn run(
+        mut self,
+        login: impl for<'a> FnOnce(
+            &'a mut LineIo,
+            &'a mut PeerStream,
+            &'a Credentials,
+            Duration,
+        ) -> LoginFuture<'a>,
+    ) {
+        let mut bio = LineIo::new();
+        let t = self.session.cfg.connect_timeout;
+        let result = login(&mut bio, &mut self.stream, &self.creds, t).await;
+        let id = self.session.conn.info.id;
+        match result {
+            Err(to_client) => {
+                tracing::warn!(conn = id, "backend refused the login");
+                let _ = self.session.send(&to_client).await;
+            }
+            Ok(to_client) => {
+                if self.session.send(&to_client).await.is_err() {
+                    return;
+                }
+                let s = &mut self.session;
+                // Commands the client pipelined after its login go to the backend, what
+                // the backend sent after its answer to the client, before anything else.
+                let ahead_client = std::mem::take(&mut s.io.buf);
+                let ahead_backend = std::mem::take(&mut bio.buf);
+                let t = s.cfg.send_timeout;
+                if !ahead_client.is_empty()
+                    && write_all(&mut self.stream, &ahead_client, t).await.is_err()
+                {
+                    return;
+                }
+                if !ahead_backend.is_empty() && s.send(&ahead_backend).await.is_err() {
+                    return;
+                }
+                let limits = RelayLimits {
+                    idle: s.cfg.idle_timeout,
+                    max_lifetime: Duration::ZERO,
+                    drain: s.cfg.drain,
+                };
+                let end = relay(
+                    &mut s.conn.stream,
+                    &mut self.stream,
+                    limits,
+                    s.conn.shutdown.clone(),
+                    &mut AnyEnd,
+                    Goodbye::default(),
+                )
+                .await;
+                tracing::debug!(conn = id, ?end, "mail tunnel ended");
+                if let Some(p) = self.pick.take() {
+                    if end == RelayEnd::UpstreamError {
+                        p.failure();
+                    } else {
+                        p.success();
+                    }
+                }
+            }
+        }
+    }
+}

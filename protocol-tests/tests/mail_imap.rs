@@ -1,0 +1,268 @@
+//! The IMAP front end against Dovecot, with the auth_http server of apps/auth_http.py:
+//! transcripts (raw lines, as a user of telnet would see them), curl and Python's
+//! imaplib as clients.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _dovecot: Proc,
+    _auth: Proc,
+    auth_log: std::path::PathBuf,
+    portico: Portico,
+}
+
+/// Dovecot, an auth server sending IMAP logins to it (with `auth_opts`), and Portico
+/// with one IMAP listener (`extra` in the listener table, `more` after it).
+fn setup(auth_opts: &[&str], extra: &str, more: &str) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (dovecot, imap, pop3) = dovecot(dir.path());
+    let mut opts = vec![
+        format!("imap=127.0.0.1:{imap}"),
+        format!("pop3=127.0.0.1:{pop3}"),
+    ];
+    opts.extend(auth_opts.iter().map(|s| s.to_string()));
+    let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
+    let config = format!(
+        "[[listeners]]\nname = \"imap\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n{extra}\n{more}\n"
+    );
+    let portico = Portico::start(&config);
+    Setup {
+        _dir: dir,
+        _dovecot: dovecot,
+        _auth: auth,
+        auth_log,
+        portico,
+    }
+}
+
+fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&s.auth_log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn pre_auth_commands_as_nginx_answers_them() {
+    let s = setup(&[], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    assert_eq!(c.line(), "* OK IMAP4 ready");
+    assert_eq!(
+        c.ask("a1 CAPABILITY"),
+        "* CAPABILITY IMAP4 IMAP4rev1 UIDPLUS SASL-IR AUTH=PLAIN AUTH=LOGIN"
+    );
+    assert_eq!(c.line(), "a1 OK completed");
+    assert_eq!(c.ask("a2 NOOP"), "a2 OK completed");
+    assert_eq!(c.ask("a3 ID (\"name\" \"test\")"), "* ID NIL");
+    assert_eq!(c.line(), "a3 OK completed");
+    assert_eq!(c.ask("a4 FROBNICATE"), "a4 BAD invalid command");
+    // pipelined commands are answered in order
+    c.send("b1 NOOP\r\nb2 CAPABILITY\r\nb3 NOOP\r\n");
+    assert_eq!(c.line(), "b1 OK completed");
+    assert!(c.line().starts_with("* CAPABILITY"));
+    assert_eq!(c.line(), "b2 OK completed");
+    assert_eq!(c.line(), "b3 OK completed");
+    // a line over the limit is refused, the session goes on
+    assert_eq!(
+        c.ask(&format!("c1 NOOP {}", "x".repeat(10_000))),
+        "* BAD invalid command"
+    );
+    assert_eq!(c.ask("a5 LOGOUT"), "* BYE");
+    assert_eq!(c.line(), "a5 OK completed");
+    assert!(c.closed());
+    assert!(auth_requests(&s).is_empty(), "no lookup without a login");
+}
+
+#[test]
+fn too_many_errors_close_the_session() {
+    let s = setup(&[], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    for i in 0..5 {
+        assert_eq!(
+            c.ask(&format!("e{i} NOPE")),
+            format!("e{i} BAD invalid command")
+        );
+    }
+    assert!(c.closed(), "closed after max_errors (5)");
+}
+
+#[test]
+fn login_with_literals_then_the_session_is_dovecots() {
+    let s = setup(&[], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    assert_eq!(c.ask("a1 LOGIN {5}"), "+ OK");
+    assert_eq!(c.ask("alice {6}"), "+ OK");
+    // the answer to LOGIN is Dovecot's, under the client's tag
+    let answer = c.ask("secret");
+    assert!(
+        answer.starts_with("a1 OK") && answer.contains("Logged in"),
+        "{answer}"
+    );
+    // now it is Dovecot speaking
+    c.send("a2 SELECT INBOX\r\n");
+    let lines = c.until("a2 ");
+    assert!(lines.iter().any(|l| l.contains("EXISTS")), "{lines:?}");
+    assert!(lines.last().unwrap().starts_with("a2 OK"), "{lines:?}");
+    assert_eq!(c.ask("a3 LOGOUT"), "* BYE Logging out");
+    let req = &auth_requests(&s)[0]["headers"];
+    assert_eq!(req["Auth-Method"], "plain");
+    assert_eq!(req["Auth-User"], "alice");
+    assert_eq!(req["Auth-Pass"], "secret");
+    assert_eq!(req["Auth-Protocol"], "imap");
+    assert_eq!(req["Auth-Login-Attempt"], "1");
+    assert_eq!(req["Client-IP"], "127.0.0.1");
+}
+
+#[test]
+fn literal_bytes_are_never_run_as_commands() {
+    let s = setup(&["wait=0"], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    // LITERAL+ ({n+}): the 11 bytes "a9 LOGOUT\r\n" are the user name, not a command
+    c.send("a1 LOGIN {11+}\r\na9 LOGOUT\r\n {1+}\r\nx\r\n");
+    assert_eq!(c.line(), "a1 NO Invalid login or password");
+    assert_eq!(
+        c.ask("a2 NOOP"),
+        "a2 OK completed",
+        "still open: LOGOUT never ran"
+    );
+    let req = &auth_requests(&s)[0]["headers"];
+    assert_eq!(
+        req["Auth-User"], "a9%20LOGOUT%0D%0A",
+        "escaped: no header injection"
+    );
+}
+
+#[test]
+fn refusals_with_and_without_auth_wait() {
+    // With Auth-Wait the client may try again on the same connection.
+    let s = setup(&["wait=0"], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    assert_eq!(
+        c.ask("a1 LOGIN alice wrong"),
+        "a1 NO Invalid login or password"
+    );
+    let ok = c.ask("a2 LOGIN alice secret");
+    assert!(ok.starts_with("a2 OK"), "{ok}");
+    let attempts: Vec<String> = auth_requests(&s)
+        .iter()
+        .map(|r| {
+            r["headers"]["Auth-Login-Attempt"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(attempts, vec!["1", "2"]);
+
+    // Without it, the session ends after the answer.
+    let s = setup(&[], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    assert_eq!(
+        c.ask("a1 LOGIN alice wrong"),
+        "a1 NO Invalid login or password"
+    );
+    assert!(c.closed());
+}
+
+#[test]
+fn an_unreachable_auth_server_is_a_temporary_failure_not_an_open_door() {
+    let port = free_port();
+    let p = Portico::start(&format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{port}/auth\"\n"
+    ));
+    let mut c = LineClient::connect(p.port);
+    c.line();
+    assert_eq!(
+        c.ask("a1 LOGIN alice secret"),
+        "* BAD internal server error"
+    );
+    assert!(c.closed());
+}
+
+#[test]
+fn authenticate_plain_and_login_with_imaplib() {
+    let s = setup(&[], "", "");
+    let script = format!(
+        r#"
+import imaplib, base64
+m = imaplib.IMAP4("127.0.0.1", {port})
+m.authenticate("PLAIN", lambda _: b"\0alice\0secret")
+typ, data = m.select("INBOX")
+assert typ == "OK", (typ, data)
+m.logout()
+m = imaplib.IMAP4("127.0.0.1", {port})
+m._mechs = None
+steps = iter([b"bob", b"hunter2"])
+m.authenticate("LOGIN", lambda _: next(steps))
+assert m.select("INBOX")[0] == "OK"
+m.logout()
+print("ok")
+"#,
+        port = s.portico.port
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let methods: Vec<String> = auth_requests(&s)
+        .iter()
+        .map(|r| r["headers"]["Auth-Method"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(methods, vec!["plain", "login"]);
+}
+
+#[test]
+fn sasl_ir_and_curl() {
+    let s = setup(&[], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    // AUTHENTICATE PLAIN with an initial response (SASL-IR): base64("\0alice\0secret")
+    let ok = c.ask("a1 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==");
+    assert!(ok.starts_with("a1 OK"), "{ok}");
+    drop(c);
+    // curl lists the mailboxes through Portico
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "-u", "alice:secret"])
+        .arg(format!("imap://127.0.0.1:{}/", s.portico.port))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("INBOX"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn pools_pick_a_backend_when_the_auth_server_names_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dovecot, imap, _) = dovecot(dir.path());
+    let (_auth, auth_port, _) = auth_server(dir.path(), &["pool=1".to_string()]);
+    let p = Portico::start(&format!(
+        "[upstreams.mailstore]\nservers = [{{ addr = \"127.0.0.1:{imap}\" }}]\nbalance = \"hash\"\nhash_key = \"$user\"\n\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\nupstream = \"mailstore\"\n"
+    ));
+    for user in ["alice", "pooled"] {
+        let mut c = LineClient::connect(p.port);
+        c.line();
+        let ok = c.ask(&format!("a1 LOGIN {user} secret"));
+        assert!(ok.starts_with("a1 OK"), "{user}: {ok}");
+    }
+}
