@@ -421,9 +421,9 @@ listen = ["127.0.0.1:1"]
   upstream = "app"
 
 [[listeners]]
-name = "pop3"
+name = "smtp"
 listen = ["127.0.0.1:2"]
-protocol = "pop3"
+protocol = "smtp"
 auth_http = "http://127.0.0.1:9000/auth"
 "#,
     )

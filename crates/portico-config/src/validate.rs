@@ -463,7 +463,7 @@ fn validate_listener(
             &protocols,
         )
         .unwrap_or(Protocol::Http);
-    if matches!(protocol, Protocol::Pop3 | Protocol::Smtp) {
+    if protocol == Protocol::Smtp {
         v.unsupported(
             &format!("{p}.protocol"),
             format!("protocol = \"{protocol}\" is not available in this build yet"),

@@ -5,11 +5,12 @@
 //!
 //! Shared by the protocols: [`session`] (client IO, STARTTLS, the lookup, the backend
 //! connection, the tunnel), [`auth_http`], [`sasl`]. Per protocol: its codec, its
-//! pre-authentication state and its backend login ([`imap`]).
+//! pre-authentication state and its backend login ([`imap`], [`pop3`]).
 
 pub mod auth_http;
 pub mod imap;
 mod io;
+pub mod pop3;
 mod sasl;
 pub mod session;
 
@@ -102,8 +103,9 @@ impl Service for MailService {
         let session = session::Session::new(conn, Arc::clone(&self.cfg));
         match self.cfg.protocol {
             Protocol::Imap => Box::pin(imap::Imap::serve(session)),
-            // POP3 and SMTP front ends are not built yet: close at once.
-            Protocol::Pop3 | Protocol::Smtp | Protocol::Http => Box::pin(async move {
+            Protocol::Pop3 => Box::pin(pop3::Pop3::serve(session)),
+            // The SMTP front end is not built yet (refused by validation): close at once.
+            Protocol::Smtp | Protocol::Http => Box::pin(async move {
                 drop(session);
             }),
         }

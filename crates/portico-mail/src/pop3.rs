@@ -1,0 +1,265 @@
+//! POP3: the AUTHORIZATION state as nginx's mail proxy answers it (CAPA, USER/PASS,
+//! AUTH PLAIN/LOGIN with an initial response or continuations, STLS, QUIT), then the
+//! backend login with USER/PASS and the tunnel.
+
+use std::time::Duration;
+
+use crate::io::{write_all, LineIo, ReadError};
+use crate::sasl;
+use crate::session::{Credentials, Outcome, Session};
+
+const GREETING: &[u8] = b"+OK POP3 ready\r\n";
+const INVALID: &[u8] = b"-ERR invalid command\r\n";
+
+/// A POP3 command: its keyword upper-cased and its arguments (split on spaces).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub name: String,
+    pub args: Vec<Vec<u8>>,
+}
+
+/// Parses a command line (RFC 1939: keyword, then space-separated arguments).
+pub fn parse(line: &[u8]) -> Option<Command> {
+    let mut words = line.split(|&b| b == b' ').filter(|w| !w.is_empty());
+    let name = words.next()?;
+    if name.len() > 4 || !name.iter().all(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    Some(Command {
+        name: String::from_utf8_lossy(name).to_ascii_uppercase(),
+        args: words.map(<[u8]>::to_vec).collect(),
+    })
+}
+
+/// The POP3 front end.
+pub struct Pop3;
+
+impl Pop3 {
+    fn capabilities(s: &Session) -> String {
+        let mut caps = String::from("+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\n");
+        if s.starttls_offered() {
+            caps.push_str("STLS\r\n");
+        }
+        if !s.starttls_required() {
+            caps.push_str("SASL PLAIN LOGIN\r\n");
+        }
+        caps.push_str(".\r\n");
+        caps
+    }
+
+    pub async fn serve(mut s: Session) {
+        if s.send(GREETING).await.is_err() {
+            return;
+        }
+        let mut user: Option<Vec<u8>> = None;
+        loop {
+            let line = match s.line().await {
+                Ok(l) => l,
+                Err(ReadError::TooLong(_)) => {
+                    if Self::invalid(&mut s).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    s.log_end(&e);
+                    return;
+                }
+            };
+            let Some(cmd) = parse(&line) else {
+                if Self::invalid(&mut s).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let may_auth = !s.starttls_required();
+            let r = match cmd.name.as_str() {
+                "CAPA" => {
+                    let caps = Self::capabilities(&s);
+                    s.send(caps.as_bytes()).await
+                }
+                "QUIT" => {
+                    let _ = s.send(b"+OK\r\n").await;
+                    return;
+                }
+                "STLS" if s.starttls_offered() => match s.start_tls(b"+OK\r\n").await {
+                    Some(next) => {
+                        s = next;
+                        user = None;
+                        Ok(())
+                    }
+                    None => return,
+                },
+                "USER" if may_auth && cmd.args.len() == 1 => {
+                    user = cmd.args.into_iter().next();
+                    s.send(b"+OK\r\n").await
+                }
+                "PASS" if may_auth && user.is_some() && !cmd.args.is_empty() => {
+                    // A password may hold spaces: everything after "PASS ".
+                    let pass = line.get(5..).unwrap_or_default().to_vec();
+                    let creds = Credentials::plain(user.take().unwrap_or_default(), pass);
+                    match Self::login(s, creds).await {
+                        Some(back) => {
+                            s = back;
+                            Ok(())
+                        }
+                        None => return,
+                    }
+                }
+                "AUTH" if may_auth && cmd.args.is_empty() => {
+                    s.send(b"+OK methods supported:\r\nLOGIN\r\nPLAIN\r\n.\r\n")
+                        .await
+                }
+                "AUTH" if may_auth => match Self::authenticate(&mut s, &cmd.args).await {
+                    Ok(Some(creds)) => match Self::login(s, creds).await {
+                        Some(back) => {
+                            s = back;
+                            Ok(())
+                        }
+                        None => return,
+                    },
+                    Ok(None) => Ok(()),
+                    Err(e) => {
+                        s.log_end(&e);
+                        return;
+                    }
+                },
+                _ => Self::invalid(&mut s).await,
+            };
+            if r.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn invalid(s: &mut Session) -> std::io::Result<()> {
+        s.send(INVALID).await?;
+        if s.count_error() {
+            return Err(std::io::Error::other("too many errors"));
+        }
+        Ok(())
+    }
+
+    async fn authenticate(
+        s: &mut Session,
+        args: &[Vec<u8>],
+    ) -> Result<Option<Credentials>, ReadError> {
+        let mech = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+        let initial = args.get(1).cloned();
+        let creds = match mech.as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(r) => r,
+                    None => continuation(s, b"").await?,
+                };
+                if resp == b"*" {
+                    s.send(b"-ERR authentication cancelled\r\n").await?;
+                    return Ok(None);
+                }
+                sasl::plain(&resp)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => continuation(s, sasl::USERNAME_PROMPT).await?,
+                };
+                let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
+                sasl::login(&user, &pass)
+            }
+            _ => {
+                s.send(INVALID).await?;
+                return Ok(None);
+            }
+        };
+        if creds.is_none() {
+            s.send(b"-ERR invalid authentication data\r\n").await?;
+        }
+        Ok(creds)
+    }
+
+    async fn login(s: Session, creds: Credentials) -> Option<Session> {
+        match s.authorize(creds, "pop3").await {
+            Outcome::Refused {
+                mut session,
+                status,
+                retry,
+                ..
+            } => {
+                let line = format!("-ERR {status}\r\n");
+                if session.send(line.as_bytes()).await.is_err() || !retry {
+                    return None;
+                }
+                Some(session)
+            }
+            Outcome::Failed(mut session) => {
+                let _ = session.send(b"-ERR internal server error\r\n").await;
+                None
+            }
+            Outcome::Backend(b) => {
+                b.run(|io, stream, creds, t| Box::pin(backend_login(io, stream, creds, t)))
+                    .await;
+                None
+            }
+        }
+    }
+}
+
+async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let mut line = b"+ ".to_vec();
+    line.extend_from_slice(prompt);
+    line.extend_from_slice(b"\r\n");
+    s.send(&line).await?;
+    s.line().await
+}
+
+/// Logs in to the POP3 backend as nginx does: greeting, USER, PASS. Returns the
+/// backend's answer to PASS for the client (`Err` when it refused).
+async fn backend_login(
+    io: &mut LineIo,
+    b: &mut portico_upstream::PeerStream,
+    creds: &Credentials,
+    t: Duration,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let fail = |why: &str| -> Vec<u8> {
+        tracing::warn!("POP3 backend login failed: {why}");
+        b"-ERR internal server error\r\n".to_vec()
+    };
+    let expect_ok = async |io: &mut LineIo, b: &mut portico_upstream::PeerStream| {
+        let line = io
+            .read_line(b, 8192, t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        if line.starts_with(b"+OK") {
+            Ok(line)
+        } else {
+            Err([&line[..], b"\r\n"].concat())
+        }
+    };
+    expect_ok(io, b).await?;
+    let user = [b"USER ", &creds.user[..], b"\r\n"].concat();
+    write_all(b, &user, t)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    expect_ok(io, b).await?;
+    let pass = [b"PASS ", &creds.pass[..], b"\r\n"].concat();
+    write_all(b, &pass, t)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    let answer = expect_ok(io, b).await?;
+    Ok([&answer[..], b"\r\n"].concat())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands() {
+        let c = parse(b"user alice").unwrap();
+        assert_eq!((c.name.as_str(), c.args.len()), ("USER", 1));
+        assert_eq!(parse(b"PASS  two words").unwrap().args.len(), 2);
+        assert!(parse(b"").is_none());
+        assert!(parse(b"TOOLONG x").is_none());
+        assert!(parse(b"US3R x").is_none());
+    }
+}
