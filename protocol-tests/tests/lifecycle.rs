@@ -405,37 +405,29 @@ listen = ["127.0.0.1:{{port}}", "[::1]:{v6_port}"]
 }
 
 #[test]
-fn settings_still_to_come_pass_check_with_a_warning_and_run_refuses_them() {
+fn mail_listeners_need_an_auth_server() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
-        dir.path().join("future.toml"),
-        r#"[upstreams.app]
-balance = "hash"
-hash_key = "$request_uri"
-servers = [{ addr = "127.0.0.1:9001" }]
-
-[[listeners]]
-listen = ["127.0.0.1:1"]
-  [[listeners.routes]]
-  path = "/"
-  upstream = "app"
-
-[[listeners]]
+        dir.path().join("mail.toml"),
+        r#"[[listeners]]
 name = "smtp"
 listen = ["127.0.0.1:2"]
 protocol = "smtp"
-auth_http = "http://127.0.0.1:9000/auth"
+
+[[listeners]]
+name = "imap"
+listen = ["127.0.0.1:3"]
+protocol = "imap"
+auth_http = "https://auth.example/"
 "#,
     )
     .unwrap();
-    let (code, _, err) = portico_cmd(&["check", "-c", "future.toml"], dir.path());
-    assert_eq!(code, 0, "{err}");
-    let key = "future.toml:15: listeners.1.protocol";
-    assert!(
-        err.lines()
-            .any(|l| l.starts_with(key) && l.contains("warning")),
-        "{key}: {err}"
-    );
-    let (code, _, err) = portico_cmd(&["run", "-c", "future.toml"], dir.path());
+    let (code, _, err) = portico_cmd(&["check", "-c", "mail.toml"], dir.path());
     assert_eq!(code, 1, "{err}");
+    for key in [
+        "mail.toml:4: listeners.0.protocol",
+        "mail.toml:10: listeners.1.auth_http",
+    ] {
+        assert!(err.lines().any(|l| l.starts_with(key)), "{key}: {err}");
+    }
 }

@@ -73,9 +73,6 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
-    /// Valid settings this build cannot serve yet (a protocol, a `via`, a balancing
-    /// algorithm still to come): `portico check` warns about them, `run` refuses.
-    pub unsupported: Vec<ConfigError>,
     /// The merged raw tree, defaults filled in: what `portico check` prints.
     pub raw: RawConfig,
     pub layers: Layers,
@@ -190,9 +187,8 @@ pub fn load(files: &[PathBuf], env: Vec<(String, String)>) -> Result<Loaded, Vec
         return Err(sorted(errors));
     };
     match validate::validate(&raw, &layers) {
-        Ok((config, unsupported)) if errors.is_empty() => Ok(Loaded {
+        Ok(config) if errors.is_empty() => Ok(Loaded {
             config,
-            unsupported: sorted(unsupported),
             raw,
             layers,
         }),

@@ -110,20 +110,12 @@ fn resolve(base: &Path, p: &str) -> PathBuf {
 struct Validator<'a> {
     layers: &'a Layers,
     errors: Vec<ConfigError>,
-    unsupported: Vec<ConfigError>,
 }
 
 impl Validator<'_> {
     fn err(&mut self, path: &str, message: impl Into<String>) {
         let origin = self.layers.origin(path);
         self.errors
-            .push(ConfigError::at(origin, path, message.into()));
-    }
-
-    /// A valid setting this build cannot serve yet: `check` warns, `run` refuses.
-    fn unsupported(&mut self, path: &str, message: impl Into<String>) {
-        let origin = self.layers.origin(path);
-        self.unsupported
             .push(ConfigError::at(origin, path, message.into()));
     }
 
@@ -159,15 +151,11 @@ impl Validator<'_> {
     }
 }
 
-/// The validated config and the valid settings this build cannot serve yet.
-pub(crate) fn validate(
-    raw: &RawConfig,
-    layers: &Layers,
-) -> Result<(Config, Vec<ConfigError>), Vec<ConfigError>> {
+/// The validated config, or every error found.
+pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<ConfigError>> {
     let mut v = Validator {
         layers,
         errors: Vec::new(),
-        unsupported: Vec::new(),
     };
 
     let runtime = Runtime {
@@ -256,16 +244,13 @@ pub(crate) fn validate(
     check_shared_addresses(&mut v, &listeners, admin.as_ref());
 
     if v.errors.is_empty() {
-        Ok((
-            Config {
-                runtime,
-                log,
-                admin,
-                upstreams,
-                listeners,
-            },
-            v.unsupported,
-        ))
+        Ok(Config {
+            runtime,
+            log,
+            admin,
+            upstreams,
+            listeners,
+        })
     } else {
         Err(v.errors)
     }
@@ -463,12 +448,6 @@ fn validate_listener(
             &protocols,
         )
         .unwrap_or(Protocol::Http);
-    if protocol == Protocol::Smtp {
-        v.unsupported(
-            &format!("{p}.protocol"),
-            format!("protocol = \"{protocol}\" is not available in this build yet"),
-        );
-    }
     if l.listen.is_empty() {
         v.err(
             &format!("{p}.listen"),

@@ -5,7 +5,7 @@
 //!
 //! Shared by the protocols: [`session`] (client IO, STARTTLS, the lookup, the backend
 //! connection, the tunnel), [`auth_http`], [`sasl`]. Per protocol: its codec, its
-//! pre-authentication state and its backend login ([`imap`], [`pop3`]).
+//! pre-authentication state and its backend login ([`imap`], [`pop3`], [`smtp`]).
 
 pub mod auth_http;
 pub mod imap;
@@ -13,6 +13,7 @@ mod io;
 pub mod pop3;
 mod sasl;
 pub mod session;
+pub mod smtp;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,6 +27,8 @@ use portico_upstream::UpstreamHandle;
 #[derive(Debug)]
 pub struct MailSettings {
     pub protocol: Protocol,
+    /// The name in SMTP greetings and EHLO answers: the first `server_names` entry.
+    pub server_name: String,
     pub auth: auth_http::AuthUrl,
     pub starttls: StartTls,
     /// The listener's upstream, for answers without Auth-Server.
@@ -71,6 +74,11 @@ impl MailSettings {
         };
         Ok(Self {
             protocol: l.protocol,
+            server_name: l
+                .server_names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into()),
             auth,
             starttls: l.starttls,
             upstream,
@@ -104,10 +112,9 @@ impl Service for MailService {
         match self.cfg.protocol {
             Protocol::Imap => Box::pin(imap::Imap::serve(session)),
             Protocol::Pop3 => Box::pin(pop3::Pop3::serve(session)),
-            // The SMTP front end is not built yet (refused by validation): close at once.
-            Protocol::Smtp | Protocol::Http => Box::pin(async move {
-                drop(session);
-            }),
+            Protocol::Smtp => Box::pin(smtp::Smtp::serve(session)),
+            // Never built: assemble makes mail services for mail listeners only.
+            Protocol::Http => Box::pin(async move { drop(session) }),
         }
     }
 }

@@ -78,9 +78,6 @@ fn load(given: &[PathBuf]) -> Result<(Vec<PathBuf>, Loaded), Vec<portico_config:
 fn check(given: &[PathBuf], explain: bool) -> ExitCode {
     match load(given) {
         Ok((files, loaded)) => {
-            for e in &loaded.unsupported {
-                eprintln!("{e} (warning: valid, but `portico run` refuses it)");
-            }
             if explain {
                 for (key, value, origin) in loaded.explain() {
                     println!("{key} = {value}    # {origin}");
@@ -189,15 +186,6 @@ fn run(given: &[PathBuf]) -> anyhow::Result<()> {
             anyhow::bail!("configuration is invalid ({} error(s))", errors.len());
         }
     };
-    if !loaded.unsupported.is_empty() {
-        for e in &loaded.unsupported {
-            eprintln!("{e}");
-        }
-        anyhow::bail!(
-            "this build cannot serve the configuration ({} unsupported setting(s))",
-            loaded.unsupported.len()
-        );
-    }
     let config = loaded.config;
     let log_level = init_logging(&config);
     // Each proxied connection holds two descriptors (more with tunnels): use every
@@ -264,15 +252,6 @@ impl State {
         tracing::info!("SIGHUP: reloading configuration");
         let loaded = portico_config::load(&self.files, portico_config::process_env());
         let result = match loaded {
-            Ok(l) if !l.unsupported.is_empty() => {
-                for e in &l.unsupported {
-                    tracing::error!("{e}");
-                }
-                Err(anyhow::anyhow!(
-                    "{} setting(s) this build cannot serve",
-                    l.unsupported.len()
-                ))
-            }
             Ok(l) => {
                 if l.config.runtime.workers != self.config.runtime.workers {
                     tracing::warn!("runtime.workers changes take effect at the next start");

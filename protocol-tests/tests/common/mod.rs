@@ -848,3 +848,23 @@ impl LineClient {
         matches!(self.reader.read(&mut b), Ok(0))
     }
 }
+
+/// aiosmtpd accepting every message into a JSON-lines file; returns it, its port and
+/// the file.
+pub fn smtp_sink(dir: &Path) -> (Proc, u16, PathBuf) {
+    let port = free_port();
+    let out = dir.join(format!("sink-{port}.jsonl"));
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("smtp_sink.py"))
+        .arg(port.to_string())
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("aiosmtpd", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "aiosmtpd",
+    );
+    (p, port, out)
+}

@@ -1,0 +1,390 @@
+//! SMTP: the session before authentication as nginx's mail proxy answers it (EHLO/HELO,
+//! STARTTLS, AUTH PLAIN/LOGIN, RSET, NOOP, QUIT; MAIL before AUTH refused), then the
+//! backend handshake — its greeting, EHLO, XCLIENT (ADDR, LOGIN, NAME) when the backend
+//! advertises it and then the client's EHLO again — and the tunnel.
+
+use std::time::Duration;
+
+use crate::io::{write_all, LineIo, ReadError};
+use crate::sasl;
+use crate::session::{Credentials, Outcome, Session};
+
+const INVALID: &[u8] = b"500 5.5.1 Invalid command\r\n";
+
+/// An SMTP command: its verb upper-cased and the rest of the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub verb: String,
+    pub rest: Vec<u8>,
+}
+
+pub fn parse(line: &[u8]) -> Option<Command> {
+    let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+    let verb = &line[..end];
+    if verb.is_empty() || verb.len() > 10 || !verb.iter().all(u8::is_ascii_alphabetic) {
+        return None;
+    }
+    Some(Command {
+        verb: String::from_utf8_lossy(verb).to_ascii_uppercase(),
+        rest: line
+            .get(end + 1..)
+            .unwrap_or_default()
+            .trim_ascii()
+            .to_vec(),
+    })
+}
+
+/// One reply: its code and its lines' texts (multi-line replies joined).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub lines: Vec<Vec<u8>>,
+}
+
+impl Reply {
+    /// Whether a line of an EHLO reply names `keyword` (e.g. XCLIENT).
+    pub fn has_keyword(&self, keyword: &[u8]) -> bool {
+        self.lines.iter().any(|l| {
+            l.split(|&b| b == b' ')
+                .next()
+                .is_some_and(|w| w.eq_ignore_ascii_case(keyword))
+        })
+    }
+}
+
+/// Reads a (multi-line) reply: `250-a`, `250-b`, `250 c`.
+pub async fn read_reply(
+    io: &mut LineIo,
+    s: &mut portico_upstream::PeerStream,
+    t: Duration,
+) -> Result<Reply, String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = io.read_line(s, 4096, t).await.map_err(|e| e.to_string())?;
+        let code = line
+            .get(..3)
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("bad reply line {:?}", String::from_utf8_lossy(&line)))?;
+        let more = line.get(3) == Some(&b'-');
+        lines.push(line.get(4..).unwrap_or_default().to_vec());
+        if !more {
+            return Ok(Reply { code, lines });
+        }
+        if lines.len() > 100 {
+            return Err("reply longer than 100 lines".into());
+        }
+    }
+}
+
+/// The SMTP front end.
+pub struct Smtp;
+
+impl Smtp {
+    fn host(s: &Session) -> &str {
+        s.cfg.server_name.as_str()
+    }
+
+    fn ehlo_reply(s: &Session) -> String {
+        let host = Self::host(s);
+        let mut lines = vec![host.to_string()];
+        if s.starttls_offered() {
+            lines.push("STARTTLS".into());
+        }
+        if !s.starttls_required() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        let n = lines.len();
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("250{}{l}\r\n", if i + 1 < n { "-" } else { " " }))
+            .collect()
+    }
+
+    pub async fn serve(mut s: Session) {
+        let greeting = format!("220 {} ESMTP ready\r\n", Self::host(&s));
+        if s.send(greeting.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut helo: Option<(bool, Vec<u8>)> = None;
+        loop {
+            let line = match s.line().await {
+                Ok(l) => l,
+                Err(ReadError::TooLong(_)) => {
+                    if Self::invalid(&mut s).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    s.log_end(&e);
+                    return;
+                }
+            };
+            let Some(cmd) = parse(&line) else {
+                if Self::invalid(&mut s).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            let r = match cmd.verb.as_str() {
+                "EHLO" | "HELO" if !cmd.rest.is_empty() => {
+                    let ehlo = cmd.verb == "EHLO";
+                    helo = Some((ehlo, cmd.rest));
+                    let reply = if ehlo {
+                        Self::ehlo_reply(&s)
+                    } else {
+                        format!("250 {}\r\n", Self::host(&s))
+                    };
+                    s.send(reply.as_bytes()).await
+                }
+                "EHLO" | "HELO" => s.send(b"501 5.5.4 Invalid argument\r\n").await,
+                "NOOP" | "RSET" => s.send(b"250 2.0.0 OK\r\n").await,
+                "QUIT" => {
+                    let _ = s.send(b"221 2.0.0 Bye\r\n").await;
+                    return;
+                }
+                "STARTTLS" if s.starttls_offered() => {
+                    match s.start_tls(b"220 2.0.0 Start TLS\r\n").await {
+                        Some(next) => {
+                            s = next;
+                            helo = None; // RFC 3207: the client starts over with EHLO
+                            Ok(())
+                        }
+                        None => return,
+                    }
+                }
+                "MAIL" | "RCPT" | "DATA" => s.send(b"530 5.7.0 Authentication required\r\n").await,
+                "AUTH" if helo.is_none() => {
+                    s.send(b"503 5.5.1 Error: send HELO/EHLO first\r\n").await
+                }
+                "AUTH" if !s.starttls_required() => {
+                    match Self::authenticate(&mut s, &cmd.rest).await {
+                        Ok(Some(creds)) => {
+                            let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
+                            match Self::login(s, creds, hello).await {
+                                Some(back) => {
+                                    s = back;
+                                    Ok(())
+                                }
+                                None => return,
+                            }
+                        }
+                        Ok(None) => Ok(()),
+                        Err(e) => {
+                            s.log_end(&e);
+                            return;
+                        }
+                    }
+                }
+                _ => Self::invalid(&mut s).await,
+            };
+            if r.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn invalid(s: &mut Session) -> std::io::Result<()> {
+        s.send(INVALID).await?;
+        if s.count_error() {
+            return Err(std::io::Error::other("too many errors"));
+        }
+        Ok(())
+    }
+
+    async fn authenticate(s: &mut Session, rest: &[u8]) -> Result<Option<Credentials>, ReadError> {
+        let mut words = rest.split(|&b| b == b' ').filter(|w| !w.is_empty());
+        let mech = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
+        let initial = words.next().map(<[u8]>::to_vec);
+        let creds = match mech.as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(r) => r,
+                    None => continuation(s, b"").await?,
+                };
+                if resp == b"*" {
+                    s.send(b"501 5.7.0 Authentication cancelled\r\n").await?;
+                    return Ok(None);
+                }
+                sasl::plain(&resp)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => continuation(s, sasl::USERNAME_PROMPT).await?,
+                };
+                let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
+                sasl::login(&user, &pass)
+            }
+            _ => {
+                s.send(b"504 5.5.4 Unrecognized authentication type\r\n")
+                    .await?;
+                return Ok(None);
+            }
+        };
+        if creds.is_none() {
+            s.send(b"501 5.5.2 Invalid authentication data\r\n").await?;
+        }
+        Ok(creds)
+    }
+
+    async fn login(s: Session, creds: Credentials, helo: (bool, Vec<u8>)) -> Option<Session> {
+        let extra = crate::auth_http::AuthRequest {
+            client_host: Some("[UNAVAILABLE]".into()),
+            smtp_helo: Some(helo.1.clone()),
+            ..Default::default()
+        };
+        let client_ip = s.client_ip();
+        match s.authorize_with(creds, "smtp", extra).await {
+            Outcome::Refused {
+                mut session,
+                status,
+                retry,
+                error_code,
+            } => {
+                let code = error_code.unwrap_or_else(|| "535 5.7.0".into());
+                let line = format!("{code} {status}\r\n");
+                if session.send(line.as_bytes()).await.is_err() || !retry {
+                    return None;
+                }
+                Some(session)
+            }
+            Outcome::Failed(mut session) => {
+                let _ = session.send(b"451 4.3.2 Internal server error\r\n").await;
+                None
+            }
+            Outcome::Backend(b) => {
+                b.run(move |io, stream, creds, t| {
+                    Box::pin(backend_login(io, stream, creds, helo, client_ip, t))
+                })
+                .await;
+                None
+            }
+        }
+    }
+}
+
+async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadError> {
+    let mut line = b"334 ".to_vec();
+    line.extend_from_slice(prompt);
+    line.extend_from_slice(b"\r\n");
+    s.send(&line).await?;
+    s.line().await
+}
+
+/// The backend handshake as nginx does it: greeting; EHLO; when the backend advertises
+/// XCLIENT, `XCLIENT ADDR=… LOGIN=… NAME=[UNAVAILABLE]` and the client's EHLO (or HELO)
+/// again; then the client gets `235 2.0.0 OK`.
+async fn backend_login(
+    io: &mut LineIo,
+    b: &mut portico_upstream::PeerStream,
+    creds: &Credentials,
+    helo: (bool, Vec<u8>),
+    client_ip: Option<std::net::IpAddr>,
+    t: Duration,
+) -> Result<Vec<u8>, Vec<u8>> {
+    let fail = |why: &str| -> Vec<u8> {
+        tracing::warn!("SMTP backend handshake failed: {why}");
+        b"451 4.3.2 Internal server error\r\n".to_vec()
+    };
+    let greeting = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+    if greeting.code != 220 {
+        return Err(fail(&format!("greeting {}", greeting.code)));
+    }
+    let (ehlo, name) = helo;
+    let hello = [
+        if ehlo { &b"EHLO "[..] } else { &b"HELO "[..] },
+        &name[..],
+        b"\r\n",
+    ]
+    .concat();
+    write_all(b, &[b"EHLO ", &name[..], b"\r\n"].concat(), t)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    let caps = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+    if caps.code != 250 {
+        return Err(fail(&format!("EHLO answered {}", caps.code)));
+    }
+    if caps.has_keyword(b"XCLIENT") {
+        let mut x = b"XCLIENT".to_vec();
+        if let Some(ip) = client_ip {
+            x.extend_from_slice(format!(" ADDR={ip}").as_bytes());
+        }
+        x.extend_from_slice(b" LOGIN=");
+        x.extend_from_slice(xtext(&creds.user).as_bytes());
+        x.extend_from_slice(b" NAME=[UNAVAILABLE]\r\n");
+        write_all(b, &x, t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+        if r.code != 220 {
+            return Err(fail(&format!("XCLIENT answered {}", r.code)));
+        }
+        write_all(b, &hello, t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+        if r.code != 250 {
+            return Err(fail(&format!("EHLO after XCLIENT answered {}", r.code)));
+        }
+    }
+    Ok(b"235 2.0.0 OK\r\n".to_vec())
+}
+
+/// RFC 3461 xtext, as XCLIENT values are sent: `+XX` for `+`, `=`, and bytes outside
+/// `!`..`~`.
+fn xtext(v: &[u8]) -> String {
+    let mut out = String::with_capacity(v.len());
+    for &c in v {
+        if (b'!'..=b'~').contains(&c) && c != b'+' && c != b'=' {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("+{c:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_and_xtext() {
+        let c = parse(b"mail FROM:<a@b>").unwrap();
+        assert_eq!(
+            (c.verb.as_str(), c.rest.as_slice()),
+            ("MAIL", &b"FROM:<a@b>"[..])
+        );
+        assert_eq!(parse(b"EHLO").unwrap().rest, b"");
+        assert!(parse(b"").is_none());
+        assert!(parse(b"\x01x").is_none());
+        assert_eq!(xtext(b"al+ce=1 \xff"), "al+2Bce+3D1+20+FF");
+    }
+
+    #[tokio::test]
+    async fn multi_line_replies() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            s.write_all(b"250-mx.example\r\n250-XCLIENT ADDR NAME\r\n250 8BITMIME\r\n")
+                .await
+                .unwrap();
+        });
+        let mut stream =
+            portico_upstream::connect(&portico_config::PeerAddr::Tcp(addr), Duration::from_secs(5))
+                .await
+                .unwrap();
+        let r = read_reply(&mut LineIo::new(), &mut stream, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.lines.len(), 3);
+        assert!(r.has_keyword(b"xclient"));
+        assert!(!r.has_keyword(b"AUTH"));
+    }
+}

@@ -1,0 +1,154 @@
+//! The SMTP front end with aiosmtpd as the backend and the auth_http server of
+//! apps/auth_http.py: transcripts, Python's smtplib and swaks as clients.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _sink: Proc,
+    _auth: Proc,
+    auth_log: std::path::PathBuf,
+    sink: std::path::PathBuf,
+    portico: Portico,
+}
+
+fn setup(auth_opts: &[&str]) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink_proc, smtp, sink) = smtp_sink(dir.path());
+    let mut opts = vec![format!("smtp=127.0.0.1:{smtp}")];
+    opts.extend(auth_opts.iter().map(|s| s.to_string()));
+    let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
+    let portico = Portico::start(&format!(
+        "[[listeners]]\nname = \"smtp\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"smtp\"\nserver_names = [\"mx.portico.test\"]\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n"
+    ));
+    Setup {
+        _dir: dir,
+        _sink: sink_proc,
+        _auth: auth,
+        auth_log,
+        sink,
+        portico,
+    }
+}
+
+fn delivered(s: &Setup) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&s.sink)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&s.auth_log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn session_before_auth_as_nginx_answers_it() {
+    let s = setup(&["wait=0"]);
+    let mut c = LineClient::connect(s.portico.port);
+    assert_eq!(c.line(), "220 mx.portico.test ESMTP ready");
+    assert_eq!(
+        c.ask("AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
+        "503 5.5.1 Error: send HELO/EHLO first"
+    );
+    assert_eq!(c.ask("EHLO client.test"), "250-mx.portico.test");
+    assert_eq!(c.line(), "250 AUTH PLAIN LOGIN");
+    assert_eq!(c.ask("HELO client.test"), "250 mx.portico.test");
+    assert_eq!(
+        c.ask("MAIL FROM:<a@b.test>"),
+        "530 5.7.0 Authentication required"
+    );
+    assert_eq!(c.ask("NOOP"), "250 2.0.0 OK");
+    assert_eq!(c.ask("FROB"), "500 5.5.1 Invalid command");
+    // a refusal carries the auth server's Auth-Error-Code
+    assert_eq!(
+        c.ask("AUTH PLAIN AGFsaWNlAHdyb25n"),
+        "535 5.7.8 Invalid login or password"
+    );
+    assert_eq!(c.ask("QUIT"), "221 2.0.0 Bye");
+    let req = &auth_requests(&s)[0]["headers"];
+    assert_eq!(req["Auth-Protocol"], "smtp");
+    assert_eq!(req["Auth-SMTP-Helo"], "client.test");
+    assert_eq!(req["Client-Host"], "[UNAVAILABLE]");
+}
+
+#[test]
+fn smtplib_sends_a_message_through_to_the_backend() {
+    let s = setup(&[]);
+    let script = format!(
+        r#"
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"] = "alice@portico.test"
+m["To"] = "bob@example.test"
+m["Subject"] = "through portico"
+m.set_content("hello from smtplib\n")
+with smtplib.SMTP("127.0.0.1", {port}) as c:
+    c.ehlo("laptop.test")
+    c.login("alice", "secret")
+    c.send_message(m)
+print("sent")
+"#,
+        port = s.portico.port
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sent",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = delivered(&s);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["from"], "alice@portico.test");
+    assert_eq!(got[0]["to"][0], "bob@example.test");
+    assert_eq!(
+        got[0]["helo"], "laptop.test",
+        "the client's EHLO reaches the backend"
+    );
+    assert!(got[0]["data"]
+        .as_str()
+        .unwrap()
+        .contains("hello from smtplib"));
+}
+
+#[test]
+fn swaks_with_auth_login() {
+    let s = setup(&[]);
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{}", s.portico.port)])
+        .args([
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            "bob",
+            "--auth-password",
+            "hunter2",
+        ])
+        .args(["--from", "bob@portico.test", "--to", "carol@example.test"])
+        .args(["--timeout", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let got = delivered(&s);
+    assert_eq!(got[0]["to"][0], "carol@example.test");
+    assert_eq!(auth_requests(&s)[0]["headers"]["Auth-Method"], "login");
+}
