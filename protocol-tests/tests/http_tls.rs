@@ -5,20 +5,6 @@ mod common;
 
 use common::*;
 
-fn write_cert(dir: &std::path::Path, stem: &str, names: &[&str]) {
-    // A distinct subject per certificate: OpenSSL (curl) looks trust anchors up by it.
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names[0]);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = params.self_signed(&key).unwrap();
-    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
-    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
-}
-
 #[test]
 fn example_tls_h2_serves_h2_and_picks_sites_by_sni() {
     let app_port = free_port();

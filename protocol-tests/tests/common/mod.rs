@@ -868,3 +868,18 @@ pub fn smtp_sink(dir: &Path) -> (Proc, u16, PathBuf) {
     );
     (p, port, out)
 }
+
+/// A self-signed certificate for `names` written to `dir/STEM.crt` and `dir/STEM.key`.
+pub fn write_cert(dir: &Path, stem: &str, names: &[&str]) {
+    // A distinct subject per certificate: OpenSSL (curl) looks trust anchors up by it.
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names[0]);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
