@@ -55,7 +55,7 @@ fn authorization_state_as_nginx_answers_it() {
         vec!["TOP", "USER", "UIDL", "SASL PLAIN LOGIN", "."]
     );
     assert_eq!(c.ask("AUTH"), "+OK methods supported:");
-    assert_eq!(c.until("."), vec!["LOGIN", "PLAIN", "."]);
+    assert_eq!(c.until("."), vec!["PLAIN", "LOGIN", "."]);
     assert_eq!(c.ask("STAT"), "-ERR invalid command");
     assert_eq!(
         c.ask("PASS early"),
@@ -68,7 +68,7 @@ fn authorization_state_as_nginx_answers_it() {
 
 #[test]
 fn user_pass_then_the_session_is_dovecots() {
-    let s = setup(&["wait=0"]);
+    let s = setup(&["wait=1"]);
     let mut c = LineClient::connect(s.portico.port);
     c.line();
     assert_eq!(c.ask("USER alice"), "+OK");

@@ -53,7 +53,7 @@ fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
 
 #[test]
 fn session_before_auth_as_nginx_answers_it() {
-    let s = setup(&["wait=0"]);
+    let s = setup(&["wait=1"]);
     let mut c = LineClient::connect(s.portico.port);
     assert_eq!(c.line(), "220 mx.portico.test ESMTP ready");
     assert_eq!(
@@ -65,7 +65,7 @@ fn session_before_auth_as_nginx_answers_it() {
     assert_eq!(c.ask("HELO client.test"), "250 mx.portico.test");
     assert_eq!(
         c.ask("MAIL FROM:<a@b.test>"),
-        "530 5.7.0 Authentication required"
+        "530 5.7.1 Authentication required"
     );
     assert_eq!(c.ask("NOOP"), "250 2.0.0 OK");
     assert_eq!(c.ask("FROB"), "500 5.5.1 Invalid command");

@@ -204,8 +204,11 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<AuthAnswer>, AuthError> {
     };
     let status = get("Auth-Status").ok_or_else(|| AuthError::Invalid("no Auth-Status".into()))?;
     if status != "OK" {
+        // As nginx: a positive Auth-Wait keeps the session for another try after that
+        // many seconds; none, 0 or garbage closes it after the answer.
         let wait = get("Auth-Wait")
             .and_then(|w| w.parse::<u64>().ok())
+            .filter(|&w| w > 0)
             .map(Duration::from_secs);
         return Ok(Some(AuthAnswer::Refused {
             status,

@@ -130,10 +130,12 @@ impl Imap {
         if s.starttls_offered() {
             caps.push_str(" STARTTLS");
         }
+        // nginx's default imap_auth is plain; AUTHENTICATE LOGIN and an initial
+        // response are accepted all the same, as nginx accepts them.
         if s.starttls_required() {
             caps.push_str(" LOGINDISABLED");
         } else {
-            caps.push_str(" SASL-IR AUTH=PLAIN AUTH=LOGIN");
+            caps.push_str(" AUTH=PLAIN");
         }
         caps
     }

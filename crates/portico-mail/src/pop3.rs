@@ -82,6 +82,7 @@ impl Pop3 {
                     let _ = s.send(b"+OK\r\n").await;
                     return;
                 }
+                "NOOP" => s.send(b"+OK\r\n").await,
                 "STLS" if s.starttls_offered() => match s.start_tls(b"+OK\r\n").await {
                     Some(next) => {
                         s = next;
@@ -107,7 +108,7 @@ impl Pop3 {
                     }
                 }
                 "AUTH" if may_auth && cmd.args.is_empty() => {
-                    s.send(b"+OK methods supported:\r\nLOGIN\r\nPLAIN\r\n.\r\n")
+                    s.send(b"+OK methods supported:\r\nPLAIN\r\nLOGIN\r\n.\r\n")
                         .await
                 }
                 "AUTH" if may_auth => match Self::authenticate(&mut s, &cmd.args).await {

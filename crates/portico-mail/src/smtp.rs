@@ -155,7 +155,7 @@ impl Smtp {
                         None => return,
                     }
                 }
-                "MAIL" | "RCPT" | "DATA" => s.send(b"530 5.7.0 Authentication required\r\n").await,
+                "MAIL" | "RCPT" | "DATA" => s.send(b"530 5.7.1 Authentication required\r\n").await,
                 "AUTH" if helo.is_none() => {
                     s.send(b"503 5.5.1 Error: send HELO/EHLO first\r\n").await
                 }

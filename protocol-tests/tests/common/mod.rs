@@ -522,10 +522,19 @@ pub fn portico_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
 /// nginx (Debian's) with `conf` as its http{} body etc.; `conf` is the whole file
 /// without the top-level lines this adds (daemon, pid, error_log, events).
 pub fn nginx(dir: &Path, conf_body: &str, port: u16) -> Proc {
+    nginx_with_modules(dir, &[], conf_body, port)
+}
+
+/// [`nginx`] with dynamic modules loaded first (e.g. "ngx_mail_module").
+pub fn nginx_with_modules(dir: &Path, modules: &[&str], conf_body: &str, port: u16) -> Proc {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let loads: String = modules
+        .iter()
+        .map(|m| format!("load_module /usr/lib/nginx/modules/{m}.so;\n"))
+        .collect();
     let conf = format!(
-        "daemon off;\nuser root;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log info;\nevents {{ worker_connections 1024; }}\n{conf_body}\n",
+        "{loads}daemon off;\nuser root;\nworker_processes 1;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log info;\nevents {{ worker_connections 1024; }}\n{conf_body}\n",
         p = prefix.display()
     );
     let path = prefix.join("nginx.conf");
