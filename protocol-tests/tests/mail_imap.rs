@@ -266,3 +266,37 @@ fn pools_pick_a_backend_when_the_auth_server_names_none() {
         assert!(ok.starts_with("a1 OK"), "{user}: {ok}");
     }
 }
+
+#[test]
+fn mail_settings_greeting_capabilities_headers_and_throttling() {
+    let s = setup(
+        &["wait=1"],
+        "",
+        "[listeners.mail]\ngreeting = \"Portico IMAP at your service\"\ncapabilities = [\"IMAP4rev1\", \"ID\"]\nauth = [\"plain\", \"login\"]\nauth_http_headers = { X-Auth-Key = \"k1\" }\nmax_login_failures = 2\nlogin_failure_window = \"1m\"\n",
+    );
+    let mut c = LineClient::connect(s.portico.port);
+    assert_eq!(c.line(), "* OK Portico IMAP at your service");
+    assert_eq!(
+        c.ask("a1 CAPABILITY"),
+        "* CAPABILITY IMAP4rev1 ID AUTH=PLAIN AUTH=LOGIN"
+    );
+    c.line();
+    assert_eq!(
+        c.ask("a2 LOGIN alice bad1"),
+        "a2 NO Invalid login or password"
+    );
+    assert_eq!(
+        c.ask("a3 LOGIN alice bad2"),
+        "a3 NO Invalid login or password"
+    );
+    // two failures from this address: the next login is refused without a lookup,
+    // even with the right password, and the session closes
+    assert_eq!(
+        c.ask("a4 LOGIN alice secret"),
+        "a4 NO Too many failed logins, try again later"
+    );
+    assert!(c.closed());
+    let reqs = auth_requests(&s);
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0]["headers"]["X-Auth-Key"], "k1");
+}

@@ -230,6 +230,26 @@ pub struct ListenerConfig {
     pub starttls: StartTls,
     pub auth_http: Option<String>,
     pub upstream: Option<String>,
+    /// Mail listeners' front-end settings (defaults for other listeners).
+    pub mail: MailConfig,
+}
+
+/// A mail listener's front end: replies, limits, timeouts, the lookup's extra headers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailConfig {
+    pub greeting: Option<String>,
+    pub capabilities: Vec<String>,
+    /// Advertised login methods: "plain", "login".
+    pub auth: Vec<String>,
+    pub max_errors: u32,
+    pub timeout: Duration,
+    pub auth_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub proxy_timeout: Duration,
+    pub xclient: bool,
+    pub auth_http_headers: Vec<(String, String)>,
+    pub max_login_failures: u32,
+    pub login_failure_window: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -184,6 +184,56 @@ pub struct RawListener {
     pub starttls: Option<String>,
     pub auth_http: Option<String>,
     pub upstream: Option<String>,
+    pub mail: Option<RawMail>,
+}
+
+/// `[listeners.mail]`: the mail front end's settings (nginx's names in comments).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMail {
+    /// The greeting text after `* OK` / `+OK` / `220 NAME` (default nginx's).
+    pub greeting: Option<String>,
+    /// imap_capabilities / pop3_capabilities / smtp_capabilities (default nginx's).
+    pub capabilities: Option<Vec<String>>,
+    /// imap_auth / smtp_auth: the methods advertised (plain, login).
+    pub auth: Option<Vec<String>>,
+    /// Invalid commands before the session is closed (max_errors).
+    pub max_errors: u32,
+    /// Waiting for a client command before login (timeout).
+    pub timeout: String,
+    /// The auth_http exchange (auth_http_timeout).
+    pub auth_timeout: String,
+    /// Connecting and logging in to the backend.
+    pub connect_timeout: String,
+    /// The tunnel with nothing moving either way (proxy_timeout).
+    pub proxy_timeout: String,
+    /// SMTP: XCLIENT to backends that advertise it (xclient).
+    pub xclient: bool,
+    /// Extra headers sent to the auth server (auth_http_header).
+    pub auth_http_headers: BTreeMap<String, String>,
+    /// Failed logins one client address may have within `login_failure_window` before
+    /// its further attempts are refused without a lookup; 0 = no limit.
+    pub max_login_failures: u32,
+    pub login_failure_window: String,
+}
+
+impl Default for RawMail {
+    fn default() -> Self {
+        Self {
+            greeting: None,
+            capabilities: None,
+            auth: None,
+            max_errors: 5,
+            timeout: "60s".into(),
+            auth_timeout: "60s".into(),
+            connect_timeout: "60s".into(),
+            proxy_timeout: "24h".into(),
+            xclient: true,
+            auth_http_headers: BTreeMap::new(),
+            max_login_failures: 0,
+            login_failure_window: "5m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -586,7 +586,15 @@ fn validate_listener(
             v.err(&format!("{p}.upstream"), format!("no upstream named {u:?}"));
         }
     }
+    let mail = validate_mail(v, &format!("{p}.mail"), protocol, l.mail.as_ref());
+    if protocol == Protocol::Http && l.mail.is_some() {
+        v.err(
+            &format!("{p}.mail"),
+            "mail settings are for smtp, imap and pop3 listeners",
+        );
+    }
     ListenerConfig {
+        mail,
         name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
         listen,
         protocol,
@@ -598,6 +606,80 @@ fn validate_listener(
         starttls,
         auth_http: l.auth_http.clone(),
         upstream: l.upstream.clone(),
+    }
+}
+
+fn validate_mail(
+    v: &mut Validator<'_>,
+    p: &str,
+    protocol: Protocol,
+    m: Option<&RawMail>,
+) -> MailConfig {
+    let default = RawMail::default();
+    let m = m.unwrap_or(&default);
+    let (caps, auth): (&[&str], &[&str]) = match protocol {
+        Protocol::Imap => (&["IMAP4", "IMAP4rev1", "UIDPLUS"], &["plain"]),
+        Protocol::Pop3 => (&["TOP", "USER", "UIDL"], &["plain", "login"]),
+        Protocol::Smtp | Protocol::Http => (&[], &["plain", "login"]),
+    };
+    let owned = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let auth = m.auth.clone().unwrap_or_else(|| owned(auth));
+    for (i, a) in auth.iter().enumerate() {
+        if !matches!(a.as_str(), "plain" | "login") {
+            v.err(
+                &format!("{p}.auth.{i}"),
+                format!("auth method {a:?}: expected plain or login"),
+            );
+        }
+    }
+    let capabilities = m.capabilities.clone().unwrap_or_else(|| owned(caps));
+    for (i, c) in capabilities.iter().enumerate() {
+        if c.is_empty() || c.bytes().any(|b| b.is_ascii_control()) {
+            v.err(
+                &format!("{p}.capabilities.{i}"),
+                "a capability is text on one line",
+            );
+        }
+    }
+    if m.greeting
+        .as_deref()
+        .is_some_and(|g| g.bytes().any(|b| b.is_ascii_control()))
+    {
+        v.err(&format!("{p}.greeting"), "the greeting is text on one line");
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &m.auth_http_headers {
+        let token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+        if !token || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            v.err(
+                &format!("{p}.auth_http_headers.{name}"),
+                "a header name is a token and its value one line",
+            );
+        }
+        headers.push((name.clone(), value.clone()));
+    }
+    if m.max_errors == 0 {
+        v.err(&format!("{p}.max_errors"), "must be at least 1");
+    }
+    MailConfig {
+        greeting: m.greeting.clone(),
+        capabilities,
+        auth,
+        max_errors: m.max_errors.max(1),
+        timeout: v.duration(&format!("{p}.timeout"), &m.timeout),
+        auth_timeout: v.duration(&format!("{p}.auth_timeout"), &m.auth_timeout),
+        connect_timeout: v.duration(&format!("{p}.connect_timeout"), &m.connect_timeout),
+        proxy_timeout: v.duration(&format!("{p}.proxy_timeout"), &m.proxy_timeout),
+        xclient: m.xclient,
+        auth_http_headers: headers,
+        max_login_failures: m.max_login_failures,
+        login_failure_window: v.duration(
+            &format!("{p}.login_failure_window"),
+            &m.login_failure_window,
+        ),
     }
 }
 

@@ -67,6 +67,8 @@ pub struct AuthRequest {
     pub smtp_helo: Option<Vec<u8>>,
     pub smtp_from: Option<Vec<u8>>,
     pub smtp_to: Option<Vec<u8>>,
+    /// Configured extra headers (nginx `auth_http_header`).
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// The auth server's verdict.
@@ -157,6 +159,9 @@ pub fn encode_request(url: &AuthUrl, r: &AuthRequest) -> Vec<u8> {
         if let Some(v) = v {
             h.push_str(&format!("{name}: {}\r\n", escape(v)));
         }
+    }
+    for (name, value) in &r.extra_headers {
+        h.push_str(&format!("{name}: {value}\r\n"));
     }
     h.push_str("\r\n");
     h.into_bytes()

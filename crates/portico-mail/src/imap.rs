@@ -122,11 +122,9 @@ enum Read {
 /// The IMAP front end.
 pub struct Imap;
 
-const GREETING: &[u8] = b"* OK IMAP4 ready\r\n";
-
 impl Imap {
     fn capabilities(s: &Session) -> String {
-        let mut caps = String::from("IMAP4 IMAP4rev1 UIDPLUS");
+        let mut caps = s.cfg.capabilities.join(" ");
         if s.starttls_offered() {
             caps.push_str(" STARTTLS");
         }
@@ -135,7 +133,10 @@ impl Imap {
         if s.starttls_required() {
             caps.push_str(" LOGINDISABLED");
         } else {
-            caps.push_str(" AUTH=PLAIN");
+            for m in &s.cfg.auth_methods {
+                caps.push_str(" AUTH=");
+                caps.push_str(m);
+            }
         }
         caps
     }
@@ -171,7 +172,11 @@ impl Imap {
 
     /// The session until it ends or a login is accepted and tunnelled.
     pub async fn serve(mut s: Session) {
-        if s.send(GREETING).await.is_err() {
+        let greeting = format!(
+            "* OK {}\r\n",
+            s.cfg.greeting.as_deref().unwrap_or("IMAP4 ready")
+        );
+        if s.send(greeting.as_bytes()).await.is_err() {
             return;
         }
         loop {

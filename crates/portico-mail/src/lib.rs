@@ -35,6 +35,17 @@ pub struct MailSettings {
     pub upstream: Option<Arc<UpstreamHandle>>,
     /// Every upstream, for `Auth-Server: pool:NAME`.
     pub pools: BTreeMap<String, Arc<UpstreamHandle>>,
+    /// The greeting text (after `* OK`, `+OK`, `220 NAME`); `None`: nginx's.
+    pub greeting: Option<String>,
+    pub capabilities: Vec<String>,
+    /// Advertised login methods, upper-cased: PLAIN, LOGIN.
+    pub auth_methods: Vec<String>,
+    /// SMTP: XCLIENT to backends that advertise it.
+    pub xclient: bool,
+    /// Extra headers for the auth server (nginx `auth_http_header`).
+    pub auth_headers: Vec<(String, String)>,
+    /// Failed logins per client address.
+    pub throttle: session::Throttle,
     /// Longest command line before authentication.
     pub max_line: usize,
     /// Invalid commands before the session is closed (nginx `max_errors`).
@@ -58,6 +69,7 @@ impl MailSettings {
         pools: &BTreeMap<String, Arc<UpstreamHandle>>,
         drain: Duration,
     ) -> Result<Self, String> {
+        let m = &l.mail;
         let auth = l
             .auth_http
             .as_deref()
@@ -83,13 +95,19 @@ impl MailSettings {
             starttls: l.starttls,
             upstream,
             pools: pools.clone(),
+            greeting: m.greeting.clone(),
+            capabilities: m.capabilities.clone(),
+            auth_methods: m.auth.iter().map(|a| a.to_ascii_uppercase()).collect(),
+            xclient: m.xclient,
+            auth_headers: m.auth_http_headers.clone(),
+            throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
             max_line: 8192,
-            max_errors: 5,
-            command_timeout: l.limits.idle_timeout,
+            max_errors: m.max_errors,
+            command_timeout: m.timeout,
             send_timeout: l.limits.send_timeout,
-            auth_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(24 * 3600),
+            auth_timeout: m.auth_timeout,
+            connect_timeout: m.connect_timeout,
+            idle_timeout: m.proxy_timeout,
             drain,
         })
     }

@@ -8,7 +8,6 @@ use crate::io::{write_all, LineIo, ReadError};
 use crate::sasl;
 use crate::session::{Credentials, Outcome, Session};
 
-const GREETING: &[u8] = b"+OK POP3 ready\r\n";
 const INVALID: &[u8] = b"-ERR invalid command\r\n";
 
 /// A POP3 command: its keyword upper-cased and its arguments (split on spaces).
@@ -36,19 +35,27 @@ pub struct Pop3;
 
 impl Pop3 {
     fn capabilities(s: &Session) -> String {
-        let mut caps = String::from("+OK Capability list follows\r\nTOP\r\nUSER\r\nUIDL\r\n");
+        let mut caps = String::from("+OK Capability list follows\r\n");
+        for c in &s.cfg.capabilities {
+            caps.push_str(c);
+            caps.push_str("\r\n");
+        }
         if s.starttls_offered() {
             caps.push_str("STLS\r\n");
         }
-        if !s.starttls_required() {
-            caps.push_str("SASL PLAIN LOGIN\r\n");
+        if !s.starttls_required() && !s.cfg.auth_methods.is_empty() {
+            caps.push_str(&format!("SASL {}\r\n", s.cfg.auth_methods.join(" ")));
         }
         caps.push_str(".\r\n");
         caps
     }
 
     pub async fn serve(mut s: Session) {
-        if s.send(GREETING).await.is_err() {
+        let greeting = format!(
+            "+OK {}\r\n",
+            s.cfg.greeting.as_deref().unwrap_or("POP3 ready")
+        );
+        if s.send(greeting.as_bytes()).await.is_err() {
             return;
         }
         let mut user: Option<Vec<u8>> = None;
@@ -108,8 +115,13 @@ impl Pop3 {
                     }
                 }
                 "AUTH" if may_auth && cmd.args.is_empty() => {
-                    s.send(b"+OK methods supported:\r\nPLAIN\r\nLOGIN\r\n.\r\n")
-                        .await
+                    let mut list = String::from("+OK methods supported:\r\n");
+                    for m in &s.cfg.auth_methods {
+                        list.push_str(m);
+                        list.push_str("\r\n");
+                    }
+                    list.push_str(".\r\n");
+                    s.send(list.as_bytes()).await
                 }
                 "AUTH" if may_auth => match Self::authenticate(&mut s, &cmd.args).await {
                     Ok(Some(creds)) => match Self::login(s, creds).await {

@@ -163,6 +163,16 @@ impl Session {
         extra: AuthRequest,
     ) -> Outcome {
         self.attempts += 1;
+        let ip = self.client_ip();
+        if let Some(ip) = ip.filter(|ip| self.cfg.throttle.is_blocked(*ip)) {
+            tracing::warn!(conn = self.conn.info.id, %ip, "login refused: too many failed logins from this address");
+            return Outcome::Refused {
+                session: self,
+                status: "Too many failed logins, try again later".into(),
+                retry: false,
+                error_code: Some("454 4.7.0".into()),
+            };
+        }
         let request = AuthRequest {
             method: creds.method,
             user: creds.user.clone(),
@@ -171,6 +181,7 @@ impl Session {
             attempt: self.attempts,
             client_ip: self.client_ip(),
             ssl: self.is_tls(),
+            extra_headers: self.cfg.auth_headers.clone(),
             ..extra
         };
         let answer = auth_http::lookup(&self.cfg.auth, &request, self.cfg.auth_timeout).await;
@@ -186,6 +197,9 @@ impl Session {
                 error_code,
             }) => {
                 tracing::info!(conn = self.conn.info.id, user = %user_text, %status, "login refused");
+                if let Some(ip) = ip {
+                    self.cfg.throttle.failed(ip);
+                }
                 if let Some(w) = wait {
                     tokio::time::sleep(w).await;
                 }
@@ -259,6 +273,69 @@ impl Session {
                 Err(format!("{addr}: {e}"))
             }
         }
+    }
+}
+
+/// Failed logins per client address within a window (on top of Auth-Wait): past the
+/// limit, logins from the address are refused without asking the auth server. Bounded:
+/// at most 65,536 addresses are remembered, the stalest forgotten first.
+#[derive(Debug)]
+pub struct Throttle {
+    max: u32,
+    window: Duration,
+    seen: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+impl Throttle {
+    const MAX_ADDRESSES: usize = 65_536;
+
+    /// `max = 0`: no limit.
+    pub fn new(max: u32, window: Duration) -> Self {
+        Self {
+            max,
+            window,
+            seen: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    > {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_blocked(&self, ip: std::net::IpAddr) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        self.map()
+            .get(&ip)
+            .is_some_and(|(n, since)| *n >= self.max && since.elapsed() < self.window)
+    }
+
+    pub fn failed(&self, ip: std::net::IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut map = self.map();
+        if map.len() >= Self::MAX_ADDRESSES && !map.contains_key(&ip) {
+            let window = self.window;
+            map.retain(|_, (_, since)| now.duration_since(*since) < window);
+            if map.len() >= Self::MAX_ADDRESSES {
+                if let Some(oldest) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let entry = map.entry(ip).or_insert((0, now));
+        if now.duration_since(entry.1) >= self.window {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
     }
 }
 

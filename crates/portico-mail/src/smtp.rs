@@ -88,11 +88,12 @@ impl Smtp {
     fn ehlo_reply(s: &Session) -> String {
         let host = Self::host(s);
         let mut lines = vec![host.to_string()];
+        lines.extend(s.cfg.capabilities.iter().cloned());
         if s.starttls_offered() {
             lines.push("STARTTLS".into());
         }
-        if !s.starttls_required() {
-            lines.push("AUTH PLAIN LOGIN".into());
+        if !s.starttls_required() && !s.cfg.auth_methods.is_empty() {
+            lines.push(format!("AUTH {}", s.cfg.auth_methods.join(" ")));
         }
         let n = lines.len();
         lines
@@ -103,7 +104,11 @@ impl Smtp {
     }
 
     pub async fn serve(mut s: Session) {
-        let greeting = format!("220 {} ESMTP ready\r\n", Self::host(&s));
+        let greeting = format!(
+            "220 {} {}\r\n",
+            Self::host(&s),
+            s.cfg.greeting.as_deref().unwrap_or("ESMTP ready")
+        );
         if s.send(greeting.as_bytes()).await.is_err() {
             return;
         }
@@ -237,6 +242,7 @@ impl Smtp {
             ..Default::default()
         };
         let client_ip = s.client_ip();
+        let xclient = s.cfg.xclient;
         match s.authorize_with(creds, "smtp", extra).await {
             Outcome::Refused {
                 mut session,
@@ -257,7 +263,9 @@ impl Smtp {
             }
             Outcome::Backend(b) => {
                 b.run(move |io, stream, creds, t| {
-                    Box::pin(backend_login(io, stream, creds, helo, client_ip, t))
+                    Box::pin(backend_login(
+                        io, stream, creds, helo, client_ip, xclient, t,
+                    ))
                 })
                 .await;
                 None
@@ -283,6 +291,7 @@ async fn backend_login(
     creds: &Credentials,
     helo: (bool, Vec<u8>),
     client_ip: Option<std::net::IpAddr>,
+    xclient: bool,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let fail = |why: &str| -> Vec<u8> {
@@ -307,7 +316,7 @@ async fn backend_login(
     if caps.code != 250 {
         return Err(fail(&format!("EHLO answered {}", caps.code)));
     }
-    if caps.has_keyword(b"XCLIENT") {
+    if xclient && caps.has_keyword(b"XCLIENT") {
         let mut x = b"XCLIENT".to_vec();
         if let Some(ip) = client_ip {
             x.extend_from_slice(format!(" ADDR={ip}").as_bytes());
