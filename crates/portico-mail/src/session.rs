@@ -394,6 +394,9 @@ impl BackendSession {
                 if !ahead_backend.is_empty() && s.send(&ahead_backend).await.is_err() {
                     return;
                 }
+                // An idle session should hold as little as possible while it lasts.
+                drop((ahead_client, ahead_backend, to_client, bio));
+                s.io = LineIo::new();
                 let limits = RelayLimits {
                     idle: s.cfg.idle_timeout,
                     max_lifetime: Duration::ZERO,
