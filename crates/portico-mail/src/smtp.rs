@@ -373,6 +373,73 @@ mod tests {
         assert_eq!(xtext(b"al+ce=1 \xff"), "al+2Bce+3D1+20+FF");
     }
 
+    /// A backend that offers XCLIENT: the handshake sends it with the client's address
+    /// and user, then the client's own greeting; without `xclient` it is skipped.
+    #[tokio::test]
+    async fn xclient_handshake() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        for xclient in [true, false] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let server = tokio::spawn(async move {
+                let (s, _) = l.accept().await.unwrap();
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let mut seen = Vec::new();
+                w.write_all(b"220 fake ESMTP\r\n").await.unwrap();
+                let mut line = String::new();
+                while r.read_line(&mut line).await.unwrap() > 0 {
+                    let cmd = line.trim_end().to_string();
+                    line.clear();
+                    let reply: &[u8] = if cmd.starts_with("XCLIENT") {
+                        b"220 fake ESMTP\r\n"
+                    } else {
+                        b"250-fake\r\n250 XCLIENT ADDR LOGIN NAME\r\n"
+                    };
+                    seen.push(cmd);
+                    w.write_all(reply).await.unwrap();
+                    if seen.len() == 3 || (!xclient && seen.len() == 1) {
+                        break;
+                    }
+                }
+                seen
+            });
+            let mut stream = portico_upstream::connect(
+                &portico_config::PeerAddr::Tcp(addr),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            let creds = Credentials::plain(b"al ice".to_vec(), b"pw".to_vec());
+            let answer = backend_login(
+                &mut LineIo::new(),
+                &mut stream,
+                &creds,
+                (false, b"laptop".to_vec()),
+                "192.0.2.1".parse().ok(),
+                xclient,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+            assert_eq!(answer, b"235 2.0.0 OK\r\n");
+            drop(stream);
+            let seen = server.await.unwrap();
+            if xclient {
+                assert_eq!(
+                    seen,
+                    vec![
+                        "EHLO laptop",
+                        "XCLIENT ADDR=192.0.2.1 LOGIN=al+20ice NAME=[UNAVAILABLE]",
+                        "HELO laptop"
+                    ]
+                );
+            } else {
+                assert_eq!(seen, vec!["EHLO laptop"]);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn multi_line_replies() {
         use tokio::io::AsyncWriteExt;
