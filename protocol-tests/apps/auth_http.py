@@ -3,7 +3,7 @@
     auth_http.py PORT LOGFILE [imap=HOST:PORT] [pop3=HOST:PORT] [smtp=HOST:PORT] [wait=N]
                  [pool=1] [override=1]
 
-Users are alice/secret and bob/hunter2 (as in the test Dovecot). A good login answers
+keepalive=1 answers HTTP/1.1 so clients may reuse the connection. Users are alice/secret and bob/hunter2 (as in the test Dovecot). A good login answers
 Auth-Status: OK with the backend of its protocol (or, with pool=1, no Auth-Server at
 all, so the proxy's own upstream picks one; the user "pooled" always gets
 "Auth-Server: pool:mailstore"). With override=1, user "carol" with password "x" is let
@@ -25,13 +25,23 @@ USERS = {"alice": "secret", "bob": "hunter2", "pooled": "secret"}
 
 
 class Handler(BaseHTTPRequestHandler):
+    # keepalive=1: HTTP/1.1 answers with Content-Length, so a client may keep the
+    # connection; otherwise HTTP/1.0 and a connection per request, as nginx expects.
+    if OPTS.get("keepalive") == "1":
+        protocol_version = "HTTP/1.1"
+
     def log_message(self, *args):
         pass
 
     def do_GET(self):
         headers = {k: v for k, v in self.headers.items()}
         with open(LOG, "a") as f:
-            f.write(json.dumps({"path": self.path, "headers": headers}) + "\n")
+            f.write(
+                json.dumps(
+                    {"path": self.path, "headers": headers, "peer_port": self.client_address[1]}
+                )
+                + "\n"
+            )
         user = urllib.parse.unquote(self.headers.get("Auth-User", ""))
         password = urllib.parse.unquote(self.headers.get("Auth-Pass", ""))
         protocol = self.headers.get("Auth-Protocol", "")
@@ -59,6 +69,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         for k, v in reply.items():
             self.send_header(k, v)
+        self.send_header("Content-Length", "0")
         self.end_headers()
 
 

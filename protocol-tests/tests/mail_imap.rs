@@ -300,3 +300,25 @@ fn mail_settings_greeting_capabilities_headers_and_throttling() {
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0]["headers"]["X-Auth-Key"], "k1");
 }
+
+#[test]
+fn the_auth_server_connection_is_kept_when_it_allows() {
+    let s = setup(&["wait=1", "keepalive=1"], "", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    assert_eq!(
+        c.ask("a1 LOGIN alice wrong"),
+        "a1 NO Invalid login or password"
+    );
+    assert!(c.ask("a2 LOGIN alice secret").starts_with("a2 OK"));
+    let ports: Vec<u64> = auth_requests(&s)
+        .iter()
+        .map(|r| r["peer_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports.len(), 2);
+    assert_eq!(
+        ports[0], ports[1],
+        "both lookups on one kept-alive connection"
+    );
+    assert_eq!(auth_requests(&s)[0]["headers"]["Connection"], "keep-alive");
+}

@@ -2,7 +2,9 @@
 //! who tries to log in (Auth-User, Auth-Pass, Auth-Protocol, Client-IP, …) and whose
 //! answer headers say where to send them (Auth-Status: OK, Auth-Server, Auth-Port) or
 //! why not (Auth-Status: text, Auth-Wait, Auth-Error-Code). Header for header as nginx
-//! sends and reads them, so existing auth servers work unchanged.
+//! sends and reads them, so existing auth servers work unchanged; the one addition is
+//! `Connection: keep-alive`, so servers that allow it keep the connection for the next
+//! lookup ([`AuthClient`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -130,7 +132,7 @@ pub fn escape(b: &[u8]) -> String {
 /// The request, byte for byte as nginx sends it (HTTP/1.0, one request per connection).
 pub fn encode_request(url: &AuthUrl, r: &AuthRequest) -> Vec<u8> {
     let mut h = format!(
-        "GET {} HTTP/1.0\r\nHost: {}\r\nAuth-Method: {}\r\nAuth-User: {}\r\nAuth-Pass: {}\r\nAuth-Protocol: {}\r\nAuth-Login-Attempt: {}\r\n",
+        "GET {} HTTP/1.0\r\nHost: {}\r\nConnection: keep-alive\r\nAuth-Method: {}\r\nAuth-User: {}\r\nAuth-Pass: {}\r\nAuth-Protocol: {}\r\nAuth-Login-Attempt: {}\r\n",
         url.path,
         url.host,
         r.method,
@@ -188,13 +190,30 @@ fn unescape(s: &str) -> Vec<u8> {
 
 /// Parses the answer head: `Ok(None)` until it is complete.
 pub fn parse_answer(buf: &[u8]) -> Result<Option<AuthAnswer>, AuthError> {
+    Ok(parse_head(buf)?.map(|h| h.answer))
+}
+
+/// An answer head and what it says about the connection.
+#[derive(Debug)]
+pub struct Head {
+    pub answer: AuthAnswer,
+    /// Bytes the head took.
+    pub len: usize,
+    /// The body's Content-Length, when given.
+    pub body: Option<usize>,
+    /// The server keeps the connection open (HTTP/1.1 without `Connection: close`, or
+    /// HTTP/1.0 with `Connection: keep-alive`).
+    pub keep_alive: bool,
+}
+
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, AuthError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(_)) => {}
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(AuthError::Invalid(e.to_string())),
-    }
+    };
     if resp.code != Some(200) {
         return Err(AuthError::Invalid(format!(
             "HTTP status {}",
@@ -208,6 +227,19 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<AuthAnswer>, AuthError> {
             .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
     };
     let status = get("Auth-Status").ok_or_else(|| AuthError::Invalid("no Auth-Status".into()))?;
+    let body = get("Content-Length").and_then(|v| v.parse::<usize>().ok());
+    let connection = get("Connection").unwrap_or_default().to_ascii_lowercase();
+    let keep_alive = if resp.version == Some(1) {
+        !connection.contains("close")
+    } else {
+        connection.contains("keep-alive")
+    };
+    let head = |answer| Head {
+        answer,
+        len,
+        body,
+        keep_alive,
+    };
     if status != "OK" {
         // As nginx: a positive Auth-Wait keeps the session for another try after that
         // many seconds; none, 0 or garbage closes it after the answer.
@@ -215,11 +247,11 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<AuthAnswer>, AuthError> {
             .and_then(|w| w.parse::<u64>().ok())
             .filter(|&w| w > 0)
             .map(Duration::from_secs);
-        return Ok(Some(AuthAnswer::Refused {
+        return Ok(Some(head(AuthAnswer::Refused {
             status,
             wait,
             error_code: get("Auth-Error-Code"),
-        }));
+        })));
     }
     let server = match get("Auth-Server") {
         None => None,
@@ -236,29 +268,72 @@ pub fn parse_answer(buf: &[u8]) -> Result<Option<AuthAnswer>, AuthError> {
             Some(Backend::Addr(SocketAddr::new(ip, port)))
         }
     };
-    Ok(Some(AuthAnswer::Ok {
+    Ok(Some(head(AuthAnswer::Ok {
         server,
         user: get("Auth-User").map(|u| unescape(&u)),
         pass: get("Auth-Pass").map(|p| unescape(&p)),
-    }))
+    })))
 }
 
-/// Asks the auth server, within `timeout` for the whole exchange.
-pub async fn lookup(
-    url: &AuthUrl,
-    r: &AuthRequest,
-    timeout: Duration,
-) -> Result<AuthAnswer, AuthError> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(AuthError::Connect)?;
-        s.write_all(&encode_request(url, r)).await?;
+/// A client for one auth server that keeps connections open between lookups when the
+/// server allows it (`Connection: keep-alive` is asked for; nginx itself opens a
+/// connection per lookup). Idle connections are kept per worker.
+#[derive(Debug)]
+pub struct AuthClient {
+    pub url: AuthUrl,
+    idle: portico_upstream::IdlePool<tokio::net::TcpStream>,
+}
+
+/// Idle connections kept per worker, and for how long.
+const KEEP_IDLE: usize = 8;
+const KEEP_FOR: Duration = Duration::from_secs(30);
+
+impl AuthClient {
+    pub fn new(url: AuthUrl) -> Self {
+        Self {
+            url,
+            idle: portico_upstream::IdlePool::new(KEEP_IDLE, KEEP_FOR, 64),
+        }
+    }
+
+    /// Asks the auth server, within `timeout` for the whole exchange. A kept connection
+    /// the server closed meanwhile is replaced by a new one once.
+    pub async fn lookup(
+        &self,
+        r: &AuthRequest,
+        timeout: Duration,
+    ) -> Result<AuthAnswer, AuthError> {
+        let request = encode_request(&self.url, r);
+        let exchange = async {
+            let shard = portico_core::worker_id();
+            if let Some(s) = self.idle.take(shard, |_| true) {
+                if let Ok(a) = self.exchange(s, &request, shard).await {
+                    return Ok(a);
+                }
+            }
+            let s = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+                .await
+                .map_err(AuthError::Connect)?;
+            self.exchange(s, &request, shard).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(AuthError::Timeout(timeout)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut s: tokio::net::TcpStream,
+        request: &[u8],
+        shard: usize,
+    ) -> Result<AuthAnswer, AuthError> {
+        s.write_all(request).await?;
         let mut buf = Vec::with_capacity(512);
         let mut chunk = [0u8; 2048];
-        loop {
-            if let Some(a) = parse_answer(&buf)? {
-                return Ok(a);
+        let head = loop {
+            if let Some(h) = parse_head(&buf)? {
+                break h;
             }
             if buf.len() > 16 * 1024 {
                 return Err(AuthError::Invalid("answer head over 16 KiB".into()));
@@ -270,11 +345,24 @@ pub async fn lookup(
                 ));
             }
             buf.extend_from_slice(&chunk[..n]);
+        };
+        // Reuse the connection only when its body is known and small enough to skip.
+        if let (true, Some(body)) = (head.keep_alive, head.body) {
+            if body <= 64 * 1024 {
+                let mut have = buf.len() - head.len;
+                while have < body {
+                    let n = s.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(head.answer);
+                    }
+                    have += n;
+                }
+                if have == body {
+                    self.idle.put(shard, s);
+                }
+            }
         }
-    };
-    match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r,
-        Err(_) => Err(AuthError::Timeout(timeout)),
+        Ok(head.answer)
     }
 }
 
@@ -308,7 +396,9 @@ mod tests {
             ..Default::default()
         };
         let text = String::from_utf8(encode_request(&url, &r)).unwrap();
-        assert!(text.starts_with("GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\n"));
+        assert!(
+            text.starts_with("GET /auth HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n")
+        );
         assert!(
             text.contains("\r\nAuth-User: al%20ice%0D%0AX-Evil:%201\r\n"),
             "{text}"

@@ -29,7 +29,7 @@ pub struct MailSettings {
     pub protocol: Protocol,
     /// The name in SMTP greetings and EHLO answers: the first `server_names` entry.
     pub server_name: String,
-    pub auth: auth_http::AuthUrl,
+    pub auth: auth_http::AuthClient,
     pub starttls: StartTls,
     /// The listener's upstream, for answers without Auth-Server.
     pub upstream: Option<Arc<UpstreamHandle>>,
@@ -74,7 +74,8 @@ impl MailSettings {
             .auth_http
             .as_deref()
             .ok_or_else(|| format!("listener {}: a mail listener needs auth_http", l.name))
-            .and_then(auth_http::AuthUrl::parse)?;
+            .and_then(auth_http::AuthUrl::parse)
+            .map(auth_http::AuthClient::new)?;
         let upstream = match &l.upstream {
             Some(name) => Some(
                 pools

@@ -11,7 +11,7 @@ use portico_core::relay::{relay, AnyEnd, Goodbye, RelayEnd, RelayLimits};
 use portico_core::Connection;
 use portico_upstream::{connect, PeerStream, Pick, SelectCtx};
 
-use crate::auth_http::{self, AuthAnswer, AuthRequest, Backend};
+use crate::auth_http::{AuthAnswer, AuthRequest, Backend};
 use crate::io::{write_all, LineIo, ReadError};
 use crate::MailSettings;
 
@@ -184,7 +184,7 @@ impl Session {
             extra_headers: self.cfg.auth_headers.clone(),
             ..extra
         };
-        let answer = auth_http::lookup(&self.cfg.auth, &request, self.cfg.auth_timeout).await;
+        let answer = self.cfg.auth.lookup(&request, self.cfg.auth_timeout).await;
         let user_text = String::from_utf8_lossy(&creds.user).into_owned();
         let (server, user, pass) = match answer {
             Err(e) => {
