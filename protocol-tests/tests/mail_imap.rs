@@ -322,3 +322,26 @@ fn the_auth_server_connection_is_kept_when_it_allows() {
     );
     assert_eq!(auth_requests(&s)[0]["headers"]["Connection"], "keep-alive");
 }
+
+#[test]
+fn the_backend_learns_the_client_address_through_imap_id() {
+    // The client comes through a load balancer speaking the PROXY protocol; Dovecot
+    // (which trusts 127.0.0.1) logs the client's address, not Portico's.
+    let s = setup(&[], "proxy_protocol = true", "");
+    let mut c = LineClient::connect(s.portico.port);
+    c.send("PROXY TCP4 203.0.113.50 127.0.0.1 40000 143\r\n");
+    assert_eq!(c.line(), "* OK IMAP4 ready");
+    assert!(c.ask("a1 LOGIN alice secret").starts_with("a1 OK"));
+    assert_eq!(auth_requests(&s)[0]["headers"]["Client-IP"], "203.0.113.50");
+    let log = s._dir.path().join("dovecot.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("user=<alice>") {
+            assert!(text.contains("rip=203.0.113.50"), "{text}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no login in {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -322,6 +322,7 @@ impl Imap {
     /// back for another try.
     async fn login(s: Session, tag: &[u8], creds: Credentials) -> Option<Session> {
         let tag_text = String::from_utf8_lossy(tag).into_owned();
+        let peer = s.peer();
         match s.authorize(creds, "imap").await {
             Outcome::Refused {
                 mut session,
@@ -341,7 +342,7 @@ impl Imap {
             }
             Outcome::Backend(b) => {
                 b.run(|io, stream, creds, t| {
-                    Box::pin(backend_login(io, stream, creds, tag.to_vec(), t))
+                    Box::pin(backend_login(io, stream, creds, tag.to_vec(), peer, t))
                 })
                 .await;
                 None
@@ -363,11 +364,16 @@ async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadErr
 /// synchronising literals for user and password. Returns what to pass on to the client:
 /// untagged lines the backend sent during login, then its tagged answer; `Err` when the
 /// backend refused (its answer is still passed on).
+///
+/// Beyond nginx: first an `ID ("x-originating-ip" … "x-originating-port" …)` with the
+/// client's address (RFC 2971), which Dovecot uses as the session's remote address when
+/// Portico is in its `login_trusted_networks`; its answer is not passed on.
 async fn backend_login(
     io: &mut LineIo,
     b: &mut portico_upstream::PeerStream,
     creds: &Credentials,
     tag: Vec<u8>,
+    peer: Option<std::net::SocketAddr>,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let fail = |why: &str| -> Vec<u8> {
@@ -380,6 +386,25 @@ async fn backend_login(
         .map_err(|e| fail(&e.to_string()))?;
     if !greeting.starts_with(b"* OK") {
         return Err(fail("backend greeting is not * OK"));
+    }
+    if let Some(peer) = peer {
+        let id = format!(
+            "pid ID (\"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            peer.ip(),
+            peer.port()
+        );
+        write_all(b, id.as_bytes(), t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        loop {
+            let line = io
+                .read_line(b, 8192, t)
+                .await
+                .map_err(|e| fail(&e.to_string()))?;
+            if line.starts_with(b"pid ") {
+                break; // OK, or NO/BAD from a server without ID: the login goes on
+            }
+        }
     }
     let mut cmd = tag.clone();
     cmd.extend_from_slice(format!(" LOGIN {{{}}}\r\n", creds.user.len()).as_bytes());

@@ -148,6 +148,11 @@ impl Session {
         self.conn.info.peer.map(|p| p.ip())
     }
 
+    /// The client's address (from the PROXY header when there was one).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.conn.info.peer
+    }
+
     /// Asks the auth server about `creds`; on OK connects to the backend it names (or
     /// one of the listener's upstream, chosen by the balancer with the user as key).
     pub async fn authorize(self, creds: Credentials, protocol: &'static str) -> Outcome {
