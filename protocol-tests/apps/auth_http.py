@@ -9,7 +9,8 @@ all, so the proxy's own upstream picks one; the user "pooled" always gets
 "Auth-Server: pool:mailstore"). With override=1, user "carol" with password "x" is let
 in as alice/secret via Auth-User/Auth-Pass. A bad login answers "Invalid login or
 password", with Auth-Wait: N when wait= is given, and Auth-Error-Code for SMTP. The user
-"slow" makes the server sleep 30 s. Every request's headers go to LOGFILE as one JSON
+"slow" makes the server sleep 30 s. Auth-Method none (SMTP relay) is OK for
+recipients @example.test and "Relay access denied" (550 5.7.1) for others. Every request's headers go to LOGFILE as one JSON
 line.
 """
 import json
@@ -48,6 +49,20 @@ class Handler(BaseHTTPRequestHandler):
         if user == "slow":
             time.sleep(30)
         reply = {}
+        if self.headers.get("Auth-Method") == "none":
+            # relay-to-MX: the recipient decides (no open relay)
+            to = urllib.parse.unquote(self.headers.get("Auth-SMTP-To", ""))
+            if "@example.test>" in to:
+                host, port = OPTS["smtp"].rsplit(":", 1)
+                reply = {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": port}
+            else:
+                reply = {"Auth-Status": "Relay access denied", "Auth-Error-Code": "550 5.7.1"}
+            self.send_response(200)
+            for k, v in reply.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if OPTS.get("override") == "1" and user == "carol" and password == "x":
             user, password = "alice", "secret"
             reply["Auth-User"] = "alice"

@@ -17,13 +17,17 @@ struct Setup {
 }
 
 fn setup(auth_opts: &[&str]) -> Setup {
+    setup_with(auth_opts, "")
+}
+
+fn setup_with(auth_opts: &[&str], mail: &str) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (sink_proc, smtp, sink) = smtp_sink(dir.path());
     let mut opts = vec![format!("smtp=127.0.0.1:{smtp}")];
     opts.extend(auth_opts.iter().map(|s| s.to_string()));
     let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
     let portico = Portico::start(&format!(
-        "[[listeners]]\nname = \"smtp\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"smtp\"\nserver_names = [\"mx.portico.test\"]\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n"
+        "[[listeners]]\nname = \"smtp\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"smtp\"\nserver_names = [\"mx.portico.test\"]\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n{mail}\n"
     ));
     Setup {
         _dir: dir,
@@ -151,4 +155,41 @@ fn swaks_with_auth_login() {
     let got = delivered(&s);
     assert_eq!(got[0]["to"][0], "carol@example.test");
     assert_eq!(auth_requests(&s)[0]["headers"]["Auth-Method"], "login");
+}
+
+#[test]
+fn relay_to_mx_lets_the_auth_server_decide_per_recipient() {
+    let s = setup_with(&[], "[listeners.mail]\nauth = [\"none\"]\n");
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    assert_eq!(
+        c.ask("EHLO mx.sender.test"),
+        "250 mx.portico.test",
+        "no AUTH offered"
+    );
+    assert_eq!(c.ask("MAIL FROM:<news@sender.test>"), "250 2.1.0 OK");
+    // a recipient the auth server accepts: the session goes to the backend, which
+    // answers the RCPT itself
+    let r = c.ask("RCPT TO:<carol@example.test>");
+    assert!(r.starts_with("250"), "{r}");
+    assert!(c.ask("DATA").starts_with("354"));
+    c.send("Subject: relayed\r\n\r\nhi\r\n.\r\n");
+    assert!(c.line().starts_with("250"));
+    assert!(c.ask("QUIT").starts_with("221"));
+    assert_eq!(delivered(&s)[0]["to"][0], "carol@example.test");
+    let req = &auth_requests(&s)[0]["headers"];
+    assert_eq!(req["Auth-Method"], "none");
+    assert_eq!(req["Auth-SMTP-From"], "MAIL%20FROM:<news@sender.test>");
+    assert_eq!(req["Auth-SMTP-To"], "RCPT%20TO:<carol@example.test>");
+
+    // anyone else: refused, no open relay
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    c.ask("EHLO mx.sender.test");
+    c.ask("MAIL FROM:<spam@sender.test>");
+    assert_eq!(
+        c.ask("RCPT TO:<victim@elsewhere.test>"),
+        "550 5.7.1 Relay access denied"
+    );
+    assert_eq!(delivered(&s).len(), 1);
 }

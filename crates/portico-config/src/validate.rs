@@ -625,10 +625,12 @@ fn validate_mail(
     let owned = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let auth = m.auth.clone().unwrap_or_else(|| owned(auth));
     for (i, a) in auth.iter().enumerate() {
-        if !matches!(a.as_str(), "plain" | "login") {
+        let ok =
+            matches!(a.as_str(), "plain" | "login") || (a == "none" && protocol == Protocol::Smtp);
+        if !ok {
             v.err(
                 &format!("{p}.auth.{i}"),
-                format!("auth method {a:?}: expected plain or login"),
+                format!("auth method {a:?}: expected plain or login (or none, for smtp)"),
             );
         }
     }

@@ -42,6 +42,18 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// The reply as it goes on the wire.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            let sep = if i + 1 < self.lines.len() { "-" } else { " " };
+            out.extend_from_slice(format!("{}{sep}", self.code).as_bytes());
+            out.extend_from_slice(l);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
     /// Whether a line of an EHLO reply names `keyword` (e.g. XCLIENT).
     pub fn has_keyword(&self, keyword: &[u8]) -> bool {
         self.lines.iter().any(|l| {
@@ -92,8 +104,15 @@ impl Smtp {
         if s.starttls_offered() {
             lines.push("STARTTLS".into());
         }
-        if !s.starttls_required() && !s.cfg.auth_methods.is_empty() {
-            lines.push(format!("AUTH {}", s.cfg.auth_methods.join(" ")));
+        let methods: Vec<&str> = s
+            .cfg
+            .auth_methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != "NONE")
+            .collect();
+        if !s.starttls_required() && !methods.is_empty() {
+            lines.push(format!("AUTH {}", methods.join(" ")));
         }
         let n = lines.len();
         lines
@@ -113,6 +132,9 @@ impl Smtp {
             return;
         }
         let mut helo: Option<(bool, Vec<u8>)> = None;
+        // With auth = ["none"]: the MAIL command waiting for its first RCPT.
+        let mut mail_from: Option<Vec<u8>> = None;
+        let relay = s.cfg.auth_methods.iter().any(|m| m == "NONE");
         loop {
             let line = match s.line().await {
                 Ok(l) => l,
@@ -145,7 +167,32 @@ impl Smtp {
                     s.send(reply.as_bytes()).await
                 }
                 "EHLO" | "HELO" => s.send(b"501 5.5.4 Invalid argument\r\n").await,
-                "NOOP" | "RSET" => s.send(b"250 2.0.0 OK\r\n").await,
+                "NOOP" => s.send(b"250 2.0.0 OK\r\n").await,
+                "RSET" => {
+                    mail_from = None;
+                    s.send(b"250 2.0.0 OK\r\n").await
+                }
+                "MAIL" if relay && helo.is_some() && !s.starttls_required() => {
+                    mail_from = Some(line.clone());
+                    s.send(b"250 2.1.0 OK\r\n").await
+                }
+                "RCPT" if relay && mail_from.is_some() => {
+                    let creds = Credentials {
+                        method: "none",
+                        user: Vec::new(),
+                        pass: Vec::new(),
+                    };
+                    let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
+                    let envelope = (mail_from.clone().unwrap_or_default(), line.clone());
+                    match Self::login(s, creds, hello, Some(envelope)).await {
+                        Some(back) => {
+                            s = back;
+                            Ok(())
+                        }
+                        None => return,
+                    }
+                }
+                "RCPT" | "DATA" if relay => s.send(b"503 5.5.1 Error: need MAIL command\r\n").await,
                 "QUIT" => {
                     let _ = s.send(b"221 2.0.0 Bye\r\n").await;
                     return;
@@ -168,7 +215,7 @@ impl Smtp {
                     match Self::authenticate(&mut s, &cmd.rest).await {
                         Ok(Some(creds)) => {
                             let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
-                            match Self::login(s, creds, hello).await {
+                            match Self::login(s, creds, hello, None).await {
                                 Some(back) => {
                                     s = back;
                                     Ok(())
@@ -235,10 +282,19 @@ impl Smtp {
         Ok(creds)
     }
 
-    async fn login(s: Session, creds: Credentials, helo: (bool, Vec<u8>)) -> Option<Session> {
+    /// A login (AUTH), or with `envelope` (MAIL and RCPT lines, `auth = ["none"]`) a
+    /// lookup that lets the auth server decide per recipient: no open relay.
+    async fn login(
+        s: Session,
+        creds: Credentials,
+        helo: (bool, Vec<u8>),
+        envelope: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Option<Session> {
         let extra = crate::auth_http::AuthRequest {
             client_host: Some("[UNAVAILABLE]".into()),
             smtp_helo: Some(helo.1.clone()),
+            smtp_from: envelope.as_ref().map(|e| e.0.clone()),
+            smtp_to: envelope.as_ref().map(|e| e.1.clone()),
             ..Default::default()
         };
         let client_ip = s.client_ip();
@@ -264,7 +320,7 @@ impl Smtp {
             Outcome::Backend(b) => {
                 b.run(move |io, stream, creds, t| {
                     Box::pin(backend_login(
-                        io, stream, creds, helo, client_ip, xclient, t,
+                        io, stream, creds, helo, client_ip, xclient, envelope, t,
                     ))
                 })
                 .await;
@@ -284,7 +340,9 @@ async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadErr
 
 /// The backend handshake as nginx does it: greeting; EHLO; when the backend advertises
 /// XCLIENT, `XCLIENT ADDR=… LOGIN=… NAME=[UNAVAILABLE]` and the client's EHLO (or HELO)
-/// again; then the client gets `235 2.0.0 OK`.
+/// again; then the client gets `235 2.0.0 OK`. With an `envelope` (no AUTH), the MAIL
+/// and RCPT commands are replayed instead and the client gets the backend's answer to
+/// RCPT.
 async fn backend_login(
     io: &mut LineIo,
     b: &mut portico_upstream::PeerStream,
@@ -292,6 +350,7 @@ async fn backend_login(
     helo: (bool, Vec<u8>),
     client_ip: Option<std::net::IpAddr>,
     xclient: bool,
+    envelope: Option<(Vec<u8>, Vec<u8>)>,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let fail = |why: &str| -> Vec<u8> {
@@ -321,8 +380,10 @@ async fn backend_login(
         if let Some(ip) = client_ip {
             x.extend_from_slice(format!(" ADDR={ip}").as_bytes());
         }
-        x.extend_from_slice(b" LOGIN=");
-        x.extend_from_slice(xtext(&creds.user).as_bytes());
+        if !creds.user.is_empty() {
+            x.extend_from_slice(b" LOGIN=");
+            x.extend_from_slice(xtext(&creds.user).as_bytes());
+        }
         x.extend_from_slice(b" NAME=[UNAVAILABLE]\r\n");
         write_all(b, &x, t)
             .await
@@ -339,7 +400,25 @@ async fn backend_login(
             return Err(fail(&format!("EHLO after XCLIENT answered {}", r.code)));
         }
     }
-    Ok(b"235 2.0.0 OK\r\n".to_vec())
+    let Some((mail, rcpt)) = envelope else {
+        return Ok(b"235 2.0.0 OK\r\n".to_vec());
+    };
+    write_all(b, &[&mail[..], b"\r\n"].concat(), t)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+    if !(200..300).contains(&r.code) {
+        return Err(r.encode());
+    }
+    write_all(b, &[&rcpt[..], b"\r\n"].concat(), t)
+        .await
+        .map_err(|e| fail(&e.to_string()))?;
+    let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+    if (200..300).contains(&r.code) {
+        Ok(r.encode())
+    } else {
+        Err(r.encode())
+    }
 }
 
 /// RFC 3461 xtext, as XCLIENT values are sent: `+XX` for `+`, `=`, and bytes outside
@@ -418,6 +497,7 @@ mod tests {
                 (false, b"laptop".to_vec()),
                 "192.0.2.1".parse().ok(),
                 xclient,
+                None,
                 Duration::from_secs(5),
             )
             .await
