@@ -297,8 +297,12 @@ impl Smtp {
             smtp_to: envelope.as_ref().map(|e| e.1.clone()),
             ..Default::default()
         };
-        let client_ip = s.client_ip();
-        let xclient = s.cfg.xclient;
+        let handshake = Handshake {
+            helo: helo.clone(),
+            client_ip: s.client_ip(),
+            xclient: s.cfg.xclient,
+            envelope: envelope.clone(),
+        };
         match s.authorize_with(creds, "smtp", extra).await {
             Outcome::Refused {
                 mut session,
@@ -319,9 +323,7 @@ impl Smtp {
             }
             Outcome::Backend(b) => {
                 b.run(move |io, stream, creds, t| {
-                    Box::pin(backend_login(
-                        io, stream, creds, helo, client_ip, xclient, envelope, t,
-                    ))
+                    Box::pin(backend_login(io, stream, creds, handshake, t))
                 })
                 .await;
                 None
@@ -343,16 +345,30 @@ async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadErr
 /// again; then the client gets `235 2.0.0 OK`. With an `envelope` (no AUTH), the MAIL
 /// and RCPT commands are replayed instead and the client gets the backend's answer to
 /// RCPT.
+/// What the backend handshake needs from the client side.
+#[derive(Debug, Clone)]
+struct Handshake {
+    /// The client's greeting: EHLO (true) or HELO, and its name.
+    helo: (bool, Vec<u8>),
+    client_ip: Option<std::net::IpAddr>,
+    xclient: bool,
+    /// MAIL and RCPT to replay (relay to MX, no AUTH).
+    envelope: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 async fn backend_login(
     io: &mut LineIo,
     b: &mut portico_upstream::PeerStream,
     creds: &Credentials,
-    helo: (bool, Vec<u8>),
-    client_ip: Option<std::net::IpAddr>,
-    xclient: bool,
-    envelope: Option<(Vec<u8>, Vec<u8>)>,
+    h: Handshake,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
+    let Handshake {
+        helo,
+        client_ip,
+        xclient,
+        envelope,
+    } = h;
     let fail = |why: &str| -> Vec<u8> {
         tracing::warn!("SMTP backend handshake failed: {why}");
         b"451 4.3.2 Internal server error\r\n".to_vec()
@@ -494,10 +510,12 @@ mod tests {
                 &mut LineIo::new(),
                 &mut stream,
                 &creds,
-                (false, b"laptop".to_vec()),
-                "192.0.2.1".parse().ok(),
-                xclient,
-                None,
+                Handshake {
+                    helo: (false, b"laptop".to_vec()),
+                    client_ip: "192.0.2.1".parse().ok(),
+                    xclient,
+                    envelope: None,
+                },
                 Duration::from_secs(5),
             )
             .await
