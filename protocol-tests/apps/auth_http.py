@@ -63,6 +63,28 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        method = self.headers.get("Auth-Method")
+        if method in ("cram-md5", "apop"):
+            # challenge-response: check the digest against the salt, send the password
+            import hashlib, hmac
+            salt = urllib.parse.unquote(self.headers.get("Auth-Salt", "")).encode()
+            secret = USERS.get(user, "").encode()
+            if method == "cram-md5":
+                want = hmac.new(secret, salt, hashlib.md5).hexdigest()
+            else:
+                want = hashlib.md5(salt + secret).hexdigest()
+            if secret and password == want:
+                host, port = OPTS[protocol].rsplit(":", 1)
+                reply = {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": port,
+                         "Auth-Pass": secret.decode()}
+            else:
+                reply = {"Auth-Status": "Invalid login or password"}
+            self.send_response(200)
+            for k, v in reply.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if OPTS.get("override") == "1" and user == "carol" and password == "x":
             user, password = "alice", "secret"
             reply["Auth-User"] = "alice"

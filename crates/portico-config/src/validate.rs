@@ -625,12 +625,15 @@ fn validate_mail(
     let owned = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let auth = m.auth.clone().unwrap_or_else(|| owned(auth));
     for (i, a) in auth.iter().enumerate() {
-        let ok =
-            matches!(a.as_str(), "plain" | "login") || (a == "none" && protocol == Protocol::Smtp);
+        let ok = matches!(a.as_str(), "plain" | "login" | "cram-md5")
+            || (a == "none" && protocol == Protocol::Smtp)
+            || (a == "apop" && protocol == Protocol::Pop3);
         if !ok {
             v.err(
                 &format!("{p}.auth.{i}"),
-                format!("auth method {a:?}: expected plain or login (or none, for smtp)"),
+                format!(
+                    "auth method {a:?}: expected plain, login, cram-md5 (none for smtp, apop for pop3)"
+                ),
             );
         }
     }

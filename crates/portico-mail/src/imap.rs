@@ -301,6 +301,12 @@ impl Imap {
                 let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
                 user.and_then(|u| sasl::login(&u, &pass))
             }
+            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
+                let salt = s.salt();
+                let answer =
+                    continuation(s, portico_core::base64::encode(&salt).as_bytes()).await?;
+                sasl::cram_md5(&answer, salt)
+            }
             _ => {
                 s.send(format!("{tag} BAD invalid command\r\n").as_bytes())
                     .await?;

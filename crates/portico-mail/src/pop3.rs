@@ -43,18 +43,29 @@ impl Pop3 {
         if s.starttls_offered() {
             caps.push_str("STLS\r\n");
         }
-        if !s.starttls_required() && !s.cfg.auth_methods.is_empty() {
-            caps.push_str(&format!("SASL {}\r\n", s.cfg.auth_methods.join(" ")));
+        let sasl: Vec<&str> = s
+            .cfg
+            .auth_methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != "APOP")
+            .collect();
+        if !s.starttls_required() && !sasl.is_empty() {
+            caps.push_str(&format!("SASL {}\r\n", sasl.join(" ")));
         }
         caps.push_str(".\r\n");
         caps
     }
 
     pub async fn serve(mut s: Session) {
-        let greeting = format!(
-            "+OK {}\r\n",
-            s.cfg.greeting.as_deref().unwrap_or("POP3 ready")
-        );
+        let apop = s.cfg.auth_methods.iter().any(|m| m == "APOP");
+        let mut greeting = format!("+OK {}", s.cfg.greeting.as_deref().unwrap_or("POP3 ready"));
+        if apop {
+            // APOP (RFC 1939): the timestamp the client's digest covers.
+            greeting.push(' ');
+            greeting.push_str(&String::from_utf8_lossy(&s.salt()));
+        }
+        greeting.push_str("\r\n");
         if s.send(greeting.as_bytes()).await.is_err() {
             return;
         }
@@ -114,9 +125,25 @@ impl Pop3 {
                         None => return,
                     }
                 }
+                "APOP" if may_auth && apop && cmd.args.len() == 2 => {
+                    let mut args = cmd.args.into_iter();
+                    let mut creds = Credentials::new(
+                        "apop",
+                        args.next().unwrap_or_default(),
+                        args.next().unwrap_or_default(),
+                    );
+                    creds.salt = Some(s.salt());
+                    match Self::login(s, creds).await {
+                        Some(back) => {
+                            s = back;
+                            Ok(())
+                        }
+                        None => return,
+                    }
+                }
                 "AUTH" if may_auth && cmd.args.is_empty() => {
                     let mut list = String::from("+OK methods supported:\r\n");
-                    for m in &s.cfg.auth_methods {
+                    for m in s.cfg.auth_methods.iter().filter(|m| *m != "APOP") {
                         list.push_str(m);
                         list.push_str("\r\n");
                     }
@@ -178,6 +205,12 @@ impl Pop3 {
                 };
                 let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
                 sasl::login(&user, &pass)
+            }
+            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
+                let salt = s.salt();
+                let answer =
+                    continuation(s, portico_core::base64::encode(&salt).as_bytes()).await?;
+                sasl::cram_md5(&answer, salt)
             }
             _ => {
                 s.send(INVALID).await?;

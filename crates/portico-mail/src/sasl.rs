@@ -16,21 +16,29 @@ pub fn plain(b64: &[u8]) -> Option<Credentials> {
     let _authzid = parts.next()?;
     let user = parts.next()?.to_vec();
     let pass = parts.next()?.to_vec();
-    (!user.is_empty()).then_some(Credentials {
-        method: "plain",
-        user,
-        pass,
-    })
+    (!user.is_empty()).then_some(Credentials::new("plain", user, pass))
 }
 
 /// LOGIN: the user name and the password, each its own base64 line.
 pub fn login(user_b64: &[u8], pass_b64: &[u8]) -> Option<Credentials> {
     let user = base64::decode(user_b64.trim_ascii())?;
     let pass = base64::decode(pass_b64.trim_ascii())?;
-    (!user.is_empty()).then_some(Credentials {
-        method: "login",
+    (!user.is_empty()).then_some(Credentials::new("login", user, pass))
+}
+
+/// CRAM-MD5 (RFC 2195): the client answers the challenge `salt` with base64 of
+/// `user SP hex-digest`. Portico cannot check the digest (it has no password): the auth
+/// server gets salt and digest and must send the password back for the backend login.
+pub fn cram_md5(b64: &[u8], salt: Vec<u8>) -> Option<Credentials> {
+    let raw = base64::decode(b64.trim_ascii())?;
+    let space = raw.iter().rposition(|&b| b == b' ')?;
+    let (user, digest) = (raw[..space].to_vec(), raw[space + 1..].to_vec());
+    let hex = digest.len() == 32 && digest.iter().all(u8::is_ascii_hexdigit);
+    (!user.is_empty() && hex).then_some(Credentials {
+        method: "cram-md5",
         user,
-        pass,
+        pass: digest,
+        salt: Some(salt),
     })
 }
 
@@ -54,5 +62,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.method, "login");
         assert_eq!(c.user, b"bob");
+        let answer = base64::encode(b"tim b913a602c7eda7a495b4e6e7334d3890");
+        let c = cram_md5(answer.as_bytes(), b"<1896.697170952@x>".to_vec()).unwrap();
+        assert_eq!((c.method, c.user.as_slice()), ("cram-md5", &b"tim"[..]));
+        assert_eq!(c.salt.as_deref(), Some(&b"<1896.697170952@x>"[..]));
+        assert_eq!(
+            cram_md5(base64::encode(b"tim nothex").as_bytes(), Vec::new()),
+            None
+        );
     }
 }

@@ -18,19 +18,34 @@ use crate::MailSettings;
 /// A user's credentials as the client gave them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
-    /// Auth-Method: plain (LOGIN, USER/PASS, AUTH PLAIN), login (AUTH LOGIN), …
+    /// Auth-Method: plain (LOGIN, USER/PASS, AUTH PLAIN), login (AUTH LOGIN), cram-md5,
+    /// apop, none (SMTP relay).
     pub method: &'static str,
     pub user: Vec<u8>,
+    /// The password, or for cram-md5 and apop the client's digest.
     pub pass: Vec<u8>,
+    /// cram-md5 / apop: the challenge the digest answers (Auth-Salt).
+    pub salt: Option<Vec<u8>>,
 }
 
 impl Credentials {
     pub fn plain(user: Vec<u8>, pass: Vec<u8>) -> Self {
+        Self::new("plain", user, pass)
+    }
+
+    pub fn new(method: &'static str, user: Vec<u8>, pass: Vec<u8>) -> Self {
         Self {
-            method: "plain",
+            method,
             user,
             pass,
+            salt: None,
         }
+    }
+
+    /// Whether the password is a digest: the auth server must then send the real one
+    /// (Auth-Pass) for the backend login.
+    fn is_challenge(&self) -> bool {
+        self.salt.is_some()
     }
 }
 
@@ -41,6 +56,8 @@ pub struct Session {
     pub cfg: Arc<MailSettings>,
     errors: u32,
     attempts: u32,
+    /// The challenge for APOP / CRAM-MD5, made once per session.
+    salt: Option<Vec<u8>>,
 }
 
 /// How a login attempt ended.
@@ -68,7 +85,24 @@ impl Session {
             cfg,
             errors: 0,
             attempts: 0,
+            salt: None,
         }
+    }
+
+    /// This session's challenge, as nginx makes it: `<RANDOM.TIME@NAME>`.
+    pub fn salt(&mut self) -> Vec<u8> {
+        use std::hash::{BuildHasher, Hasher};
+        let name = self.cfg.server_name.clone();
+        self.salt
+            .get_or_insert_with(|| {
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u64(self.conn.info.id);
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                format!("<{}.{secs}@{name}>", h.finish()).into_bytes()
+            })
+            .clone()
     }
 
     pub async fn send(&mut self, data: &[u8]) -> std::io::Result<()> {
@@ -122,6 +156,7 @@ impl Session {
                 cfg: self.cfg,
                 errors: self.errors,
                 attempts: self.attempts,
+                salt: self.salt,
             }),
             Err(e) => {
                 tracing::debug!(error = %e, "STARTTLS handshake failed");
@@ -186,6 +221,7 @@ impl Session {
             attempt: self.attempts,
             client_ip: self.client_ip(),
             ssl: self.is_tls(),
+            salt: creds.salt.clone(),
             extra_headers: self.cfg.auth_headers.clone(),
             ..extra
         };
@@ -217,10 +253,16 @@ impl Session {
             }
             Ok(AuthAnswer::Ok { server, user, pass }) => (server, user, pass),
         };
+        if creds.is_challenge() && pass.is_none() {
+            tracing::error!(conn = self.conn.info.id, user = %user_text, method = creds.method,
+                "the auth server sent no Auth-Pass: a digest cannot log in to the backend");
+            return Outcome::Failed(self);
+        }
         let creds = Credentials {
             method: creds.method,
             user: user.unwrap_or(creds.user),
             pass: pass.unwrap_or(creds.pass),
+            salt: None,
         };
         let (stream, pick) = match self.connect_backend(server, &creds.user).await {
             Ok(c) => c,

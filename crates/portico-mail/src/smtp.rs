@@ -177,11 +177,7 @@ impl Smtp {
                     s.send(b"250 2.1.0 OK\r\n").await
                 }
                 "RCPT" if relay && mail_from.is_some() => {
-                    let creds = Credentials {
-                        method: "none",
-                        user: Vec::new(),
-                        pass: Vec::new(),
-                    };
+                    let creds = Credentials::new("none", Vec::new(), Vec::new());
                     let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
                     let envelope = (mail_from.clone().unwrap_or_default(), line.clone());
                     match Self::login(s, creds, hello, Some(envelope)).await {
@@ -269,6 +265,12 @@ impl Smtp {
                 };
                 let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
                 sasl::login(&user, &pass)
+            }
+            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
+                let salt = s.salt();
+                let challenge = portico_core::base64::encode(&salt);
+                let answer = continuation(s, challenge.as_bytes()).await?;
+                sasl::cram_md5(&answer, salt)
             }
             _ => {
                 s.send(b"504 5.5.4 Unrecognized authentication type\r\n")
