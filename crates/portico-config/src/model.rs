@@ -250,6 +250,7 @@ pub struct MailConfig {
     pub auth_http_headers: Vec<(String, String)>,
     pub max_login_failures: u32,
     pub login_failure_window: Duration,
+    pub backend_proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -215,6 +215,8 @@ pub struct RawMail {
     /// its further attempts are refused without a lookup; 0 = no limit.
     pub max_login_failures: u32,
     pub login_failure_window: String,
+    /// Send a PROXY protocol v2 header with the client's address to backends.
+    pub backend_proxy_protocol: bool,
 }
 
 impl Default for RawMail {
@@ -232,6 +234,7 @@ impl Default for RawMail {
             auth_http_headers: BTreeMap::new(),
             max_login_failures: 0,
             login_failure_window: "5m".into(),
+            backend_proxy_protocol: false,
         }
     }
 }

@@ -685,6 +685,7 @@ fn validate_mail(
             &format!("{p}.login_failure_window"),
             &m.login_failure_window,
         ),
+        backend_proxy_protocol: m.backend_proxy_protocol,
     }
 }
 

@@ -1,4 +1,5 @@
-//! PROXY protocol v1 (text) and v2 (binary) from a load balancer in front.
+//! PROXY protocol v1 (text) and v2 (binary) from a load balancer in front, and v2
+//! headers for backends behind ([`encode_v2`]).
 //!
 //! Exactly the header's bytes are read, never more, so the stream continues with the
 //! client's own first byte.
@@ -117,9 +118,52 @@ fn parse_v2(cmd: u8, fam: u8, body: &[u8]) -> io::Result<ProxiedAddrs> {
     }
 }
 
+/// A v2 PROXY header saying the connection comes from `src` to `dst` (mixed address
+/// families are sent as IPv6, v4 addresses mapped).
+pub fn encode_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut out = V2_SIG.to_vec();
+    out.push(0x21); // version 2, PROXY
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            out.push(0x11); // TCP over IPv4
+            out.extend_from_slice(&12u16.to_be_bytes());
+            out.extend_from_slice(&a.octets());
+            out.extend_from_slice(&b.octets());
+        }
+        (a, b) => {
+            let v6 = |ip: IpAddr| match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            out.push(0x21); // TCP over IPv6
+            out.extend_from_slice(&36u16.to_be_bytes());
+            out.extend_from_slice(&v6(a).octets());
+            out.extend_from_slice(&v6(b).octets());
+        }
+    }
+    out.extend_from_slice(&src.port().to_be_bytes());
+    out.extend_from_slice(&dst.port().to_be_bytes());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn encoded_v2_headers_read_back() {
+        for (src, dst) in [
+            ("203.0.113.50:40000", "127.0.0.1:143"),
+            ("[2001:db8::1]:5000", "[::1]:993"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let mut wire = encode_v2(src, dst);
+            wire.extend_from_slice(b"GET");
+            assert_eq!(read(&wire).await.unwrap(), Some((src, dst)));
+        }
+        let mixed = encode_v2("192.0.2.1:1".parse().unwrap(), "[::1]:2".parse().unwrap());
+        assert_eq!(mixed[13], 0x21, "sent as IPv6");
+    }
 
     async fn read(bytes: &[u8]) -> io::Result<ProxiedAddrs> {
         let mut s = bytes;

@@ -46,6 +46,8 @@ pub struct MailSettings {
     pub auth_headers: Vec<(String, String)>,
     /// Failed logins per client address.
     pub throttle: session::Throttle,
+    /// A PROXY protocol v2 header with the client's address first on backend connections.
+    pub backend_proxy_protocol: bool,
     /// Longest command line before authentication.
     pub max_line: usize,
     /// Invalid commands before the session is closed (nginx `max_errors`).
@@ -102,6 +104,7 @@ impl MailSettings {
             xclient: m.xclient,
             auth_headers: m.auth_http_headers.clone(),
             throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
+            backend_proxy_protocol: m.backend_proxy_protocol,
             max_line: 8192,
             max_errors: m.max_errors,
             command_timeout: m.timeout,

@@ -264,7 +264,14 @@ impl Session {
             pass: pass.unwrap_or(creds.pass),
             salt: None,
         };
-        let (stream, pick) = match self.connect_backend(server, &creds.user).await {
+        let connected = match self.connect_backend(server, &creds.user).await {
+            Ok((mut stream, pick)) => self
+                .send_proxy_header(&mut stream)
+                .await
+                .map(|()| (stream, pick)),
+            Err(e) => Err(e),
+        };
+        let (stream, pick) = match connected {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(conn = self.conn.info.id, user = %user_text, error = %e, "backend unreachable");
@@ -278,6 +285,21 @@ impl Session {
             creds,
             pick,
         })
+    }
+
+    /// With `backend_proxy_protocol`: the client's and the listener's addresses as a
+    /// PROXY v2 header, before anything else on the backend connection.
+    async fn send_proxy_header(&self, stream: &mut PeerStream) -> Result<(), String> {
+        if !self.cfg.backend_proxy_protocol {
+            return Ok(());
+        }
+        let (Some(src), Some(dst)) = (self.conn.info.peer, self.conn.info.local) else {
+            return Ok(()); // a Unix-socket client has no address to pass on
+        };
+        let header = portico_core::proxy_protocol::encode_v2(src, dst);
+        write_all(stream, &header, self.cfg.connect_timeout)
+            .await
+            .map_err(|e| format!("PROXY header: {e}"))
     }
 
     async fn connect_backend(

@@ -748,6 +748,13 @@ fn wait_bind(bind: &Bind<'_>, p: &mut Proc, what: &str) {
 /// alice/secret and bob/hunter2 (passwd-file), mail under `dir`. Returns the process and
 /// the IMAP and POP3 ports.
 pub fn dovecot(dir: &Path) -> (Proc, u16, u16) {
+    let (p, imap, pop3, _) = dovecot_with(dir, false);
+    (p, imap, pop3)
+}
+
+/// [`dovecot`], and with `haproxy` one more IMAP port that requires a PROXY protocol
+/// header from 127.0.0.1 (returned last).
+pub fn dovecot_with(dir: &Path, haproxy: bool) -> (Proc, u16, u16, Option<u16>) {
     use std::os::unix::fs::PermissionsExt;
     // Dovecot's auth and login processes run as other users: every directory above
     // its files must be searchable.
@@ -761,9 +768,15 @@ pub fn dovecot(dir: &Path) -> (Proc, u16, u16) {
     )
     .unwrap();
     let (imap, pop3) = (free_port(), free_port());
+    let proxied = haproxy.then(free_port);
+    let haproxy_listener = proxied
+        .map(|p| {
+            format!("  inet_listener imap_proxied {{\n    port = {p}\n    haproxy = yes\n  }}\n")
+        })
+        .unwrap_or_default();
     let d = dir.display();
     let conf = format!(
-        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:{d}/home/%u/Maildir\nlogin_trusted_networks = 127.0.0.1\npassdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n}}\nservice pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\n"
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:{d}/home/%u/Maildir\nlogin_trusted_networks = 127.0.0.1\nhaproxy_trusted_networks = 127.0.0.1\npassdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n{haproxy_listener}}}\nservice pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\n"
     );
     let path = dir.join("dovecot.conf");
     std::fs::write(&path, conf).unwrap();
@@ -774,14 +787,14 @@ pub fn dovecot(dir: &Path) -> (Proc, u16, u16) {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut p = Proc::spawn("dovecot", &mut cmd);
-    for port in [imap, pop3] {
+    for port in [Some(imap), Some(pop3), proxied].into_iter().flatten() {
         wait_tcp(
             SocketAddr::from(([127, 0, 0, 1], port)),
             &mut p.child,
             "dovecot",
         );
     }
-    (p, imap, pop3)
+    (p, imap, pop3, proxied)
 }
 
 /// The auth_http server of `apps/auth_http.py` with `opts` ("imap=HOST:PORT", "wait=0",
@@ -891,4 +904,21 @@ pub fn write_cert(dir: &Path, stem: &str, names: &[&str]) {
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).unwrap();
     std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+/// Waits (up to 10 s) until the file at `path` contains `needle`; returns its text.
+pub fn wait_file_contains(path: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not in {}:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
