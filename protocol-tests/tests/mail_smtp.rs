@@ -193,3 +193,44 @@ fn relay_to_mx_lets_the_auth_server_decide_per_recipient() {
     );
     assert_eq!(delivered(&s).len(), 1);
 }
+
+#[test]
+fn lettre_sends_and_mail_parser_reads_what_arrived() {
+    use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+    use lettre::{Message, SmtpTransport, Transport};
+    let s = setup(&[]);
+    let email = Message::builder()
+        .from("Alice <alice@portico.test>".parse().unwrap())
+        .to("Carol <carol@example.test>".parse().unwrap())
+        .subject("Grüße über Portico ✓")
+        .body(String::from(
+            "Zwölf Boxkämpfer jagen Viktor quer über den Sylter Deich.\n",
+        ))
+        .unwrap();
+    let mailer = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(s.portico.port)
+        .credentials(Credentials::new("alice".into(), "secret".into()))
+        .authentication(vec![Mechanism::Plain])
+        .timeout(Some(std::time::Duration::from_secs(20)))
+        .build();
+    mailer.send(&email).unwrap();
+
+    let got = delivered(&s);
+    assert_eq!(got.len(), 1);
+    let raw = got[0]["data"].as_str().unwrap();
+    let parsed = mail_parser::MessageParser::default()
+        .parse(raw.as_bytes())
+        .unwrap();
+    assert_eq!(parsed.subject(), Some("Grüße über Portico ✓"));
+    assert_eq!(
+        parsed
+            .from()
+            .and_then(|f| f.first())
+            .and_then(|a| a.address()),
+        Some("alice@portico.test")
+    );
+    assert_eq!(
+        parsed.body_text(0).as_deref().map(str::trim),
+        Some("Zwölf Boxkämpfer jagen Viktor quer über den Sylter Deich.")
+    );
+}
