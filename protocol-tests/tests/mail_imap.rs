@@ -340,8 +340,8 @@ fn the_backend_learns_the_client_address_through_imap_id() {
 #[test]
 fn proxy_protocol_v2_to_a_backend_that_requires_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (_dovecot, _, _, proxied) = dovecot_with(dir.path(), true);
-    let proxied = proxied.unwrap();
+    let dv = dovecot_with(dir.path(), true, None);
+    let proxied = dv.proxied.unwrap();
     let (_auth, auth_port, _) = auth_server(dir.path(), &[format!("imap=127.0.0.1:{proxied}")]);
     let config = |on: bool| {
         format!(
@@ -364,4 +364,41 @@ fn proxy_protocol_v2_to_a_backend_that_requires_it() {
     c.line();
     assert!(c.ask("a1 LOGIN alice secret").starts_with("a1 OK"));
     wait_file_contains(&dir.path().join("dovecot.log"), "rip=198.51.100.9");
+}
+
+#[test]
+fn tls_to_the_backend_implicit_and_starttls_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "dv", &["localhost", "127.0.0.1"]);
+    write_cert(dir.path(), "other", &["other.test"]);
+    let (cert, key) = (dir.path().join("dv.crt"), dir.path().join("dv.key"));
+    let dv = dovecot_with(dir.path(), false, Some((&cert, &key)));
+    for (mode, port, ca, ok) in [
+        ("starttls", dv.imap, "dv", true),
+        ("on", dv.imaps.unwrap(), "dv", true),
+        ("on", dv.imaps.unwrap(), "other", false),
+    ] {
+        let (_auth, auth_port, _) = auth_server(dir.path(), &[format!("imap=127.0.0.1:{port}")]);
+        let p = Portico::start(&format!(
+            "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n  [listeners.mail]\n  backend_tls = \"{mode}\"\n  backend_tls_ca = \"{}/{ca}.crt\"\n",
+            dir.path().display()
+        ));
+        let mut c = LineClient::connect(p.port);
+        c.line();
+        let answer = c.ask("a1 LOGIN alice secret");
+        if ok {
+            assert!(answer.starts_with("a1 OK"), "{mode}: {answer}");
+        } else {
+            // a certificate the CA bundle does not vouch for: no login, no plaintext
+            assert_eq!(answer, "* BAD internal server error", "{mode} with {ca}");
+        }
+    }
+    // Dovecot logged both good logins as TLS sessions.
+    let log = wait_file_contains(&dir.path().join("dovecot.log"), "user=<alice>");
+    let logins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Login: user=<alice>"))
+        .collect();
+    assert_eq!(logins.len(), 2, "{log}");
+    assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:?}");
 }

@@ -251,6 +251,19 @@ pub struct MailConfig {
     pub max_login_failures: u32,
     pub login_failure_window: Duration,
     pub backend_proxy_protocol: bool,
+    pub backend_tls: BackendTlsMode,
+    pub backend_tls_ca: std::path::PathBuf,
+    pub backend_tls_name: Option<String>,
+}
+
+/// TLS towards mail backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTlsMode {
+    Off,
+    /// TLS from the first byte (993/995/465).
+    On,
+    /// The protocol's STARTTLS / STLS after the greeting.
+    StartTls,
 }
 
 #[derive(Debug, Clone, PartialEq)]

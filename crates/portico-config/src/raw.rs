@@ -217,6 +217,12 @@ pub struct RawMail {
     pub login_failure_window: String,
     /// Send a PROXY protocol v2 header with the client's address to backends.
     pub backend_proxy_protocol: bool,
+    /// TLS to backends: off, on (implicit), starttls.
+    pub backend_tls: String,
+    /// The CA bundle backend certificates are verified against.
+    pub backend_tls_ca: String,
+    /// The name backend certificates must carry; default: the backend's IP address.
+    pub backend_tls_name: Option<String>,
 }
 
 impl Default for RawMail {
@@ -235,6 +241,9 @@ impl Default for RawMail {
             max_login_failures: 0,
             login_failure_window: "5m".into(),
             backend_proxy_protocol: false,
+            backend_tls: "off".into(),
+            backend_tls_ca: "/etc/ssl/certs/ca-certificates.crt".into(),
+            backend_tls_name: None,
         }
     }
 }

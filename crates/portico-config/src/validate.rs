@@ -686,6 +686,19 @@ fn validate_mail(
             &m.login_failure_window,
         ),
         backend_proxy_protocol: m.backend_proxy_protocol,
+        backend_tls: v
+            .one_of(
+                &format!("{p}.backend_tls"),
+                &m.backend_tls,
+                &[
+                    ("off", BackendTlsMode::Off),
+                    ("on", BackendTlsMode::On),
+                    ("starttls", BackendTlsMode::StartTls),
+                ],
+            )
+            .unwrap_or(BackendTlsMode::Off),
+        backend_tls_ca: resolve(&v.base(&format!("{p}.backend_tls_ca")), &m.backend_tls_ca),
+        backend_tls_name: m.backend_tls_name.clone(),
     }
 }
 

@@ -116,6 +116,30 @@ pub fn build_acceptor(certs: &[CertSpec], alpn: &[String]) -> Result<TlsAcceptor
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Builds a client config for connections to backends, verifying their certificates
+/// against the PEM bundle `ca_file`.
+pub fn build_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+        .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(TlsError::Setup(format!(
+            "{}: no usable CA certificate",
+            ca_file.display()
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 pub(crate) fn info_of<IO>(s: &tokio_rustls::server::TlsStream<IO>) -> TlsInfo {
     let (_, conn) = s.get_ref();
     TlsInfo {

@@ -329,6 +329,7 @@ impl Imap {
     async fn login(s: Session, tag: &[u8], creds: Credentials) -> Option<Session> {
         let tag_text = String::from_utf8_lossy(tag).into_owned();
         let peer = s.peer();
+        let starttls = s.backend_starttls();
         match s.authorize(creds, "imap").await {
             Outcome::Refused {
                 mut session,
@@ -348,7 +349,15 @@ impl Imap {
             }
             Outcome::Backend(b) => {
                 b.run(|io, stream, creds, t| {
-                    Box::pin(backend_login(io, stream, creds, tag.to_vec(), peer, t))
+                    Box::pin(backend_login(
+                        io,
+                        stream,
+                        creds,
+                        tag.to_vec(),
+                        peer,
+                        starttls,
+                        t,
+                    ))
                 })
                 .await;
                 None
@@ -376,10 +385,11 @@ async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadErr
 /// Portico is in its `login_trusted_networks`; its answer is not passed on.
 async fn backend_login(
     io: &mut LineIo,
-    b: &mut portico_upstream::PeerStream,
+    b: &mut crate::backend::BackendStream,
     creds: &Credentials,
     tag: Vec<u8>,
     peer: Option<std::net::SocketAddr>,
+    starttls: Option<crate::backend::BackendTls>,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let fail = |why: &str| -> Vec<u8> {
@@ -392,6 +402,28 @@ async fn backend_login(
         .map_err(|e| fail(&e.to_string()))?;
     if !greeting.starts_with(b"* OK") {
         return Err(fail("backend greeting is not * OK"));
+    }
+    if let Some(tls) = starttls {
+        write_all(b, b"stls STARTTLS\r\n", t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        loop {
+            let line = io
+                .read_line(b, 8192, t)
+                .await
+                .map_err(|e| fail(&e.to_string()))?;
+            if let Some(rest) = line.strip_prefix(b"stls ") {
+                if !rest.get(..2).is_some_and(|r| r.eq_ignore_ascii_case(b"OK")) {
+                    return Err(fail("backend refused STARTTLS"));
+                }
+                break;
+            }
+        }
+        io.discard();
+        tokio::time::timeout(t, b.upgrade(&tls))
+            .await
+            .map_err(|_| fail("TLS handshake timed out"))?
+            .map_err(|e| fail(&format!("TLS: {e}")))?;
     }
     if let Some(peer) = peer {
         let id = format!(

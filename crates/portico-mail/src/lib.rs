@@ -8,6 +8,7 @@
 //! pre-authentication state and its backend login ([`imap`], [`pop3`], [`smtp`]).
 
 pub mod auth_http;
+pub mod backend;
 pub mod imap;
 mod io;
 pub mod pop3;
@@ -48,6 +49,8 @@ pub struct MailSettings {
     pub throttle: session::Throttle,
     /// A PROXY protocol v2 header with the client's address first on backend connections.
     pub backend_proxy_protocol: bool,
+    /// TLS towards backends (`None`: plain).
+    pub backend_tls: Option<backend::BackendTls>,
     /// Longest command line before authentication.
     pub max_line: usize,
     /// Invalid commands before the session is closed (nginx `max_errors`).
@@ -105,6 +108,15 @@ impl MailSettings {
             auth_headers: m.auth_http_headers.clone(),
             throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
             backend_proxy_protocol: m.backend_proxy_protocol,
+            backend_tls: match m.backend_tls {
+                portico_config::BackendTlsMode::Off => None,
+                mode => Some(backend::BackendTls {
+                    mode,
+                    connector: portico_core::tls::build_connector(&m.backend_tls_ca)
+                        .map_err(|e| format!("listener {}: backend_tls_ca: {e}", l.name))?,
+                    name: m.backend_tls_name.clone(),
+                }),
+            },
             max_line: 8192,
             max_errors: m.max_errors,
             command_timeout: m.timeout,

@@ -224,6 +224,7 @@ impl Pop3 {
     }
 
     async fn login(s: Session, creds: Credentials) -> Option<Session> {
+        let starttls = s.backend_starttls();
         match s.authorize(creds, "pop3").await {
             Outcome::Refused {
                 mut session,
@@ -242,8 +243,10 @@ impl Pop3 {
                 None
             }
             Outcome::Backend(b) => {
-                b.run(|io, stream, creds, t| Box::pin(backend_login(io, stream, creds, t)))
-                    .await;
+                b.run(|io, stream, creds, t| {
+                    Box::pin(backend_login(io, stream, creds, starttls, t))
+                })
+                .await;
                 None
             }
         }
@@ -262,15 +265,16 @@ async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadErr
 /// backend's answer to PASS for the client (`Err` when it refused).
 async fn backend_login(
     io: &mut LineIo,
-    b: &mut portico_upstream::PeerStream,
+    b: &mut crate::backend::BackendStream,
     creds: &Credentials,
+    starttls: Option<crate::backend::BackendTls>,
     t: Duration,
 ) -> Result<Vec<u8>, Vec<u8>> {
     let fail = |why: &str| -> Vec<u8> {
         tracing::warn!("POP3 backend login failed: {why}");
         b"-ERR internal server error\r\n".to_vec()
     };
-    let expect_ok = async |io: &mut LineIo, b: &mut portico_upstream::PeerStream| {
+    let expect_ok = async |io: &mut LineIo, b: &mut crate::backend::BackendStream| {
         let line = io
             .read_line(b, 8192, t)
             .await
@@ -282,6 +286,17 @@ async fn backend_login(
         }
     };
     expect_ok(io, b).await?;
+    if let Some(tls) = starttls {
+        write_all(b, b"STLS\r\n", t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        expect_ok(io, b).await?;
+        io.discard();
+        tokio::time::timeout(t, b.upgrade(&tls))
+            .await
+            .map_err(|_| fail("TLS handshake timed out"))?
+            .map_err(|e| fail(&format!("TLS: {e}")))?;
+    }
     let user = [b"USER ", &creds.user[..], b"\r\n"].concat();
     write_all(b, &user, t)
         .await

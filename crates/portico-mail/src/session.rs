@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portico_config::StartTls;
+use portico_config::{BackendTlsMode, StartTls};
 use portico_core::relay::{relay, AnyEnd, Goodbye, RelayEnd, RelayLimits};
 use portico_core::Connection;
 use portico_upstream::{connect, PeerStream, Pick, SelectCtx};
 
 use crate::auth_http::{AuthAnswer, AuthRequest, Backend};
+use crate::backend::BackendStream;
 use crate::io::{write_all, LineIo, ReadError};
 use crate::MailSettings;
 
@@ -265,10 +266,10 @@ impl Session {
             salt: None,
         };
         let connected = match self.connect_backend(server, &creds.user).await {
-            Ok((mut stream, pick)) => self
-                .send_proxy_header(&mut stream)
-                .await
-                .map(|()| (stream, pick)),
+            Ok((mut stream, pick)) => match self.send_proxy_header(&mut stream).await {
+                Ok(()) => self.implicit_tls(stream).await.map(|s| (s, pick)),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let (stream, pick) = match connected {
@@ -285,6 +286,31 @@ impl Session {
             creds,
             pick,
         })
+    }
+
+    /// With `backend_tls = "on"`: TLS from the first byte (after a PROXY header).
+    async fn implicit_tls(&self, stream: PeerStream) -> Result<BackendStream, String> {
+        let mut s = BackendStream::Plain(stream);
+        if let Some(tls) = self
+            .cfg
+            .backend_tls
+            .as_ref()
+            .filter(|t| t.mode == BackendTlsMode::On)
+        {
+            tokio::time::timeout(self.cfg.connect_timeout, s.upgrade(tls))
+                .await
+                .map_err(|_| "TLS handshake with the backend timed out".to_string())?
+                .map_err(|e| format!("TLS with the backend: {e}"))?;
+        }
+        Ok(s)
+    }
+
+    /// The STARTTLS settings a protocol's backend login must apply, if any.
+    pub fn backend_starttls(&self) -> Option<crate::backend::BackendTls> {
+        self.cfg
+            .backend_tls
+            .clone()
+            .filter(|t| t.mode == BackendTlsMode::StartTls)
     }
 
     /// With `backend_proxy_protocol`: the client's and the listener's addresses as a
@@ -411,7 +437,7 @@ impl Throttle {
 /// A session whose user was accepted, connected to its backend.
 pub struct BackendSession {
     session: Session,
-    stream: PeerStream,
+    stream: BackendStream,
     creds: Credentials,
     /// Held while the session lasts when the balancer chose the backend (least_conn
     /// counts sessions).
@@ -431,7 +457,7 @@ impl BackendSession {
         mut self,
         login: impl for<'a> FnOnce(
             &'a mut LineIo,
-            &'a mut PeerStream,
+            &'a mut BackendStream,
             &'a Credentials,
             Duration,
         ) -> LoginFuture<'a>,

@@ -67,7 +67,7 @@ impl Reply {
 /// Reads a (multi-line) reply: `250-a`, `250-b`, `250 c`.
 pub async fn read_reply(
     io: &mut LineIo,
-    s: &mut portico_upstream::PeerStream,
+    s: &mut crate::backend::BackendStream,
     t: Duration,
 ) -> Result<Reply, String> {
     let mut lines = Vec::new();
@@ -304,6 +304,7 @@ impl Smtp {
             client_ip: s.client_ip(),
             xclient: s.cfg.xclient,
             envelope: envelope.clone(),
+            starttls: s.backend_starttls(),
         };
         match s.authorize_with(creds, "smtp", extra).await {
             Outcome::Refused {
@@ -356,11 +357,13 @@ struct Handshake {
     xclient: bool,
     /// MAIL and RCPT to replay (relay to MX, no AUTH).
     envelope: Option<(Vec<u8>, Vec<u8>)>,
+    /// STARTTLS to the backend first.
+    starttls: Option<crate::backend::BackendTls>,
 }
 
 async fn backend_login(
     io: &mut LineIo,
-    b: &mut portico_upstream::PeerStream,
+    b: &mut crate::backend::BackendStream,
     creds: &Credentials,
     h: Handshake,
     t: Duration,
@@ -370,6 +373,7 @@ async fn backend_login(
         client_ip,
         xclient,
         envelope,
+        starttls,
     } = h;
     let fail = |why: &str| -> Vec<u8> {
         tracing::warn!("SMTP backend handshake failed: {why}");
@@ -389,9 +393,33 @@ async fn backend_login(
     write_all(b, &[b"EHLO ", &name[..], b"\r\n"].concat(), t)
         .await
         .map_err(|e| fail(&e.to_string()))?;
-    let caps = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+    let mut caps = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
     if caps.code != 250 {
         return Err(fail(&format!("EHLO answered {}", caps.code)));
+    }
+    if let Some(tls) = starttls {
+        if !caps.has_keyword(b"STARTTLS") {
+            return Err(fail("backend does not offer STARTTLS"));
+        }
+        write_all(b, b"STARTTLS\r\n", t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+        if r.code != 220 {
+            return Err(fail(&format!("STARTTLS answered {}", r.code)));
+        }
+        io.discard();
+        tokio::time::timeout(t, b.upgrade(&tls))
+            .await
+            .map_err(|_| fail("TLS handshake timed out"))?
+            .map_err(|e| fail(&format!("TLS: {e}")))?;
+        write_all(b, &[b"EHLO ", &name[..], b"\r\n"].concat(), t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        caps = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+        if caps.code != 250 {
+            return Err(fail(&format!("EHLO after STARTTLS answered {}", caps.code)));
+        }
     }
     if xclient && caps.has_keyword(b"XCLIENT") {
         let mut x = b"XCLIENT".to_vec();
@@ -501,12 +529,14 @@ mod tests {
                 }
                 seen
             });
-            let mut stream = portico_upstream::connect(
-                &portico_config::PeerAddr::Tcp(addr),
-                Duration::from_secs(5),
-            )
-            .await
-            .unwrap();
+            let mut stream = crate::backend::BackendStream::Plain(
+                portico_upstream::connect(
+                    &portico_config::PeerAddr::Tcp(addr),
+                    Duration::from_secs(5),
+                )
+                .await
+                .unwrap(),
+            );
             let creds = Credentials::plain(b"al ice".to_vec(), b"pw".to_vec());
             let answer = backend_login(
                 &mut LineIo::new(),
@@ -517,6 +547,7 @@ mod tests {
                     client_ip: "192.0.2.1".parse().ok(),
                     xclient,
                     envelope: None,
+                    starttls: None,
                 },
                 Duration::from_secs(5),
             )
@@ -551,10 +582,11 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let mut stream =
+        let mut stream = crate::backend::BackendStream::Plain(
             portico_upstream::connect(&portico_config::PeerAddr::Tcp(addr), Duration::from_secs(5))
                 .await
-                .unwrap();
+                .unwrap(),
+        );
         let r = read_reply(&mut LineIo::new(), &mut stream, Duration::from_secs(5))
             .await
             .unwrap();

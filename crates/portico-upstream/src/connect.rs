@@ -64,6 +64,14 @@ pub async fn connect_with(
 }
 
 impl PeerStream {
+    /// The server's IP address (`None` on a Unix socket).
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            PeerStream::Tcp { inner } => inner.peer_addr().ok().map(|a| a.ip()),
+            PeerStream::Unix { .. } => None,
+        }
+    }
+
     /// For an idle pooled connection: true while the server has neither closed it nor
     /// sent anything unasked (a read would block).
     pub fn is_idle_usable(&self) -> bool {

@@ -748,13 +748,24 @@ fn wait_bind(bind: &Bind<'_>, p: &mut Proc, what: &str) {
 /// alice/secret and bob/hunter2 (passwd-file), mail under `dir`. Returns the process and
 /// the IMAP and POP3 ports.
 pub fn dovecot(dir: &Path) -> (Proc, u16, u16) {
-    let (p, imap, pop3, _) = dovecot_with(dir, false);
-    (p, imap, pop3)
+    let d = dovecot_with(dir, false, None);
+    (d.proc, d.imap, d.pop3)
 }
 
-/// [`dovecot`], and with `haproxy` one more IMAP port that requires a PROXY protocol
-/// header from 127.0.0.1 (returned last).
-pub fn dovecot_with(dir: &Path, haproxy: bool) -> (Proc, u16, u16, Option<u16>) {
+/// A running Dovecot and its ports.
+pub struct Dovecot {
+    pub proc: Proc,
+    pub imap: u16,
+    pub pop3: u16,
+    /// An IMAP port that requires a PROXY protocol header (with `haproxy`).
+    pub proxied: Option<u16>,
+    /// An implicit-TLS IMAP port (with `tls`).
+    pub imaps: Option<u16>,
+}
+
+/// [`dovecot`], with `haproxy` one more IMAP port that requires a PROXY protocol header
+/// from 127.0.0.1, with `tls` (certificate, key) STARTTLS on IMAP/POP3 and an IMAPS port.
+pub fn dovecot_with(dir: &Path, haproxy: bool, tls: Option<(&Path, &Path)>) -> Dovecot {
     use std::os::unix::fs::PermissionsExt;
     // Dovecot's auth and login processes run as other users: every directory above
     // its files must be searchable.
@@ -769,14 +780,28 @@ pub fn dovecot_with(dir: &Path, haproxy: bool) -> (Proc, u16, u16, Option<u16>) 
     .unwrap();
     let (imap, pop3) = (free_port(), free_port());
     let proxied = haproxy.then(free_port);
-    let haproxy_listener = proxied
+    let imaps = tls.map(|_| free_port());
+    let mut haproxy_listener = proxied
         .map(|p| {
             format!("  inet_listener imap_proxied {{\n    port = {p}\n    haproxy = yes\n  }}\n")
         })
         .unwrap_or_default();
+    if let Some(p) = imaps {
+        haproxy_listener.push_str(&format!(
+            "  inet_listener imaps {{\n    port = {p}\n    ssl = yes\n  }}\n"
+        ));
+    }
+    let ssl = match tls {
+        Some((cert, key)) => format!(
+            "ssl = yes\nssl_cert = <{}\nssl_key = <{}\n",
+            cert.display(),
+            key.display()
+        ),
+        None => "ssl = no\n".to_string(),
+    };
     let d = dir.display();
     let conf = format!(
-        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\nssl = no\ndisable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:{d}/home/%u/Maildir\nlogin_trusted_networks = 127.0.0.1\nhaproxy_trusted_networks = 127.0.0.1\npassdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n{haproxy_listener}}}\nservice pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\n"
+        "base_dir = {d}/run\nstate_dir = {d}/state\nlog_path = {d}/dovecot.log\nprotocols = imap pop3\nlisten = 127.0.0.1\n{ssl}disable_plaintext_auth = no\nauth_mechanisms = plain login\nmail_location = maildir:{d}/home/%u/Maildir\nlogin_trusted_networks = 127.0.0.1\nhaproxy_trusted_networks = 127.0.0.1\npassdb {{\n  driver = passwd-file\n  args = {d}/users\n}}\nuserdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={d}/home/%u\n}}\nservice imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {imap}\n  }}\n{haproxy_listener}}}\nservice pop3-login {{\n  chroot =\n  inet_listener pop3 {{\n    port = {pop3}\n  }}\n}}\nservice anvil {{\n  chroot =\n}}\n"
     );
     let path = dir.join("dovecot.conf");
     std::fs::write(&path, conf).unwrap();
@@ -787,14 +812,23 @@ pub fn dovecot_with(dir: &Path, haproxy: bool) -> (Proc, u16, u16, Option<u16>) 
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut p = Proc::spawn("dovecot", &mut cmd);
-    for port in [Some(imap), Some(pop3), proxied].into_iter().flatten() {
+    for port in [Some(imap), Some(pop3), proxied, imaps]
+        .into_iter()
+        .flatten()
+    {
         wait_tcp(
             SocketAddr::from(([127, 0, 0, 1], port)),
             &mut p.child,
             "dovecot",
         );
     }
-    (p, imap, pop3, proxied)
+    Dovecot {
+        proc: p,
+        imap,
+        pop3,
+        proxied,
+        imaps,
+    }
 }
 
 /// The auth_http server of `apps/auth_http.py` with `opts` ("imap=HOST:PORT", "wait=0",
