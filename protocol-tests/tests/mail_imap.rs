@@ -402,3 +402,28 @@ fn tls_to_the_backend_implicit_and_starttls_verified() {
     assert_eq!(logins.len(), 2, "{log}");
     assert!(logins.iter().all(|l| l.contains(", TLS")), "{logins:?}");
 }
+
+#[test]
+fn a_client_cannot_keep_a_session_open_before_login_forever() {
+    let s = setup(
+        &[],
+        "",
+        "[listeners.mail]\nlogin_timeout = \"1s\"\ntimeout = \"60s\"\n",
+    );
+    let mut c = LineClient::connect(s.portico.port);
+    c.line();
+    // NOOPs keep each wait short, but the whole pre-login phase is bounded
+    let mut answered = 0;
+    for i in 0..100 {
+        let r = c.ask(&format!("n{i} NOOP"));
+        if r.is_empty() {
+            break;
+        }
+        answered += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        answered < 100,
+        "the session was closed before 100 NOOPs (5 s)"
+    );
+}

@@ -243,6 +243,7 @@ pub struct MailConfig {
     pub auth: Vec<String>,
     pub max_errors: u32,
     pub timeout: Duration,
+    pub login_timeout: Duration,
     pub auth_timeout: Duration,
     pub connect_timeout: Duration,
     pub proxy_timeout: Duration,

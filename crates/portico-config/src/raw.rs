@@ -201,6 +201,8 @@ pub struct RawMail {
     pub max_errors: u32,
     /// Waiting for a client command before login (timeout).
     pub timeout: String,
+    /// The whole session before login: greeting to an accepted login.
+    pub login_timeout: String,
     /// The auth_http exchange (auth_http_timeout).
     pub auth_timeout: String,
     /// Connecting and logging in to the backend.
@@ -233,6 +235,7 @@ impl Default for RawMail {
             auth: None,
             max_errors: 5,
             timeout: "60s".into(),
+            login_timeout: "5m".into(),
             auth_timeout: "60s".into(),
             connect_timeout: "60s".into(),
             proxy_timeout: "24h".into(),

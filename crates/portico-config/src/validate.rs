@@ -675,6 +675,7 @@ fn validate_mail(
         auth,
         max_errors: m.max_errors.max(1),
         timeout: v.duration(&format!("{p}.timeout"), &m.timeout),
+        login_timeout: v.duration(&format!("{p}.login_timeout"), &m.login_timeout),
         auth_timeout: v.duration(&format!("{p}.auth_timeout"), &m.auth_timeout),
         connect_timeout: v.duration(&format!("{p}.connect_timeout"), &m.connect_timeout),
         proxy_timeout: v.duration(&format!("{p}.proxy_timeout"), &m.proxy_timeout),

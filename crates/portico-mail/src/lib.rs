@@ -57,6 +57,8 @@ pub struct MailSettings {
     pub max_errors: u32,
     /// Waiting for the client's next command before login.
     pub command_timeout: Duration,
+    /// The whole session before login (greeting to an accepted login).
+    pub login_timeout: Duration,
     pub send_timeout: Duration,
     /// The auth_http exchange (nginx `auth_http_timeout`).
     pub auth_timeout: Duration,
@@ -120,6 +122,7 @@ impl MailSettings {
             max_line: 8192,
             max_errors: m.max_errors,
             command_timeout: m.timeout,
+            login_timeout: m.login_timeout,
             send_timeout: l.limits.send_timeout,
             auth_timeout: m.auth_timeout,
             connect_timeout: m.connect_timeout,

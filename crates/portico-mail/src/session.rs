@@ -59,6 +59,7 @@ pub struct Session {
     attempts: u32,
     /// The challenge for APOP / CRAM-MD5, made once per session.
     salt: Option<Vec<u8>>,
+    started: tokio::time::Instant,
 }
 
 /// How a login attempt ended.
@@ -87,6 +88,7 @@ impl Session {
             errors: 0,
             attempts: 0,
             salt: None,
+            started: tokio::time::Instant::now(),
         }
     }
 
@@ -112,19 +114,29 @@ impl Session {
 
     /// The next command line (bounded by `max_line`, within `command_timeout`).
     pub async fn line(&mut self) -> Result<Vec<u8>, ReadError> {
+        let t = self.wait_limit()?;
         self.io
-            .read_line(
-                &mut self.conn.stream,
-                self.cfg.max_line,
-                self.cfg.command_timeout,
-            )
+            .read_line(&mut self.conn.stream, self.cfg.max_line, t)
             .await
     }
 
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
-        self.io
-            .read_exact(&mut self.conn.stream, n, self.cfg.command_timeout)
-            .await
+        let t = self.wait_limit()?;
+        self.io.read_exact(&mut self.conn.stream, n, t).await
+    }
+
+    /// How long the next read may wait: `timeout` per command, and the whole session
+    /// before login within `login_timeout` (a client cannot hold a pre-login session
+    /// open forever with NOOPs).
+    fn wait_limit(&self) -> Result<Duration, ReadError> {
+        let left = self
+            .cfg
+            .login_timeout
+            .saturating_sub(self.started.elapsed());
+        if left.is_zero() {
+            return Err(ReadError::Timeout(self.cfg.login_timeout));
+        }
+        Ok(left.min(self.cfg.command_timeout))
     }
 
     /// STARTTLS is advertised and accepted: the listener has a certificate, the
@@ -158,6 +170,7 @@ impl Session {
                 errors: self.errors,
                 attempts: self.attempts,
                 salt: self.salt,
+                started: self.started,
             }),
             Err(e) => {
                 tracing::debug!(error = %e, "STARTTLS handshake failed");
