@@ -1,12 +1,15 @@
 """An aiosmtpd SMTP server that appends every message it accepts to a JSON-lines file.
 
-    smtp_sink.py PORT OUTFILE
+    smtp_sink.py PORT OUTFILE [auth]
+
+With "auth" it requires AUTH (PLAIN or LOGIN) as alice/secret before MAIL.
 """
 import json
 import sys
 import threading
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 PORT = int(sys.argv[1])
 OUT = sys.argv[2]
@@ -19,6 +22,7 @@ class Sink:
                 json.dumps(
                     {
                         "helo": session.host_name,
+                        "authenticated": bool(session.authenticated),
                         "from": envelope.mail_from,
                         "to": envelope.rcpt_tos,
                         "data": envelope.content.decode("utf-8", "replace"),
@@ -29,6 +33,24 @@ class Sink:
         return "250 2.0.0 Ok: queued"
 
 
-controller = Controller(Sink(), hostname="127.0.0.1", port=PORT)
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+        b"alice",
+        b"secret",
+    )
+    return AuthResult(success=ok)
+
+
+if len(sys.argv) > 3 and sys.argv[3] == "auth":
+    controller = Controller(
+        Sink(),
+        hostname="127.0.0.1",
+        port=PORT,
+        authenticator=authenticator,
+        auth_required=True,
+        auth_require_tls=False,
+    )
+else:
+    controller = Controller(Sink(), hostname="127.0.0.1", port=PORT)
 controller.start()
 threading.Event().wait()

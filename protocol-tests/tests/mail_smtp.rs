@@ -234,3 +234,56 @@ fn lettre_sends_and_mail_parser_reads_what_arrived() {
         Some("Zwölf Boxkämpfer jagen Viktor quer über den Sylter Deich.")
     );
 }
+
+#[test]
+fn logging_in_to_a_backend_that_requires_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_sink, smtp, sink) = smtp_sink_with(dir.path(), true);
+    let (_auth, auth_port, _) = auth_server(dir.path(), &[format!("smtp=127.0.0.1:{smtp}")]);
+    for (mech, user, delivered) in [
+        ("plain", "alice", true),
+        ("login", "alice", true),
+        ("plain", "bob", false),
+    ] {
+        let p = Portico::start(&format!(
+            "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"smtp\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n  [listeners.mail]\n  backend_auth = \"{mech}\"\n  connect_timeout = \"2s\"\n"
+        ));
+        let pass = if user == "alice" { "secret" } else { "hunter2" };
+        // AUTH PLAIN by hand, so the reply code shows whatever it is
+        let script = format!(
+            "import smtplib, base64\nc = smtplib.SMTP('127.0.0.1', {}, timeout=10)\nc.ehlo('x.test')\ncode, _ = c.docmd('AUTH', 'PLAIN ' + base64.b64encode(b'\\0{user}\\0{pass}').decode())\nif code == 235:\n    c.sendmail('{user}@x.test', ['z@example.test'], 'Subject: {mech}\\r\\n\\r\\nhi\\r\\n')\n    print('sent')\nelse:\n    print(code)\n",
+            p.port
+        );
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(&script)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if delivered {
+            assert_eq!(
+                text,
+                "sent",
+                "{mech}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                p.log_text()
+            );
+        } else {
+            // The auth server lets bob in, the backend does not know him and (aiosmtpd)
+            // never answers the refused AUTH: after connect_timeout, a temporary failure.
+            assert_eq!(
+                text,
+                "451",
+                "{mech}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let got: Vec<serde_json::Value> = std::fs::read_to_string(&sink)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m["authenticated"] == true), "{got:?}");
+}

@@ -248,6 +248,8 @@ pub struct MailConfig {
     pub connect_timeout: Duration,
     pub proxy_timeout: Duration,
     pub xclient: bool,
+    /// SMTP: AUTH to the backend with the user's credentials ("plain" / "login").
+    pub backend_auth: Option<String>,
     pub auth_http_headers: Vec<(String, String)>,
     pub max_login_failures: u32,
     pub login_failure_window: Duration,

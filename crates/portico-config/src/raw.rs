@@ -211,6 +211,8 @@ pub struct RawMail {
     pub proxy_timeout: String,
     /// SMTP: XCLIENT to backends that advertise it (xclient).
     pub xclient: bool,
+    /// SMTP: log in to the backend with the user's credentials: off, plain, login.
+    pub backend_auth: String,
     /// Extra headers sent to the auth server (auth_http_header).
     pub auth_http_headers: BTreeMap<String, String>,
     /// Failed logins one client address may have within `login_failure_window` before
@@ -240,6 +242,7 @@ impl Default for RawMail {
             connect_timeout: "60s".into(),
             proxy_timeout: "24h".into(),
             xclient: true,
+            backend_auth: "off".into(),
             auth_http_headers: BTreeMap::new(),
             max_login_failures: 0,
             login_failure_window: "5m".into(),

@@ -680,6 +680,19 @@ fn validate_mail(
         connect_timeout: v.duration(&format!("{p}.connect_timeout"), &m.connect_timeout),
         proxy_timeout: v.duration(&format!("{p}.proxy_timeout"), &m.proxy_timeout),
         xclient: m.xclient,
+        backend_auth: match m.backend_auth.as_str() {
+            "off" => None,
+            "plain" | "login" if protocol == Protocol::Smtp => Some(m.backend_auth.clone()),
+            other => {
+                v.err(
+                    &format!("{p}.backend_auth"),
+                    format!(
+                        "backend_auth {other:?}: expected off, or plain or login on smtp listeners"
+                    ),
+                );
+                None
+            }
+        },
         auth_http_headers: headers,
         max_login_failures: m.max_login_failures,
         login_failure_window: v.duration(

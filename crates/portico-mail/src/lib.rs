@@ -43,6 +43,8 @@ pub struct MailSettings {
     pub auth_methods: Vec<String>,
     /// SMTP: XCLIENT to backends that advertise it.
     pub xclient: bool,
+    /// SMTP: AUTH PLAIN or LOGIN to the backend with the user's credentials.
+    pub backend_auth: Option<String>,
     /// Extra headers for the auth server (nginx `auth_http_header`).
     pub auth_headers: Vec<(String, String)>,
     /// Failed logins per client address.
@@ -107,6 +109,7 @@ impl MailSettings {
             capabilities: m.capabilities.clone(),
             auth_methods: m.auth.iter().map(|a| a.to_ascii_uppercase()).collect(),
             xclient: m.xclient,
+            backend_auth: m.backend_auth.clone(),
             auth_headers: m.auth_http_headers.clone(),
             throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
             backend_proxy_protocol: m.backend_proxy_protocol,

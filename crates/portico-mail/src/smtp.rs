@@ -305,6 +305,7 @@ impl Smtp {
             xclient: s.cfg.xclient,
             envelope: envelope.clone(),
             starttls: s.backend_starttls(),
+            auth: s.cfg.backend_auth.clone(),
         };
         match s.authorize_with(creds, "smtp", extra).await {
             Outcome::Refused {
@@ -359,6 +360,8 @@ struct Handshake {
     envelope: Option<(Vec<u8>, Vec<u8>)>,
     /// STARTTLS to the backend first.
     starttls: Option<crate::backend::BackendTls>,
+    /// AUTH to the backend: "plain" or "login".
+    auth: Option<String>,
 }
 
 async fn backend_login(
@@ -374,6 +377,7 @@ async fn backend_login(
         xclient,
         envelope,
         starttls,
+        auth,
     } = h;
     let fail = |why: &str| -> Vec<u8> {
         tracing::warn!("SMTP backend handshake failed: {why}");
@@ -446,6 +450,9 @@ async fn backend_login(
             return Err(fail(&format!("EHLO after XCLIENT answered {}", r.code)));
         }
     }
+    if let (Some(mech), None) = (auth, &envelope) {
+        backend_auth(io, b, creds, &mech, t).await?;
+    }
     let Some((mail, rcpt)) = envelope else {
         return Ok(b"235 2.0.0 OK\r\n".to_vec());
     };
@@ -465,6 +472,47 @@ async fn backend_login(
     } else {
         Err(r.encode())
     }
+}
+
+/// Logs in to the backend with the user's credentials (AUTH PLAIN with an initial
+/// response, or AUTH LOGIN). A refusal is passed on to the client.
+async fn backend_auth(
+    io: &mut LineIo,
+    b: &mut crate::backend::BackendStream,
+    creds: &Credentials,
+    mech: &str,
+    t: Duration,
+) -> Result<(), Vec<u8>> {
+    use portico_core::base64::encode;
+    let fail = |why: &str| -> Vec<u8> {
+        tracing::warn!("SMTP backend AUTH failed: {why}");
+        b"451 4.3.2 Internal server error\r\n".to_vec()
+    };
+    let steps: Vec<Vec<u8>> = if mech == "login" {
+        vec![
+            b"AUTH LOGIN\r\n".to_vec(),
+            format!("{}\r\n", encode(&creds.user)).into_bytes(),
+            format!("{}\r\n", encode(&creds.pass)).into_bytes(),
+        ]
+    } else {
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&creds.user);
+        raw.push(0);
+        raw.extend_from_slice(&creds.pass);
+        vec![format!("AUTH PLAIN {}\r\n", encode(&raw)).into_bytes()]
+    };
+    let last = steps.len() - 1;
+    for (i, step) in steps.iter().enumerate() {
+        write_all(b, step, t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        let r = read_reply(io, b, t).await.map_err(|e| fail(&e))?;
+        let expected = if i == last { 235 } else { 334 };
+        if r.code != expected {
+            return Err(r.encode());
+        }
+    }
+    Ok(())
 }
 
 /// RFC 3461 xtext, as XCLIENT values are sent: `+XX` for `+`, `=`, and bytes outside
@@ -548,6 +596,7 @@ mod tests {
                     xclient,
                     envelope: None,
                     starttls: None,
+                    auth: None,
                 },
                 Duration::from_secs(5),
             )

@@ -908,12 +908,18 @@ impl LineClient {
 /// aiosmtpd accepting every message into a JSON-lines file; returns it, its port and
 /// the file.
 pub fn smtp_sink(dir: &Path) -> (Proc, u16, PathBuf) {
+    smtp_sink_with(dir, false)
+}
+
+/// [`smtp_sink`]; with `auth`, it requires AUTH as alice/secret before MAIL.
+pub fn smtp_sink_with(dir: &Path, auth: bool) -> (Proc, u16, PathBuf) {
     let port = free_port();
     let out = dir.join(format!("sink-{port}.jsonl"));
     let mut cmd = Command::new(venv_bin("python"));
     cmd.arg(apps_dir().join("smtp_sink.py"))
         .arg(port.to_string())
         .arg(&out)
+        .args(auth.then_some("auth"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut p = Proc::spawn("aiosmtpd", &mut cmd);
