@@ -1,5 +1,5 @@
-//! Any bytes as an IMAP, POP3 or SMTP command line, or as an auth_http answer: parsing
-//! never panics, and IMAP literals announced are bounded.
+//! Any bytes as an IMAP, POP3 or SMTP command line, an SMTP reply line, or an auth_http
+//! answer: parsing never panics, and IMAP literals announced are bounded.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,5 +13,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = imap::Command::from_tokens(tokens);
     let _ = pop3::parse(data);
     let _ = smtp::parse(data);
+    if let Some((code, _, text)) = smtp::parse_reply_line(data) {
+        assert!(code <= 999 && text.len() <= data.len());
+    }
     let _ = auth_http::parse_answer(data);
 });

@@ -73,13 +73,9 @@ pub async fn read_reply(
     let mut lines = Vec::new();
     loop {
         let line = io.read_line(s, 4096, t).await.map_err(|e| e.to_string())?;
-        let code = line
-            .get(..3)
-            .and_then(|c| std::str::from_utf8(c).ok())
-            .and_then(|c| c.parse::<u16>().ok())
+        let (code, more, text) = parse_reply_line(&line)
             .ok_or_else(|| format!("bad reply line {:?}", String::from_utf8_lossy(&line)))?;
-        let more = line.get(3) == Some(&b'-');
-        lines.push(line.get(4..).unwrap_or_default().to_vec());
+        lines.push(text.to_vec());
         if !more {
             return Ok(Reply { code, lines });
         }
@@ -87,6 +83,21 @@ pub async fn read_reply(
             return Err("reply longer than 100 lines".into());
         }
     }
+}
+
+/// One reply line: its code, whether more lines follow (`250-`), and its text.
+pub fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, &[u8])> {
+    let digits = line.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let code = std::str::from_utf8(digits).ok()?.parse::<u16>().ok()?;
+    let more = match line.get(3) {
+        Some(b'-') => true,
+        Some(b' ') | None => false,
+        Some(_) => return None,
+    };
+    Some((code, more, line.get(4..).unwrap_or_default()))
 }
 
 /// The SMTP front end.
@@ -532,6 +543,18 @@ fn xtext(v: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(parse_reply_line(b"250-mx"), Some((250, true, &b"mx"[..])));
+        assert_eq!(
+            parse_reply_line(b"235 2.0.0 OK"),
+            Some((235, false, &b"2.0.0 OK"[..]))
+        );
+        assert_eq!(parse_reply_line(b"220"), Some((220, false, &b""[..])));
+        assert_eq!(parse_reply_line(b"2x0 no"), None);
+        assert_eq!(parse_reply_line(b"250_x"), None);
+    }
 
     #[test]
     fn commands_and_xtext() {
