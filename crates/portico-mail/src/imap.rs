@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::sasl;
-use crate::session::{Credentials, Outcome, Session};
+use crate::session::{Credentials, Outcome, Sasl, Session};
 
 /// Longest literal accepted before authentication (a user name or password).
 pub const MAX_LITERAL: usize = 4096;
@@ -263,64 +262,25 @@ impl Imap {
     /// `BAD invalid command`, counted against max_errors (then the session closes).
     async fn bad(s: &mut Session, tag: Option<&[u8]>) -> std::io::Result<()> {
         let tag = tag.map_or("*".to_string(), |t| String::from_utf8_lossy(t).into_owned());
-        s.send(format!("{tag} BAD invalid command\r\n").as_bytes())
-            .await?;
-        if s.count_error() {
-            return Err(std::io::Error::other("too many errors"));
-        }
-        Ok(())
+        s.reject(format!("{tag} BAD invalid command\r\n").as_bytes())
+            .await
     }
 
-    /// AUTHENTICATE PLAIN / LOGIN, with an initial response (SASL-IR) or continuations.
-    /// `Ok(None)`: the exchange failed and was answered; the session goes on.
+    /// AUTHENTICATE PLAIN / LOGIN / CRAM-MD5, with an initial response (SASL-IR) or
+    /// continuations. `Ok(None)`: the exchange failed and was answered; the session goes on.
     async fn authenticate(
         s: &mut Session,
         tag: &str,
         args: &[Vec<u8>],
     ) -> Result<Option<Credentials>, ReadError> {
-        let mech = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        let initial = args.get(1).cloned();
-        let creds = match mech.as_str() {
-            "PLAIN" => {
-                let resp = match initial {
-                    Some(r) => r,
-                    None => continuation(s, b"").await?,
-                };
-                if resp == b"*" {
-                    s.send(format!("{tag} BAD authentication cancelled\r\n").as_bytes())
-                        .await?;
-                    return Ok(None);
-                }
-                sasl::plain(&resp)
-            }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(r) => Some(r),
-                    None => Some(continuation(s, sasl::USERNAME_PROMPT).await?),
-                };
-                let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
-                user.and_then(|u| sasl::login(&u, &pass))
-            }
-            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
-                let salt = s.salt();
-                let answer =
-                    continuation(s, portico_core::base64::encode(&salt).as_bytes()).await?;
-                sasl::cram_md5(&answer, salt)
-            }
-            _ => {
-                s.send(format!("{tag} BAD invalid command\r\n").as_bytes())
-                    .await?;
-                return Ok(None);
-            }
+        let reply = match s.sasl(&args[0], args.get(1).cloned(), b"+ ").await? {
+            Sasl::Credentials(c) => return Ok(Some(c)),
+            Sasl::Cancelled => "BAD authentication cancelled",
+            Sasl::Unsupported => "BAD invalid command",
+            Sasl::Invalid => "BAD invalid authentication data",
         };
-        match creds {
-            Some(c) => Ok(Some(c)),
-            None => {
-                s.send(format!("{tag} BAD invalid authentication data\r\n").as_bytes())
-                    .await?;
-                Ok(None)
-            }
-        }
+        s.send(format!("{tag} {reply}\r\n").as_bytes()).await?;
+        Ok(None)
     }
 
     /// Looks the user up; on success logs in to the backend and tunnels (the session
@@ -364,15 +324,6 @@ impl Imap {
             }
         }
     }
-}
-
-/// A `+ prompt` continuation request, and the client's answer line.
-async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let mut line = b"+ ".to_vec();
-    line.extend_from_slice(prompt);
-    line.extend_from_slice(b"\r\n");
-    s.send(&line).await?;
-    s.line().await
 }
 
 /// Logs in to the IMAP backend as nginx does: the greeting, then `TAG LOGIN {n}` with

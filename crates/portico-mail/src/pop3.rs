@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::sasl;
-use crate::session::{Credentials, Outcome, Session};
+use crate::session::{Credentials, Outcome, Sasl, Session};
 
 const INVALID: &[u8] = b"-ERR invalid command\r\n";
 
@@ -173,54 +172,21 @@ impl Pop3 {
     }
 
     async fn invalid(s: &mut Session) -> std::io::Result<()> {
-        s.send(INVALID).await?;
-        if s.count_error() {
-            return Err(std::io::Error::other("too many errors"));
-        }
-        Ok(())
+        s.reject(INVALID).await
     }
 
     async fn authenticate(
         s: &mut Session,
         args: &[Vec<u8>],
     ) -> Result<Option<Credentials>, ReadError> {
-        let mech = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
-        let initial = args.get(1).cloned();
-        let creds = match mech.as_str() {
-            "PLAIN" => {
-                let resp = match initial {
-                    Some(r) => r,
-                    None => continuation(s, b"").await?,
-                };
-                if resp == b"*" {
-                    s.send(b"-ERR authentication cancelled\r\n").await?;
-                    return Ok(None);
-                }
-                sasl::plain(&resp)
-            }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(r) => r,
-                    None => continuation(s, sasl::USERNAME_PROMPT).await?,
-                };
-                let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
-                sasl::login(&user, &pass)
-            }
-            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
-                let salt = s.salt();
-                let answer =
-                    continuation(s, portico_core::base64::encode(&salt).as_bytes()).await?;
-                sasl::cram_md5(&answer, salt)
-            }
-            _ => {
-                s.send(INVALID).await?;
-                return Ok(None);
-            }
+        let reply: &[u8] = match s.sasl(&args[0], args.get(1).cloned(), b"+ ").await? {
+            Sasl::Credentials(c) => return Ok(Some(c)),
+            Sasl::Cancelled => b"-ERR authentication cancelled\r\n",
+            Sasl::Unsupported => INVALID,
+            Sasl::Invalid => b"-ERR invalid authentication data\r\n",
         };
-        if creds.is_none() {
-            s.send(b"-ERR invalid authentication data\r\n").await?;
-        }
-        Ok(creds)
+        s.send(reply).await?;
+        Ok(None)
     }
 
     async fn login(s: Session, creds: Credentials) -> Option<Session> {
@@ -251,14 +217,6 @@ impl Pop3 {
             }
         }
     }
-}
-
-async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let mut line = b"+ ".to_vec();
-    line.extend_from_slice(prompt);
-    line.extend_from_slice(b"\r\n");
-    s.send(&line).await?;
-    s.line().await
 }
 
 /// Logs in to the POP3 backend as nginx does: greeting, USER, PASS. Returns the

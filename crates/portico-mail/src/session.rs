@@ -62,6 +62,18 @@ pub struct Session {
     started: tokio::time::Instant,
 }
 
+/// How a SASL exchange ended.
+#[derive(Debug)]
+pub enum Sasl {
+    Credentials(Credentials),
+    /// The client answered `*`.
+    Cancelled,
+    /// A mechanism not offered.
+    Unsupported,
+    /// Not decodable.
+    Invalid,
+}
+
 /// How a login attempt ended.
 pub enum Outcome {
     /// The auth server said no: answer `status`; with `retry` (Auth-Wait) the session
@@ -183,6 +195,72 @@ impl Session {
     pub fn count_error(&mut self) -> bool {
         self.errors += 1;
         self.errors >= self.cfg.max_errors
+    }
+
+    /// Answers a bad command with `reply` and counts it; `Err` once `max_errors` is
+    /// reached (the session then closes).
+    pub async fn reject(&mut self, reply: &[u8]) -> std::io::Result<()> {
+        self.send(reply).await?;
+        if self.count_error() {
+            return Err(std::io::Error::other("too many errors"));
+        }
+        Ok(())
+    }
+
+    /// A continuation request (`prefix` is `+ ` for IMAP and POP3, `334 ` for SMTP) and
+    /// the client's answer line.
+    pub async fn continuation(
+        &mut self,
+        prefix: &[u8],
+        prompt: &[u8],
+    ) -> Result<Vec<u8>, ReadError> {
+        let line = [prefix, prompt, b"\r\n"].concat();
+        self.send(&line).await?;
+        self.line().await
+    }
+
+    /// A SASL exchange for `mech` (PLAIN, LOGIN, CRAM-MD5 when configured), with the
+    /// client's initial response if it sent one.
+    pub async fn sasl(
+        &mut self,
+        mech: &[u8],
+        initial: Option<Vec<u8>>,
+        prefix: &[u8],
+    ) -> Result<Sasl, ReadError> {
+        let mech = String::from_utf8_lossy(mech).to_ascii_uppercase();
+        let creds = match mech.as_str() {
+            "PLAIN" => {
+                let resp = match initial {
+                    Some(r) => r,
+                    None => self.continuation(prefix, b"").await?,
+                };
+                if resp == b"*" {
+                    return Ok(Sasl::Cancelled);
+                }
+                crate::sasl::plain(&resp)
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(r) => r,
+                    None => {
+                        self.continuation(prefix, crate::sasl::USERNAME_PROMPT)
+                            .await?
+                    }
+                };
+                let pass = self
+                    .continuation(prefix, crate::sasl::PASSWORD_PROMPT)
+                    .await?;
+                crate::sasl::login(&user, &pass)
+            }
+            "CRAM-MD5" if self.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
+                let salt = self.salt();
+                let challenge = portico_core::base64::encode(&salt);
+                let answer = self.continuation(prefix, challenge.as_bytes()).await?;
+                crate::sasl::cram_md5(&answer, salt)
+            }
+            _ => return Ok(Sasl::Unsupported),
+        };
+        Ok(creds.map_or(Sasl::Invalid, Sasl::Credentials))
     }
 
     pub fn log_end(&self, e: &ReadError) {

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::sasl;
-use crate::session::{Credentials, Outcome, Session};
+use crate::session::{Credentials, Outcome, Sasl, Session};
 
 const INVALID: &[u8] = b"500 5.5.1 Invalid command\r\n";
 
@@ -246,53 +245,21 @@ impl Smtp {
     }
 
     async fn invalid(s: &mut Session) -> std::io::Result<()> {
-        s.send(INVALID).await?;
-        if s.count_error() {
-            return Err(std::io::Error::other("too many errors"));
-        }
-        Ok(())
+        s.reject(INVALID).await
     }
 
     async fn authenticate(s: &mut Session, rest: &[u8]) -> Result<Option<Credentials>, ReadError> {
         let mut words = rest.split(|&b| b == b' ').filter(|w| !w.is_empty());
-        let mech = String::from_utf8_lossy(words.next().unwrap_or_default()).to_ascii_uppercase();
+        let mech = words.next().unwrap_or_default().to_vec();
         let initial = words.next().map(<[u8]>::to_vec);
-        let creds = match mech.as_str() {
-            "PLAIN" => {
-                let resp = match initial {
-                    Some(r) => r,
-                    None => continuation(s, b"").await?,
-                };
-                if resp == b"*" {
-                    s.send(b"501 5.7.0 Authentication cancelled\r\n").await?;
-                    return Ok(None);
-                }
-                sasl::plain(&resp)
-            }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(r) => r,
-                    None => continuation(s, sasl::USERNAME_PROMPT).await?,
-                };
-                let pass = continuation(s, sasl::PASSWORD_PROMPT).await?;
-                sasl::login(&user, &pass)
-            }
-            "CRAM-MD5" if s.cfg.auth_methods.iter().any(|m| m == "CRAM-MD5") => {
-                let salt = s.salt();
-                let challenge = portico_core::base64::encode(&salt);
-                let answer = continuation(s, challenge.as_bytes()).await?;
-                sasl::cram_md5(&answer, salt)
-            }
-            _ => {
-                s.send(b"504 5.5.4 Unrecognized authentication type\r\n")
-                    .await?;
-                return Ok(None);
-            }
+        let reply: &[u8] = match s.sasl(&mech, initial, b"334 ").await? {
+            Sasl::Credentials(c) => return Ok(Some(c)),
+            Sasl::Cancelled => b"501 5.7.0 Authentication cancelled\r\n",
+            Sasl::Unsupported => b"504 5.5.4 Unrecognized authentication type\r\n",
+            Sasl::Invalid => b"501 5.5.2 Invalid authentication data\r\n",
         };
-        if creds.is_none() {
-            s.send(b"501 5.5.2 Invalid authentication data\r\n").await?;
-        }
-        Ok(creds)
+        s.send(reply).await?;
+        Ok(None)
     }
 
     /// A login (AUTH), or with `envelope` (MAIL and RCPT lines, `auth = ["none"]`) a
@@ -345,14 +312,6 @@ impl Smtp {
             }
         }
     }
-}
-
-async fn continuation(s: &mut Session, prompt: &[u8]) -> Result<Vec<u8>, ReadError> {
-    let mut line = b"334 ".to_vec();
-    line.extend_from_slice(prompt);
-    line.extend_from_slice(b"\r\n");
-    s.send(&line).await?;
-    s.line().await
 }
 
 /// The backend handshake as nginx does it: greeting; EHLO; when the backend advertises
