@@ -332,7 +332,11 @@ fn the_backend_learns_the_client_address_through_imap_id() {
     c.send("PROXY TCP4 203.0.113.50 127.0.0.1 40000 143\r\n");
     assert_eq!(c.line(), "* OK IMAP4 ready");
     assert!(c.ask("a1 LOGIN alice secret").starts_with("a1 OK"));
-    assert_eq!(auth_requests(&s)[0]["headers"]["Client-IP"], "203.0.113.50");
+    let req = &auth_requests(&s)[0]["headers"];
+    assert_eq!(req["Client-IP"], "203.0.113.50");
+    assert_eq!(req["Proxy-Protocol-Addr"], "203.0.113.50");
+    assert_eq!(req["Proxy-Protocol-Port"], "40000");
+    assert_eq!(req["Proxy-Protocol-Server-Port"], "143");
     let text = wait_file_contains(&s._dir.path().join("dovecot.log"), "user=<alice>");
     assert!(text.contains("rip=203.0.113.50"), "{text}");
 }

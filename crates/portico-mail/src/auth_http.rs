@@ -71,6 +71,9 @@ pub struct AuthRequest {
     pub smtp_to: Option<Vec<u8>>,
     /// Configured extra headers (nginx `auth_http_header`).
     pub extra_headers: Vec<(String, String)>,
+    /// The addresses a PROXY protocol header gave: client and server (nginx's
+    /// Proxy-Protocol-Addr/-Port/-Server-Addr/-Server-Port).
+    pub proxy_protocol: Option<(SocketAddr, SocketAddr)>,
 }
 
 /// The auth server's verdict.
@@ -161,6 +164,15 @@ pub fn encode_request(url: &AuthUrl, r: &AuthRequest) -> Vec<u8> {
         if let Some(v) = v {
             h.push_str(&format!("{name}: {}\r\n", escape(v)));
         }
+    }
+    if let Some((client, server)) = r.proxy_protocol {
+        h.push_str(&format!(
+            "Proxy-Protocol-Addr: {}\r\nProxy-Protocol-Port: {}\r\nProxy-Protocol-Server-Addr: {}\r\nProxy-Protocol-Server-Port: {}\r\n",
+            client.ip(),
+            client.port(),
+            server.ip(),
+            server.port()
+        ));
     }
     for (name, value) in &r.extra_headers {
         h.push_str(&format!("{name}: {value}\r\n"));

@@ -315,6 +315,14 @@ impl Session {
             ssl: self.is_tls(),
             salt: creds.salt.clone(),
             extra_headers: self.cfg.auth_headers.clone(),
+            proxy_protocol: match (
+                self.conn.info.proxied,
+                self.conn.info.peer,
+                self.conn.info.local,
+            ) {
+                (true, Some(client), Some(server)) => Some((client, server)),
+                _ => None,
+            },
             ..extra
         };
         let answer = self.cfg.auth.lookup(&request, self.cfg.auth_timeout).await;
