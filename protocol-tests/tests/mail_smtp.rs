@@ -287,3 +287,37 @@ fn logging_in_to_a_backend_that_requires_auth() {
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m["authenticated"] == true), "{got:?}");
 }
+
+#[test]
+fn postfix_learns_the_client_and_user_through_xclient() {
+    let dir = tempfile::tempdir().unwrap();
+    let pf = postfix(dir.path());
+    let (_auth, auth_port, _) = auth_server(dir.path(), &[format!("smtp=127.0.0.1:{}", pf.port)]);
+    let p = Portico::start(&format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"smtp\"\nproxy_protocol = true\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n"
+    ));
+    // A client from 203.0.113.9 (via a PROXY header): Postfix would refuse to relay for
+    // it, but XCLIENT tells it who the client is and that alice logged in.
+    let mut c = LineClient::connect(p.port);
+    c.send("PROXY TCP4 203.0.113.9 127.0.0.1 40000 25\r\n");
+    assert!(c.line().starts_with("220"));
+    c.ask("EHLO laptop.test");
+    c.line();
+    assert_eq!(c.ask("AUTH PLAIN AGFsaWNlAHNlY3JldA=="), "235 2.0.0 OK");
+    assert!(c.ask("MAIL FROM:<alice@portico.test>").starts_with("250"));
+    let rcpt = c.ask("RCPT TO:<carol@example.test>");
+    assert!(
+        rcpt.starts_with("250"),
+        "relayed for the XCLIENT login: {rcpt}"
+    );
+    assert!(c.ask("DATA").starts_with("354"));
+    c.send("Subject: via postfix\r\n\r\nhi\r\n.\r\n");
+    let queued = c.line();
+    assert!(queued.starts_with("250"), "{queued}");
+    c.ask("QUIT");
+    let log = wait_file_contains(&pf.maillog, "sasl_username=alice");
+    assert!(
+        log.contains("client=unknown[203.0.113.9]"),
+        "Postfix saw the real client: {log}"
+    );
+}

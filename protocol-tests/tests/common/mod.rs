@@ -962,3 +962,83 @@ pub fn wait_file_contains(path: &Path, needle: &str) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Postfix (Debian's) with a private configuration under `dir`: smtpd on a free loopback
+/// port, XCLIENT allowed from 127.0.0.0/8, relaying only for SASL-authenticated
+/// sessions (an XCLIENT LOGIN counts), outgoing mail held in the queue. Its log is
+/// `dir/maillog`. Stopped (`postfix stop`) when dropped.
+pub struct Postfix {
+    pub port: u16,
+    pub maillog: PathBuf,
+    conf: PathBuf,
+    _proc: Proc,
+}
+
+pub fn postfix(dir: &Path) -> Postfix {
+    let conf = dir.join("postfix");
+    for sub in ["", "queue", "data"] {
+        std::fs::create_dir_all(conf.join(sub)).unwrap();
+    }
+    let owner = Command::new("id").args(["-u", "postfix"]).output().unwrap();
+    let uid: u32 = String::from_utf8_lossy(&owner.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    std::os::unix::fs::chown(conf.join("data"), Some(uid), None).unwrap();
+    let port = free_port();
+    let c = conf.display();
+    let maillog = dir.join("maillog");
+    std::fs::write(
+        conf.join("main.cf"),
+        format!(
+            "compatibility_level = 3.6\nqueue_directory = {c}/queue\ndata_directory = {c}/data\nmail_owner = postfix\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmyhostname = backend.portico.test\nmydestination =\nmynetworks = 127.0.0.0/8\nsmtpd_authorized_xclient_hosts = 127.0.0.0/8\nsmtpd_relay_restrictions = permit_sasl_authenticated, reject\nsmtpd_sasl_auth_enable = yes\nmaillog_file_prefixes = {d}\nmaillog_file = {m}\ndefer_transports = smtp\n",
+            d = dir.display(),
+            m = maillog.display()
+        ),
+    )
+    .unwrap();
+    // Debian's master.cf with smtpd moved to our port.
+    let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+    let master: String = master
+        .lines()
+        .map(|l| {
+            if l.starts_with("smtp ") && l.contains(" inet ") {
+                format!("127.0.0.1:{port} inet n - n - - smtpd")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(conf.join("master.cf"), master + "\n").unwrap();
+    let mut cmd = Command::new("postfix");
+    cmd.arg("-c")
+        .arg(&conf)
+        .arg("start-fg")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("postfix", &mut cmd);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &mut p.child,
+        "postfix",
+    );
+    Postfix {
+        port,
+        maillog,
+        conf,
+        _proc: p,
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
