@@ -431,3 +431,36 @@ fn a_client_cannot_keep_a_session_open_before_login_forever() {
         "the session was closed before 100 NOOPs (5 s)"
     );
 }
+
+#[test]
+fn sessions_survive_a_reload_and_end_with_the_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dovecot, imap, _) = dovecot(dir.path());
+    let (_auth, auth_port, _) = auth_server(dir.path(), &[format!("imap=127.0.0.1:{imap}")]);
+    let config = |greeting: &str| {
+        format!(
+            "[runtime]\nshutdown_timeout = \"5s\"\n\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n  [listeners.mail]\n  greeting = \"{greeting}\"\n"
+        )
+    };
+    let mut p = Portico::start(&config("before"));
+    let mut old = LineClient::connect(p.port);
+    assert_eq!(old.line(), "* OK before");
+    assert!(old.ask("a1 LOGIN alice secret").starts_with("a1 OK"));
+
+    assert!(p.reload(&config("after")));
+    // the tunnel opened before the reload goes on; new sessions get the new settings
+    assert!(old.ask("a2 NOOP").starts_with("a2 OK"));
+    let mut new = LineClient::connect(p.port);
+    assert_eq!(new.line(), "* OK after");
+
+    // SIGTERM: a session still before login closes at once; open tunnels end when
+    // the drain time is over
+    p.proc.signal("TERM");
+    assert!(new.closed(), "the pre-login session was closed");
+    assert!(old.ask("a3 NOOP").starts_with("a3 OK"), "the tunnel drains");
+    assert_eq!(
+        p.proc.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0)
+    );
+    assert!(old.closed(), "the tunnel was closed by the drain");
+}

@@ -125,11 +125,15 @@ impl Session {
     }
 
     /// The next command line (bounded by `max_line`, within `command_timeout`).
+    /// The next command line. A session still waiting for one when shutdown begins is
+    /// closed at once (it has nothing in flight).
     pub async fn line(&mut self) -> Result<Vec<u8>, ReadError> {
         let t = self.wait_limit()?;
-        self.io
-            .read_line(&mut self.conn.stream, self.cfg.max_line, t)
-            .await
+        let shutdown = self.conn.shutdown.clone();
+        tokio::select! {
+            r = self.io.read_line(&mut self.conn.stream, self.cfg.max_line, t) => r,
+            _ = shutdown.cancelled() => Err(ReadError::Closed),
+        }
     }
 
     pub async fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ReadError> {
