@@ -3,8 +3,9 @@
 //! value pairs), and the PING exchange (modifier1 100) used by health checks.
 //!
 //! The gateway that speaks it over a connection (building the vars from an HTTP request
-//! as nginx's `uwsgi_params` do, streaming the body, parsing the app's HTTP answer) is the
-//! uwsgi gateway issue's; this crate is what it and the fuzz target share.
+//! as nginx's `uwsgi_params` do, streaming the body, parsing the app's HTTP answer) is
+//! `portico-http`'s `gateway::uwsgi`; this crate is what it, the health probe and the
+//! fuzz target share.
 
 /// modifier1 for a WSGI request (uWSGI's Python plugin).
 pub const MODIFIER_WSGI: u8 = 0;
