@@ -473,3 +473,30 @@ fn example_php_fpm() {
     assert_eq!(r.json()["path_info"], "/extra/path");
     assert_eq!(r.json()["get"]["x"], "1");
 }
+
+#[test]
+fn php_fpm_restart_behind_kept_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut fpm = php_fpm(dir.path(), Bind::Tcp(port), 2);
+    let p = Portico::start(&gateway_config(
+        &format!("addr = \"127.0.0.1:{port}\", max_conns = 2, max_fails = 0"),
+        "fastcgi",
+        "keepalive = 2\nqueue = 16",
+        &php_route(),
+    ));
+    for _ in 0..4 {
+        assert_eq!(curl(&[], &p.url("/index.php")).status, 200);
+    }
+    // php-fpm restarts: the kept connections are dead; the next requests must not fail
+    // on them but open new ones.
+    // (SIGTERM: php-fpm ends its workers too, closing every kept connection)
+    fpm.signal("TERM");
+    fpm.wait_exit(std::time::Duration::from_secs(20));
+    assert_eq!(established_to(port), 0, "the kept connections are closed");
+    let _fpm = php_fpm(dir.path(), Bind::Tcp(port), 2);
+    for i in 0..4 {
+        let r = curl(&[], &p.url("/index.php"));
+        assert_eq!(r.status, 200, "request {i} after the restart: {}", r.text());
+    }
+}
