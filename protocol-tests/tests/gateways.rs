@@ -500,3 +500,35 @@ fn php_fpm_restart_behind_kept_connections() {
         assert_eq!(r.status, 200, "request {i} after the restart: {}", r.text());
     }
 }
+
+#[test]
+fn a_reload_switches_a_route_between_gateways() {
+    let (uwsgi_port, flup_port) = (free_port(), free_port());
+    let _u = uwsgi(Bind::Tcp(uwsgi_port), &[]);
+    let _f = flup(Bind::Tcp(flup_port));
+    let uwsgi_cfg = gateway_config(&at(&format!("127.0.0.1:{uwsgi_port}")), "uwsgi", "", "");
+    let flup_cfg = gateway_config(
+        &at(&format!("127.0.0.1:{flup_port}")),
+        "fastcgi",
+        "",
+        FLUP_ROUTE,
+    );
+    let p = Portico::start(&uwsgi_cfg);
+    let env = curl(&[], &p.url("/env")).json();
+    assert!(
+        env.get("GATEWAY_INTERFACE").is_none(),
+        "uwsgi_params have none"
+    );
+    assert!(p.reload(&flup_cfg));
+    let env = curl(&[], &p.url("/env")).json();
+    assert_eq!(
+        env["GATEWAY_INTERFACE"], "CGI/1.1",
+        "now FastCGI through flup"
+    );
+    // a bad gateway setting is refused and the running config keeps serving
+    assert!(!p.reload(&flup_cfg.replace(
+        "via = \"fastcgi\"",
+        "via = \"fastcgi\"\n  split_path_info = '('"
+    )));
+    assert_eq!(curl(&[], &p.url("/env")).status, 200);
+}
