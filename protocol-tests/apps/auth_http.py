@@ -57,12 +57,7 @@ class Handler(BaseHTTPRequestHandler):
                 reply = {"Auth-Status": "OK", "Auth-Server": host, "Auth-Port": port}
             else:
                 reply = {"Auth-Status": "Relay access denied", "Auth-Error-Code": "550 5.7.1"}
-            self.send_response(200)
-            for k, v in reply.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return self.answer(reply)
         method = self.headers.get("Auth-Method")
         if method in ("cram-md5", "apop"):
             # challenge-response: check the digest against the salt, send the password
@@ -79,12 +74,7 @@ class Handler(BaseHTTPRequestHandler):
                          "Auth-Pass": secret.decode()}
             else:
                 reply = {"Auth-Status": "Invalid login or password"}
-            self.send_response(200)
-            for k, v in reply.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
+            return self.answer(reply)
         if OPTS.get("override") == "1" and user == "carol" and password == "x":
             user, password = "alice", "secret"
             reply["Auth-User"] = "alice"
@@ -103,6 +93,9 @@ class Handler(BaseHTTPRequestHandler):
                 reply["Auth-Wait"] = OPTS["wait"]
             if protocol == "smtp":
                 reply["Auth-Error-Code"] = "535 5.7.8"
+        self.answer(reply)
+
+    def answer(self, reply):
         self.send_response(200)
         for k, v in reply.items():
             self.send_header(k, v)

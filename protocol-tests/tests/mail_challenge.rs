@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[test]
@@ -60,22 +58,9 @@ except imaplib.IMAP4.error as e:
         p = p_pop3.port,
         s = p_smtp.port
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "(0, 0)\nCRAM-MD5\nInvalid login or password",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = std::fs::read_to_string(&auth_log).unwrap();
-    let reqs: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (out, err) = python(&script);
+    assert_eq!(out, "(0, 0)\nCRAM-MD5\nInvalid login or password", "{err}");
+    let reqs = read_jsonl(&auth_log);
     let methods: Vec<&str> = reqs
         .iter()
         .map(|r| r["headers"]["Auth-Method"].as_str().unwrap())

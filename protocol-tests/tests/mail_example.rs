@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[test]
@@ -63,16 +61,10 @@ print("smtp auth", c.has_extn("auth"))
 "#,
         port = p.port
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
+    let (out, err) = python(&script);
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "pop3 b'-ERR internal server error'\nsmtp auth True",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        out, "pop3 b'-ERR internal server error'\nsmtp auth True",
+        "{err}"
     );
     let log = std::fs::read_to_string(&auth_log).unwrap();
     assert!(log.contains("\"Auth-Protocol\": \"imap\""));

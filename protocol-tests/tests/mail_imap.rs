@@ -41,11 +41,7 @@ fn setup(auth_opts: &[&str], extra: &str, more: &str) -> Setup {
 }
 
 fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&s.auth_log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_jsonl(&s.auth_log)
 }
 
 #[test]
@@ -211,17 +207,8 @@ print("ok")
 "#,
         port = s.portico.port
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "ok",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, err) = python(&script);
+    assert_eq!(out, "ok", "{err}");
     let methods: Vec<String> = auth_requests(&s)
         .iter()
         .map(|r| r["headers"]["Auth-Method"].as_str().unwrap().to_string())

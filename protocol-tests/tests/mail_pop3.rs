@@ -37,11 +37,7 @@ fn setup(auth_opts: &[&str]) -> Setup {
 }
 
 fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&s.auth_log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_jsonl(&s.auth_log)
 }
 
 #[test]
@@ -103,17 +99,8 @@ fn auth_plain_and_login_and_poplib_and_curl() {
         "import poplib\np = poplib.POP3('127.0.0.1', {})\np.user('alice')\np.pass_('secret')\nprint(p.stat())\np.quit()\n",
         s.portico.port
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "(0, 0)",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, err) = python(&script);
+    assert_eq!(out, "(0, 0)", "{err}");
 
     let out = Command::new("curl")
         .args(["-s", "--max-time", "20", "-u", "bob:hunter2"])

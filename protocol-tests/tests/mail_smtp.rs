@@ -40,19 +40,11 @@ fn setup_with(auth_opts: &[&str], mail: &str) -> Setup {
 }
 
 fn delivered(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&s.sink)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_jsonl(&s.sink)
 }
 
 fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(&s.auth_log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    read_jsonl(&s.auth_log)
 }
 
 #[test]
@@ -105,17 +97,8 @@ print("sent")
 "#,
         port = s.portico.port
     );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(&script)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "sent",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (out, err) = python(&script);
+    assert_eq!(out, "sent", "{err}");
     let got = delivered(&s);
     assert_eq!(got.len(), 1);
     assert_eq!(got[0]["from"], "alice@portico.test");
@@ -254,36 +237,16 @@ fn logging_in_to_a_backend_that_requires_auth() {
             "import smtplib, base64\nc = smtplib.SMTP('127.0.0.1', {}, timeout=10)\nc.ehlo('x.test')\ncode, _ = c.docmd('AUTH', 'PLAIN ' + base64.b64encode(b'\\0{user}\\0{pass}').decode())\nif code == 235:\n    c.sendmail('{user}@x.test', ['z@example.test'], 'Subject: {mech}\\r\\n\\r\\nhi\\r\\n')\n    print('sent')\nelse:\n    print(code)\n",
             p.port
         );
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(&script)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (text, err) = python(&script);
         if delivered {
-            assert_eq!(
-                text,
-                "sent",
-                "{mech}: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                p.log_text()
-            );
+            assert_eq!(text, "sent", "{mech}: {err}\n{}", p.log_text());
         } else {
             // The auth server lets bob in, the backend does not know him and (aiosmtpd)
             // never answers the refused AUTH: after connect_timeout, a temporary failure.
-            assert_eq!(
-                text,
-                "451",
-                "{mech}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert_eq!(text, "451", "{mech}: {err}");
         }
     }
-    let got: Vec<serde_json::Value> = std::fs::read_to_string(&sink)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let got = read_jsonl(&sink);
     assert_eq!(got.len(), 2);
     assert!(got.iter().all(|m| m["authenticated"] == true), "{got:?}");
 }

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 struct Setup {
@@ -44,27 +42,12 @@ fn setup(protocol: &str, starttls: &str) -> Setup {
     }
 }
 
-fn python(script: &str) -> String {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 const CTX: &str = "import ssl\nctx = ssl._create_unverified_context()\n";
 
 #[test]
 fn imap_starttls_on() {
     let s = setup("imap", "on");
-    let out = python(&format!(
+    let out = python_ok(&format!(
         "{CTX}import imaplib\nm = imaplib.IMAP4('127.0.0.1', {p})\nprint('STARTTLS' in m.capabilities)\nm.starttls(ssl_context=ctx)\nm.login('alice', 'secret')\nprint(m.select('INBOX')[0])\nm.logout()\n",
         p = s.portico.port
     ));
@@ -98,7 +81,7 @@ fn imap_starttls_only_refuses_logins_in_plain_text() {
         .unwrap_or_default()
         .is_empty());
     drop(c);
-    let out = python(&format!(
+    let out = python_ok(&format!(
         "{CTX}import imaplib\nm = imaplib.IMAP4('127.0.0.1', {p})\nm.starttls(ssl_context=ctx)\nm.login('alice', 'secret')\nprint(m.select('INBOX')[0])\n",
         p = s.portico.port
     ));
@@ -109,7 +92,7 @@ fn imap_starttls_only_refuses_logins_in_plain_text() {
 fn plaintext_pipelined_after_starttls_is_discarded() {
     let s = setup("imap", "on");
     // One write: STARTTLS and a LOGIN behind it. The LOGIN must not run inside TLS.
-    let out = python(&format!(
+    let out = python_ok(&format!(
         r#"{CTX}import socket
 s = socket.create_connection(("127.0.0.1", {p}))
 f = s.makefile("rb")
@@ -134,13 +117,13 @@ print(t.recv(1000).decode().strip())
 #[test]
 fn pop3_stls_and_smtp_starttls() {
     let s = setup("pop3", "on");
-    let out = python(&format!(
+    let out = python_ok(&format!(
         "{CTX}import poplib\np = poplib.POP3('127.0.0.1', {p})\np.stls(context=ctx)\np.user('alice')\np.pass_('secret')\nprint(p.stat())\n",
         p = s.portico.port
     ));
     assert_eq!(out, "(0, 0)");
     let s = setup("smtp", "on");
-    let out = python(&format!(
+    let out = python_ok(&format!(
         "{CTX}import smtplib\nc = smtplib.SMTP('127.0.0.1', {p})\nc.ehlo('x.test')\nprint(c.has_extn('starttls'))\nc.starttls(context=ctx)\nc.ehlo('x.test')\nc.login('bob', 'hunter2')\nc.sendmail('bob@x.test', ['carol@y.test'], 'Subject: s\\r\\n\\r\\nbody\\r\\n')\nprint('sent')\n",
         p = s.portico.port
     ));
@@ -150,7 +133,7 @@ fn pop3_stls_and_smtp_starttls() {
 #[test]
 fn implicit_tls_imaps() {
     let s = setup("imap", "off");
-    let out = python(&format!(
+    let out = python_ok(&format!(
         "{CTX}import imaplib\nm = imaplib.IMAP4_SSL('127.0.0.1', {p}, ssl_context=ctx)\nprint('STARTTLS' in m.capabilities)\nm.login('alice', 'secret')\nprint(m.select('INBOX')[0])\n",
         p = s.portico.port
     ));

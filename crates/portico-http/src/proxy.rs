@@ -132,6 +132,18 @@ fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
     }
 }
 
+/// The value of cookie `name` in the request's Cookie headers ($cookie_NAME).
+pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// Renders an upstream's `hash_key` for one request.
 pub fn render_key(
     t: &KeyTemplate,
@@ -162,15 +174,7 @@ pub fn render_key(
                 }
             }
             KeyPart::Cookie(name) => {
-                let found = req
-                    .headers()
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(';'))
-                    .filter_map(|c| c.trim().split_once('='))
-                    .find(|(k, _)| k == name);
-                if let Some((_, v)) = found {
+                if let Some(v) = cookie(req.headers(), name) {
                     out.extend_from_slice(v.as_bytes());
                 }
             }
@@ -181,6 +185,92 @@ pub fn render_key(
 
 /// The upstream server that answered, for the access log.
 pub type UpstreamAddr = Option<String>;
+
+/// The servers one request tries, as the upstream's `tries` and `next_upstream_timeout`
+/// allow: the selection loop the HTTP proxy and the uwsgi/FastCGI gateways share.
+pub(crate) struct Tries<'a> {
+    upstream: &'a portico_upstream::Upstream,
+    client_ip: Option<IpAddr>,
+    key: Option<&'a [u8]>,
+    /// Servers (by index) tried so far.
+    pub tried: Vec<usize>,
+    max: usize,
+    first: std::time::Instant,
+    /// The status the client gets when no try succeeds.
+    pub last_status: StatusCode,
+    pub last_addr: UpstreamAddr,
+}
+
+impl<'a> Tries<'a> {
+    pub fn new(
+        upstream: &'a portico_upstream::Upstream,
+        client_ip: Option<IpAddr>,
+        key: Option<&'a [u8]>,
+    ) -> Self {
+        Self {
+            upstream,
+            client_ip,
+            key,
+            tried: Vec::new(),
+            max: upstream.max_tries(),
+            first: std::time::Instant::now(),
+            last_status: StatusCode::BAD_GATEWAY,
+            last_addr: None,
+        }
+    }
+
+    /// Whether one more server may be tried.
+    pub fn left(&self) -> bool {
+        let timeout = self.upstream.config.next_upstream_timeout;
+        self.tried.len() < self.max
+            && (self.tried.is_empty() || timeout.is_zero() || self.first.elapsed() < timeout)
+    }
+
+    fn ctx(&self) -> SelectCtx<'_> {
+        SelectCtx {
+            client_ip: self.client_ip,
+            exclude: &self.tried,
+            key: self.key,
+        }
+    }
+
+    /// The next server, waiting in the queue if the upstream has one; `None` when the
+    /// tries are used up or no server can be had (`last_status` then says why).
+    pub async fn next(&mut self) -> Option<(Pick, String)> {
+        if !self.left() {
+            return None;
+        }
+        let name = &self.upstream.config.name;
+        let pick = match self.upstream.select_queued(&self.ctx()).await {
+            Ok(p) => p,
+            Err(NoServer::NoneAvailable) => {
+                if self.tried.is_empty() {
+                    tracing::error!(upstream = %name, "no live upstreams");
+                }
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %name, "{e}");
+                self.last_status = StatusCode::SERVICE_UNAVAILABLE;
+                return None;
+            }
+        };
+        self.tried.push(pick.index);
+        let addr = pick.server.addr().to_string();
+        self.last_addr = Some(addr.clone());
+        Some((pick, addr))
+    }
+
+    /// Whether a server not tried yet is available now (before passing over an answer).
+    pub fn another_exists(&self) -> bool {
+        self.upstream.select(&self.ctx()).is_some()
+    }
+
+    /// The error answer after the last failed try.
+    pub fn give_up(self) -> (Response<HttpBody>, UpstreamAddr) {
+        (error_response(self.last_status), self.last_addr)
+    }
+}
 
 /// Forwards `req` to `up`. Further servers are tried as the upstream's `next_upstream`
 /// policy allows (nginx's `proxy_next_upstream`): after a connect error or timeout for
@@ -200,34 +290,10 @@ pub async fn forward(
     let empty_body = body.is_end_stream();
     let retry_after_send = empty_body && is_idempotent(&parts.method);
     let mut body = Some(body);
-    let mut tried: Vec<usize> = Vec::new();
-    let max_tries = upstream.max_tries();
-    let first_try = std::time::Instant::now();
-    let budget_left =
-        || cfg.next_upstream_timeout.is_zero() || first_try.elapsed() < cfg.next_upstream_timeout;
+    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref());
     let mut resends = 0;
-    let mut last_error = StatusCode::BAD_GATEWAY;
-    let mut last_addr = None;
 
-    while tried.len() < max_tries && (tried.is_empty() || budget_left()) {
-        let ctx = client.select_ctx(&tried);
-        let pick = match upstream.select_queued(&ctx).await {
-            Ok(p) => p,
-            Err(NoServer::NoneAvailable) => {
-                if tried.is_empty() {
-                    tracing::error!(upstream = %cfg.name, "no live upstreams");
-                }
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(upstream = %cfg.name, "{e}");
-                last_error = StatusCode::SERVICE_UNAVAILABLE;
-                break;
-            }
-        };
-        tried.push(pick.index);
-        let addr = pick.server.addr().to_string();
-        last_addr = Some(addr.clone());
+    while let Some((pick, addr)) = tries.next().await {
         let pool = up.pool(&pick.server, cfg);
 
         // A pooled connection the server has not closed, or a new one.
@@ -246,7 +312,7 @@ pub async fn forward(
                 Err(e) => {
                     tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
                     let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                    last_error = if timed_out {
+                    tries.last_status = if timed_out {
                         StatusCode::GATEWAY_TIMEOUT
                     } else {
                         StatusCode::BAD_GATEWAY
@@ -270,7 +336,7 @@ pub async fn forward(
             }
         };
         // Keep a copy of the head only if this request may be sent again.
-        let may_resend = retry_after_send && tried.len() < max_tries;
+        let may_resend = retry_after_send && tries.left();
         let head = if may_resend {
             parts.clone()
         } else {
@@ -285,15 +351,10 @@ pub async fn forward(
                 let status = resp.status().as_u16();
                 // A listed 5xx goes to the next server when there is one to go to;
                 // otherwise this answer is relayed, as nginx relays the last one.
-                let next_exists = || {
-                    let ctx = client.select_ctx(&tried);
-                    upstream.select(&ctx).is_some()
-                };
                 if policy.on_status(status)
                     && retry_after_send
-                    && tried.len() < max_tries
-                    && budget_left()
-                    && next_exists()
+                    && tries.left()
+                    && tries.another_exists()
                 {
                     tracing::warn!(upstream = %cfg.name, server = %addr, status,
                         "upstream answered {status}: trying the next server");
@@ -321,12 +382,12 @@ pub async fn forward(
                         let (head, unsent_body) = req.into_parts();
                         parts = head;
                         body = Some(unsent_body);
-                        tried.pop();
+                        tries.tried.pop();
                         continue;
                     }
                 }
                 pick.failure();
-                last_error = StatusCode::BAD_GATEWAY;
+                tries.last_status = StatusCode::BAD_GATEWAY;
                 if !(retry_after_send && policy.error) {
                     break;
                 }
@@ -335,14 +396,14 @@ pub async fn forward(
                 tracing::warn!(upstream = %cfg.name, server = %addr, timeout = ?cfg.read_timeout,
                     "upstream timed out waiting for the response header");
                 pick.failure();
-                last_error = StatusCode::GATEWAY_TIMEOUT;
+                tries.last_status = StatusCode::GATEWAY_TIMEOUT;
                 if !(retry_after_send && policy.timeout) {
                     break;
                 }
             }
         }
     }
-    (error_response(last_error), last_addr)
+    tries.give_up()
 }
 
 fn client_body_status(err: &hyper::Error) -> Option<StatusCode> {

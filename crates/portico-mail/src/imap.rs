@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::session::{Credentials, Outcome, Sasl, Session};
+use crate::session::{Credentials, Sasl, Session, Settled};
 
 /// Longest literal accepted before authentication (a user name or password).
 pub const MAX_LITERAL: usize = 4096;
@@ -227,23 +227,23 @@ impl Imap {
                         args.next().unwrap_or_default(),
                         args.next().unwrap_or_default(),
                     );
-                    match Self::login(s, &cmd.tag, creds).await {
-                        Some(back) => {
-                            s = back;
-                            Ok(())
-                        }
-                        None => return,
+                    {
+                        let Some(back) = Self::login(s, &cmd.tag, creds).await else {
+                            return;
+                        };
+                        s = back;
+                        Ok(())
                     }
                 }
                 "AUTHENTICATE" if !s.starttls_required() && !cmd.args.is_empty() => {
                     match Self::authenticate(&mut s, &tag, &cmd.args).await {
-                        Ok(Some(creds)) => match Self::login(s, &cmd.tag, creds).await {
-                            Some(back) => {
-                                s = back;
-                                Ok(())
-                            }
-                            None => return,
-                        },
+                        Ok(Some(creds)) => {
+                            let Some(back) = Self::login(s, &cmd.tag, creds).await else {
+                                return;
+                            };
+                            s = back;
+                            Ok(())
+                        }
                         Ok(None) => Ok(()),
                         Err(e) => {
                             s.log_end(&e);
@@ -290,24 +290,15 @@ impl Imap {
         let tag_text = String::from_utf8_lossy(tag).into_owned();
         let peer = s.peer();
         let starttls = s.backend_starttls();
-        match s.authorize(creds, "imap").await {
-            Outcome::Refused {
-                mut session,
-                status,
-                retry,
-                ..
-            } => {
-                let line = format!("{tag_text} NO {status}\r\n");
-                if session.send(line.as_bytes()).await.is_err() || !retry {
-                    return None;
-                }
-                Some(session)
-            }
-            Outcome::Failed(mut session) => {
-                let _ = session.send(b"* BAD internal server error\r\n").await;
-                None
-            }
-            Outcome::Backend(b) => {
+        let refused = |status: &str, _: Option<&str>| format!("{tag_text} NO {status}\r\n");
+        let outcome = s.authorize(creds, "imap").await;
+        match outcome
+            .settle(refused, b"* BAD internal server error\r\n")
+            .await
+        {
+            Settled::Retry(session) => Some(session),
+            Settled::Closed => None,
+            Settled::Backend(b) => {
                 b.run(|io, stream, creds, t| {
                     Box::pin(backend_login(
                         io,

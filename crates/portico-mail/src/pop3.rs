@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::session::{Credentials, Outcome, Sasl, Session};
+use crate::session::{Credentials, Sasl, Session, Settled};
 
 const INVALID: &[u8] = b"-ERR invalid command\r\n";
 
@@ -116,12 +116,12 @@ impl Pop3 {
                     // A password may hold spaces: everything after "PASS ".
                     let pass = line.get(5..).unwrap_or_default().to_vec();
                     let creds = Credentials::plain(user.take().unwrap_or_default(), pass);
-                    match Self::login(s, creds).await {
-                        Some(back) => {
-                            s = back;
-                            Ok(())
-                        }
-                        None => return,
+                    {
+                        let Some(back) = Self::login(s, creds).await else {
+                            return;
+                        };
+                        s = back;
+                        Ok(())
                     }
                 }
                 "APOP" if may_auth && apop && cmd.args.len() == 2 => {
@@ -132,12 +132,12 @@ impl Pop3 {
                         args.next().unwrap_or_default(),
                     );
                     creds.salt = Some(s.salt());
-                    match Self::login(s, creds).await {
-                        Some(back) => {
-                            s = back;
-                            Ok(())
-                        }
-                        None => return,
+                    {
+                        let Some(back) = Self::login(s, creds).await else {
+                            return;
+                        };
+                        s = back;
+                        Ok(())
                     }
                 }
                 "AUTH" if may_auth && cmd.args.is_empty() => {
@@ -150,13 +150,13 @@ impl Pop3 {
                     s.send(list.as_bytes()).await
                 }
                 "AUTH" if may_auth => match Self::authenticate(&mut s, &cmd.args).await {
-                    Ok(Some(creds)) => match Self::login(s, creds).await {
-                        Some(back) => {
-                            s = back;
-                            Ok(())
-                        }
-                        None => return,
-                    },
+                    Ok(Some(creds)) => {
+                        let Some(back) = Self::login(s, creds).await else {
+                            return;
+                        };
+                        s = back;
+                        Ok(())
+                    }
                     Ok(None) => Ok(()),
                     Err(e) => {
                         s.log_end(&e);
@@ -191,24 +191,15 @@ impl Pop3 {
 
     async fn login(s: Session, creds: Credentials) -> Option<Session> {
         let starttls = s.backend_starttls();
-        match s.authorize(creds, "pop3").await {
-            Outcome::Refused {
-                mut session,
-                status,
-                retry,
-                ..
-            } => {
-                let line = format!("-ERR {status}\r\n");
-                if session.send(line.as_bytes()).await.is_err() || !retry {
-                    return None;
-                }
-                Some(session)
-            }
-            Outcome::Failed(mut session) => {
-                let _ = session.send(b"-ERR internal server error\r\n").await;
-                None
-            }
-            Outcome::Backend(b) => {
+        let refused = |status: &str, _: Option<&str>| format!("-ERR {status}\r\n");
+        let outcome = s.authorize(creds, "pop3").await;
+        match outcome
+            .settle(refused, b"-ERR internal server error\r\n")
+            .await
+        {
+            Settled::Retry(session) => Some(session),
+            Settled::Closed => None,
+            Settled::Backend(b) => {
                 b.run(|io, stream, creds, t| {
                     Box::pin(backend_login(io, stream, creds, starttls, t))
                 })

@@ -91,6 +91,46 @@ pub enum Outcome {
     Backend(BackendSession),
 }
 
+/// A login's outcome once the client has been answered.
+pub enum Settled {
+    /// Refused with Auth-Wait: the client may try again.
+    Retry(Session),
+    /// Refused without Auth-Wait, or a temporary failure: the session is over.
+    Closed,
+    /// Accepted: log in to the backend and tunnel.
+    Backend(BackendSession),
+}
+
+impl Outcome {
+    /// Answers a refusal with `refused(status, Auth-Error-Code)` and a temporary
+    /// failure with `failed`, each protocol's own words, the same way for all three.
+    pub async fn settle(
+        self,
+        refused: impl FnOnce(&str, Option<&str>) -> String,
+        failed: &[u8],
+    ) -> Settled {
+        match self {
+            Outcome::Refused {
+                mut session,
+                status,
+                retry,
+                error_code,
+            } => {
+                let line = refused(&status, error_code.as_deref());
+                if session.send(line.as_bytes()).await.is_err() || !retry {
+                    return Settled::Closed;
+                }
+                Settled::Retry(session)
+            }
+            Outcome::Failed(mut session) => {
+                let _ = session.send(failed).await;
+                Settled::Closed
+            }
+            Outcome::Backend(b) => Settled::Backend(b),
+        }
+    }
+}
+
 impl Session {
     pub fn new(conn: Connection, cfg: Arc<MailSettings>) -> Self {
         Self {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::io::{write_all, LineIo, ReadError};
-use crate::session::{Credentials, Outcome, Sasl, Session};
+use crate::session::{Credentials, Sasl, Session, Settled};
 
 const INVALID: &[u8] = b"500 5.5.1 Invalid command\r\n";
 
@@ -190,12 +190,12 @@ impl Smtp {
                     let creds = Credentials::new("none", Vec::new(), Vec::new());
                     let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
                     let envelope = (mail_from.clone().unwrap_or_default(), line.clone());
-                    match Self::login(s, creds, hello, Some(envelope)).await {
-                        Some(back) => {
-                            s = back;
-                            Ok(())
-                        }
-                        None => return,
+                    {
+                        let Some(back) = Self::login(s, creds, hello, Some(envelope)).await else {
+                            return;
+                        };
+                        s = back;
+                        Ok(())
                     }
                 }
                 "RCPT" | "DATA" if relay => s.send(b"503 5.5.1 Error: need MAIL command\r\n").await,
@@ -221,12 +221,12 @@ impl Smtp {
                     match Self::authenticate(&mut s, &cmd.rest).await {
                         Ok(Some(creds)) => {
                             let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
-                            match Self::login(s, creds, hello, None).await {
-                                Some(back) => {
-                                    s = back;
-                                    Ok(())
-                                }
-                                None => return,
+                            {
+                                let Some(back) = Self::login(s, creds, hello, None).await else {
+                                    return;
+                                };
+                                s = back;
+                                Ok(())
                             }
                         }
                         Ok(None) => Ok(()),
@@ -285,25 +285,17 @@ impl Smtp {
             starttls: s.backend_starttls(),
             auth: s.cfg.backend_auth.clone(),
         };
-        match s.authorize_with(creds, "smtp", extra).await {
-            Outcome::Refused {
-                mut session,
-                status,
-                retry,
-                error_code,
-            } => {
-                let code = error_code.unwrap_or_else(|| "535 5.7.0".into());
-                let line = format!("{code} {status}\r\n");
-                if session.send(line.as_bytes()).await.is_err() || !retry {
-                    return None;
-                }
-                Some(session)
-            }
-            Outcome::Failed(mut session) => {
-                let _ = session.send(b"451 4.3.2 Internal server error\r\n").await;
-                None
-            }
-            Outcome::Backend(b) => {
+        let refused = |status: &str, code: Option<&str>| {
+            format!("{} {status}\r\n", code.unwrap_or("535 5.7.0"))
+        };
+        let outcome = s.authorize_with(creds, "smtp", extra).await;
+        match outcome
+            .settle(refused, b"451 4.3.2 Internal server error\r\n")
+            .await
+        {
+            Settled::Retry(session) => Some(session),
+            Settled::Closed => None,
+            Settled::Backend(b) => {
                 b.run(move |io, stream, creds, t| {
                     Box::pin(backend_login(io, stream, creds, handshake, t))
                 })

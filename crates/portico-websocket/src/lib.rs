@@ -8,35 +8,14 @@
 //! It knows nothing of HTTP: the handshake is the HTTP module's (`portico-http`
 //! `proxy::forward_upgrade`).
 
-use std::time::Duration;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-/// Limits of one tunnel.
-#[derive(Debug, Clone, Copy)]
-pub struct TunnelLimits {
-    /// No byte either way for this long ends the tunnel.
-    pub idle: Duration,
-    /// The tunnel ends after this long whatever happens; zero = never.
-    pub max_lifetime: Duration,
-    /// After shutdown begins, open tunnels go on this long, then get 1001.
-    pub drain: Duration,
-}
-
-/// Why a tunnel ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelEnd {
-    /// Both sides closed (the WebSocket close handshake passed through).
-    Closed,
-    /// The client's connection failed.
-    ClientError,
-    /// The upstream's connection failed: count it against the server.
-    UpstreamError,
-    Idle,
-    Lifetime,
-    Shutdown,
-}
+/// Why a tunnel ended: the relay's answer (`UpstreamError` also for an upstream that hung
+/// up without a close frame).
+pub use portico_core::relay::RelayEnd as TunnelEnd;
+/// Limits of one tunnel: the listener core's relay limits (idle, max lifetime, drain).
+pub use portico_core::relay::RelayLimits as TunnelLimits;
 
 /// Follows the frame headers of one direction (without looking at payloads) to notice
 /// a close frame: an upstream that ends its connection without having sent one died
@@ -142,30 +121,19 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    use portico_core::relay::{relay, Goodbye, RelayEnd, RelayLimits};
-    let limits = RelayLimits {
-        idle: limits.idle,
-        max_lifetime: limits.max_lifetime,
-        drain: limits.drain,
-    };
+    use portico_core::relay::{relay, Goodbye};
     let goodbye = Goodbye {
         to_client: going_away(false),
         to_upstream: going_away(true),
     };
     let mut frames = FrameScanner::default();
-    match relay(client, upstream, limits, shutdown, &mut frames, goodbye).await {
-        RelayEnd::Closed => TunnelEnd::Closed,
-        RelayEnd::ClientError => TunnelEnd::ClientError,
-        RelayEnd::UpstreamError => TunnelEnd::UpstreamError,
-        RelayEnd::Idle => TunnelEnd::Idle,
-        RelayEnd::Lifetime => TunnelEnd::Lifetime,
-        RelayEnd::Shutdown => TunnelEnd::Shutdown,
-    }
+    relay(client, upstream, limits, shutdown, &mut frames, goodbye).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::duplex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -99,15 +99,7 @@ impl Facts<'_> {
             KeyPart::User => {}
             KeyPart::Header(name) => out.extend_from_slice(&self.header_joined(name)),
             KeyPart::Cookie(name) => {
-                let found = self
-                    .headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .flat_map(|v| v.split(';'))
-                    .filter_map(|c| c.trim().split_once('='))
-                    .find(|(k, _)| k == name);
-                if let Some((_, v)) = found {
+                if let Some(v) = crate::proxy::cookie(self.headers, name) {
                     out.extend_from_slice(v.as_bytes());
                 }
             }

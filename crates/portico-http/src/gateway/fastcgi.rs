@@ -20,7 +20,6 @@ use portico_upstream::{connect, IdlePool, Pick, Server};
 
 use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
 use super::Head;
-use crate::body::{BoxError, HttpBody};
 
 /// The one request id used on a connection (no multiplexing).
 const ID: u16 = 1;
@@ -331,7 +330,7 @@ pub struct Reader {
     state: Option<Arc<ServerState>>,
 }
 
-impl Reader {
+impl super::io::Pieces for Reader {
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         if let Some(p) = self.pending.take() {
             return Ok(Some(p));
@@ -357,31 +356,10 @@ impl Reader {
         }
     }
 
-    /// The response body; the pick succeeds when END_REQUEST arrives, fails if the
-    /// stream breaks.
-    pub fn into_body(self, pick: Pick) -> HttpBody {
-        super::io::streamed((self, Some(pick)), |(mut r, mut pick)| async move {
-            match r.next().await {
-                Ok(Some(b)) => Some((Ok(b), (r, pick))),
-                Ok(None) => {
-                    if let Some(p) = pick.take() {
-                        p.success();
-                    }
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(request = r.request, server = %r.server, error = %e,
-                        "FastCGI response body failed");
-                    // The connection goes before the pick: a request waiting for the
-                    // server must find the connection count already down.
-                    r.conn = None;
-                    if let Some(p) = pick.take() {
-                        p.failure();
-                    }
-                    Some((Err(Box::new(e) as BoxError), (r, None)))
-                }
-            }
-        })
+    fn abandon(&mut self, error: &Failure) {
+        tracing::warn!(request = self.request, server = %self.server, error = %error,
+            "FastCGI response body failed");
+        self.conn = None;
     }
 }
 
@@ -458,7 +436,7 @@ mod tests {
         Upstream::new(cfg)
     }
 
-    async fn body_text(body: HttpBody) -> Vec<u8> {
+    async fn body_text(body: crate::body::HttpBody) -> Vec<u8> {
         use http_body_util::BodyExt;
         body.collect().await.unwrap().to_bytes().to_vec()
     }
@@ -481,7 +459,10 @@ mod tests {
                 .unwrap();
             assert_eq!(head.status, StatusCode::CREATED, "round {round}");
             assert_eq!(head.headers["x-a"], "1");
-            assert_eq!(body_text(reader.into_body(pick)).await, b"hello");
+            assert_eq!(
+                body_text(super::super::io::body_of(reader, pick)).await,
+                b"hello"
+            );
         }
         // FCGI_MAX_CONNS = 3 became the server's limit, so connections were kept.
         assert_eq!(up.servers[0].max_conns(), 3);
@@ -489,56 +470,34 @@ mod tests {
         assert_eq!(st.pool.idle(), 1, "one connection, reused");
     }
 
+    /// One request to a fake server answering `answer`; the failure it gives.
+    async fn failure_for(answer: Vec<u8>) -> Option<Failure> {
+        let up = upstream(fake_server(answer).await);
+        let pick = up.select(&SelectCtx::default()).unwrap();
+        let params = encode_params(&[]);
+        attempt(&pick, &up.config, &params, &mut RequestBody::Empty, 1)
+            .await
+            .err()
+    }
+
     #[tokio::test]
     async fn overloaded_and_invalid_answers() {
-        let addr = fake_server(end(ProtocolStatus::Overloaded).to_vec()).await;
-        let up = upstream(addr);
-        let pick = up.select(&SelectCtx::default()).unwrap();
-        let r = attempt(
-            &pick,
-            &up.config,
-            &encode_params(&[]),
-            &mut RequestBody::Empty,
-            1,
-        )
-        .await;
-        let Err(f) = r else {
-            panic!("overloaded is a failure")
-        };
+        let f = failure_for(end(ProtocolStatus::Overloaded).to_vec())
+            .await
+            .expect("overloaded is a failure");
         assert!(matches!(f, Failure::Overloaded));
         assert_eq!(f.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(!f.blames_server());
 
         let mut bad = stdout(b"no header here\r\n\r\n");
         bad.extend(end(ProtocolStatus::RequestComplete));
-        let addr = fake_server(bad).await;
-        let up = upstream(addr);
-        let pick = up.select(&SelectCtx::default()).unwrap();
-        let r = attempt(
-            &pick,
-            &up.config,
-            &encode_params(&[]),
-            &mut RequestBody::Empty,
-            1,
-        )
-        .await;
-        let Err(f) = r else {
-            panic!("an invalid header is a failure")
-        };
+        let f = failure_for(bad)
+            .await
+            .expect("an invalid header is a failure");
         assert_eq!(f.status(), StatusCode::BAD_GATEWAY);
 
-        let addr = fake_server(end(ProtocolStatus::RequestComplete).to_vec()).await;
-        let up = upstream(addr);
-        let pick = up.select(&SelectCtx::default()).unwrap();
-        let r = attempt(
-            &pick,
-            &up.config,
-            &encode_params(&[]),
-            &mut RequestBody::Empty,
-            1,
-        )
-        .await;
-        assert!(matches!(r, Err(Failure::Invalid(_))), "no header at all");
+        let f = failure_for(end(ProtocolStatus::RequestComplete).to_vec()).await;
+        assert!(matches!(f, Some(Failure::Invalid(_))), "no header at all");
     }
 
     #[test]

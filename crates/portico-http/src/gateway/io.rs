@@ -247,10 +247,42 @@ async fn temp_file() -> std::io::Result<tokio::fs::File> {
     Ok(file)
 }
 
+/// An app server's answer, read piece by piece (uwsgi: HTTP framing; FastCGI: STDOUT
+/// records).
+pub trait Pieces: Send + 'static {
+    /// The next piece of the body; `None` at its end.
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Option<Bytes>, Failure>> + Send;
+    /// After `error`: log it and let the connection go (before the pick is counted, so a
+    /// request waiting for the server finds it freed).
+    fn abandon(&mut self, error: &Failure);
+}
+
+/// The response body over `pieces`: the pick succeeds when it ends, fails if it breaks.
+pub fn body_of<P: Pieces>(pieces: P, pick: portico_upstream::Pick) -> HttpBody {
+    streamed((pieces, Some(pick)), |(mut r, mut pick)| async move {
+        match r.next().await {
+            Ok(Some(b)) => Some((Ok(b), (r, pick))),
+            Ok(None) => {
+                if let Some(p) = pick.take() {
+                    p.success();
+                }
+                None
+            }
+            Err(e) => {
+                r.abandon(&e);
+                if let Some(p) = pick.take() {
+                    p.failure();
+                }
+                Some((Err(Box::new(e) as BoxError), (r, None)))
+            }
+        }
+    })
+}
+
 /// A response body pulled from an upstream by `next` (one piece per call, `None` at the
 /// end), streamed to the client with backpressure: the next piece is read only when
 /// the client took the last one.
-pub fn streamed<S, F, Fut>(state: S, next: F) -> HttpBody
+fn streamed<S, F, Fut>(state: S, next: F) -> HttpBody
 where
     S: Send + 'static,
     F: FnMut(S) -> Fut + Send + 'static,

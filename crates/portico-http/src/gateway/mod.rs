@@ -22,11 +22,10 @@ use http::{Method, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use portico_config::{KeyTemplate, ProxyRoute, Via};
-use portico_upstream::{NoServer, SelectCtx};
 
 use crate::body::{ClientBody, HttpBody};
 use crate::errors::error_response;
-use crate::proxy::{is_idempotent, strip_hop_by_hop, HttpUpstream, UpstreamAddr};
+use crate::proxy::{is_idempotent, strip_hop_by_hop, HttpUpstream, Tries, UpstreamAddr};
 use env::{Facts, Flavor};
 use io::{Failure, RequestBody, Spool};
 
@@ -245,36 +244,12 @@ pub async fn forward(
     drop(facts);
 
     let policy = cfg.next_upstream;
-    let max_tries = upstream.max_tries();
-    let first_try = std::time::Instant::now();
-    let budget_left =
-        || cfg.next_upstream_timeout.is_zero() || first_try.elapsed() < cfg.next_upstream_timeout;
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_status = StatusCode::BAD_GATEWAY;
-    let mut last_addr = None;
-    while tried.len() < max_tries && (tried.is_empty() || budget_left()) {
-        let ctx = SelectCtx {
-            client_ip: client.peer.map(|p| p.ip()),
-            exclude: &tried,
-            key: client.hash_key.as_deref(),
-        };
-        let pick = match upstream.select_queued(&ctx).await {
-            Ok(p) => p,
-            Err(NoServer::NoneAvailable) => {
-                if tried.is_empty() {
-                    tracing::error!(upstream = %cfg.name, "no live upstreams");
-                }
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(upstream = %cfg.name, "{e}");
-                last_status = StatusCode::SERVICE_UNAVAILABLE;
-                break;
-            }
-        };
-        tried.push(pick.index);
-        let addr = pick.server.addr().to_string();
-        last_addr = Some(addr.clone());
+    let mut tries = Tries::new(
+        &upstream,
+        client.peer.map(|p| p.ip()),
+        client.hash_key.as_deref(),
+    );
+    while let Some((pick, addr)) = tries.next().await {
         let started = std::time::Instant::now();
         let result = match &route.proto {
             Proto::Uwsgi { .. } => uwsgi::attempt(&pick, cfg, &wire, &mut body, no_body)
@@ -289,22 +264,12 @@ pub async fn forward(
             Ok((mut head, reader)) => {
                 pick.record_latency(started.elapsed());
                 let status = head.status.as_u16();
-                if policy.on_status(status)
-                    && resendable
-                    && tried.len() < max_tries
-                    && budget_left()
+                if policy.on_status(status) && resendable && tries.left() && tries.another_exists()
                 {
-                    let ctx = SelectCtx {
-                        client_ip: client.peer.map(|p| p.ip()),
-                        exclude: &tried,
-                        key: client.hash_key.as_deref(),
-                    };
-                    if upstream.select(&ctx).is_some() {
-                        tracing::warn!(upstream = %cfg.name, server = %addr, status,
-                            "app answered {status}: trying the next server");
-                        pick.failure();
-                        continue;
-                    }
+                    tracing::warn!(upstream = %cfg.name, server = %addr, status,
+                        "app answered {status}: trying the next server");
+                    pick.failure();
+                    continue;
                 }
                 strip_hop_by_hop(&mut head.headers);
                 let body = if no_body || !head.status_has_body() {
@@ -313,7 +278,7 @@ pub async fn forward(
                 } else {
                     match reader {
                         Reader::Uwsgi(r) => r.into_body(pick),
-                        Reader::Fastcgi(r) => r.into_body(pick),
+                        Reader::Fastcgi(r) => io::body_of(r, pick),
                     }
                 };
                 let mut resp = Response::new(body);
@@ -322,7 +287,7 @@ pub async fn forward(
                 return (resp, Some(addr));
             }
             Err(f) => {
-                last_status = f.status();
+                tries.last_status = f.status();
                 if let Failure::Client(status) = f {
                     return (error_response(status), Some(addr));
                 }
@@ -346,7 +311,7 @@ pub async fn forward(
             }
         }
     }
-    (error_response(last_status), last_addr)
+    tries.give_up()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use portico_upstream::{connect_with, Pick};
 
 use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
 use super::Head;
-use crate::body::{BoxError, HttpBody};
+use crate::body::HttpBody;
 
 /// Sends one request on a fresh connection and reads the response head.
 pub async fn attempt(
@@ -240,7 +240,7 @@ pub struct Reader {
     timeout: Duration,
 }
 
-impl Reader {
+impl super::io::Pieces for Reader {
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         loop {
             match &mut self.framing {
@@ -282,6 +282,13 @@ impl Reader {
         }
     }
 
+    fn abandon(&mut self, error: &Failure) {
+        tracing::warn!(error = %error, "uwsgi response body failed");
+        self.framing = Framing::Done;
+    }
+}
+
+impl Reader {
     /// The response body; the pick succeeds when it ends, fails if it breaks.
     pub fn into_body(mut self, pick: Pick) -> HttpBody {
         // A small answer often arrives whole with its head: hand it over as it is and
@@ -292,25 +299,7 @@ impl Reader {
                 return crate::body::full(self.conn.buf.split().freeze());
             }
         }
-        super::io::streamed((self, Some(pick)), |(mut r, mut pick)| async move {
-            match r.next().await {
-                Ok(Some(b)) => Some((Ok(b), (r, pick))),
-                Ok(None) => {
-                    if let Some(p) = pick.take() {
-                        p.success();
-                    }
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "uwsgi response body failed");
-                    if let Some(p) = pick.take() {
-                        p.failure();
-                    }
-                    r.framing = Framing::Done;
-                    Some((Err(Box::new(e) as BoxError), (r, None)))
-                }
-            }
-        })
+        super::io::body_of(self, pick)
     }
 }
 
