@@ -227,13 +227,11 @@ impl Imap {
                         args.next().unwrap_or_default(),
                         args.next().unwrap_or_default(),
                     );
-                    {
-                        let Some(back) = Self::login(s, &cmd.tag, creds).await else {
-                            return;
-                        };
-                        s = back;
-                        Ok(())
-                    }
+                    let Some(back) = Self::login(s, &cmd.tag, creds).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 "AUTHENTICATE" if !s.starttls_required() && !cmd.args.is_empty() => {
                     match Self::authenticate(&mut s, &tag, &cmd.args).await {

@@ -116,13 +116,11 @@ impl Pop3 {
                     // A password may hold spaces: everything after "PASS ".
                     let pass = line.get(5..).unwrap_or_default().to_vec();
                     let creds = Credentials::plain(user.take().unwrap_or_default(), pass);
-                    {
-                        let Some(back) = Self::login(s, creds).await else {
-                            return;
-                        };
-                        s = back;
-                        Ok(())
-                    }
+                    let Some(back) = Self::login(s, creds).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 "APOP" if may_auth && apop && cmd.args.len() == 2 => {
                     let mut args = cmd.args.into_iter();
@@ -132,13 +130,11 @@ impl Pop3 {
                         args.next().unwrap_or_default(),
                     );
                     creds.salt = Some(s.salt());
-                    {
-                        let Some(back) = Self::login(s, creds).await else {
-                            return;
-                        };
-                        s = back;
-                        Ok(())
-                    }
+                    let Some(back) = Self::login(s, creds).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 "AUTH" if may_auth && cmd.args.is_empty() => {
                     let mut list = String::from("+OK methods supported:\r\n");

@@ -190,13 +190,11 @@ impl Smtp {
                     let creds = Credentials::new("none", Vec::new(), Vec::new());
                     let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
                     let envelope = (mail_from.clone().unwrap_or_default(), line.clone());
-                    {
-                        let Some(back) = Self::login(s, creds, hello, Some(envelope)).await else {
-                            return;
-                        };
-                        s = back;
-                        Ok(())
-                    }
+                    let Some(back) = Self::login(s, creds, hello, Some(envelope)).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 "RCPT" | "DATA" if relay => s.send(b"503 5.5.1 Error: need MAIL command\r\n").await,
                 "QUIT" => {
@@ -221,13 +219,11 @@ impl Smtp {
                     match Self::authenticate(&mut s, &cmd.rest).await {
                         Ok(Some(creds)) => {
                             let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
-                            {
-                                let Some(back) = Self::login(s, creds, hello, None).await else {
-                                    return;
-                                };
-                                s = back;
-                                Ok(())
-                            }
+                            let Some(back) = Self::login(s, creds, hello, None).await else {
+                                return;
+                            };
+                            s = back;
+                            Ok(())
                         }
                         Ok(None) => Ok(()),
                         Err(e) => {
