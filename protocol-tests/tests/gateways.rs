@@ -369,17 +369,69 @@ fn php_fpm_scripts() {
     failures_are_clean(&p, &PHP);
 }
 
-/// Established TCP connections to `port` on 127.0.0.1 (from /proc/net/tcp).
-fn established_to(port: u16) -> usize {
+/// TCP sockets in `state` (/proc/net/tcp's hex code) whose local (`local`) or remote
+/// port is `port`.
+fn tcp_sockets(port: u16, local: bool, state: &str) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let col = if local { 1 } else { 2 };
     table
         .lines()
         .skip(1)
         .filter(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[2].ends_with(&format!(":{port:04X}")) && cols[3] == "01"
+            cols.len() > 3 && cols[col].ends_with(&format!(":{port:04X}")) && cols[3] == state
         })
         .count()
+}
+
+/// Established TCP connections to `port` on 127.0.0.1.
+fn established_to(port: u16) -> usize {
+    tcp_sockets(port, false, "01")
+}
+
+/// TIME_WAIT sockets the server listening on `port` keeps.
+fn time_wait_at(port: u16) -> usize {
+    tcp_sockets(port, true, "06")
+}
+
+/// uWSGI and php-fpm (without keep-conn) close the connection after each answer. Once
+/// an answer is complete, Portico closes its end with a reset, so the app server keeps
+/// no TIME_WAIT socket per request (with a FIN close it keeps one each, as behind nginx)
+/// and Portico none either.
+#[test]
+fn completed_exchanges_leave_no_time_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let uwsgi_port = free_port();
+    let fpm_port = free_port();
+    let _uwsgi = uwsgi(Bind::Tcp(uwsgi_port), &[]);
+    let _fpm = php_fpm(dir.path(), Bind::Tcp(fpm_port), 2);
+    let cases = [
+        (uwsgi_port, "uwsgi", String::new(), &FLASK),
+        (fpm_port, "fastcgi", php_route(), &PHP),
+    ];
+    for (port, via, route, app) in cases {
+        let p = Portico::start(&gateway_config(
+            &at(&format!("127.0.0.1:{port}")),
+            via,
+            "",
+            &route,
+        ));
+        let before = time_wait_at(port);
+        // Answers framed by length, streamed ones, HEAD, and bodies sent up.
+        for _ in 0..10 {
+            assert_eq!(curl(&[], &p.url(app.env)).status, 200, "{via}");
+        }
+        let r = curl(&[], &p.url(app.big));
+        assert_eq!((r.status, r.body.len()), (200, 10 << 20), "{via}");
+        assert_eq!(curl(&["-I"], &p.url(app.env)).status, 200, "{via}");
+        let form = curl(&["-d", "a=1&b=2"], &p.url(app.form));
+        assert_eq!(form.status, 200, "{via}");
+        assert_eq!(
+            time_wait_at(port),
+            before,
+            "{via}: TIME_WAIT sockets at the server"
+        );
+    }
 }
 
 #[test]

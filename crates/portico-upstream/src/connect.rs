@@ -23,35 +23,40 @@ pin_project! {
 /// Connects to `addr`, giving up after `timeout` with `ErrorKind::TimedOut`. TCP
 /// connections have Nagle's algorithm off (TCP_NODELAY).
 pub async fn connect(addr: &PeerAddr, timeout: Duration) -> io::Result<PeerStream> {
-    connect_with(addr, timeout, true).await
+    Ok(connect_sending(addr, timeout, true, &[]).await?.0)
 }
 
-/// [`connect`], with TCP_NODELAY only if `nodelay`: a protocol that sends its whole
-/// request in one write and then only reads (uwsgi without a body) saves the syscall.
-pub async fn connect_with(
+/// [`connect`], sending `first` as soon as the connection allows, and TCP_NODELAY only
+/// if `nodelay` (a protocol that sends its whole request in one write and then only
+/// reads saves the syscall). Returns how much of `first` went out; the caller writes
+/// the rest.
+///
+/// On loopback and fast links the handshake is done when `connect()` returns, so the
+/// request goes out in the same turn of the event loop instead of after a round trip
+/// through epoll for "writable" (and without the SO_ERROR check that a successful send
+/// makes moot). A connection that is still being set up falls back to waiting.
+pub async fn connect_sending(
     addr: &PeerAddr,
     timeout: Duration,
     nodelay: bool,
-) -> io::Result<PeerStream> {
+    first: &[u8],
+) -> io::Result<(PeerStream, usize)> {
     let fut = async {
         match addr {
-            PeerAddr::Tcp(a) => {
-                let s = TcpStream::connect(a).await?;
-                if nodelay {
-                    s.set_nodelay(true)?;
-                }
-                Ok(PeerStream::Tcp { inner: s })
-            }
+            PeerAddr::Tcp(a) => tcp_sending(*a, nodelay, first).await,
             PeerAddr::Host { host, port } => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
                 if nodelay {
                     s.set_nodelay(true)?;
                 }
-                Ok(PeerStream::Tcp { inner: s })
+                Ok((PeerStream::Tcp { inner: s }, 0))
             }
-            PeerAddr::Unix(p) => Ok(PeerStream::Unix {
-                inner: UnixStream::connect(p).await?,
-            }),
+            PeerAddr::Unix(p) => Ok((
+                PeerStream::Unix {
+                    inner: UnixStream::connect(p).await?,
+                },
+                0,
+            )),
         }
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -63,12 +68,68 @@ pub async fn connect_with(
     }
 }
 
+async fn tcp_sending(
+    addr: std::net::SocketAddr,
+    nodelay: bool,
+    first: &[u8],
+) -> io::Result<(PeerStream, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    if nodelay {
+        sock.set_tcp_nodelay(true)?;
+    }
+    match sock.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let sent = if first.is_empty() {
+        0
+    } else {
+        match sock.send_with_flags(first, libc::MSG_NOSIGNAL) {
+            Ok(n) => n,
+            // Still in the handshake (or no room): wait for it below.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+                ) =>
+            {
+                0
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let inner = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+    if sent == 0 {
+        inner.writable().await?;
+        if let Some(e) = inner.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok((PeerStream::Tcp { inner }, sent))
+}
+
 impl PeerStream {
     /// The server's IP address (`None` on a Unix socket).
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
         match self {
             PeerStream::Tcp { inner } => inner.peer_addr().ok().map(|a| a.ip()),
             PeerStream::Unix { .. } => None,
+        }
+    }
+
+    /// Makes the coming close a reset (SO_LINGER 0) instead of a FIN: for a connection
+    /// whose exchange is complete and that the server closes after one request (uwsgi,
+    /// FastCGI without keep-conn), this spares both kernels the FIN handshake and the
+    /// server a TIME_WAIT socket per request. No-op on Unix sockets.
+    pub fn reset_on_close(&self) {
+        if let PeerStream::Tcp { inner } = self {
+            let _ = socket2::SockRef::from(inner).set_linger(Some(Duration::ZERO));
         }
     }
 

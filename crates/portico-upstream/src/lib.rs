@@ -27,7 +27,7 @@ use std::time::Instant;
 use portico_config::{Balance, PeerAddr, ServerConfig, UpstreamConfig};
 use serde::Serialize;
 
-pub use connect::{connect, connect_with, PeerStream};
+pub use connect::{connect, connect_sending, PeerStream};
 pub use pool::IdlePool;
 pub use resolve::{expand, run_resolver, UpstreamHandle};
 

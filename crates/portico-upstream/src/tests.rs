@@ -374,3 +374,63 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Ou
     })
     .await
 }
+
+#[tokio::test]
+async fn connect_sending_sends_first_bytes_and_reports_refusals() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = PeerAddr::Tcp(l.local_addr().unwrap());
+    let request = b"first bytes of a request".repeat(10);
+    let (mut stream, sent) = connect_sending(&addr, Duration::from_secs(5), false, &request)
+        .await
+        .unwrap();
+    // The loopback handshake is over when connect() returns: it all went out at once.
+    assert_eq!(sent, request.len());
+    let (mut peer, _) = l.accept().await.unwrap();
+    let mut got = vec![0; request.len()];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, request);
+    // Still a normal connection both ways.
+    peer.write_all(b"answer").await.unwrap();
+    let mut answer = [0u8; 6];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"answer");
+
+    // Nothing to send: a plain connect.
+    let (_s, sent) = connect_sending(&addr, Duration::from_secs(5), true, &[])
+        .await
+        .unwrap();
+    assert_eq!(sent, 0);
+
+    // A closed port is an error, whether or not there was something to send.
+    drop(l);
+    for first in [&b""[..], b"x"] {
+        let e = connect_sending(&addr, Duration::from_secs(5), false, first)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{first:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_reset_close_reaches_the_server_as_a_reset() {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = PeerAddr::Tcp(l.local_addr().unwrap());
+    for reset in [false, true] {
+        let stream = connect(&addr, Duration::from_secs(5)).await.unwrap();
+        let (mut peer, _) = l.accept().await.unwrap();
+        if reset {
+            stream.reset_on_close();
+        }
+        drop(stream);
+        let mut buf = [0u8; 1];
+        let r = peer.read(&mut buf).await;
+        if reset {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset);
+        } else {
+            assert_eq!(r.unwrap(), 0, "a FIN reads as end of stream");
+        }
+    }
+}

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes};
 use http::{header, HeaderMap, StatusCode};
 use portico_config::UpstreamConfig;
 use portico_fastcgi::{self as fcgi, EndRequest, ProtocolStatus, RecordType};
-use portico_upstream::{connect, IdlePool, Pick, Server};
+use portico_upstream::{connect_sending, IdlePool, Pick, Server};
 
 use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
 use super::Head;
@@ -114,15 +114,16 @@ fn stdin_frame(data: &[u8], out: &mut Vec<u8>) {
 async fn ask_values(server: &Server, cfg: &UpstreamConfig) {
     let timeout = cfg.connect_timeout.min(Duration::from_secs(2));
     let answer = async {
-        let stream = connect(server.addr(), timeout)
+        let ask = fcgi::get_values(&["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"]);
+        let (stream, sent) = connect_sending(server.addr(), timeout, false, &ask)
             .await
             .map_err(Failure::Connect)?;
         let mut conn = Conn::new(stream);
-        let ask = fcgi::get_values(&["FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS"]);
-        conn.write_all(&ask, timeout).await?;
+        conn.write_all(&ask[sent..], timeout).await?;
         loop {
             let (kind, content) = next_record(&mut conn, timeout).await?;
             if kind == RecordType::GetValuesResult as u8 {
+                conn.stream.reset_on_close();
                 return Ok::<_, Failure>(content);
             }
         }
@@ -155,21 +156,28 @@ async fn ask_values(server: &Server, cfg: &UpstreamConfig) {
 /// Reads the next record: its type and content.
 async fn next_record(conn: &mut Conn, timeout: Duration) -> Result<(u8, Bytes), Failure> {
     loop {
-        match fcgi::decode_record(&conn.buf) {
-            Ok(Some((rec, used))) => {
-                let kind = rec.header.kind;
-                let len = rec.content.len();
-                let mut whole = conn.buf.split_to(used);
-                whole.advance(8);
-                whole.truncate(len);
-                return Ok((kind, whole.freeze()));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(Failure::Invalid(e.to_string())),
+        if let Some(record) = buffered_record(conn)? {
+            return Ok(record);
         }
         if conn.fill(timeout, fcgi::MAX_RECORD).await? == 0 {
             return Err(Failure::Closed);
         }
+    }
+}
+
+/// The next record if it has been read whole already.
+fn buffered_record(conn: &mut Conn) -> Result<Option<(u8, Bytes)>, Failure> {
+    match fcgi::decode_record(&conn.buf) {
+        Ok(Some((rec, used))) => {
+            let kind = rec.header.kind;
+            let len = rec.content.len();
+            let mut whole = conn.buf.split_to(used);
+            whole.advance(8);
+            whole.truncate(len);
+            Ok(Some((kind, whole.freeze())))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(Failure::Invalid(e.to_string())),
     }
 }
 
@@ -202,28 +210,30 @@ pub async fn attempt(
     let state = state.filter(|_| keep);
     let usable = |c: &PooledConn| c.conn.buf.is_empty() && c.conn.stream.is_idle_usable();
     let mut pooled = state.as_ref().and_then(|s| s.pool.take(0, usable));
+    let mut head = Vec::with_capacity(16 + params.len());
+    head.extend_from_slice(&fcgi::begin_request(ID, keep));
+    head.extend_from_slice(params);
     loop {
         let reused = pooled.is_some();
-        let mut conn = match pooled.take() {
-            Some(c) => c,
+        let (mut conn, sent) = match pooled.take() {
+            Some(c) => (c, 0),
             None => {
                 let open = match &state {
                     Some(st) => st.reserve(limit),
                     None => Counted(Arc::new(AtomicUsize::new(1))),
                 };
-                let stream = connect(pick.server.addr(), cfg.connect_timeout)
-                    .await
-                    .map_err(Failure::Connect)?;
-                PooledConn {
+                let (stream, sent) =
+                    connect_sending(pick.server.addr(), cfg.connect_timeout, true, &head)
+                        .await
+                        .map_err(Failure::Connect)?;
+                let conn = PooledConn {
                     conn: Conn::new(stream),
                     _open: open,
-                }
+                };
+                (conn, sent)
             }
         };
-        let mut head = Vec::with_capacity(16 + params.len());
-        head.extend_from_slice(&fcgi::begin_request(ID, keep));
-        head.extend_from_slice(params);
-        if let Err(e) = conn.conn.write_all(&head, cfg.send_timeout).await {
+        if let Err(e) = conn.conn.write_all(&head[sent..], cfg.send_timeout).await {
             if reused {
                 continue; // the server closed the idle connection: open a new one
             }
@@ -330,6 +340,35 @@ pub struct Reader {
     state: Option<Arc<ServerState>>,
 }
 
+impl Reader {
+    /// The request ended cleanly: the connection goes back to the pool, or, when not
+    /// kept (the server closes it after END_REQUEST), ends with a reset.
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            match &self.state {
+                Some(st) if conn.conn.buf.is_empty() => st.pool.put(0, conn),
+                _ => conn.conn.stream.reset_on_close(),
+            }
+        }
+    }
+
+    /// For an answer without a body (HEAD, 204, 304): if the rest of the request (up to
+    /// END_REQUEST) has already arrived, the connection is released as after a body;
+    /// otherwise it is closed rather than waited for.
+    pub fn finish_buffered(mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        while let Ok(Some((kind, content))) = buffered_record(&mut conn.conn) {
+            match RecordType::from_u8(kind) {
+                Some(RecordType::Stderr) => log_stderr(self.request, &self.server, &content),
+                Some(RecordType::EndRequest) => return self.release(),
+                _ => {}
+            }
+        }
+    }
+}
+
 impl super::io::Pieces for Reader {
     async fn next(&mut self) -> Result<Option<Bytes>, Failure> {
         if let Some(p) = self.pending.take() {
@@ -344,11 +383,7 @@ impl super::io::Pieces for Reader {
                 Some(RecordType::Stdout) if !content.is_empty() => return Ok(Some(content)),
                 Some(RecordType::Stderr) => log_stderr(self.request, &self.server, &content),
                 Some(RecordType::EndRequest) => {
-                    if let (Some(conn), Some(st)) = (self.conn.take(), self.state.as_ref()) {
-                        if conn.conn.buf.is_empty() {
-                            st.pool.put(0, conn);
-                        }
-                    }
+                    self.release();
                     return Ok(None);
                 }
                 _ => {}

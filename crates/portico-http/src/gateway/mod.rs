@@ -274,6 +274,9 @@ pub async fn forward(
                 strip_hop_by_hop(&mut head.headers);
                 let body = if no_body || !head.status_has_body() {
                     pick.success();
+                    if let Reader::Fastcgi(r) = reader {
+                        r.finish_buffered();
+                    }
                     crate::body::empty()
                 } else {
                     match reader {

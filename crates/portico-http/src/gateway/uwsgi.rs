@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, StatusCode};
-use portico_upstream::{connect_with, Pick};
+use portico_upstream::{connect_sending, Pick};
 
 use super::io::{Conn, Failure, RequestBody, MAX_HEAD};
 use super::Head;
@@ -22,11 +22,11 @@ pub async fn attempt(
 ) -> Result<(Head, Reader), Failure> {
     // The packet goes in one write; only a body written after it needs TCP_NODELAY.
     let nodelay = !matches!(body, RequestBody::Empty);
-    let stream = connect_with(pick.server.addr(), cfg.connect_timeout, nodelay)
+    let (stream, sent) = connect_sending(pick.server.addr(), cfg.connect_timeout, nodelay, packet)
         .await
         .map_err(Failure::Connect)?;
     let mut conn = Conn::new(stream);
-    conn.write_all(packet, cfg.send_timeout).await?;
+    conn.write_all(&packet[sent..], cfg.send_timeout).await?;
     let sent = body
         .send(&mut conn, cfg.send_timeout, |d, out| {
             out.extend_from_slice(d)
@@ -55,6 +55,7 @@ async fn read_head(
             if let Some((used, head, framing)) = parse_head(&conn.buf)? {
                 conn.buf.advance(used);
                 let framing = if no_body || !head.status_has_body() {
+                    conn.stream.reset_on_close();
                     Framing::Done
                 } else {
                     framing
@@ -245,10 +246,7 @@ impl super::io::Pieces for Reader {
         loop {
             match &mut self.framing {
                 Framing::Done => return Ok(None),
-                Framing::Length(0) => {
-                    self.framing = Framing::Done;
-                    return Ok(None);
-                }
+                Framing::Length(0) => return Ok(self.finish()),
                 Framing::Length(left) => {
                     if !self.conn.buf.is_empty() {
                         let n = (self.conn.buf.len() as u64).min(*left) as usize;
@@ -263,10 +261,7 @@ impl super::io::Pieces for Reader {
                 }
                 Framing::Chunked(st) => match decode_chunked(&mut self.conn.buf, st) {
                     Ok(Step::Data(b)) => return Ok(Some(b)),
-                    Ok(Step::End) => {
-                        self.framing = Framing::Done;
-                        return Ok(None);
-                    }
+                    Ok(Step::End) => return Ok(self.finish()),
                     Ok(Step::NeedMore) => {}
                     Err(e) => return Err(Failure::Invalid(e)),
                 },
@@ -274,8 +269,7 @@ impl super::io::Pieces for Reader {
             let n = self.conn.fill(self.timeout, 64 * 1024 + MAX_LINE).await?;
             if n == 0 {
                 if let Framing::Close = self.framing {
-                    self.framing = Framing::Done;
-                    return Ok(None);
+                    return Ok(self.finish());
                 }
                 return Err(Failure::Invalid("response body cut short".into()));
             }
@@ -289,6 +283,14 @@ impl super::io::Pieces for Reader {
 }
 
 impl Reader {
+    /// The response is complete: uWSGI closes the connection after it, so ours ends
+    /// with a reset (see [`portico_upstream::PeerStream::reset_on_close`]).
+    fn finish(&mut self) -> Option<Bytes> {
+        self.framing = Framing::Done;
+        self.conn.stream.reset_on_close();
+        None
+    }
+
     /// The response body; the pick succeeds when it ends, fails if it breaks.
     pub fn into_body(mut self, pick: Pick) -> HttpBody {
         // A small answer often arrives whole with its head: hand it over as it is and
@@ -296,6 +298,7 @@ impl Reader {
         if let Framing::Length(n) = self.framing {
             if self.conn.buf.len() as u64 == n {
                 pick.success();
+                self.conn.stream.reset_on_close();
                 return crate::body::full(self.conn.buf.split().freeze());
             }
         }
