@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark, not a test: wrk through Portico and through nginx to the same app servers,
-# same run: uWSGI (2 processes) serving the Flask app's "/" over the uwsgi protocol, and
-# one php-fpm pool (pm = static, 2 workers) serving index.php over FastCGI. nginx runs
+# same run: uWSGI (2 processes) serving the Flask app's "/" over the uwsgi protocol (on
+# TCP, and the same uWSGI on a Unix socket), and one php-fpm pool (pm = static, 2
+# workers) serving index.php over FastCGI. nginx runs
 # as users configure it (uwsgi_params / fastcgi_params, a connection per request), and
 # once more with FastCGI keep-alive (fastcgi_keep_conn + upstream keepalive 2).
 # Portico keeps FastCGI connections under max_conns = 2 (the pool's workers).
-# Prints req/s and p99 for both and the ratios.
+# Prints req/s, p99 and each proxy's own CPU time per request for both, and the ratios.
 #
 #   bash protocol-tests/bench/gateways.sh [WORKERS] [DURATION] [CONNECTIONS]
 #
@@ -25,10 +26,11 @@ cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -r
 trap cleanup EXIT
 
 uwsgi_port=18811; fpm_port=18812; nginx_port=18813; portico_port=18814
+nginx_unix_port=18815; portico_unix_port=18816; uwsgi_sock=$tmp/uwsgi.sock
 mkdir -p "$tmp/nginx/logs"
 fpm=$(ls /usr/sbin/php-fpm* | head -1)
 
-"$venv/bin/uwsgi" --socket 127.0.0.1:$uwsgi_port --chdir "$apps" --module flask_app:app \
+"$venv/bin/uwsgi" --socket 127.0.0.1:$uwsgi_port --socket "$uwsgi_sock" --chdir "$apps" --module flask_app:app \
   --processes 2 --master --die-on-term --disable-logging >"$tmp/uwsgi.log" 2>&1 &
 cat > "$tmp/fpm.conf" <<CONF
 [global]
@@ -53,7 +55,9 @@ http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
       fastcgi_param SCRIPT_FILENAME $apps/php/index.php; fastcgi_pass fpm_keep; }
     location /php/ { include /etc/nginx/fastcgi_params;
       fastcgi_param SCRIPT_FILENAME $apps/php/index.php; fastcgi_pass 127.0.0.1:$fpm_port; }
-    location / { include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:$uwsgi_port; } } }
+    location / { include /etc/nginx/uwsgi_params; uwsgi_pass 127.0.0.1:$uwsgi_port; } }
+  server { listen 127.0.0.1:$nginx_unix_port;
+    location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$uwsgi_sock; } } }
 CONF
 cat > "$tmp/portico.toml" <<CONF
 [runtime]
@@ -63,6 +67,8 @@ level = "warn"
 access_log = "off"
 [upstreams.uwsgi]
 servers = [{ addr = "127.0.0.1:$uwsgi_port" }]
+[upstreams.uwsgi_unix]
+servers = [{ addr = "unix:$uwsgi_sock" }]
 [upstreams.fpm]
 servers = [{ addr = "127.0.0.1:$fpm_port", max_conns = 2 }]
 keepalive = 2
@@ -79,11 +85,19 @@ listen = ["127.0.0.1:$portico_port"]
   path = "/"
   upstream = "uwsgi"
   via = "uwsgi"
+[[listeners]]
+listen = ["127.0.0.1:$portico_unix_port"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "uwsgi_unix"
+  via = "uwsgi"
 CONF
 
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+nginx_pid=$!
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
-wait_http $nginx_port $portico_port
+portico_pid=$!
+wait_http $nginx_port $portico_port $nginx_unix_port $portico_unix_port
 for u in "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$portico_port/" \
          "http://127.0.0.1:$nginx_port/php/" "http://127.0.0.1:$portico_port/php/"; do
   curl -sf "$u" >/dev/null || { echo "no 200 from $u" >&2; exit 1; }
@@ -91,6 +105,8 @@ done
 
 n=$(run nginx "http://127.0.0.1:$nginx_port/"); p=$(run portico "http://127.0.0.1:$portico_port/")
 table "uwsgi: Flask under uWSGI, 2 processes" "$n" "$p"
+n=$(run nginx "http://127.0.0.1:$nginx_unix_port/"); p=$(run portico "http://127.0.0.1:$portico_unix_port/")
+table "uwsgi over a Unix socket: the same uWSGI" "$n" "$p"
 n=$(run nginx "http://127.0.0.1:$nginx_port/php/"); p=$(run portico "http://127.0.0.1:$portico_port/php/")
 table "FastCGI: php-fpm, 2 workers (nginx: a connection per request)" "$n" "$p"
 # Portico first: nginx's kept-alive connections pin both php-fpm workers for good

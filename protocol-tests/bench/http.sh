@@ -71,7 +71,9 @@ CONF
 
 nginx -c "$tmp/backend/nginx.conf" -p "$tmp/backend" &
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+nginx_pid=$!
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
+portico_pid=$!
 wait_http $backend $nginx_port $portico_port
 
 n=$(run nginx "http://127.0.0.1:$nginx_port/"); p=$(run portico "http://127.0.0.1:$portico_port/")

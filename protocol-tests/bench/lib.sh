@@ -13,17 +13,37 @@ wait_http() {
   done
 }
 
+# CPU time in clock ticks used so far by process $1 and its child processes (nginx's
+# workers); 0 without a pid.
+cpu_ticks() {
+  local t=0 p
+  [ -n "${1:-}" ] || { echo 0; return; }
+  for p in "$1" $(pgrep -P "$1" 2>/dev/null); do
+    [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$p/stat")))
+  done
+  echo $t
+}
+
+# One measured wrk run through the server `name` (nginx or portico); prints
+# "name req/s p99_ms non2xx cpu_us_per_request". The CPU figure is the server's own
+# (user + system, from /proc) when the caller set ${name}_pid, else "-".
 run() { # name url
+  local pid_var="${1}_pid" pid t0 t1
+  pid=${!pid_var:-}
   wrk -t2 -c"$conns" -d2s "$2" >/dev/null   # warm-up
+  t0=$(cpu_ticks "$pid")
   wrk -t2 -c"$conns" -d"$duration" --latency "$2" > "$tmp/$1.wrk"
-  python3 - "$tmp/$1.wrk" "$1" <<'PY'
+  t1=$(cpu_ticks "$pid")
+  python3 - "$tmp/$1.wrk" "$1" "${pid:+$((t1 - t0))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 m = re.search(r"99%\s+([\d.]+)(us|ms|s)", t)
 p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
 errs = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(f"{sys.argv[2]} {rps:.0f} {p99:.3f} {errs.group(1) if errs else 0}")
+n = int(re.search(r"(\d+) requests in", t).group(1))
+cpu = f"{int(sys.argv[3]) * 1e6 / int(sys.argv[4]) / n:.1f}" if sys.argv[3] and n else "-"
+print(f"{sys.argv[2]} {rps:.0f} {p99:.3f} {errs.group(1) if errs else 0} {cpu}")
 PY
 }
 table() { # title nginx-line portico-line
@@ -31,9 +51,12 @@ table() { # title nginx-line portico-line
   python3 - "$2" "$3" <<'PY'
 import sys
 n, p = sys.argv[1].split(), sys.argv[2].split()
-print(f"{'server':<8} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8}")
+print(f"{'server':<8} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8} {'CPU us/req':>11}")
 for r in (n, p):
-    print(f"{r[0]:<8} {r[1]:>12} {r[2]:>10} {r[3]:>8}")
-print(f"ratio portico/nginx: req/s {float(p[1])/float(n[1]):.2f}x, p99 {float(p[2])/float(n[2]):.2f}x")
+    print(f"{r[0]:<8} {r[1]:>12} {r[2]:>10} {r[3]:>8} {r[4]:>11}")
+def ratio(a, b):
+    return f"{float(a) / float(b):.2f}x" if b not in ("-", "0") and float(b) > 0 and a != "-" else "n/a"
+print(f"ratio portico/nginx: req/s {ratio(p[1], n[1])}, p99 {ratio(p[2], n[2])}, "
+      f"CPU per request {ratio(p[4], n[4])}")
 PY
 }

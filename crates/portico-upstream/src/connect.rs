@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use portico_config::PeerAddr;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -43,7 +44,25 @@ pub async fn connect_sending(
 ) -> io::Result<(PeerStream, usize)> {
     let fut = async {
         match addr {
-            PeerAddr::Tcp(a) => tcp_sending(*a, nodelay, first).await,
+            PeerAddr::Tcp(a) => {
+                let sock = Socket::new(
+                    Domain::for_address(*a),
+                    Type::STREAM.nonblocking().cloexec(),
+                    Some(Protocol::TCP),
+                )?;
+                if nodelay {
+                    sock.set_tcp_nodelay(true)?;
+                }
+                let sent = start(&sock, &(*a).into(), first)?;
+                let inner = TcpStream::from_std(std::net::TcpStream::from(sock))?;
+                if sent == 0 {
+                    inner.writable().await?;
+                    if let Some(e) = inner.take_error()? {
+                        return Err(e);
+                    }
+                }
+                Ok((PeerStream::Tcp { inner }, sent))
+            }
             PeerAddr::Host { host, port } => {
                 let s = TcpStream::connect((host.as_str(), *port)).await?;
                 if nodelay {
@@ -51,12 +70,18 @@ pub async fn connect_sending(
                 }
                 Ok((PeerStream::Tcp { inner: s }, 0))
             }
-            PeerAddr::Unix(p) => Ok((
-                PeerStream::Unix {
-                    inner: UnixStream::connect(p).await?,
-                },
-                0,
-            )),
+            PeerAddr::Unix(p) => {
+                let sock = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+                let sent = start(&sock, &SockAddr::unix(p)?, first)?;
+                let inner = UnixStream::from_std(std::os::unix::net::UnixStream::from(sock))?;
+                if sent == 0 {
+                    inner.writable().await?;
+                    if let Some(e) = inner.take_error()? {
+                        return Err(e);
+                    }
+                }
+                Ok((PeerStream::Unix { inner }, sent))
+            }
         }
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -68,50 +93,32 @@ pub async fn connect_sending(
     }
 }
 
-async fn tcp_sending(
-    addr: std::net::SocketAddr,
-    nodelay: bool,
-    first: &[u8],
-) -> io::Result<(PeerStream, usize)> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    if nodelay {
-        sock.set_tcp_nodelay(true)?;
-    }
-    match sock.connect(&addr.into()) {
+/// Starts connecting the non-blocking `sock` and, if the connection is already up,
+/// sends what it can of `first` (how much is returned; 0 means "wait for writable").
+/// A Unix socket whose listen queue is full fails with WouldBlock, as in tokio's and
+/// nginx's connect.
+fn start(sock: &Socket, addr: &SockAddr, first: &[u8]) -> io::Result<usize> {
+    match sock.connect(addr) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    let sent = if first.is_empty() {
-        0
-    } else {
-        match sock.send_with_flags(first, libc::MSG_NOSIGNAL) {
-            Ok(n) => n,
-            // Still in the handshake (or no room): wait for it below.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
-                ) =>
-            {
-                0
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    let inner = TcpStream::from_std(std::net::TcpStream::from(sock))?;
-    if sent == 0 {
-        inner.writable().await?;
-        if let Some(e) = inner.take_error()? {
-            return Err(e);
-        }
+    if first.is_empty() {
+        return Ok(0);
     }
-    Ok((PeerStream::Tcp { inner }, sent))
+    match sock.send_with_flags(first, libc::MSG_NOSIGNAL) {
+        Ok(n) => Ok(n),
+        // Still in the handshake (or no room): the caller waits.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 impl PeerStream {

@@ -410,6 +410,26 @@ async fn connect_sending_sends_first_bytes_and_reports_refusals() {
             .unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{first:?}");
     }
+
+    // The same over a Unix socket.
+    let path = std::env::temp_dir().join(format!("portico-connect-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let l = tokio::net::UnixListener::bind(&path).unwrap();
+    let addr = PeerAddr::Unix(path.clone());
+    let (_s, sent) = connect_sending(&addr, Duration::from_secs(5), false, &request)
+        .await
+        .unwrap();
+    assert_eq!(sent, request.len());
+    let (mut peer, _) = l.accept().await.unwrap();
+    let mut got = vec![0; request.len()];
+    peer.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, request);
+    drop(l);
+    std::fs::remove_file(&path).unwrap();
+    let e = connect_sending(&addr, Duration::from_secs(5), false, b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
 }
 
 #[tokio::test]
