@@ -140,6 +140,21 @@ impl PeerStream {
         }
     }
 
+    /// Moves the connection's readiness registration to the runtime of the calling
+    /// task. For a connection taken from a pool that worker threads share: otherwise
+    /// every event of a connection opened on another worker reaches this one through
+    /// that worker's thread (a wake-up of each per event).
+    pub fn rehome(self) -> io::Result<PeerStream> {
+        Ok(match self {
+            PeerStream::Tcp { inner } => PeerStream::Tcp {
+                inner: TcpStream::from_std(inner.into_std()?)?,
+            },
+            PeerStream::Unix { inner } => PeerStream::Unix {
+                inner: UnixStream::from_std(inner.into_std()?)?,
+            },
+        })
+    }
+
     /// For an idle pooled connection: true while the server has neither closed it nor
     /// sent anything unasked (a read would block).
     pub fn is_idle_usable(&self) -> bool {

@@ -16,6 +16,7 @@ mod connect;
 pub mod fixtures;
 pub mod health;
 mod pool;
+mod queue;
 mod resolve;
 mod select;
 
@@ -42,7 +43,7 @@ pub struct Upstream {
     pub servers: Vec<Arc<Server>>,
     rr: Mutex<select::RoundRobin>,
     ring: select::Ring,
-    freed: Arc<tokio::sync::Notify>,
+    freed: Arc<queue::Freed>,
     queued: AtomicUsize,
 }
 
@@ -120,7 +121,7 @@ pub struct Pick {
     pub index: usize,
     pub server: Arc<Server>,
     /// Wakes a request waiting in the upstream's queue when this one is done.
-    freed: Arc<tokio::sync::Notify>,
+    freed: Arc<queue::Freed>,
 }
 
 /// Why no server could be picked.
@@ -244,6 +245,23 @@ impl Server {
         &self.config.addr
     }
 
+    /// Counts one more request in flight; under a limit only if that stays within it
+    /// (checked and counted in one step, so workers racing for the last place cannot
+    /// both get it).
+    fn claim(&self) -> bool {
+        let max = self.max_conns();
+        if max == 0 {
+            self.stats.active.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (a < max).then_some(a + 1)
+            })
+            .is_ok()
+    }
+
     /// Whether this server may take a request now: not draining, under max_conns, and
     /// not out after failures.
     pub fn is_available(&self) -> bool {
@@ -332,7 +350,7 @@ impl Upstream {
             servers,
             rr: Mutex::new(rr),
             ring,
-            freed: Arc::new(tokio::sync::Notify::new()),
+            freed: Arc::new(queue::Freed::new()),
             queued: AtomicUsize::new(0),
         }
     }
@@ -344,6 +362,25 @@ impl Upstream {
     /// Chooses a server for one request, or `None` when no server is available
     /// ("no live upstreams"). Backup servers are used only while every primary is out.
     pub fn select(&self, ctx: &SelectCtx<'_>) -> Option<Pick> {
+        // A place under max_conns is claimed atomically: when another worker took the
+        // last one between the look and the claim, look again.
+        for _ in 0..=self.servers.len() {
+            let index = self.choose(ctx)?;
+            let server = &self.servers[index];
+            if server.claim() {
+                server.stats.requests.fetch_add(1, Ordering::Relaxed);
+                return Some(Pick {
+                    index,
+                    server: Arc::clone(server),
+                    freed: Arc::clone(&self.freed),
+                });
+            }
+        }
+        None
+    }
+
+    /// The server the balancing method picks among those available now.
+    fn choose(&self, ctx: &SelectCtx<'_>) -> Option<usize> {
         let usable = |i: usize, backup: bool| {
             let s = &self.servers[i];
             s.config.backup == backup && !ctx.exclude.contains(&i) && s.is_available()
@@ -357,7 +394,7 @@ impl Upstream {
             return None;
         };
         let ok = |i: usize| usable(i, backup);
-        let index = match self.config.balance {
+        match self.config.balance {
             Balance::LeastConn => select::least_conn(&self.servers, ok),
             Balance::IpHash => select::ip_hash(&self.servers, ok, ctx.client_ip),
             Balance::RandomTwo => select::random_two(&self.servers, ok),
@@ -367,15 +404,7 @@ impl Upstream {
                 None => lock(&self.rr).pick(&self.servers, ok),
             },
             Balance::RoundRobin => lock(&self.rr).pick(&self.servers, ok),
-        }?;
-        let server = Arc::clone(&self.servers[index]);
-        server.stats.active.fetch_add(1, Ordering::Relaxed);
-        server.stats.requests.fetch_add(1, Ordering::Relaxed);
-        Some(Pick {
-            index,
-            server,
-            freed: Arc::clone(&self.freed),
-        })
+        }
     }
 
     /// Like [`Upstream::select`], but when every eligible server is only at max_conns,
@@ -409,8 +438,9 @@ impl Upstream {
         }
         let _leave = Leave(&self.queued);
         let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        let (_waiting, notify) = self.freed.join();
         loop {
-            let freed = self.freed.notified();
+            let freed = notify.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(p) = self.select(ctx) {
@@ -465,7 +495,7 @@ impl Drop for Pick {
     fn drop(&mut self) {
         self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
         if self.server.max_conns() > 0 {
-            self.freed.notify_one();
+            self.freed.notify();
         }
     }
 }

@@ -454,3 +454,44 @@ async fn a_reset_close_reaches_the_server_as_a_reset() {
         }
     }
 }
+
+#[test]
+fn max_conns_holds_when_threads_race_for_the_last_place() {
+    let mut s = server(1, 1);
+    s.max_conns = 2;
+    let u = std::sync::Arc::new(upstream(Balance::RoundRobin, vec![s]));
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (u, held, most) = (u.clone(), held.clone(), most.clone());
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::SeqCst;
+                for _ in 0..100_000 {
+                    if let Some(p) = u.select(&SelectCtx::default()) {
+                        let now = held.fetch_add(1, SeqCst) + 1;
+                        let counted = p.server.stats.active.load(SeqCst);
+                        most.fetch_max(now.max(counted), SeqCst);
+                        for _ in 0..20 {
+                            std::hint::spin_loop();
+                        }
+                        held.fetch_sub(1, SeqCst);
+                        drop(p);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(most <= 2, "{most} picks held at once under max_conns = 2");
+    assert_eq!(
+        u.servers[0]
+            .stats
+            .active
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

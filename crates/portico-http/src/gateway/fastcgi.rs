@@ -87,6 +87,8 @@ impl ServerState {
 pub struct PooledConn {
     conn: Conn,
     _open: Counted,
+    /// The worker whose runtime the connection is registered with.
+    worker: usize,
 }
 
 /// The PARAMS stream (records and the empty record that ends it).
@@ -216,7 +218,26 @@ pub async fn attempt(
     loop {
         let reused = pooled.is_some();
         let (mut conn, sent) = match pooled.take() {
-            Some(c) => (c, 0),
+            Some(c) if c.worker == portico_core::worker_id() => (c, 0),
+            // Opened on another worker: drive it from this one from now on.
+            Some(PooledConn {
+                conn,
+                _open,
+                worker: _,
+            }) => match conn.stream.rehome() {
+                Ok(stream) => {
+                    let conn = PooledConn {
+                        conn: Conn {
+                            stream,
+                            buf: conn.buf,
+                        },
+                        _open,
+                        worker: portico_core::worker_id(),
+                    };
+                    (conn, 0)
+                }
+                Err(_) => continue,
+            },
             None => {
                 let open = match &state {
                     Some(st) => st.reserve(limit),
@@ -229,6 +250,7 @@ pub async fn attempt(
                 let conn = PooledConn {
                     conn: Conn::new(stream),
                     _open: open,
+                    worker: portico_core::worker_id(),
                 };
                 (conn, sent)
             }
