@@ -32,6 +32,7 @@ fpm=$(ls /usr/sbin/php-fpm* | head -1)
 
 "$venv/bin/uwsgi" --socket 127.0.0.1:$uwsgi_port --socket "$uwsgi_sock" --chdir "$apps" --module flask_app:app \
   --processes 2 --master --die-on-term --disable-logging >"$tmp/uwsgi.log" 2>&1 &
+uwsgi_pid=$!
 cat > "$tmp/fpm.conf" <<CONF
 [global]
 error_log = $tmp/fpm.log
@@ -44,6 +45,7 @@ pm.max_children = 2
 clear_env = no
 CONF
 "$fpm" -R -F -y "$tmp/fpm.conf" &
+fpm_pid=$!
 
 cat > "$tmp/nginx/nginx.conf" <<CONF
 daemon off; user root; worker_processes $workers; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
@@ -98,6 +100,10 @@ nginx_pid=$!
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
 portico_pid=$!
 wait_http $nginx_port $portico_port $nginx_unix_port $portico_unix_port
+# Something else on one of the fixed ports would be measured instead: refuse.
+for p in $uwsgi_pid $fpm_pid $nginx_pid $portico_pid; do
+  kill -0 "$p" 2>/dev/null || { echo "a server of this run exited (port in use?): see $tmp" >&2; exit 1; }
+done
 for u in "http://127.0.0.1:$nginx_port/" "http://127.0.0.1:$portico_port/" \
          "http://127.0.0.1:$nginx_port/php/" "http://127.0.0.1:$portico_port/php/"; do
   curl -sf "$u" >/dev/null || { echo "no 200 from $u" >&2; exit 1; }
