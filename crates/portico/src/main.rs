@@ -5,12 +5,6 @@
 
 mod assemble;
 
-/// mimalloc instead of glibc's malloc: the request path allocates small, short-lived
-/// buffers and futures per request, and mimalloc's thread-local free lists take about
-/// 4% off the CPU per proxied uwsgi request (docs/performance.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
