@@ -126,6 +126,22 @@ impl Drop for ListenerSet {
 fn bind(addr: &ListenAddr, workers: usize) -> io::Result<Vec<StdBound>> {
     match addr {
         ListenAddr::Tcp(a) => {
+            if workers > 1 && a.port() != 0 {
+                // SO_REUSEPORT would also let this process share a port that another
+                // one (a second portico started by mistake) already listens on, and the
+                // kernel would split connections between them. Refuse, as a plain bind
+                // does: a probe without SO_REUSEPORT fails on a port in use.
+                let probe = socket2::Socket::new(
+                    socket2::Domain::for_address(*a),
+                    socket2::Type::STREAM,
+                    Some(socket2::Protocol::TCP),
+                )?;
+                probe.set_reuse_address(true)?;
+                if a.is_ipv6() {
+                    probe.set_only_v6(true)?;
+                }
+                probe.bind(&(*a).into())?;
+            }
             let mut out = Vec::with_capacity(workers);
             for _ in 0..workers {
                 let domain = socket2::Domain::for_address(*a);

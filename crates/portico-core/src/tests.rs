@@ -292,3 +292,25 @@ fn tls_errors_name_the_file() {
     .unwrap();
     assert!(matches!(err, tls::TlsError::Cert { path, .. } if path == cert));
 }
+
+#[tokio::test]
+async fn a_port_another_process_shares_with_so_reuseport_is_refused() {
+    // What a second portico with several workers holds: listeners with SO_REUSEPORT.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other.bind(&free_port().into()).unwrap();
+    other.listen(16).unwrap();
+    let addr = other.local_addr().unwrap().as_socket().unwrap();
+    let set = ListenerSet::new(2).unwrap();
+    let (failed, e) = set
+        .apply(vec![spec(ListenAddr::Tcp(addr), "second")])
+        .unwrap_err();
+    assert_eq!(failed, ListenAddr::Tcp(addr));
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    // Free, the same address binds with every worker sharing it.
+    drop(other);
+    set.apply(vec![spec(ListenAddr::Tcp(addr), "second")])
+        .unwrap();
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert!(first_line(&mut c).await.starts_with("second"));
+}
