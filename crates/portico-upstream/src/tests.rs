@@ -375,21 +375,32 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Ou
     .await
 }
 
+/// Connects to `addr` sending `first`, which must all go out with the connect.
+async fn sent_whole(addr: &PeerAddr, first: &[u8]) -> PeerStream {
+    let (stream, sent) = connect_sending(addr, Duration::from_secs(5), false, first)
+        .await
+        .unwrap();
+    assert_eq!(sent, first.len());
+    stream
+}
+
+async fn read_n<R: tokio::io::AsyncRead + Unpin>(r: &mut R, n: usize) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = vec![0; n];
+    r.read_exact(&mut got).await.unwrap();
+    got
+}
+
 #[tokio::test]
 async fn connect_sending_sends_first_bytes_and_reports_refusals() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = PeerAddr::Tcp(l.local_addr().unwrap());
     let request = b"first bytes of a request".repeat(10);
-    let (mut stream, sent) = connect_sending(&addr, Duration::from_secs(5), false, &request)
-        .await
-        .unwrap();
-    // The loopback handshake is over when connect() returns: it all went out at once.
-    assert_eq!(sent, request.len());
+    // The loopback handshake is over when connect() returns: it all goes out at once.
+    let mut stream = sent_whole(&addr, &request).await;
     let (mut peer, _) = l.accept().await.unwrap();
-    let mut got = vec![0; request.len()];
-    peer.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, request);
+    assert_eq!(read_n(&mut peer, request.len()).await, request);
     // Still a normal connection both ways.
     peer.write_all(b"answer").await.unwrap();
     let mut answer = [0u8; 6];
@@ -416,14 +427,9 @@ async fn connect_sending_sends_first_bytes_and_reports_refusals() {
     let _ = std::fs::remove_file(&path);
     let l = tokio::net::UnixListener::bind(&path).unwrap();
     let addr = PeerAddr::Unix(path.clone());
-    let (_s, sent) = connect_sending(&addr, Duration::from_secs(5), false, &request)
-        .await
-        .unwrap();
-    assert_eq!(sent, request.len());
+    let _s = sent_whole(&addr, &request).await;
     let (mut peer, _) = l.accept().await.unwrap();
-    let mut got = vec![0; request.len()];
-    peer.read_exact(&mut got).await.unwrap();
-    assert_eq!(got, request);
+    assert_eq!(read_n(&mut peer, request.len()).await, request);
     drop(l);
     std::fs::remove_file(&path).unwrap();
     let e = connect_sending(&addr, Duration::from_secs(5), false, b"x")
