@@ -407,6 +407,17 @@ async fn connect_sending_sends_first_bytes_and_reports_refusals() {
     stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"answer");
 
+    // More than the socket buffers hold: part goes out, the caller writes the rest.
+    let big: Vec<u8> = (0..4 << 20).map(|i| (i % 251) as u8).collect();
+    let (mut stream, sent) = connect_sending(&addr, Duration::from_secs(5), false, &big)
+        .await
+        .unwrap();
+    assert!(sent > 0 && sent <= big.len(), "{sent}");
+    let (mut peer, _) = l.accept().await.unwrap();
+    let reader = tokio::spawn(async move { read_n(&mut peer, 4 << 20).await });
+    stream.write_all(&big[sent..]).await.unwrap();
+    assert!(reader.await.unwrap() == big);
+
     // Nothing to send: a plain connect.
     let (_s, sent) = connect_sending(&addr, Duration::from_secs(5), true, &[])
         .await
