@@ -329,3 +329,57 @@ fn frames_sent_with_the_handshake_arrive_after_the_101_and_tunnels_count_as_acti
     let st = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
     assert_eq!(st["upstreams"]["ws"]["servers"][0]["active"], 1, "{st}");
 }
+
+/// An upgrade whose server cannot be reached goes to the next server, as a plain request
+/// does (`next_upstream = ["error"]`, the default); with `next_upstream = ["off"]` the
+/// client gets the 502.
+#[test]
+fn an_upgrade_fails_over_to_the_next_server() {
+    let ws_port = free_port();
+    let dead = free_port();
+    let _ws = ws_echo(ws_port);
+    for (policy, works) in [("", true), (r#"next_upstream = ["off"]"#, false)] {
+        let p = Portico::start(&format!(
+            r#"[upstreams.ws]
+servers = [{{ addr = "127.0.0.1:{dead}", max_fails = 0 }}, {{ addr = "127.0.0.1:{ws_port}", max_fails = 0 }}]
+{policy}
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "ws"
+"#
+        ));
+        // Round-robin: of two upgrades, one is sent to the dead server first.
+        let codes: Vec<String> = (0..2).map(|_| upgrade_status(p.port)).collect();
+        let opened = codes.iter().filter(|c| *c == "101").count();
+        if works {
+            assert_eq!(opened, 2, "{policy}: {codes:?}");
+        } else {
+            assert_eq!(opened, 1, "{policy}: {codes:?}");
+            assert!(codes.contains(&"502".to_string()), "{codes:?}");
+        }
+    }
+}
+
+/// The status line's code of a WebSocket upgrade through Portico on `port` (curl stops
+/// after a 101, at its time limit).
+fn upgrade_status(port: u16) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "1",
+        ])
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: websocket"])
+        .args(["-H", "Sec-WebSocket-Version: 13"])
+        .args(["-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="])
+        .arg(format!("http://127.0.0.1:{port}/chat"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

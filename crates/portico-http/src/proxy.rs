@@ -109,17 +109,6 @@ pub struct ClientSide {
     pub hash_key: Option<Vec<u8>>,
 }
 
-impl ClientSide {
-    /// What the balancer needs for this request, given the servers already tried.
-    fn select_ctx<'a>(&'a self, tried: &'a [usize]) -> SelectCtx<'a> {
-        SelectCtx {
-            client_ip: self.peer_ip,
-            exclude: tried,
-            key: self.hash_key.as_deref(),
-        }
-    }
-}
-
 /// The request head as an upstream gets it: forwarding headers, HTTP/1.1, origin-form.
 fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
     prepare_request_headers(&mut parts.headers, client);
@@ -590,24 +579,8 @@ pub async fn forward_upgrade(
         parts.headers.insert(header::UPGRADE, u);
     }
     let mut on_client = Some(on_client);
-    let mut tried: Vec<usize> = Vec::new();
-    let mut last_error = StatusCode::BAD_GATEWAY;
-    let mut last_addr = None;
-    while tried.len() < upstream.max_tries() {
-        let ctx = client.select_ctx(&tried);
-        let pick = match upstream.select_queued(&ctx).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(upstream = %cfg.name, "{e}");
-                if e != NoServer::NoneAvailable {
-                    last_error = StatusCode::SERVICE_UNAVAILABLE;
-                }
-                break;
-            }
-        };
-        tried.push(pick.index);
-        let addr = pick.server.addr().to_string();
-        last_addr = Some(addr.clone());
+    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref());
+    while let Some((pick, addr)) = tries.next().await {
         let mut sender = match open(&pick, cfg.connect_timeout).await {
             Ok(s) => s,
             Err(e) => {
@@ -686,14 +659,15 @@ pub async fn forward_upgrade(
             Err(_) => {
                 tracing::warn!(upstream = %cfg.name, server = %addr, "upstream timed out answering the upgrade");
                 pick.failure();
-                last_error = StatusCode::GATEWAY_TIMEOUT;
+                tries.last_status = StatusCode::GATEWAY_TIMEOUT;
                 if !cfg.next_upstream.timeout {
                     break;
                 }
             }
         }
     }
-    (error_response(last_error), last_addr, None)
+    let (resp, addr) = tries.give_up();
+    (resp, addr, None)
 }
 
 /// A fresh Sec-WebSocket-Key: 16 random bytes, base64. A handshake nonce, not a secret.
