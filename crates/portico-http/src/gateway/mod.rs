@@ -268,15 +268,18 @@ pub async fn forward(
                 {
                     tracing::warn!(upstream = %cfg.name, server = %addr, status,
                         "app answered {status}: trying the next server");
+                    drop(reader); // its connection before its place under max_conns
                     pick.failure();
                     continue;
                 }
                 strip_hop_by_hop(&mut head.headers);
                 let body = if no_body || !head.status_has_body() {
-                    pick.success();
+                    // The connection goes back before the place under max_conns is
+                    // freed, so the request handed that place finds it in the pool.
                     if let Reader::Fastcgi(r) = reader {
                         r.finish_buffered();
                     }
+                    pick.success();
                     crate::body::empty()
                 } else {
                     match reader {
