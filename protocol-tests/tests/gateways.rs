@@ -496,7 +496,7 @@ fn php_fpm_keep_conn_stays_within_the_workers() {
     for h in handles {
         assert!(h.join().unwrap().iter().all(|s| *s == 200));
     }
-    let open = established_to(port);
+    let open = established_from(p.proc.pid(), port);
     assert!(
         (1..=2).contains(&open),
         "{open} connections to php-fpm, expected 1 or 2 kept open"
