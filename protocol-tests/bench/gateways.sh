@@ -48,7 +48,7 @@ CONF
 fpm_pid=$!
 
 cat > "$tmp/nginx/nginx.conf" <<CONF
-daemon off; user root; worker_processes $workers; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
+$(nginx_head "$tmp/nginx" $workers)
 events { worker_connections 4096; }
 http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
   upstream fpm_keep { server 127.0.0.1:$fpm_port; keepalive 2; }
@@ -62,11 +62,7 @@ http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
     location / { include /etc/nginx/uwsgi_params; uwsgi_pass unix:$uwsgi_sock; } } }
 CONF
 cat > "$tmp/portico.toml" <<CONF
-[runtime]
-workers = $workers
-[log]
-level = "warn"
-access_log = "off"
+$(portico_head $workers)
 [upstreams.uwsgi]
 servers = [{ addr = "127.0.0.1:$uwsgi_port" }]
 [upstreams.uwsgi_unix]

@@ -25,14 +25,14 @@ mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs" "$tmp/www/static"
 printf 'hello from a file\n' > "$tmp/www/static/hello.txt"
 
 cat > "$tmp/backend/nginx.conf" <<CONF
-daemon off; user root; worker_processes 1; pid $tmp/backend/pid; error_log $tmp/backend/logs/error.log;
+$(nginx_head "$tmp/backend" 1)
 events { worker_connections 4096; }
 http { $(temp "$tmp/backend") access_log off; keepalive_requests 1000000;
   server { listen 127.0.0.1:$backend; listen 127.0.0.1:$b2; listen 127.0.0.1:$b3;
     location / { return 200 "hello\n"; } } }
 CONF
 cat > "$tmp/nginx/nginx.conf" <<CONF
-daemon off; user root; worker_processes $workers; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
+$(nginx_head "$tmp/nginx" $workers)
 events { worker_connections 4096; }
 http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$backend; keepalive 64; }
@@ -45,11 +45,7 @@ http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
 CONF
 cat > "$tmp/portico.toml" <<CONF
-[runtime]
-workers = $workers
-[log]
-level = "warn"
-access_log = "off"
+$(portico_head $workers)
 [upstreams.app]
 servers = [{ addr = "127.0.0.1:$backend" }]
 keepalive = 64

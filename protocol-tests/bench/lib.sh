@@ -4,6 +4,12 @@
 # The temp-path lines an nginx run from a private prefix needs.
 temp() { echo "client_body_temp_path $1/ct; proxy_temp_path $1/pt; fastcgi_temp_path $1/ft; uwsgi_temp_path $1/ut; scgi_temp_path $1/st;"; }
 
+# The main-context head of an nginx config run from prefix $1 with $2 worker processes.
+nginx_head() { echo "daemon off; user root; worker_processes $2; pid $1/pid; error_log $1/logs/error.log;"; }
+
+# The head of a Portico config: $1 workers, warnings only, no access log.
+portico_head() { printf '[runtime]\nworkers = %s\n[log]\nlevel = "warn"\naccess_log = "off"\n' "$1"; }
+
 # Waits (up to 10 s each) until every port answers an HTTP request.
 wait_http() {
   for port in "$@"; do

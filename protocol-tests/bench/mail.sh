@@ -12,6 +12,7 @@
 # open-files limit (20,000 on the machine the figures come from).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source protocol-tests/bench/lib.sh
 idle=${1:-9000}
 seconds=${2:-10}
 conc=${3:-32}
@@ -76,7 +77,7 @@ dovecot -F -c "$tmp/dovecot.conf" &
 python3 "$apps/auth_http.py" $auth "$tmp/auth.log" imap=127.0.0.1:$imap &
 cat > "$tmp/nginx/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ngx_mail_module.so;
-daemon off; user root; worker_processes 1; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
+$(nginx_head "$tmp/nginx" 1)
 worker_rlimit_nofile 30000;
 events { worker_connections 25000; }
 mail { auth_http 127.0.0.1:$auth/auth; proxy_pass_error_message on;

@@ -6,6 +6,7 @@
 #   bash protocol-tests/bench/websocket.sh [IDLE_SOCKETS] [ECHO_SOCKETS] [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source protocol-tests/bench/lib.sh
 n=${1:-10000}
 c=${2:-50}
 secs=${3:-10}
@@ -19,7 +20,7 @@ trap cleanup EXIT
 backend=18901; nginx_port=18902; portico_port=18903
 mkdir -p "$tmp/nginx/logs"
 cat > "$tmp/nginx/nginx.conf" <<CONF
-daemon off; user root; worker_processes 1; pid $tmp/nginx/pid; error_log $tmp/nginx/logs/error.log;
+$(nginx_head "$tmp/nginx" 1)
 worker_rlimit_nofile 65536;
 events { worker_connections 40000; }
 http { access_log off; client_body_temp_path $tmp/ct; proxy_temp_path $tmp/pt; fastcgi_temp_path $tmp/ft; uwsgi_temp_path $tmp/ut; scgi_temp_path $tmp/st;
@@ -29,11 +30,7 @@ http { access_log off; client_body_temp_path $tmp/ct; proxy_temp_path $tmp/pt; f
       proxy_read_timeout 1h; } } }
 CONF
 cat > "$tmp/portico.toml" <<CONF
-[runtime]
-workers = 1
-[log]
-level = "warn"
-access_log = "off"
+$(portico_head 1)
 [upstreams.ws]
 servers = [{ addr = "127.0.0.1:$backend" }]
 [[listeners]]

@@ -370,8 +370,20 @@ fn php_fpm_scripts() {
 }
 
 /// TCP sockets in `state` (/proc/net/tcp's hex code) whose local (`local`) or remote
-/// port is `port`.
-fn tcp_sockets(port: u16, local: bool, state: &str) -> usize {
+/// port is `port`; with `owner`, only those that process holds.
+fn tcp_sockets(port: u16, local: bool, state: &str, owner: Option<u32>) -> usize {
+    let inodes: Option<std::collections::HashSet<String>> = owner.map(|pid| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.to_string_lossy().into_owned();
+                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     let col = if local { 1 } else { 2 };
     table
@@ -379,46 +391,28 @@ fn tcp_sockets(port: u16, local: bool, state: &str) -> usize {
         .skip(1)
         .filter(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && cols[col].ends_with(&format!(":{port:04X}")) && cols[3] == state
+            cols.len() > 9
+                && cols[col].ends_with(&format!(":{port:04X}"))
+                && cols[3] == state
+                && inodes.as_ref().is_none_or(|set| set.contains(cols[9]))
         })
         .count()
 }
 
 /// Established TCP connections to `port` on 127.0.0.1.
 fn established_to(port: u16) -> usize {
-    tcp_sockets(port, false, "01")
+    tcp_sockets(port, false, "01", None)
 }
 
 /// Established TCP connections to `port` that process `pid` holds (other tests' clients
 /// may reach the same port number: a "dead" port of theirs can be this test's server).
 fn established_from(pid: u32, port: u16) -> usize {
-    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 9
-                && cols[2].ends_with(&format!(":{port:04X}"))
-                && cols[3] == "01"
-                && inodes.contains(cols[9])
-        })
-        .count()
+    tcp_sockets(port, false, "01", Some(pid))
 }
 
 /// TIME_WAIT sockets the server listening on `port` keeps.
 fn time_wait_at(port: u16) -> usize {
-    tcp_sockets(port, true, "06")
+    tcp_sockets(port, true, "06", None)
 }
 
 /// uWSGI and php-fpm (without keep-conn) close the connection after each answer. Once

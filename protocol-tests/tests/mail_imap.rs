@@ -8,36 +8,12 @@ use std::process::Command;
 
 use common::*;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    _dovecot: Proc,
-    _auth: Proc,
-    auth_log: std::path::PathBuf,
-    portico: Portico,
-}
+type Setup = DovecotSetup;
 
 /// Dovecot, an auth server sending IMAP logins to it (with `auth_opts`), and Portico
 /// with one IMAP listener (`extra` in the listener table, `more` after it).
 fn setup(auth_opts: &[&str], extra: &str, more: &str) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let (dovecot, imap, pop3) = dovecot(dir.path());
-    let mut opts = vec![
-        format!("imap=127.0.0.1:{imap}"),
-        format!("pop3=127.0.0.1:{pop3}"),
-    ];
-    opts.extend(auth_opts.iter().map(|s| s.to_string()));
-    let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
-    let config = format!(
-        "[[listeners]]\nname = \"imap\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"imap\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n{extra}\n{more}\n"
-    );
-    let portico = Portico::start(&config);
-    Setup {
-        _dir: dir,
-        _dovecot: dovecot,
-        _auth: auth,
-        auth_log,
-        portico,
-    }
+    dovecot_setup("imap", auth_opts, extra, more)
 }
 
 fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {
@@ -324,7 +300,7 @@ fn the_backend_learns_the_client_address_through_imap_id() {
     assert_eq!(req["Proxy-Protocol-Addr"], "203.0.113.50");
     assert_eq!(req["Proxy-Protocol-Port"], "40000");
     assert_eq!(req["Proxy-Protocol-Server-Port"], "143");
-    let text = wait_file_contains(&s._dir.path().join("dovecot.log"), "user=<alice>");
+    let text = wait_file_contains(&s.dir.path().join("dovecot.log"), "user=<alice>");
     assert!(text.contains("rip=203.0.113.50"), "{text}");
 }
 

@@ -7,33 +7,10 @@ use std::process::Command;
 
 use common::*;
 
-struct Setup {
-    _dir: tempfile::TempDir,
-    _dovecot: Proc,
-    _auth: Proc,
-    auth_log: std::path::PathBuf,
-    portico: Portico,
-}
+type Setup = DovecotSetup;
 
 fn setup(auth_opts: &[&str]) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let (dovecot, imap, pop3) = dovecot(dir.path());
-    let mut opts = vec![
-        format!("imap=127.0.0.1:{imap}"),
-        format!("pop3=127.0.0.1:{pop3}"),
-    ];
-    opts.extend(auth_opts.iter().map(|s| s.to_string()));
-    let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
-    let portico = Portico::start(&format!(
-        "[[listeners]]\nname = \"pop3\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"pop3\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n"
-    ));
-    Setup {
-        _dir: dir,
-        _dovecot: dovecot,
-        _auth: auth,
-        auth_log,
-        portico,
-    }
+    dovecot_setup("pop3", auth_opts, "", "")
 }
 
 fn auth_requests(s: &Setup) -> Vec<serde_json::Value> {

@@ -234,20 +234,13 @@ impl Imap {
                     Ok(())
                 }
                 "AUTHENTICATE" if !s.starttls_required() && !cmd.args.is_empty() => {
-                    match Self::authenticate(&mut s, &tag, &cmd.args).await {
-                        Ok(Some(creds)) => {
-                            let Some(back) = Self::login(s, &cmd.tag, creds).await else {
-                                return;
-                            };
-                            s = back;
-                            Ok(())
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => {
-                            s.log_end(&e);
-                            return;
-                        }
-                    }
+                    let got = Self::authenticate(&mut s, &tag, &cmd.args).await;
+                    let login = |s, creds| Self::login(s, &cmd.tag, creds);
+                    let Some(back) = s.login_after(got, login).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 _ => Self::bad(&mut s, Some(&cmd.tag)).await,
             };
@@ -347,17 +340,14 @@ async fn backend_login(
         write_all(b, b"stls STARTTLS\r\n", t)
             .await
             .map_err(|e| fail(&e.to_string()))?;
-        loop {
-            let line = io
-                .read_line(b, 8192, t)
-                .await
-                .map_err(|e| fail(&e.to_string()))?;
-            if let Some(rest) = line.strip_prefix(b"stls ") {
-                if !rest.get(..2).is_some_and(|r| r.eq_ignore_ascii_case(b"OK")) {
-                    return Err(fail("backend refused STARTTLS"));
-                }
-                break;
-            }
+        let answer = tagged(io, b, b"stls ", t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
+        if !answer
+            .get(..2)
+            .is_some_and(|r| r.eq_ignore_ascii_case(b"OK"))
+        {
+            return Err(fail("backend refused STARTTLS"));
         }
         io.discard();
         tokio::time::timeout(t, b.upgrade(&tls))
@@ -374,15 +364,10 @@ async fn backend_login(
         write_all(b, id.as_bytes(), t)
             .await
             .map_err(|e| fail(&e.to_string()))?;
-        loop {
-            let line = io
-                .read_line(b, 8192, t)
-                .await
-                .map_err(|e| fail(&e.to_string()))?;
-            if line.starts_with(b"pid ") {
-                break; // OK, or NO/BAD from a server without ID: the login goes on
-            }
-        }
+        // OK, or NO/BAD from a server without ID: the login goes on either way.
+        tagged(io, b, b"pid ", t)
+            .await
+            .map_err(|e| fail(&e.to_string()))?;
     }
     let mut cmd = tag.clone();
     cmd.extend_from_slice(format!(" LOGIN {{{}}}\r\n", creds.user.len()).as_bytes());
@@ -427,6 +412,22 @@ async fn backend_login(
         }
         if relay.len() > 64 * 1024 {
             return Err(fail("backend login answer too long"));
+        }
+    }
+}
+
+/// Skips the backend's untagged lines up to the answer tagged `tag` (with its space),
+/// and returns that answer after the tag.
+async fn tagged(
+    io: &mut LineIo,
+    b: &mut crate::backend::BackendStream,
+    tag: &[u8],
+    t: Duration,
+) -> Result<Vec<u8>, ReadError> {
+    loop {
+        let line = io.read_line(b, 8192, t).await?;
+        if let Some(rest) = line.strip_prefix(tag) {
+            return Ok(rest.to_vec());
         }
     }
 }

@@ -145,20 +145,14 @@ impl Pop3 {
                     list.push_str(".\r\n");
                     s.send(list.as_bytes()).await
                 }
-                "AUTH" if may_auth => match Self::authenticate(&mut s, &cmd.args).await {
-                    Ok(Some(creds)) => {
-                        let Some(back) = Self::login(s, creds).await else {
-                            return;
-                        };
-                        s = back;
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(e) => {
-                        s.log_end(&e);
+                "AUTH" if may_auth => {
+                    let got = Self::authenticate(&mut s, &cmd.args).await;
+                    let Some(back) = s.login_after(got, Self::login).await else {
                         return;
-                    }
-                },
+                    };
+                    s = back;
+                    Ok(())
+                }
                 _ => Self::invalid(&mut s).await,
             };
             if r.is_err() {

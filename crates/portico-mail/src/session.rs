@@ -307,6 +307,30 @@ impl Session {
         Ok(creds.map_or(Sasl::Invalid, Sasl::Credentials))
     }
 
+    /// The end of an AUTH/AUTHENTICATE exchange (`got`, what the front end's SASL step
+    /// returned): logs in with the credentials it produced (`login`), keeps the session
+    /// when the exchange ended with an answer already sent (cancelled, invalid), ends it
+    /// when the client is gone. `None`: the session is over (handed to a backend, or
+    /// closed).
+    pub async fn login_after<F, Fut>(
+        self,
+        got: Result<Option<Credentials>, ReadError>,
+        login: F,
+    ) -> Option<Session>
+    where
+        F: FnOnce(Session, Credentials) -> Fut,
+        Fut: std::future::Future<Output = Option<Session>>,
+    {
+        match got {
+            Ok(Some(creds)) => login(self, creds).await,
+            Ok(None) => Some(self),
+            Err(e) => {
+                self.log_end(&e);
+                None
+            }
+        }
+    }
+
     pub fn log_end(&self, e: &ReadError) {
         tracing::debug!(conn = self.conn.info.id, error = %e, "mail session ended");
     }

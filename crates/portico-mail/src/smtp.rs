@@ -216,21 +216,14 @@ impl Smtp {
                     s.send(b"503 5.5.1 Error: send HELO/EHLO first\r\n").await
                 }
                 "AUTH" if !s.starttls_required() => {
-                    match Self::authenticate(&mut s, &cmd.rest).await {
-                        Ok(Some(creds)) => {
-                            let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
-                            let Some(back) = Self::login(s, creds, hello, None).await else {
-                                return;
-                            };
-                            s = back;
-                            Ok(())
-                        }
-                        Ok(None) => Ok(()),
-                        Err(e) => {
-                            s.log_end(&e);
-                            return;
-                        }
-                    }
+                    let got = Self::authenticate(&mut s, &cmd.rest).await;
+                    let hello = helo.clone().unwrap_or((true, b"localhost".to_vec()));
+                    let login = |s, creds| Self::login(s, creds, hello, None);
+                    let Some(back) = s.login_after(got, login).await else {
+                        return;
+                    };
+                    s = back;
+                    Ok(())
                 }
                 _ => Self::invalid(&mut s).await,
             };

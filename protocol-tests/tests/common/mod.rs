@@ -1080,3 +1080,37 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Dovecot, the test auth server sending IMAP and POP3 logins to it, and Portico in
+/// front with one mail listener.
+pub struct DovecotSetup {
+    /// Dovecot's config and log (dovecot.log) live here.
+    pub dir: tempfile::TempDir,
+    _dovecot: Proc,
+    _auth: Proc,
+    pub auth_log: PathBuf,
+    pub portico: Portico,
+}
+
+/// A [`DovecotSetup`]: the auth server gets `auth_opts` besides the backends, the
+/// `protocol` listener gets `extra` in its table, and `more` follows it in the config.
+pub fn dovecot_setup(protocol: &str, auth_opts: &[&str], extra: &str, more: &str) -> DovecotSetup {
+    let dir = tempfile::tempdir().unwrap();
+    let (dovecot, imap, pop3) = dovecot(dir.path());
+    let mut opts = vec![
+        format!("imap=127.0.0.1:{imap}"),
+        format!("pop3=127.0.0.1:{pop3}"),
+    ];
+    opts.extend(auth_opts.iter().map(|s| s.to_string()));
+    let (auth, auth_port, auth_log) = auth_server(dir.path(), &opts);
+    let portico = Portico::start(&format!(
+        "[[listeners]]\nname = \"{protocol}\"\nlisten = [\"127.0.0.1:{{port}}\"]\nprotocol = \"{protocol}\"\nauth_http = \"http://127.0.0.1:{auth_port}/auth\"\n{extra}\n{more}\n"
+    ));
+    DovecotSetup {
+        dir,
+        _dovecot: dovecot,
+        _auth: auth,
+        auth_log,
+        portico,
+    }
+}

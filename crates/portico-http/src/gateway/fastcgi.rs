@@ -91,6 +91,26 @@ pub struct PooledConn {
     worker: usize,
 }
 
+impl PooledConn {
+    /// The connection, driven by the calling worker's runtime from now on if another
+    /// worker opened it.
+    fn on_this_worker(self) -> std::io::Result<Self> {
+        let here = portico_core::worker_id();
+        if self.worker == here {
+            return Ok(self);
+        }
+        let PooledConn { conn, _open, .. } = self;
+        Ok(PooledConn {
+            conn: Conn {
+                stream: conn.stream.rehome()?,
+                buf: conn.buf,
+            },
+            _open,
+            worker: here,
+        })
+    }
+}
+
 /// The PARAMS stream (records and the empty record that ends it).
 pub fn encode_params(vars: &[super::env::Var]) -> Vec<u8> {
     let mut pairs = Vec::with_capacity(
@@ -218,24 +238,8 @@ pub async fn attempt(
     loop {
         let reused = pooled.is_some();
         let (mut conn, sent) = match pooled.take() {
-            Some(c) if c.worker == portico_core::worker_id() => (c, 0),
-            // Opened on another worker: drive it from this one from now on.
-            Some(PooledConn {
-                conn,
-                _open,
-                worker: _,
-            }) => match conn.stream.rehome() {
-                Ok(stream) => {
-                    let conn = PooledConn {
-                        conn: Conn {
-                            stream,
-                            buf: conn.buf,
-                        },
-                        _open,
-                        worker: portico_core::worker_id(),
-                    };
-                    (conn, 0)
-                }
+            Some(c) => match c.on_this_worker() {
+                Ok(c) => (c, 0),
                 Err(_) => continue,
             },
             None => {
