@@ -16,13 +16,40 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Postfix asks how it is used: a local-only system, never started as a service here.
   printf '%s\n' "postfix postfix/main_mailer_type select Local only" \
     "postfix postfix/mailname string localhost" | debconf-set-selections
+  # Debian starts nginx, php-fpm, Dovecot and Postfix as services on install; the tests run
+  # their own. A policy-rc.d that answers 101 ("action forbidden") keeps invoke-rc.d and
+  # deb-systemd-invoke from starting them at all, so nothing has to be stopped afterwards
+  # and no process this script did not start is touched. It is removed again on exit,
+  # and only when this script put it there.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts nginx as a service on install; the tests run their own.
-  (systemctl stop nginx 2>/dev/null || service nginx stop 2>/dev/null || pkill -x nginx || true) >/dev/null 2>&1
-  (pkill -f 'php-fpm: master' || true) >/dev/null 2>&1
-  (systemctl stop dovecot 2>/dev/null || pkill -x dovecot || true) >/dev/null 2>&1
-  (systemctl stop postfix 2>/dev/null || postfix stop 2>/dev/null || true) >/dev/null 2>&1
+  if [ "$(trap -p EXIT)" = "" ]; then
+    # Someone else's policy-rc.d may allow starts: stop what the packages installed just
+    # now started, through the service manager that started it (never by process name,
+    # never a service of a package that was already installed).
+    svcs=()
+    for p in "${missing[@]}"; do
+      case "$p" in
+        nginx) svcs+=(nginx) ;;
+        php-fpm) svcs+=(php8.2-fpm) ;;
+        dovecot-imapd | dovecot-pop3d) svcs+=(dovecot) ;;
+        postfix) svcs+=(postfix) ;;
+      esac
+    done
+    for svc in "${svcs[@]}"; do
+      if command -v systemctl >/dev/null 2>&1 && systemctl is-system-running >/dev/null 2>&1; then
+        systemctl stop "$svc" >/dev/null 2>&1 || true
+      elif [ -x "/etc/init.d/$svc" ]; then
+        "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+      fi
+    done
+  fi
 fi
 
 # uwsgi from pip compiles its C core (≈25 s once) and needs no --plugin.
