@@ -183,6 +183,8 @@ pub(crate) struct Tries<'a> {
     key: Option<&'a [u8]>,
     /// Servers (by index) tried so far.
     pub tried: Vec<usize>,
+    /// One of them was a panic try (every server was out): no second one.
+    panicked: bool,
     max: usize,
     first: std::time::Instant,
     /// The status the client gets when no try succeeds.
@@ -201,6 +203,7 @@ impl<'a> Tries<'a> {
             client_ip,
             key,
             tried: Vec::new(),
+            panicked: false,
             max: upstream.max_tries(),
             first: std::time::Instant::now(),
             last_status: StatusCode::BAD_GATEWAY,
@@ -220,6 +223,7 @@ impl<'a> Tries<'a> {
             client_ip: self.client_ip,
             exclude: &self.tried,
             key: self.key,
+            panicked: self.panicked,
         }
     }
 
@@ -245,9 +249,17 @@ impl<'a> Tries<'a> {
             }
         };
         self.tried.push(pick.index);
+        self.panicked |= pick.panic;
         let addr = pick.server.addr().to_string();
         self.last_addr = Some(addr.clone());
         Some((pick, addr))
+    }
+
+    /// The last server is to be tried again (its connection died before the request
+    /// left): it no longer counts as tried.
+    pub fn forget_last(&mut self, was_panic: bool) {
+        self.tried.pop();
+        self.panicked &= !was_panic;
     }
 
     /// Whether a server not tried yet is available now (before passing over an answer).
@@ -371,7 +383,7 @@ pub async fn forward(
                         let (head, unsent_body) = req.into_parts();
                         parts = head;
                         body = Some(unsent_body);
-                        tries.tried.pop();
+                        tries.forget_last(pick.panic);
                         continue;
                     }
                 }

@@ -522,6 +522,7 @@ impl Session {
             client_ip: self.client_ip(),
             exclude: &[],
             key: Some(user),
+            panicked: false,
         };
         let pick = upstream
             .select_queued(&ctx)

@@ -48,6 +48,7 @@ fn pick(c: &mut Criterion) {
                         client_ip: ip,
                         exclude: &[],
                         key: Some(&key),
+                        panicked: false,
                     };
                     black_box(u.select(&ctx).map(|p| p.index))
                 })

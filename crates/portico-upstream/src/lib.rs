@@ -45,6 +45,9 @@ pub struct Upstream {
     ring: select::Ring,
     freed: Arc<queue::Freed>,
     queued: AtomicUsize,
+    /// One primary server and no backup (nginx's `single`): passive health never takes
+    /// it out, since nothing else could serve.
+    sole: bool,
 }
 
 /// One backend server: its config, passive-health state and counters.
@@ -113,6 +116,9 @@ pub struct SelectCtx<'a> {
     pub exclude: &'a [usize],
     /// For `balance = "hash"`: the request's key, made by the module from `hash_key`.
     pub key: Option<&'a [u8]>,
+    /// This request already had its one try of a server that passive health had taken
+    /// out (see [`Pick::panic`]): no second one.
+    pub panicked: bool,
 }
 
 /// A server chosen for one request; counts as in flight until dropped.
@@ -120,6 +126,12 @@ pub struct SelectCtx<'a> {
 pub struct Pick {
     pub index: usize,
     pub server: Arc<Server>,
+    /// Every server of the group was out by passive health, so this one — the one whose
+    /// `fail_timeout` ends soonest — is tried anyway (Envoy's "panic" routing). A
+    /// success brings it back at once.
+    pub panic: bool,
+    /// The group's only server (see `Upstream::sole`).
+    sole: bool,
     /// Wakes a request waiting in the upstream's queue when this one is done.
     freed: Arc<queue::Freed>,
 }
@@ -237,8 +249,7 @@ impl Server {
     }
 
     fn is_down(&self) -> bool {
-        let until = self.down_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        self.down_until().is_some()
     }
 
     pub fn addr(&self) -> &PeerAddr {
@@ -284,10 +295,12 @@ impl Server {
         }
     }
 
-    fn record_failure(&self, now: Instant) {
+    /// Counts a failure; `max_fails` of them within `fail_timeout` take the server out,
+    /// unless it is its group's only server (`sole`), which nothing could replace.
+    fn record_failure(&self, now: Instant, sole: bool) {
         self.stats.failures.fetch_add(1, Ordering::Relaxed);
         let max_fails = self.config.max_fails;
-        if max_fails == 0 {
+        if max_fails == 0 || sole {
             return;
         }
         let fail_timeout = self.config.fail_timeout;
@@ -319,8 +332,18 @@ impl Server {
         let mut p = lock(&self.passive);
         p.fails = 0;
         p.window_start = None;
-        self.down_until_ms.store(0, Ordering::Relaxed);
+        if self.down_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            // Back before its fail_timeout ended (a panic try succeeded): slow start
+            // begins now.
+            self.back_at_ms.store(now_ms(), Ordering::Relaxed);
+        }
         self.has_failures.store(false, Ordering::Relaxed);
+    }
+
+    /// When passive health lets the server back in, as [`now_ms`], if it is out now.
+    fn down_until(&self) -> Option<u64> {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        (until != 0 && now_ms() < until).then_some(until)
     }
 }
 
@@ -345,6 +368,7 @@ impl Upstream {
             .collect();
         let rr = select::RoundRobin::new(servers.len());
         let ring = select::Ring::new(&servers);
+        let sole = servers.len() == 1 && !servers[0].config.backup;
         Self {
             config,
             servers,
@@ -352,6 +376,7 @@ impl Upstream {
             ring,
             freed: Arc::new(queue::Freed::new()),
             queued: AtomicUsize::new(0),
+            sole,
         }
     }
 
@@ -365,18 +390,51 @@ impl Upstream {
         // A place under max_conns is claimed atomically: when another worker took the
         // last one between the look and the claim, look again.
         for _ in 0..=self.servers.len() {
-            let index = self.choose(ctx)?;
+            let (index, panic) = match self.choose(ctx) {
+                Some(i) => (i, false),
+                None => (self.panic_choice(ctx)?, true),
+            };
             let server = &self.servers[index];
             if server.claim() {
                 server.stats.requests.fetch_add(1, Ordering::Relaxed);
+                if panic {
+                    tracing::warn!(upstream = %self.config.name, server = %server.config.addr,
+                        "every server is out after failures: trying the one back soonest");
+                }
                 return Some(Pick {
                     index,
                     server: Arc::clone(server),
+                    panic,
+                    sole: self.sole,
                     freed: Arc::clone(&self.freed),
                 });
             }
         }
         None
+    }
+
+    /// When passive health has taken out every server that is not draining or
+    /// unhealthy, the one whose `fail_timeout` ends soonest (not tried yet, under
+    /// max_conns): a request is not answered 502 untried because of failures that may
+    /// already be over (an app server restarted). `None` when any server is still in
+    /// rotation, or this request had its panic try.
+    fn panic_choice(&self, ctx: &SelectCtx<'_>) -> Option<usize> {
+        if ctx.panicked {
+            return None;
+        }
+        let mut best: Option<(u64, usize)> = None;
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.config.drain || s.health.unhealthy.load(Ordering::Relaxed) {
+                continue;
+            }
+            let until = s.down_until()?; // one in rotation: no panic
+            let max = s.max_conns();
+            let room = max == 0 || s.stats.active.load(Ordering::Relaxed) < max;
+            if room && !ctx.exclude.contains(&i) && best.is_none_or(|(u, _)| until < u) {
+                best = Some((until, i));
+            }
+        }
+        best.map(|(_, i)| i)
     }
 
     /// The server the balancing method picks among those available now.
@@ -487,7 +545,7 @@ impl Pick {
 
     /// The request failed in a way the module counts against the server.
     pub fn failure(self) {
-        self.server.record_failure(Instant::now());
+        self.server.record_failure(Instant::now(), self.sole);
     }
 }
 

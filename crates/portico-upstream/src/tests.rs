@@ -330,7 +330,10 @@ async fn without_a_queue_a_full_upstream_is_503_not_502() {
         Some(NoServer::QueueFull)
     );
     let down = upstream(Balance::RoundRobin, vec![server(1, 1)]);
-    down.select(&SelectCtx::default()).unwrap().failure();
+    down.servers[0]
+        .health
+        .unhealthy
+        .store(true, Ordering::Relaxed);
     assert_eq!(
         down.select_queued(&SelectCtx::default()).await.err(),
         Some(NoServer::NoneAvailable)
@@ -511,4 +514,98 @@ fn max_conns_holds_when_threads_race_for_the_last_place() {
             .load(std::sync::atomic::Ordering::SeqCst),
         0
     );
+}
+
+#[test]
+fn a_sole_server_is_never_taken_out_by_passive_health() {
+    let mut a = server(1, 1);
+    a.max_fails = 1;
+    let u = upstream(Balance::RoundRobin, vec![a]);
+    for _ in 0..3 {
+        let p = u.select(&SelectCtx::default()).unwrap();
+        assert!(!p.panic);
+        p.failure();
+    }
+    assert_eq!(u.servers[0].state(), ServerState::Up);
+    assert_eq!(u.servers[0].stats.failures.load(Ordering::Relaxed), 3);
+    assert_eq!(u.servers[0].stats.unavailable.load(Ordering::Relaxed), 0);
+    // active health still takes it out
+    u.servers[0].health.unhealthy.store(true, Ordering::Relaxed);
+    assert!(u.select(&SelectCtx::default()).is_none());
+}
+
+#[test]
+fn a_primary_with_a_backup_is_not_sole() {
+    let mut a = server(1, 1);
+    a.max_fails = 1;
+    let mut b = server(2, 1);
+    b.backup = true;
+    let u = upstream(Balance::RoundRobin, vec![a, b]);
+    u.select(&SelectCtx::default()).unwrap().failure();
+    assert_eq!(u.servers[0].state(), ServerState::Unavailable);
+    assert_eq!(picks(&u, 3), vec![1, 1, 1], "the backup takes over");
+}
+
+#[test]
+fn when_every_server_is_out_the_one_back_soonest_is_tried_once() {
+    let servers: Vec<_> = (1..=3)
+        .map(|port| {
+            let mut s = server(port, 1);
+            s.max_fails = 1;
+            s.fail_timeout = Duration::from_secs(10 + u64::from(port));
+            s
+        })
+        .collect();
+    let u = upstream(Balance::RoundRobin, servers);
+    // take them out in the order 2, 0, 1: server 0 has the shortest fail_timeout
+    for i in [2, 0, 1] {
+        let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+        let p = u
+            .select(&SelectCtx {
+                exclude: &others,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!((p.index, p.panic), (i, false));
+        p.failure();
+    }
+    assert!(u
+        .servers
+        .iter()
+        .all(|s| s.state() == ServerState::Unavailable));
+    let p = u.select(&SelectCtx::default()).unwrap();
+    assert_eq!((p.index, p.panic), (0, true));
+    // a request that had its panic try gets no second one
+    assert!(u
+        .select(&SelectCtx {
+            exclude: &[0],
+            panicked: true,
+            ..Default::default()
+        })
+        .is_none());
+    // a success brings the server back at once
+    p.success();
+    assert_eq!(u.servers[0].state(), ServerState::Up);
+    let p = u.select(&SelectCtx::default()).unwrap();
+    assert_eq!((p.index, p.panic), (0, false));
+}
+
+#[test]
+fn no_panic_while_a_server_is_in_rotation() {
+    let mut a = server(1, 1);
+    a.max_fails = 1;
+    let u = upstream(Balance::RoundRobin, vec![a, server(2, 1)]);
+    u.select(&SelectCtx {
+        exclude: &[1],
+        ..Default::default()
+    })
+    .unwrap()
+    .failure();
+    // server 1 is up but already tried: the request has no server left
+    assert!(u
+        .select(&SelectCtx {
+            exclude: &[1],
+            ..Default::default()
+        })
+        .is_none());
 }

@@ -571,7 +571,8 @@ pub fn nginx_http_temp(prefix: &Path) -> String {
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ok: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// When each failed request was sent, and what came back.
+    failures: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -603,11 +604,21 @@ impl Load {
                             conn = KeepAlive::connect(addr).unwrap();
                         }
                     }
+                    let sent = Instant::now();
                     match conn.get(&path) {
                         Ok((200, _, _)) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        other => failures.lock().unwrap().push(format!("{other:?}")),
+                        other => {
+                            failures.lock().unwrap().push((sent, format!("{other:?}")));
+                            // a refused connection is not retried in a hot loop
+                            if other.is_err() {
+                                std::thread::sleep(Duration::from_millis(5));
+                                if let Ok(c) = KeepAlive::connect(addr) {
+                                    conn = c;
+                                }
+                            }
+                        }
                     }
                 }
             }));
@@ -633,20 +644,32 @@ impl Load {
         }
     }
 
+    /// Failed requests so far.
+    pub fn failed(&self) -> usize {
+        self.failures.lock().unwrap().len()
+    }
+
     /// Stops the clients; asserts some requests succeeded and none failed.
     pub fn finish(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads {
-            t.join().unwrap();
-        }
-        let failures = self.failures.lock().unwrap();
+        let failures = self.stop_and_failures();
         assert!(
             failures.is_empty(),
             "{} failed: {:?}",
             failures.len(),
             &failures[..failures.len().min(5)]
         );
+    }
+
+    /// Stops the clients and returns the failed requests with when they were sent;
+    /// asserts some requests succeeded.
+    pub fn stop_and_failures(self) -> Vec<(Instant, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
         assert!(self.ok.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        let failures = self.failures.lock().unwrap();
+        failures.clone()
     }
 }
 
