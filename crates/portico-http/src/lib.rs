@@ -223,6 +223,10 @@ struct ConnState {
     /// When the last request finished, as ms since `start`.
     last_done_ms: AtomicU64,
     start: Instant,
+    /// What the framing guard refused, and the protocol switches it waits on.
+    guard: Arc<framing::GuardCtl>,
+    /// HTTP/1 requests so far on this connection (the guard's index of the next one).
+    h1_requests: AtomicU64,
 }
 
 impl ConnState {
@@ -257,11 +261,15 @@ impl Service for HttpService {
                 tunnels: Mutex::new(Vec::new()),
                 last_done_ms: AtomicU64::new(0),
                 start: Instant::now(),
+                guard: Arc::default(),
+                h1_requests: AtomicU64::new(0),
             });
-            let io = TokioIo::new(framing::FramingGuard::new(io::SendTimeoutIo::new(
-                stream,
-                limits.send_timeout,
-            )));
+            let max_head = limits.max_header_bytes.max(8192);
+            let io = TokioIo::new(framing::FramingGuard::new(
+                io::SendTimeoutIo::new(stream, limits.send_timeout),
+                max_head,
+                Arc::clone(&state.guard),
+            ));
             let svc_state = Arc::clone(&state);
             let this = Arc::clone(&self);
             let svc = hyper::service::service_fn(move |req| {
@@ -274,7 +282,10 @@ impl Service for HttpService {
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_buf_size(max_head)
+                // Headers Portico writes itself go out as `Content-Type`; an upstream's
+                // keep the case it wrote them in (the proxy's client preserves it).
+                .title_case_headers(true)
                 .keep_alive(true);
             builder
                 .http2()
@@ -406,6 +417,10 @@ impl HttpService {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let time = SystemTime::now();
+        let h1_index = (req.version() != Version::HTTP_2)
+            .then(|| conn.h1_requests.fetch_add(1, Ordering::Relaxed));
+        let refused = h1_index.and_then(|i| conn.guard.refusal(i));
+        let connect = req.method() == http::Method::CONNECT;
         let host = request_host(&req);
         let site = Arc::clone(match &host {
             Ok(h) => self.site_for(
@@ -433,10 +448,21 @@ impl HttpService {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         });
-        let (resp, upstream) = match host {
-            Err(status) => (error_response(status), None),
-            Ok(host) => self.dispatch(req, &site, &conn, host).await,
+        let (resp, upstream) = match (refused, host) {
+            (Some(r), _) => {
+                let mut resp = error_response(r.status);
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                (resp, None)
+            }
+            (None, Err(status)) => (error_response(status), None),
+            (None, Ok(host)) => self.dispatch(req, &site, &conn, host).await,
         };
+        if let Some(i) = h1_index {
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                || (connect && resp.status().is_success());
+            conn.guard.decided(i, switched);
+        }
 
         let status = resp.status().as_u16();
         site.stats.requests.fetch_add(1, Ordering::Relaxed);

@@ -25,8 +25,38 @@ use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHan
 
 use crate::body::{empty, BoxError, ClientBodyError, GapTimer, HttpBody};
 use crate::errors::error_response;
+use crate::framing::{ExchangeStart, ResponseGuard};
 
-type Sender = SendRequest<HttpBody>;
+/// One HTTP/1.1 connection to an upstream server.
+struct Sender {
+    send: SendRequest<HttpBody>,
+    /// Tells the connection's [`ResponseGuard`] that a new response head comes next.
+    exchange: Arc<ExchangeStart>,
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        self.send.ready().await
+    }
+
+    fn try_send_request(
+        &mut self,
+        req: Request<HttpBody>,
+    ) -> impl std::future::Future<
+        Output = Result<
+            Response<hyper::body::Incoming>,
+            hyper::client::conn::TrySendError<Request<HttpBody>>,
+        >,
+    > {
+        self.exchange.begin();
+        self.send.try_send_request(req)
+    }
+}
+
 /// What goes back when a response body ends: the connection, its pool, the pick.
 type Release = (Sender, Option<Arc<IdlePool<Sender>>>, Pick);
 
@@ -422,10 +452,16 @@ fn client_body_status(err: &hyper::Error) -> Option<StatusCode> {
     None
 }
 
+/// A new connection to the picked server. Response header names keep the case the
+/// upstream wrote (relayed so to HTTP/1.1 clients); headers Portico adds are Title-Case.
 async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
     let stream = connect(pick.server.addr(), timeout).await?;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+    let exchange = Arc::new(ExchangeStart::default());
+    let guarded = ResponseGuard::new(stream, Arc::clone(&exchange));
+    let (send, conn) = hyper::client::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .title_case_headers(true)
+        .handshake(TokioIo::new(guarded))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
@@ -433,7 +469,7 @@ async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender { send, exchange })
 }
 
 fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
@@ -605,7 +641,8 @@ pub async fn forward_upgrade(
             }
         };
         let req = Request::from_parts(parts.clone(), empty());
-        match tokio::time::timeout(cfg.read_timeout, sender.send_request(req)).await {
+        sender.exchange.begin();
+        match tokio::time::timeout(cfg.read_timeout, sender.send.send_request(req)).await {
             Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let on_upstream = hyper::upgrade::on(&mut resp);
                 let (mut head, _) = resp.into_parts();

@@ -110,7 +110,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<(usize, Head, Framing)>, Failure> {
     };
     let mut map = HeaderMap::with_capacity(parsed.len());
     super::append_headers(&mut map, parsed)?;
+    // The same framing rules as for HTTP upstreams (crate::framing::response).
+    crate::framing::read_head(&buf[..used])
+        .and_then(|f| f.check_response())
+        .map_err(|why| Failure::Invalid(why.into()))?;
     let framing = framing(&map)?;
+    if matches!(framing, Framing::Chunked(_)) && !crate::framing::first_chunk_ok(&buf[used..]) {
+        return Err(Failure::Invalid("an invalid chunk size".into()));
+    }
     Ok(Some((
         used,
         Head {
@@ -189,9 +196,9 @@ fn decode_chunked(buf: &mut BytesMut, st: &mut Chunk) -> Result<Step, String> {
                 let Some(line) = take_line(buf)? else {
                     return Ok(Step::NeedMore);
                 };
-                let text = std::str::from_utf8(&line).map_err(|_| "bad chunk size")?;
-                let hex = text.split(';').next().unwrap_or("").trim();
-                let size = u64::from_str_radix(hex, 16).map_err(|_| "bad chunk size")?;
+                let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let size = crate::framing::chunk_size(line).ok_or("bad chunk size")?;
                 *st = if size == 0 {
                     Chunk::Trailer
                 } else {
@@ -359,5 +366,18 @@ mod tests {
         let (_, _, f2) = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
         assert!(matches!(f2, Framing::Close));
         assert!(matches!(f, Framing::Close));
+    }
+
+    #[test]
+    fn ambiguous_app_responses_are_refused() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        ] {
+            assert!(parse_head(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+        let mut buf = BytesMut::from(&b"+3\r\nabc\r\n"[..]);
+        assert!(decode_chunked(&mut buf, &mut Chunk::Size).is_err());
     }
 }

@@ -1,0 +1,284 @@
+//! Message framing checked on the bytes, before hyper sees them (RFC 9112 §6).
+//!
+//! hyper frames messages safely, but it accepts some that a proxy must not pass on: a
+//! request with both Content-Length and Transfer-Encoding (it frames by
+//! Transfer-Encoding), repeated Content-Length with equal values, `chunked, chunked`;
+//! a response with Content-Length and Transfer-Encoding. These wrappers follow the
+//! framing of a byte stream, judge every head before hyper gets it and refuse what is
+//! ambiguous:
+//!
+//! - [`request::FramingGuard`] on the client side, for the whole life of a connection:
+//!   a refused head becomes a 400/501/431 answer (see [`GuardCtl`]); a malformed chunk
+//!   line fails the body.
+//! - [`response::ResponseGuard`] on each HTTP/1.1 upstream connection: an ambiguous
+//!   response head (or a bad first chunk line that came with it) makes the response a
+//!   502 before anything of it reaches the client.
+//!
+//! This module holds what both directions share: splitting a head into lines and
+//! reading its framing headers. No IO here.
+
+pub mod request;
+pub mod response;
+
+pub use request::{FramingGuard, GuardCtl};
+pub use response::{ExchangeStart, ResponseGuard};
+
+/// Longest chunk-size line (with extensions) or trailer line accepted.
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+/// What the framing headers of one head say.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct HeadFraming {
+    /// The start line (request line or status line), without its line end.
+    pub start_len: usize,
+    /// Content-Length values, each element of each field (`5, 5` is two).
+    pub lengths: Vec<u64>,
+    /// A Content-Length that is not a plain decimal number.
+    pub bad_length: bool,
+    /// Transfer codings, in order, across every Transfer-Encoding field, lowercase.
+    pub codings: Vec<String>,
+    /// A Transfer-Encoding field was present (even an empty one).
+    pub transfer_encoding: bool,
+    pub upgrade: bool,
+}
+
+/// Why a head is refused: a fixed reason, for the log.
+pub type Why = &'static str;
+
+/// Reads the framing headers of `head` (through its blank line) and checks every header
+/// line: a name that is not a token, whitespace before the colon, obs-fold, a control
+/// character (other than HTAB) in a value or a bare CR are refused.
+pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
+    let mut f = HeadFraming::default();
+    let mut lines = head.split(|&b| b == b'\n');
+    let start = lines.next().unwrap_or(b"");
+    let start = start.strip_suffix(b"\r").unwrap_or(start);
+    f.start_len = start.len();
+    if start.contains(&b'\r') {
+        return Err("bare CR in the start line");
+    }
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break; // the blank line ending the head
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            return Err("obs-fold (a header line starting with whitespace)");
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err("a header line without a colon");
+        };
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err("a header name that is not a token (whitespace before the colon?)");
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err("a control character in a header value");
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for v in value.split(|&b| b == b',') {
+                let v = trim_ows(v);
+                match parse_decimal(v) {
+                    Some(n) => f.lengths.push(n),
+                    None => f.bad_length = true,
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            f.transfer_encoding = true;
+            for c in value.split(|&b| b == b',') {
+                // A coding may carry parameters (`;q=…` is not allowed here, but
+                // `gzip;x=y` would be): the name decides.
+                let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
+                if !name.is_empty() {
+                    f.codings
+                        .push(String::from_utf8_lossy(name).to_ascii_lowercase());
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            f.upgrade = true;
+        }
+    }
+    Ok(f)
+}
+
+impl HeadFraming {
+    /// The transfer codings contain `chunked` more than once.
+    pub fn chunked_twice(&self) -> bool {
+        self.codings.iter().filter(|c| *c == "chunked").count() > 1
+    }
+
+    /// `chunked` is the final transfer coding.
+    pub fn chunked_last(&self) -> bool {
+        self.codings.last().is_some_and(|c| c == "chunked")
+    }
+
+    /// The rules for a response from an upstream (HAProxy's, stricter than nginx's):
+    /// Content-Length with Transfer-Encoding, an invalid Content-Length, Content-Length
+    /// values that differ, or `chunked` twice make it unusable. Equal repeated
+    /// Content-Length values are one (RFC 9110 §8.6).
+    pub fn check_response(&self) -> Result<(), Why> {
+        if self.transfer_encoding && (!self.lengths.is_empty() || self.bad_length) {
+            return Err("Content-Length with Transfer-Encoding");
+        }
+        if self.bad_length {
+            return Err("an invalid Content-Length");
+        }
+        if self.lengths.windows(2).any(|w| w[0] != w[1]) {
+            return Err("Content-Length values that differ");
+        }
+        if self.chunked_twice() {
+            return Err("chunked applied more than once");
+        }
+        Ok(())
+    }
+}
+
+/// Whether the first chunk-size line in `after` (the bytes after a chunked head) is
+/// valid, or not complete yet.
+pub fn first_chunk_ok(after: &[u8]) -> bool {
+    match after
+        .iter()
+        .take(MAX_CHUNK_LINE + 2)
+        .position(|&b| b == b'\n')
+    {
+        Some(nl) => after[..nl]
+            .strip_suffix(b"\r")
+            .is_some_and(|l| chunk_size(l).is_some()),
+        None => after.len() <= MAX_CHUNK_LINE + 1,
+    }
+}
+
+/// `1*DIGIT`, no sign, no whitespace, no overflow.
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// RFC 9110 §5.6.2 tchar.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// A chunk-size line (without its CRLF) as RFC 9112 §7.1 writes it: 1–16 hex digits,
+/// optional whitespace, optional `;extensions`. `None` for anything else (`0x10`, `+5`,
+/// `-1`, an overlong size, a bare CR).
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = trim_ows(&line[digits..]);
+    if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
+        return None;
+    }
+    let hex = std::str::from_utf8(&line[..digits]).ok()?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// How many bytes of `rest` complete the head (through its blank line), if it ends
+/// there; `from` bytes of `rest` were already searched without finding the end.
+pub fn find_head_end(rest: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    rest[start..].iter().enumerate().find_map(|(k, &b)| {
+        let k = start + k;
+        let blank = b == b'\n'
+            && ((k >= 1 && rest[k - 1] == b'\n')
+                || (k >= 2 && rest[k - 1] == b'\r' && rest[k - 2] == b'\n'));
+        blank.then_some(k + 1)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_as_rfc_9112_writes_them() {
+        assert_eq!(chunk_size(b"1a"), Some(26));
+        assert_eq!(chunk_size(b"5;name=value"), Some(5));
+        assert_eq!(chunk_size(b"5 ;x"), Some(5));
+        assert_eq!(chunk_size(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"+5",
+            b"-1",
+            b"0x5",
+            b" 5",
+            b"5 5",
+            b"12345678901234567",
+            b"5\rx",
+            b"g",
+        ] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn head_lines_are_checked() {
+        let ok = read_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nTransfer-Encoding: gzip, Chunked\r\nUpgrade: x\r\n\r\n").unwrap();
+        assert_eq!(ok.lengths, vec![5, 5]);
+        assert_eq!(ok.codings, vec!["gzip", "chunked"]);
+        assert!(ok.upgrade && ok.transfer_encoding && !ok.bad_length);
+        for bad in [
+            &b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX\0: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
+        ] {
+            assert!(
+                read_head(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(
+            read_head(b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
+                .unwrap()
+                .bad_length
+        );
+    }
+
+    #[test]
+    fn head_ends_are_found_from_a_hint() {
+        let h = b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest";
+        assert_eq!(find_head_end(h, 0), Some(h.len() - 4));
+        assert_eq!(find_head_end(h, 23), Some(h.len() - 4));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nA: b\n\n", 0), Some(21));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+    }
+}
