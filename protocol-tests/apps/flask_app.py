@@ -43,6 +43,15 @@ def status(code):
     return Response(f"status {code}\n", status=code)
 
 
+@app.route("/headers")
+def headers():
+    """Answers with one header per query argument, named exactly as written there."""
+    r = Response("headers\n")
+    for k, v in request.args.items():
+        r.headers[k] = v
+    return r
+
+
 @app.route("/cookies")
 def cookies():
     r = Response("cookies\n")

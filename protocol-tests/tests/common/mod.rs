@@ -1137,3 +1137,192 @@ pub fn dovecot_setup(protocol: &str, auth_opts: &[&str], extra: &str, more: &str
         portico,
     }
 }
+
+/// One request as a [`Recorder`] received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The request head, as sent (request line, header lines, blank line).
+    pub head: String,
+    pub body: Vec<u8>,
+    /// Which connection (0, 1, …) it came on.
+    pub conn: usize,
+}
+
+impl Recorded {
+    /// The values of header `name` (case-insensitive), in order.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+            .collect()
+    }
+
+    /// The request target.
+    pub fn target(&self) -> &str {
+        self.head.split(' ').nth(1).unwrap_or("")
+    }
+}
+
+/// An in-process HTTP/1.1 backend that records every request it gets (head and body,
+/// by connection) and answers with `answer(request)`: the edge cases a real app server
+/// cannot produce (exactly what reached the backend; malformed responses).
+pub struct Recorder {
+    pub port: u16,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>,
+    /// Connections the proxy closed, by number.
+    pub closed: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+/// An answer that says "ok".
+pub fn ok_answer(_: &Recorded) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Backend: recorder\r\n\r\nok\n".to_vec()
+}
+
+impl Recorder {
+    pub fn start(answer: fn(&Recorded) -> Vec<u8>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests: std::sync::Arc<std::sync::Mutex<Vec<Recorded>>> = Default::default();
+        let closed: std::sync::Arc<std::sync::Mutex<Vec<usize>>> = Default::default();
+        let (reqs, done) = (requests.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for (conn, stream) in listener.incoming().enumerate() {
+                let Ok(stream) = stream else { return };
+                let (reqs, done) = (reqs.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                    let mut w = stream.try_clone().unwrap();
+                    let mut r = BufReader::new(stream);
+                    while let Some(req) = read_request(&mut r, conn) {
+                        reqs.lock().unwrap().push(req.clone());
+                        if w.write_all(&answer(&req)).is_err() {
+                            break;
+                        }
+                    }
+                    done.lock().unwrap().push(conn);
+                });
+            }
+        });
+        Recorder {
+            port,
+            requests,
+            closed,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The requests received whose target starts with `prefix`.
+    pub fn received(&self, prefix: &str) -> Vec<Recorded> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.target().starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits (bounded) until connection `conn` is closed by the proxy.
+    pub fn wait_closed(&self, conn: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.closed.lock().unwrap().contains(&conn) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+}
+
+/// Reads one request (Content-Length or chunked body) or `None` at the end.
+fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Recorded> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if head.is_empty() && line.trim().is_empty() {
+            continue;
+        }
+        head.push_str(&line);
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut req = Recorded {
+        head,
+        body: Vec::new(),
+        conn,
+    };
+    let chunked = req
+        .header("transfer-encoding")
+        .iter()
+        .any(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).ok()?;
+            let n = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+            if n == 0 {
+                // trailers
+                loop {
+                    let mut t = String::new();
+                    r.read_line(&mut t).ok()?;
+                    if t.trim().is_empty() {
+                        break;
+                    }
+                    req.head.push_str(&format!("(trailer) {t}"));
+                }
+                break;
+            }
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).ok()?;
+            req.body.extend_from_slice(&chunk[..n]);
+        }
+    } else if let Some(n) = req
+        .header("content-length")
+        .first()
+        .and_then(|v| v.parse().ok())
+    {
+        req.body.resize(n, 0);
+        r.read_exact(&mut req.body).ok()?;
+    }
+    Some(req)
+}
+
+/// Sends `raw` on a new connection and reads the first response: its status (0 when
+/// the connection closed or stayed silent for 5 s first) and the text of its head.
+pub fn first_response(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(raw);
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        head.push_str(&line);
+        if line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}

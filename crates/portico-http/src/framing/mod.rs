@@ -191,20 +191,23 @@ fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// A chunk-size line (without its CRLF) as RFC 9112 §7.1 writes it: 1–16 hex digits,
-/// optional whitespace, optional `;extensions`. `None` for anything else (`0x10`, `+5`,
-/// `-1`, an overlong size, a bare CR).
+/// A chunk-size line (without its CRLF) as RFC 9112 §7.1 writes it: hex digits (leading
+/// zeros allowed) whose value fits in 64 bits, optional whitespace, optional
+/// `;extensions`. `None` for anything else (`0x10`, `+5`, `-1`, an overflowing size, a
+/// bare CR).
 pub fn chunk_size(line: &[u8]) -> Option<u64> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    if digits == 0 {
         return None;
     }
     let rest = trim_ows(&line[digits..]);
     if !(rest.is_empty() || rest[0] == b';') || rest.contains(&b'\r') {
         return None;
     }
-    let hex = std::str::from_utf8(&line[..digits]).ok()?;
-    u64::from_str_radix(hex, 16).ok()
+    line[..digits].iter().try_fold(0u64, |n, &d| {
+        let d = char::from(d).to_digit(16)?;
+        n.checked_mul(16)?.checked_add(u64::from(d))
+    })
 }
 
 /// How many bytes of `rest` complete the head (through its blank line), if it ends
@@ -230,6 +233,8 @@ mod tests {
         assert_eq!(chunk_size(b"5;name=value"), Some(5));
         assert_eq!(chunk_size(b"5 ;x"), Some(5));
         assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"00000000000000005"), Some(5));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
         for bad in [
             &b""[..],
             b"+5",
@@ -238,6 +243,7 @@ mod tests {
             b" 5",
             b"5 5",
             b"12345678901234567",
+            b"ffffffffffffffff0",
             b"5\rx",
             b"g",
         ] {
