@@ -291,6 +291,9 @@ pub struct Limits {
     pub websocket_idle_timeout: Duration,
     /// An upgraded connection closes after this long whatever happens (zero = never).
     pub websocket_max_lifetime: Duration,
+    /// Request headers whose names contain `_` are kept (nginx `underscores_in_headers`);
+    /// by default they are dropped before anything sees them.
+    pub underscores_in_headers: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -336,6 +339,10 @@ pub struct ProxyRoute {
     /// uwsgi packet modifiers (nginx `uwsgi_modifier1`/`uwsgi_modifier2`).
     pub modifier1: u8,
     pub modifier2: u8,
+    /// Read the whole request body (memory, then a temp file) before an upstream
+    /// connection is taken: on by default for uwsgi and FastCGI (nginx's
+    /// `*_request_buffering on`), off for `via = "http"` (bodies stream).
+    pub request_buffering: bool,
 }
 
 /// A key template such as `"$request_uri"` or `"$http_x_tenant:$cookie_session"`: text

@@ -274,6 +274,7 @@ pub struct RawLimits {
     pub max_body_bytes: u64,
     pub websocket_idle_timeout: String,
     pub websocket_max_lifetime: String,
+    pub underscores_in_headers: bool,
 }
 
 impl Default for RawLimits {
@@ -288,6 +289,7 @@ impl Default for RawLimits {
             max_body_bytes: 0,
             websocket_idle_timeout: "1h".into(),
             websocket_max_lifetime: "0s".into(),
+            underscores_in_headers: false,
         }
     }
 }
@@ -307,6 +309,7 @@ pub struct RawRoute {
     pub modifier1: Option<u8>,
     pub modifier2: Option<u8>,
     pub max_body_bytes: Option<u64>,
+    pub request_buffering: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -516,6 +516,7 @@ fn validate_listener(
             &format!("{lp}.websocket_max_lifetime"),
             &l.limits.websocket_max_lifetime,
         ),
+        underscores_in_headers: l.limits.underscores_in_headers,
     };
     if limits.max_connections == 0 {
         v.err(&format!("{lp}.max_connections"), "must be at least 1");
@@ -738,6 +739,12 @@ fn validate_route(
             return None;
         }
         (Some(s), None) => {
+            if r.request_buffering.is_some() {
+                v.err(
+                    &format!("{rp}.request_buffering"),
+                    "request_buffering applies to routes with an upstream",
+                );
+            }
             if s.root.is_empty() {
                 v.err(
                     &format!("{rp}.static.root"),
@@ -841,6 +848,7 @@ fn validate_route(
                 split_path_info: r.split_path_info.clone(),
                 modifier1: r.modifier1.unwrap_or(0),
                 modifier2: r.modifier2.unwrap_or(0),
+                request_buffering: r.request_buffering.unwrap_or(via != Via::Http),
             })
         }
     };

@@ -368,33 +368,58 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// The host the request is for: Host for HTTP/1, :authority (or Host) for h2. Errors
-/// when it is missing on HTTP/1.1, duplicated, or not a valid host.
+/// The host the request is for (RFC 9112 §3.2.2, RFC 9113 §8.3.1): the authority of an
+/// absolute-form target or the h2 `:authority`, else the Host header. 400 when an
+/// HTTP/1.1 or h2 request has neither, when Host is repeated or not a valid host (even
+/// beside an authority, which then replaces it), or when an h2 request's Host names
+/// another host than its `:authority`.
 fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, StatusCode> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
-    if hosts.next().is_some() {
+    if hosts.next().is_some() || header_host.is_some_and(|h| !valid_host(h.as_bytes())) {
         return Err(StatusCode::BAD_REQUEST);
     }
     let value = match (req.uri().authority(), header_host) {
-        (Some(a), _) => {
-            Some(HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?)
+        (Some(a), h) => {
+            let a = HeaderValue::from_str(a.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
+            let differs = h.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()));
+            if req.version() == Version::HTTP_2 && differs {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            Some(a)
         }
         (None, Some(h)) => Some(h.clone()),
-        (None, None) if req.version() == Version::HTTP_11 => return Err(StatusCode::BAD_REQUEST),
+        (None, None) if matches!(req.version(), Version::HTTP_11 | Version::HTTP_2) => {
+            return Err(StatusCode::BAD_REQUEST)
+        }
         (None, None) => None,
     };
-    if let Some(v) = &value {
-        let b = v.as_bytes();
-        let valid = !b.is_empty()
-            && b.iter().all(|&c| {
-                c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-            });
-        if !valid {
-            return Err(StatusCode::BAD_REQUEST);
-        }
+    match &value {
+        Some(v) if !valid_host(v.as_bytes()) => Err(StatusCode::BAD_REQUEST),
+        _ => Ok(value),
     }
-    Ok(value)
+}
+
+/// A host with an optional port, as a Host header carries it: a reg-name or IPv4
+/// address, or an IPv6 literal in brackets; no spaces, paths, queries or user info.
+fn valid_host(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.iter().all(|&c| {
+            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_')
+        })
+}
+
+/// The Host an upstream gets for a request that named none (HTTP/1.0 without Host): the
+/// listener's first server name, else the address the request came in on (nginx's
+/// `$host` falls back to the server name the same way).
+fn default_host(site: &Site, local: Option<std::net::SocketAddr>) -> Option<HeaderValue> {
+    let name = site
+        .server_names
+        .iter()
+        .find(|n| !n.starts_with('*') && !n.starts_with('~'))
+        .cloned()
+        .or_else(|| local.map(|a| a.to_string()))?;
+    HeaderValue::from_str(&name).ok()
 }
 
 /// The host without its port (`[::1]:80` → `[::1]`).
@@ -505,6 +530,9 @@ impl HttpService {
         host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let mut req = req;
+        if !site.limits.underscores_in_headers {
+            drop_underscored(req.headers_mut());
+        }
         let on_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let Ok(path) = path::normalize(req.uri().path()) else {
             return (error_response(StatusCode::BAD_REQUEST), None);
@@ -554,6 +582,7 @@ impl HttpService {
                     hash_key,
                     max_body_bytes: limit,
                     body_timeout: site.limits.body_timeout,
+                    underscores: site.limits.underscores_in_headers,
                 };
                 gateway::forward(g, parts, body, client).await
             }
@@ -564,7 +593,7 @@ impl HttpService {
                     peer_ip: conn.peer_ip,
                     peer_value: conn.peer_value.clone(),
                     tls: conn.tls,
-                    host,
+                    host: host.or_else(|| default_host(site, conn.local)),
                     hash_key,
                 };
                 if let Some(on_upgrade) = on_upgrade {
@@ -602,6 +631,24 @@ impl HttpService {
                 proxy::forward(up, Request::from_parts(parts, body), &client).await
             }
         }
+    }
+}
+
+/// Removes request headers whose names contain `_` (nginx's `underscores_in_headers
+/// off`): `X_Forwarded_Proto` must not reach an app that folds `_` into `-` and takes it
+/// for `X-Forwarded-Proto`.
+fn drop_underscored(h: &mut http::HeaderMap) {
+    if !h.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<header::HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in names {
+        tracing::debug!(header = %n, "request header with an underscore dropped (underscores_in_headers)");
+        h.remove(n);
     }
 }
 

@@ -133,7 +133,8 @@ pub struct ClientSide {
     /// `peer_ip` as a header value, made once per connection.
     pub peer_value: Option<HeaderValue>,
     pub tls: bool,
-    /// The host the client asked for (Host or :authority), for X-Forwarded-Host.
+    /// The host the request is for (its authority, else Host, else the listener's
+    /// name): the upstream's Host and X-Forwarded-Host.
     pub host: Option<HeaderValue>,
     /// The rendered `hash_key` when the upstream balances by hash.
     pub hash_key: Option<Vec<u8>>,
@@ -141,6 +142,9 @@ pub struct ClientSide {
 
 /// The request head as an upstream gets it: forwarding headers, HTTP/1.1, origin-form.
 fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
     // An absolute-form or h2 URI becomes origin-form for the upstream.
@@ -493,8 +497,26 @@ fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
     );
     if let Some(host) = &client.host {
         h.insert(X_FORWARDED_HOST, host.clone());
-        // h2 clients send :authority, not Host: HTTP/1.1 upstreams need a Host.
-        h.entry(header::HOST).or_insert_with(|| host.clone());
+        // The request's authority replaces a Host header (absolute-form targets,
+        // RFC 9112 §3.2.2), and gives h2 requests (`:authority`) the Host an HTTP/1.1
+        // upstream needs.
+        h.insert(header::HOST, host.clone());
+    }
+}
+
+/// h2 clients may split Cookie into several fields (RFC 9113 §8.2.3): an HTTP/1.1
+/// upstream gets them as one, joined with "; ".
+fn join_cookies(h: &mut HeaderMap) {
+    let mut all = h.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (all.next(), all.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for v in h.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(v.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            h.insert(header::COOKIE, v);
+        }
     }
 }
 

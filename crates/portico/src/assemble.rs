@@ -176,6 +176,7 @@ pub fn endpoints(
             max_body_bytes: 0,
             websocket_idle_timeout: std::time::Duration::from_secs(60),
             websocket_max_lifetime: std::time::Duration::ZERO,
+            underscores_in_headers: false,
         };
         specs.push(EndpointSpec {
             addr: admin.listen.clone(),

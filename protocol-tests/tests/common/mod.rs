@@ -1326,3 +1326,36 @@ pub fn first_response(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
         .unwrap_or(0);
     (status, head)
 }
+
+/// Runs `apps/h2_probe.py` against `port` with `script` (see the script's doc) and
+/// returns its JSON report.
+pub fn h2_probe(port: u16, script: &serde_json::Value) -> serde_json::Value {
+    let out = Command::new(venv_bin("python"))
+        .arg(apps_dir().join("h2_probe.py"))
+        .args(["127.0.0.1", &port.to_string(), &script.to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "h2_probe: {e}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A GET `path` as h2 header pairs, with `extra` pairs after the pseudo-headers.
+pub fn h2_get(path: &str, authority: Option<&str>, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut h = vec![
+        serde_json::json!([":method", "GET"]),
+        serde_json::json!([":scheme", "http"]),
+        serde_json::json!([":path", path]),
+    ];
+    if let Some(a) = authority {
+        h.push(serde_json::json!([":authority", a]));
+    }
+    for (k, v) in extra {
+        h.push(serde_json::json!([k, v]));
+    }
+    serde_json::Value::Array(h)
+}

@@ -33,6 +33,8 @@ pub struct Facts<'a> {
     /// FastCGI: $fastcgi_script_name and $fastcgi_path_info.
     pub script_name: Cow<'a, str>,
     pub path_info: &'a str,
+    /// Header names with `_` become vars too (`underscores_in_headers = true`).
+    pub underscores: bool,
 }
 
 /// Which parameter set to send.
@@ -251,7 +253,7 @@ impl Facts<'_> {
             if name == header::TRANSFER_ENCODING {
                 continue;
             }
-            let Some(var) = header_var(name.as_str()) else {
+            let Some(var) = header_var(name.as_str(), self.underscores) else {
                 continue;
             };
             if vars.iter().any(|(n, _)| *n == var) {
@@ -266,11 +268,15 @@ impl Facts<'_> {
 
 /// `HTTP_NAME` for a request header, or `None` for headers never passed: names with
 /// characters outside `[A-Za-z0-9-]` (so `X_Foo` cannot pose as `X-Foo`), and `Proxy`
-/// (httpoxy: it would become the app's HTTP_PROXY).
-pub fn header_var(name: &str) -> Option<String> {
+/// (httpoxy: it would become the app's HTTP_PROXY). With `underscores` (the listener's
+/// `underscores_in_headers = true`) `_` is allowed too, and `X_Foo` becomes HTTP_X_FOO as
+/// in nginx.
+pub fn header_var(name: &str, underscores: bool) -> Option<String> {
     if name.is_empty()
         || name.eq_ignore_ascii_case("proxy")
-        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || (underscores && b == b'_'))
     {
         return None;
     }
@@ -306,6 +312,7 @@ mod tests {
             document_root: "/srv",
             script_name: Cow::Borrowed(path),
             path_info: "",
+            underscores: false,
         }
     }
 
@@ -386,11 +393,15 @@ mod tests {
     #[test]
     fn header_names_outside_the_safe_set_are_dropped() {
         assert_eq!(
-            header_var("x-forwarded-for").as_deref(),
+            header_var("x-forwarded-for", false).as_deref(),
             Some("HTTP_X_FORWARDED_FOR")
         );
-        assert_eq!(header_var("x_forwarded_for"), None);
-        assert_eq!(header_var("Proxy"), None);
-        assert_eq!(header_var("x.y"), None);
+        assert_eq!(header_var("x_forwarded_for", false), None);
+        assert_eq!(
+            header_var("x_forwarded_for", true).as_deref(),
+            Some("HTTP_X_FORWARDED_FOR")
+        );
+        assert_eq!(header_var("Proxy", true), None);
+        assert_eq!(header_var("x.y", true), None);
     }
 }

@@ -29,8 +29,6 @@ use crate::proxy::{is_idempotent, strip_hop_by_hop, HttpUpstream, Tries, Upstrea
 use env::{Facts, Flavor};
 use io::{Failure, RequestBody, Spool};
 
-pub use env::header_var;
-
 /// A response head from an app.
 pub struct Head {
     pub status: StatusCode,
@@ -119,6 +117,7 @@ pub struct Client<'a> {
     pub hash_key: Option<Vec<u8>>,
     pub max_body_bytes: u64,
     pub body_timeout: std::time::Duration,
+    pub underscores: bool,
 }
 
 /// A process-unique request number, for the app's STDERR lines in the log.
@@ -203,6 +202,7 @@ pub async fn forward(
         document_root: &route.root,
         script_name,
         path_info,
+        underscores: client.underscores,
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;
