@@ -10,7 +10,7 @@ Each stream is opened in order (after `pause` seconds); headers are sent exactly
 "window_updates": false the client never opens its receive windows (a client that stops
 reading). The probe waits until every stream ended or was reset, or the connection got
 GOAWAY, or `wait` seconds passed, and prints JSON: {"streams": {"1": {"status": 200,
-"headers": {...}, "body": N, "reset": null|code, "ended": true}}, "goaway": null|code}.
+"headers": {...}, "body": N, "reset": null|code, "ended": true}}, "goaway": null|code, "closed": bool}.
 """
 import json
 import socket
@@ -46,6 +46,7 @@ def main():
     updates = script.get("window_updates", True)
     results = {}
     goaway = None
+    closed = False
     for spec in script["streams"]:
         time.sleep(spec.get("pause", 0.0))
         sid = conn.get_next_available_stream_id()
@@ -66,8 +67,10 @@ def main():
         except socket.timeout:
             continue
         except OSError:
+            closed = True
             break
         if not chunk:
+            closed = True
             break
         for ev in conn.receive_data(chunk):
             r = results.get(getattr(ev, "stream_id", None))
@@ -88,8 +91,12 @@ def main():
                 goaway = int(ev.error_code)
         out = conn.data_to_send()
         if out:
-            sock.sendall(out)
-    print(json.dumps({"streams": {str(k): v for k, v in results.items()}, "goaway": goaway}))
+            try:
+                sock.sendall(out)
+            except OSError:
+                closed = True
+                break
+    print(json.dumps({"streams": {str(k): v for k, v in results.items()}, "goaway": goaway, "closed": closed}))
 
 
 if __name__ == "__main__":

@@ -207,3 +207,130 @@ impl<F: FnOnce(u64, bool)> Body for Observed<F> {
         self.inner.size_hint()
     }
 }
+
+/// A response body on an h2 stream, watched for a client that stops taking data: h2
+/// polls a body only when the stream's flow-control window has room, so a client that
+/// keeps its window shut would hold the body — and the upstream connection behind it —
+/// for as long as the connection lives. Once `send_timeout` passes after a frame was
+/// handed on without the next one being asked for, a watchdog task drops the inner
+/// body (freeing the upstream side) and calls `on_stall`; the stream then fails on its
+/// next poll. Waiting on the upstream (the inner body pending) is not a stall.
+pub struct StallWatched {
+    inner: std::sync::Arc<std::sync::Mutex<Option<HttpBody>>>,
+    progress: std::sync::Arc<Progress>,
+    timeout: Duration,
+}
+
+#[derive(Debug)]
+struct Progress {
+    start: Instant,
+    /// When the last frame was handed on, as ms since `start` + 1; 0 while the body is
+    /// waiting on its source (or done).
+    handed_ms: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client took no data for {0:?} (send_timeout)")]
+struct Stalled(Duration);
+
+impl StallWatched {
+    pub fn new(
+        body: HttpBody,
+        timeout: Duration,
+        on_stall: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        use std::sync::atomic::Ordering;
+        let inner = std::sync::Arc::new(std::sync::Mutex::new(Some(body)));
+        let progress = std::sync::Arc::new(Progress {
+            start: Instant::now(),
+            handed_ms: std::sync::atomic::AtomicU64::new(0),
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        let (slot, seen) = (
+            std::sync::Arc::downgrade(&inner),
+            std::sync::Arc::clone(&progress),
+        );
+        tokio::spawn(async move {
+            let mut wait = timeout;
+            loop {
+                tokio::time::sleep(wait).await;
+                if seen.done.load(Ordering::Acquire) {
+                    return;
+                }
+                let handed = seen.handed_ms.load(Ordering::Acquire);
+                let now = seen.start.elapsed().as_millis() as u64 + 1;
+                let stalled_for = Duration::from_millis(now.saturating_sub(handed));
+                if handed == 0 || stalled_for < timeout {
+                    wait = if handed == 0 {
+                        timeout
+                    } else {
+                        timeout - stalled_for
+                    };
+                    continue;
+                }
+                let Some(slot) = slot.upgrade() else { return };
+                let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                drop(body); // frees the upstream connection and the request's place
+                on_stall();
+                return;
+            }
+        });
+        Self {
+            inner,
+            progress,
+            timeout,
+        }
+    }
+}
+
+impl Body for StallWatched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering;
+        let this = self.get_mut();
+        let mut slot = this.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(body) = slot.as_mut() else {
+            return Poll::Ready(Some(Err(Stalled(this.timeout).into())));
+        };
+        let r = Pin::new(body).poll_frame(cx);
+        let p = &this.progress;
+        match &r {
+            Poll::Pending => p.handed_ms.store(0, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) => p
+                .handed_ms
+                .store(p.start.elapsed().as_millis() as u64 + 1, Ordering::Release),
+            Poll::Ready(_) => p.done.store(true, Ordering::Release),
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or_else(SizeHint::default, |b| b.size_hint())
+    }
+}
+
+impl Drop for StallWatched {
+    fn drop(&mut self) {
+        self.progress
+            .done
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}

@@ -227,6 +227,10 @@ struct ConnState {
     guard: Arc<framing::GuardCtl>,
     /// HTTP/1 requests so far on this connection (the guard's index of the next one).
     h1_requests: AtomicU64,
+    /// h2 streams whose client stopped taking data for send_timeout (their upstream
+    /// side is gone; the stream itself only ends with the connection).
+    stalled: AtomicUsize,
+    stall: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -263,6 +267,8 @@ impl Service for HttpService {
                 start: Instant::now(),
                 guard: Arc::default(),
                 h1_requests: AtomicU64::new(0),
+                stalled: AtomicUsize::new(0),
+                stall: tokio::sync::Notify::new(),
             });
             let max_head = limits.max_header_bytes.max(8192);
             let io = TokioIo::new(framing::FramingGuard::new(
@@ -311,9 +317,22 @@ impl Service for HttpService {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
+                    _ = state.stall.notified() => {
+                        // Only stalled streams left: they would hold the connection
+                        // (a graceful close waits for them) forever.
+                        if state.in_flight.load(Ordering::Relaxed) == 0 {
+                            tracing::info!(conn = info.id, "closing an h2 connection whose client stopped reading");
+                            break;
+                        }
+                    }
                     _ = tokio::time::sleep_until(idle_deadline), if !closing => {
                         let idle_for = state.start.elapsed().as_millis() as u64
                             - state.last_done_ms.load(Ordering::Relaxed).min(state.start.elapsed().as_millis() as u64);
+                        if state.in_flight.load(Ordering::Relaxed) == 0
+                            && state.stalled.load(Ordering::Relaxed) > 0
+                        {
+                            break;
+                        }
                         if state.in_flight.load(Ordering::Relaxed) == 0
                             && idle_for >= limits.idle_timeout.as_millis() as u64
                         {
@@ -442,8 +461,8 @@ impl HttpService {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let time = SystemTime::now();
-        let h1_index = (req.version() != Version::HTTP_2)
-            .then(|| conn.h1_requests.fetch_add(1, Ordering::Relaxed));
+        let h2 = req.version() == Version::HTTP_2;
+        let h1_index = (!h2).then(|| conn.h1_requests.fetch_add(1, Ordering::Relaxed));
         let refused = h1_index.and_then(|i| conn.guard.refusal(i));
         let connect = req.method() == http::Method::CONNECT;
         let host = request_host(&req);
@@ -495,6 +514,7 @@ impl HttpService {
         site.stats.by_class[class].fetch_add(1, Ordering::Relaxed);
 
         let (parts, body) = resp.into_parts();
+        let stall_conn = Arc::clone(&conn);
         let log = self.shared.access_log.clone();
         let stats = Arc::clone(&site.stats);
         let site_name = site.name.clone();
@@ -519,6 +539,17 @@ impl HttpService {
             }
             conn.finish();
         });
+        if h2 && !body.is_end_stream() {
+            // h2 polls a body only while the client's window has room: watch for a
+            // client that keeps it shut (HTTP/1 writes fail in SendTimeoutIo instead).
+            let watched = Arc::clone(&stall_conn);
+            let body = body::StallWatched::new(body.boxed(), site.limits.send_timeout, move || {
+                tracing::info!("h2 stream ended: the client took no data for send_timeout");
+                watched.stalled.fetch_add(1, Ordering::Relaxed);
+                watched.stall.notify_one();
+            });
+            return Response::from_parts(parts, body.boxed());
+        }
         Response::from_parts(parts, body.boxed())
     }
 
