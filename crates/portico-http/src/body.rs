@@ -6,6 +6,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
@@ -35,6 +36,28 @@ pub enum ClientBodyError {
     Timeout(Duration),
     #[error("bad request body: {0}")]
     Invalid(hyper::Error),
+}
+
+/// The status for a request whose client body failed, when `e` or an error that caused
+/// it is a [`ClientBodyError`] (limits are enforced by `ClientBody`).
+pub fn client_body_status(e: &(dyn std::error::Error + 'static)) -> Option<StatusCode> {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
+            return Some(match c {
+                ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                ClientBodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                ClientBodyError::Invalid(_) => StatusCode::BAD_REQUEST,
+            });
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// [`client_body_status`] for an error known to come from the client's body.
+pub fn client_status(e: &(dyn std::error::Error + 'static)) -> StatusCode {
+    client_body_status(e).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 /// A timeout on the gap between two pieces of progress (reads, writes, frames). The
@@ -208,6 +231,112 @@ impl<F: FnOnce(u64, bool)> Body for Observed<F> {
     }
 }
 
+/// What a body's consumer did last, for a watcher outside the task that polls it.
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+    /// When the last frame was handed on, as ms since `start` + 1; 0 while the body
+    /// waits on its source.
+    handed_ms: std::sync::atomic::AtomicU64,
+    /// When the body ended (or failed), as ms since `start` + 1; 0 before.
+    done_ms: std::sync::atomic::AtomicU64,
+}
+
+/// A body's state as [`Progress`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyState {
+    /// Waiting on its source for the next frame.
+    Waiting,
+    /// A frame was handed on this long ago and the next one not asked for since.
+    Handed(Duration),
+    /// Ended this long ago.
+    Done(Duration),
+}
+
+impl Progress {
+    pub fn new() -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            start: Instant::now(),
+            handed_ms: std::sync::atomic::AtomicU64::new(0),
+            done_ms: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    fn record<T>(&self, r: &Poll<Option<Result<T, BoxError>>>) {
+        use std::sync::atomic::Ordering;
+        match r {
+            Poll::Pending => self.handed_ms.store(0, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) => self.handed_ms.store(self.now_ms(), Ordering::Release),
+            Poll::Ready(_) => self.finish(),
+        }
+    }
+
+    fn finish(&self) {
+        let _ = self.done_ms.compare_exchange(
+            0,
+            self.now_ms(),
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    pub fn state(&self) -> BodyState {
+        use std::sync::atomic::Ordering;
+        let now = self.now_ms();
+        let ago = |ms: u64| Duration::from_millis(now.saturating_sub(ms));
+        match (
+            self.done_ms.load(Ordering::Acquire),
+            self.handed_ms.load(Ordering::Acquire),
+        ) {
+            (0, 0) => BodyState::Waiting,
+            (0, handed) => BodyState::Handed(ago(handed)),
+            (done, _) => BodyState::Done(ago(done)),
+        }
+    }
+}
+
+pin_project! {
+    /// A body whose consumer's progress a [`Progress`] reports.
+    pub struct Tracked {
+        #[pin]
+        inner: HttpBody,
+        progress: std::sync::Arc<Progress>,
+    }
+}
+
+impl Tracked {
+    pub fn new(inner: HttpBody, progress: std::sync::Arc<Progress>) -> Self {
+        Self { inner, progress }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        this.progress.record(&r);
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A response body on an h2 stream, watched for a client that stops taking data: h2
 /// polls a body only when the stream's flow-control window has room, so a client that
 /// keeps its window shut would hold the body — and the upstream connection behind it —
@@ -221,15 +350,6 @@ pub struct StallWatched {
     timeout: Duration,
 }
 
-#[derive(Debug)]
-struct Progress {
-    start: Instant,
-    /// When the last frame was handed on, as ms since `start` + 1; 0 while the body is
-    /// waiting on its source (or done).
-    handed_ms: std::sync::atomic::AtomicU64,
-    done: std::sync::atomic::AtomicBool,
-}
-
 #[derive(Debug, thiserror::Error)]
 #[error("the client took no data for {0:?} (send_timeout)")]
 struct Stalled(Duration);
@@ -240,13 +360,8 @@ impl StallWatched {
         timeout: Duration,
         on_stall: impl FnOnce() + Send + 'static,
     ) -> Self {
-        use std::sync::atomic::Ordering;
         let inner = std::sync::Arc::new(std::sync::Mutex::new(Some(body)));
-        let progress = std::sync::Arc::new(Progress {
-            start: Instant::now(),
-            handed_ms: std::sync::atomic::AtomicU64::new(0),
-            done: std::sync::atomic::AtomicBool::new(false),
-        });
+        let progress = Progress::new();
         let (slot, seen) = (
             std::sync::Arc::downgrade(&inner),
             std::sync::Arc::clone(&progress),
@@ -255,26 +370,17 @@ impl StallWatched {
             let mut wait = timeout;
             loop {
                 tokio::time::sleep(wait).await;
-                if seen.done.load(Ordering::Acquire) {
-                    return;
-                }
-                let handed = seen.handed_ms.load(Ordering::Acquire);
-                let now = seen.start.elapsed().as_millis() as u64 + 1;
-                let stalled_for = Duration::from_millis(now.saturating_sub(handed));
-                if handed == 0 || stalled_for < timeout {
-                    wait = if handed == 0 {
-                        timeout
-                    } else {
-                        timeout - stalled_for
-                    };
-                    continue;
-                }
-                let Some(slot) = slot.upgrade() else { return };
-                let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                drop(body); // frees the upstream connection and the request's place
-                on_stall();
-                return;
+                wait = match seen.state() {
+                    BodyState::Done(_) => return,
+                    BodyState::Waiting => timeout,
+                    BodyState::Handed(ago) if ago < timeout => timeout - ago,
+                    BodyState::Handed(_) => break,
+                };
             }
+            let Some(slot) = slot.upgrade() else { return };
+            let body = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            drop(body); // frees the upstream connection and the request's place
+            on_stall();
         });
         Self {
             inner,
@@ -292,21 +398,13 @@ impl Body for StallWatched {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        use std::sync::atomic::Ordering;
         let this = self.get_mut();
         let mut slot = this.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Some(body) = slot.as_mut() else {
             return Poll::Ready(Some(Err(Stalled(this.timeout).into())));
         };
         let r = Pin::new(body).poll_frame(cx);
-        let p = &this.progress;
-        match &r {
-            Poll::Pending => p.handed_ms.store(0, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) => p
-                .handed_ms
-                .store(p.start.elapsed().as_millis() as u64 + 1, Ordering::Release),
-            Poll::Ready(_) => p.done.store(true, Ordering::Release),
-        }
+        this.progress.record(&r);
         r
     }
 
@@ -329,8 +427,6 @@ impl Body for StallWatched {
 
 impl Drop for StallWatched {
     fn drop(&mut self) {
-        self.progress
-            .done
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.progress.finish();
     }
 }

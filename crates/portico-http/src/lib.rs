@@ -16,6 +16,7 @@ pub mod gateway;
 mod io;
 pub mod path;
 pub mod proxy;
+mod spool;
 pub mod static_files;
 
 use std::collections::BTreeMap;
@@ -92,6 +93,8 @@ struct CompiledRoute {
     prefix: String,
     kind: RouteKind,
     max_body_bytes: u64,
+    /// `via = "http"`: read the whole body before taking an upstream connection.
+    request_buffering: bool,
 }
 
 enum SiteKind {
@@ -136,10 +139,15 @@ impl Site {
                         }
                     }
                 };
+                let request_buffering = match &r.action {
+                    RouteAction::Proxy(p) => p.request_buffering,
+                    RouteAction::Static(_) => false,
+                };
                 routes.push(CompiledRoute {
                     prefix: r.path.clone(),
                     kind,
                     max_body_bytes: r.max_body_bytes.unwrap_or(l.limits.max_body_bytes),
+                    request_buffering,
                 });
             }
             // longest prefix first
@@ -654,8 +662,21 @@ impl HttpService {
                     }
                     return (resp, addr);
                 }
+                let mut parts = parts;
                 let body = if body.is_end_stream() {
                     body::empty()
+                } else if route.request_buffering {
+                    // The whole body first, then an upstream connection: a slow client
+                    // holds no app worker (nginx's proxy_request_buffering on).
+                    let limited = ClientBody::new(body, limit, site.limits.body_timeout).boxed();
+                    match spool::Spool::read(limited).await {
+                        Ok(s) => {
+                            parts.headers.remove(header::TRANSFER_ENCODING);
+                            parts.headers.insert(header::CONTENT_LENGTH, s.len.into());
+                            s.into_body()
+                        }
+                        Err(status) => return (error_response(status), None),
+                    }
                 } else {
                     ClientBody::new(body, limit, site.limits.body_timeout).boxed()
                 };

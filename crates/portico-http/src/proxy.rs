@@ -23,7 +23,9 @@ use portico_config::{KeyPart, KeyTemplate};
 use portico_core::worker_id;
 use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHandle};
 
-use crate::body::{empty, BoxError, ClientBodyError, GapTimer, HttpBody};
+use crate::body::{
+    client_body_status, empty, BodyState, BoxError, GapTimer, HttpBody, Progress, Tracked,
+};
 use crate::errors::error_response;
 use crate::framing::{ExchangeStart, ResponseGuard};
 
@@ -377,9 +379,22 @@ pub async fn forward(
         } else {
             std::mem::replace(&mut parts, Request::new(()).into_parts().0)
         };
+        // The response timeout starts once the request is sent: a client uploading
+        // slowly is not the upstream's delay (and never counts against it).
+        let progress = (!empty_body).then(Progress::new);
+        let this_body = match &progress {
+            Some(p) => Tracked::new(this_body, Arc::clone(p)).boxed(),
+            None => this_body,
+        };
         let req = Request::from_parts(head, this_body);
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(cfg.read_timeout, sender.try_send_request(req)).await;
+        let sent = response_within(
+            sender.try_send_request(req),
+            progress.as_deref(),
+            cfg.read_timeout,
+            cfg.send_timeout,
+        )
+        .await;
         match sent {
             Ok(Ok(resp)) => {
                 pick.record_latency(started.elapsed());
@@ -427,9 +442,8 @@ pub async fn forward(
                     break;
                 }
             }
-            Err(_) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, timeout = ?cfg.read_timeout,
-                    "upstream timed out waiting for the response header");
+            Err(what) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, "upstream timed out {what}");
                 pick.failure();
                 tries.last_status = StatusCode::GATEWAY_TIMEOUT;
                 if !(retry_after_send && policy.timeout) {
@@ -441,19 +455,37 @@ pub async fn forward(
     tries.give_up()
 }
 
-fn client_body_status(err: &hyper::Error) -> Option<StatusCode> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(c) = e.downcast_ref::<ClientBodyError>() {
-            return Some(match c {
-                ClientBodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                ClientBodyError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-                ClientBodyError::Invalid(_) => StatusCode::BAD_REQUEST,
-            });
+/// Waits for the response head: `read_timeout` from when the request (its body, if
+/// `body` tracks one) was wholly sent. While the body waits on the client, no upstream
+/// timer runs (the client's `body_timeout` does); while the upstream does not take the
+/// body, `send_timeout` (nginx's proxy_send_timeout). Err says which timer ran out.
+async fn response_within<F: std::future::Future>(
+    fut: F,
+    body: Option<&Progress>,
+    read_timeout: Duration,
+    send_timeout: Duration,
+) -> Result<F::Output, &'static str> {
+    const HEAD: &str = "waiting for the response header (read_timeout)";
+    let Some(body) = body else {
+        return tokio::time::timeout(read_timeout, fut)
+            .await
+            .map_err(|_| HEAD);
+    };
+    const SEND: &str = "sending the request body: the upstream took none (send_timeout)";
+    tokio::pin!(fut);
+    loop {
+        let wait = match body.state() {
+            BodyState::Done(ago) if ago >= read_timeout => return Err(HEAD),
+            BodyState::Handed(ago) if ago >= send_timeout => return Err(SEND),
+            BodyState::Done(ago) => read_timeout - ago,
+            BodyState::Handed(ago) => send_timeout - ago,
+            BodyState::Waiting => read_timeout.max(send_timeout),
+        };
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = tokio::time::sleep(wait) => {}
         }
-        source = e.source();
     }
-    None
 }
 
 /// A new connection to the picked server. Response header names keep the case the

@@ -8,16 +8,14 @@ use bytes::{Bytes, BytesMut};
 use http::StatusCode;
 use http_body_util::BodyExt;
 use portico_upstream::PeerStream;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::body::{BoxError, ClientBodyError, HttpBody};
+use crate::body::{client_status, BoxError, HttpBody};
+use crate::spool::{spool_error, Spool};
 
 /// A response head larger than this is refused (502), like nginx's "upstream sent too
 /// big header".
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Bodies of unknown length are kept in memory up to this size, then in a temporary
-/// file (nginx's client_body_buffer_size / client_body_temp_path).
-const SPOOL_IN_MEMORY: usize = 256 * 1024;
 
 /// Why an exchange with an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -136,24 +134,10 @@ impl RequestBody {
                 Ok(())
             }
             RequestBody::Spooled(spool) => {
-                for chunk in &spool.memory {
+                let failed = |e| Failure::Client(spool_error(e));
+                let mut chunks = spool.chunks().await.map_err(failed)?;
+                while let Some(chunk) = chunks.next().await.map_err(failed)? {
                     write_framed(conn, chunk, frame, &mut out, timeout).await?;
-                }
-                if let Some(file) = spool.file.as_mut() {
-                    file.seek(std::io::SeekFrom::Start(0))
-                        .await
-                        .map_err(|e| Failure::Client(spool_error(e)))?;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = file
-                            .read(&mut buf)
-                            .await
-                            .map_err(|e| Failure::Client(spool_error(e)))?;
-                        if n == 0 {
-                            break;
-                        }
-                        write_framed(conn, &buf[..n], frame, &mut out, timeout).await?;
-                    }
                 }
                 Ok(())
             }
@@ -174,77 +158,6 @@ async fn write_framed(
     out.clear();
     frame(data, out);
     conn.write_all(out, timeout).await
-}
-
-fn spool_error(e: std::io::Error) -> StatusCode {
-    tracing::error!(error = %e, "request body buffer file failed");
-    StatusCode::INTERNAL_SERVER_ERROR
-}
-
-/// The status for a client body that failed (limits are enforced by `ClientBody`).
-pub fn client_status(e: &(dyn std::error::Error + 'static)) -> StatusCode {
-    match e.downcast_ref::<ClientBodyError>() {
-        Some(ClientBodyError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
-        Some(ClientBodyError::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
-
-/// A request body read to its end: in memory, then in an unlinked temporary file.
-#[derive(Default)]
-pub struct Spool {
-    memory: Vec<Bytes>,
-    file: Option<tokio::fs::File>,
-    pub len: u64,
-}
-
-impl Spool {
-    /// Reads `body` to its end (its limits and timeouts are the caller's `ClientBody`).
-    pub async fn read(mut body: HttpBody) -> Result<Self, StatusCode> {
-        let mut spool = Spool::default();
-        let mut in_memory = 0usize;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| client_status(&*e))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            spool.len += data.len() as u64;
-            if spool.file.is_none() && in_memory + data.len() <= SPOOL_IN_MEMORY {
-                in_memory += data.len();
-                spool.memory.push(data);
-                continue;
-            }
-            if spool.file.is_none() {
-                spool.file = Some(temp_file().await.map_err(spool_error)?);
-            }
-            if let Some(f) = spool.file.as_mut() {
-                f.write_all(&data).await.map_err(spool_error)?;
-            }
-        }
-        if let Some(f) = spool.file.as_mut() {
-            f.flush().await.map_err(spool_error)?;
-        }
-        Ok(spool)
-    }
-}
-
-/// A temporary file that is already unlinked: it goes away with its handle.
-async fn temp_file() -> std::io::Result<tokio::fs::File> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "portico-body-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = tokio::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .await?;
-    tokio::fs::remove_file(&path).await?;
-    Ok(file)
 }
 
 /// An app server's answer, read piece by piece (uwsgi: HTTP framing; FastCGI: STDOUT

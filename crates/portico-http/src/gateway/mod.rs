@@ -26,8 +26,9 @@ use portico_config::{KeyTemplate, ProxyRoute, Via};
 use crate::body::{ClientBody, HttpBody};
 use crate::errors::error_response;
 use crate::proxy::{is_idempotent, strip_hop_by_hop, HttpUpstream, Tries, UpstreamAddr};
+use crate::spool::Spool;
 use env::{Facts, Flavor};
-use io::{Failure, RequestBody, Spool};
+use io::{Failure, RequestBody};
 
 /// A response head from an app.
 pub struct Head {
@@ -73,6 +74,8 @@ pub struct GatewayRoute {
     proto: Proto,
     params: Vec<(String, KeyTemplate)>,
     root: String,
+    /// Read the whole body before taking a connection (the route's request_buffering).
+    buffering: bool,
 }
 
 impl GatewayRoute {
@@ -97,6 +100,7 @@ impl GatewayRoute {
             upstream,
             proto,
             params: p.params.clone(),
+            buffering: p.request_buffering,
             root: p
                 .root
                 .as_ref()
@@ -169,7 +173,7 @@ pub async fn forward(
     let limited = |b| ClientBody::new(b, client.max_body_bytes, client.body_timeout).boxed();
     let (mut body, content_length) = if body.is_end_stream() && declared.unwrap_or(0) == 0 {
         (RequestBody::Empty, declared)
-    } else if declared.is_some() {
+    } else if declared.is_some() && !route.buffering {
         (RequestBody::Stream(Some(limited(body))), declared)
     } else {
         match Spool::read(limited(body)).await {
