@@ -170,6 +170,34 @@ pub fn encode_stream(kind: RecordType, request_id: u16, data: &[u8], out: &mut V
     }
 }
 
+/// Appends name-value pairs as FCGI_PARAMS records, whole pairs to a record (at most
+/// [`MAX_CONTENT`] bytes each), then the empty record that ends the stream. A pair is
+/// never split across records: php-fpm's parser reads each record's pairs on their own
+/// and resets the connection on a split one. A pair longer than one record can carry
+/// cannot be sent: its index is the error.
+pub fn encode_params(
+    request_id: u16,
+    pairs: impl IntoIterator<Item = (impl AsRef<[u8]>, impl AsRef<[u8]>)>,
+    out: &mut Vec<u8>,
+) -> Result<(), usize> {
+    let mut record = Vec::new();
+    for (i, (name, value)) in pairs.into_iter().enumerate() {
+        let (name, value) = (name.as_ref(), value.as_ref());
+        let len = pair_len(name, value);
+        if len > MAX_CONTENT {
+            return Err(i);
+        }
+        if record.len() + len > MAX_CONTENT {
+            encode_stream(RecordType::Params, request_id, &record, out);
+            record.clear();
+        }
+        encode_pair(name, value, &mut record);
+    }
+    encode_stream(RecordType::Params, request_id, &record, out);
+    out.extend_from_slice(&end_stream(RecordType::Params, request_id));
+    Ok(())
+}
+
 /// The empty record that ends a stream of `kind`.
 pub fn end_stream(kind: RecordType, request_id: u16) -> [u8; 8] {
     RecordHeader::new(kind, request_id, 0).encode()
@@ -369,6 +397,20 @@ mod tests {
     }
 
     #[test]
+    fn a_pair_longer_than_a_record_is_refused() {
+        let long = vec![b'q'; MAX_CONTENT];
+        let mut out = Vec::new();
+        assert_eq!(
+            encode_params(
+                1,
+                [(&b"A"[..], &b"1"[..]), (&b"QUERY_STRING"[..], &long[..])],
+                &mut out
+            ),
+            Err(1)
+        );
+    }
+
+    #[test]
     fn get_values_asks_with_empty_values() {
         let wire = get_values(&["FCGI_MAX_CONNS", "FCGI_MAX_REQS"]);
         let (rec, _) = decode_record(&wire).unwrap().unwrap();
@@ -391,6 +433,37 @@ mod tests {
             let decoded = decode_pairs(&out).unwrap();
             let want: Vec<(&[u8], &[u8])> = pairs.iter().map(|(n, v)| (&n[..], &v[..])).collect();
             prop_assert_eq!(decoded, want);
+        }
+
+        /// Every PARAMS record holds whole pairs (as php-fpm reads them), and the records
+        /// together give back every pair in order.
+        #[test]
+        fn params_records_never_split_a_pair(sizes in proptest::collection::vec(0usize..40_000, 1..6)) {
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (format!("VAR{i}").into_bytes(), vec![b'v'; n]))
+                .collect();
+            let mut out = Vec::new();
+            encode_params(1, pairs.iter().map(|(n, v)| (n, v)), &mut out).unwrap();
+            let mut at = 0;
+            let mut all = Vec::new();
+            let mut ended = false;
+            while let Some((rec, used)) = decode_record(&out[at..]).unwrap() {
+                at += used;
+                prop_assert_eq!(rec.header.record_type(), Some(RecordType::Params));
+                if rec.content.is_empty() {
+                    ended = true;
+                    break;
+                }
+                let within = decode_pairs(rec.content);
+                prop_assert!(within.is_ok(), "a record with a split pair");
+                for (n, v) in within.unwrap() {
+                    all.push((n.to_vec(), v.to_vec()));
+                }
+            }
+            prop_assert!(ended && at == out.len());
+            prop_assert_eq!(all, pairs);
         }
 
         #[test]

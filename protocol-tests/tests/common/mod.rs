@@ -675,6 +675,11 @@ impl Load {
 
 /// uWSGI (pip's, 2 processes) serving the Flask app over the uwsgi protocol.
 pub fn uwsgi(bind: Bind<'_>, extra_env: &[(&str, &str)]) -> Proc {
+    uwsgi_with(bind, extra_env, &["--buffer-size", "32768"])
+}
+
+/// [`uwsgi`] with `args` added (`&[]`: uWSGI's default 4096-byte buffer-size).
+pub fn uwsgi_with(bind: Bind<'_>, extra_env: &[(&str, &str)], args: &[&str]) -> Proc {
     let mut cmd = Command::new(venv_bin("uwsgi"));
     cmd.arg("--socket")
         .arg(match &bind {
@@ -691,9 +696,8 @@ pub fn uwsgi(bind: Bind<'_>, extra_env: &[(&str, &str)]) -> Proc {
             "--master",
             "--die-on-term",
             "--disable-logging",
-            "--buffer-size",
-            "32768",
         ])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     for (k, v) in extra_env {

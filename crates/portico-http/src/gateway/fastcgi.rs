@@ -112,19 +112,17 @@ impl PooledConn {
 }
 
 /// The PARAMS stream (records and the empty record that ends it).
-pub fn encode_params(vars: &[super::env::Var]) -> Vec<u8> {
-    let mut pairs = Vec::with_capacity(
-        vars.iter()
-            .map(|(n, v)| fcgi::pair_len(n.as_bytes(), v))
-            .sum(),
-    );
-    for (n, v) in vars {
-        fcgi::encode_pair(n.as_bytes(), v, &mut pairs);
-    }
-    let mut out = Vec::with_capacity(pairs.len() + 32);
-    fcgi::encode_stream(RecordType::Params, ID, &pairs, &mut out);
-    out.extend_from_slice(&fcgi::end_stream(RecordType::Params, ID));
-    out
+/// The PARAMS stream for `vars`, whole pairs to a record; `Err` names the var too long
+/// for one record (64 KiB), which no FastCGI server could take.
+pub fn encode_params(vars: &[super::env::Var]) -> Result<Vec<u8>, &str> {
+    let size: usize = vars
+        .iter()
+        .map(|(n, v)| fcgi::pair_len(n.as_bytes(), v))
+        .sum();
+    let mut out = Vec::with_capacity(size + 8 * (size / fcgi::MAX_CONTENT + 2));
+    fcgi::encode_params(ID, vars.iter().map(|(n, v)| (n.as_bytes(), v)), &mut out)
+        .map_err(|i| vars[i].0.as_ref())?;
+    Ok(out)
 }
 
 fn stdin_frame(data: &[u8], out: &mut Vec<u8>) {
@@ -511,7 +509,7 @@ mod tests {
         answer.extend(end(ProtocolStatus::RequestComplete));
         let addr = fake_server(answer).await;
         let up = upstream(addr);
-        let params = encode_params(&[("A".into(), b"1".to_vec())]);
+        let params = encode_params(&[("A".into(), b"1".to_vec())]).unwrap();
         for round in 0..2 {
             let pick = up.select(&SelectCtx::default()).unwrap();
             let mut body = RequestBody::Empty;
@@ -535,7 +533,7 @@ mod tests {
     async fn failure_for(answer: Vec<u8>) -> Option<Failure> {
         let up = upstream(fake_server(answer).await);
         let pick = up.select(&SelectCtx::default()).unwrap();
-        let params = encode_params(&[]);
+        let params = encode_params(&[]).unwrap();
         attempt(&pick, &up.config, &params, &mut RequestBody::Empty, 1)
             .await
             .err()
@@ -586,7 +584,7 @@ mod tests {
     #[test]
     fn params_end_with_an_empty_record() {
         let vars = vec![("A".into(), b"1".to_vec())];
-        let wire = encode_params(&vars);
+        let wire = encode_params(&vars).unwrap();
         assert_eq!(
             &wire[wire.len() - 8..],
             &fcgi::end_stream(RecordType::Params, ID)

@@ -28,6 +28,10 @@ pub enum Failure {
     Timeout(Duration),
     #[error("upstream closed the connection before the response header")]
     Closed,
+    /// uWSGI closes without a word on a vars block over its `buffer-size` (4096 by
+    /// default): the request's fault, not the server's.
+    #[error("the app closed the connection without answering a {0}-byte uwsgi vars block: over its buffer-size (4096 unless raised)?")]
+    TooLargeForApp(usize),
     #[error("upstream sent an invalid response header: {0}")]
     Invalid(String),
     #[error("upstream is overloaded (FastCGI FCGI_OVERLOADED)")]
@@ -50,9 +54,14 @@ impl Failure {
         }
     }
 
-    /// Whether this counts against the server's passive health.
+    /// Whether this counts against the server's passive health: not what the client
+    /// caused (its body failed, or it sent more than the app takes), not an overloaded
+    /// server asking to be left alone.
     pub fn blames_server(&self) -> bool {
-        !matches!(self, Failure::Client(_) | Failure::Overloaded)
+        !matches!(
+            self,
+            Failure::Client(_) | Failure::Overloaded | Failure::TooLargeForApp(_)
+        )
     }
 }
 

@@ -236,12 +236,29 @@ pub async fn forward(
                 }
             }
         }
-        Proto::Fastcgi { split, .. } => fastcgi::encode_params(&facts.vars(
-            Flavor::Fastcgi {
-                path_info: split.is_some(),
-            },
-            &route.params,
-        )),
+        Proto::Fastcgi { split, .. } => {
+            let vars = facts.vars(
+                Flavor::Fastcgi {
+                    path_info: split.is_some(),
+                },
+                &route.params,
+            );
+            match fastcgi::encode_params(&vars) {
+                Ok(wire) => wire,
+                Err(var) => {
+                    // The request's fault, refused before anything is sent: a URI var
+                    // is 414 (as nginx answers a URI over its buffers), a header 431.
+                    let status = if var.starts_with("HTTP_") {
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                    } else {
+                        StatusCode::URI_TOO_LONG
+                    };
+                    tracing::warn!(upstream = %cfg.name, var,
+                        "request refused with {}: FastCGI var {var} over 64 KiB (one record)", status.as_u16());
+                    return (error_response(status), None);
+                }
+            }
+        }
     };
     let no_body = parts.method == Method::HEAD;
     let idempotent = is_idempotent(&parts.method);

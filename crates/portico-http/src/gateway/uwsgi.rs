@@ -26,7 +26,9 @@ pub async fn attempt(
         .await
         .map_err(Failure::Connect)?;
     let mut conn = Conn::new(stream);
-    conn.write_all(&packet[sent..], cfg.send_timeout).await?;
+    conn.write_all(&packet[sent..], cfg.send_timeout)
+        .await
+        .map_err(|e| too_large_for_app(e, packet.len() - 4))?;
     let sent = body
         .send(&mut conn, cfg.send_timeout, |d, out| {
             out.extend_from_slice(d)
@@ -42,8 +44,31 @@ pub async fn attempt(
             .await
             .map_err(|_| e);
     }
-    read_head(conn, cfg.read_timeout, no_body).await
+    read_head(conn, cfg.read_timeout, no_body)
+        .await
+        .map_err(|e| too_large_for_app(e, packet.len() - 4))
 }
+
+/// A connection closed or reset with no answer after a vars block over uWSGI's default
+/// buffer-size is taken for uWSGI refusing it (it logs "invalid request block size").
+fn too_large_for_app(e: Failure, vars: usize) -> Failure {
+    let hung_up = match &e {
+        Failure::Closed => true,
+        Failure::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        _ => false,
+    };
+    if hung_up && vars > UWSGI_BUFFER_SIZE {
+        Failure::TooLargeForApp(vars)
+    } else {
+        e
+    }
+}
+
+/// uWSGI's default `buffer-size`: the largest vars block it reads.
+const UWSGI_BUFFER_SIZE: usize = 4096;
 
 async fn read_head(
     mut conn: Conn,
