@@ -122,3 +122,29 @@ fn no_way_out_of_the_root() {
     assert_eq!(status, 200);
     assert!(text.ends_with("{\"a\":1}\n"));
 }
+
+#[test]
+fn over_long_names_are_404_not_a_server_error() {
+    let p = start();
+    let long = "n".repeat(300); // over the 255-byte name limit of the file system
+    for path in [format!("/{long}"), format!("/docs/{long}/x.html")] {
+        assert_eq!(curl(&[], &p.url(&path)).status, 404, "{path}");
+    }
+    assert!(!p.log_text().contains("ERROR"), "{}", p.log_text());
+}
+
+/// hyper's parser takes 100 request headers (Apache's LimitRequestFields default); one
+/// more is 431 (nginx has no count limit, only its buffer sizes).
+#[test]
+fn more_than_100_request_headers_is_431() {
+    let p = start();
+    let head = |n: usize| {
+        let mut h = String::from("GET /data.json HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+        for i in 0..n {
+            h.push_str(&format!("X-H{i}: {i}\r\n"));
+        }
+        h + "\r\n"
+    };
+    assert_eq!(raw_status(p.addr(), head(97).as_bytes()).0, 200);
+    assert_eq!(raw_status(p.addr(), head(100).as_bytes()).0, 431);
+}

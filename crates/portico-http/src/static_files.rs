@@ -147,11 +147,14 @@ fn join_root(root: &Path, path: &str) -> PathBuf {
     p
 }
 
+/// The answer for a file that cannot be opened, as nginx's: missing, not a directory on
+/// the way, or a name over the file system's limit (ENAMETOOLONG: a client's doing, not
+/// a server error) are 404; no permission is 403.
 fn io_error(e: std::io::Error) -> Response<HttpBody> {
     match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
-            error_response(StatusCode::NOT_FOUND)
-        }
+        std::io::ErrorKind::NotFound
+        | std::io::ErrorKind::NotADirectory
+        | std::io::ErrorKind::InvalidFilename => error_response(StatusCode::NOT_FOUND),
         std::io::ErrorKind::PermissionDenied => error_response(StatusCode::FORBIDDEN),
         _ => {
             tracing::error!(error = %e, "static file error");
