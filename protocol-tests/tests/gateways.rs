@@ -296,7 +296,7 @@ fn uwsgi_over_a_unix_socket_with_a_vars_limit() {
     let big = format!("X-Big-Cookie: {}", "c".repeat(5000));
     let r = curl(&["-H", &big], &p.url("/env"));
     assert_eq!(r.status, 431);
-    let line = p.wait_log_line("431");
+    let line = p.wait_log_line("request refused with 431");
     assert!(
         line.contains("largest header var is HTTP_X_BIG_COOKIE"),
         "the log names the header: {line}"

@@ -171,6 +171,30 @@ fn h2_cookie_fields_are_joined() {
         backend.received("/c")[0].header("cookie"),
         vec!["a=1; b=2; c=3"]
     );
+
+    let dir = tempfile::tempdir().unwrap();
+    let nginx_backend = Recorder::start(ok_answer);
+    let (_nginx, port) = nginx_h2c(dir.path(), &nginx_backend, "");
+    h2_probe(
+        port,
+        &json!({"streams": [{"headers": h2_get("/c", Some("a"), &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")])}]}),
+    );
+    assert_eq!(
+        nginx_backend.received("/c")[0].header("cookie"),
+        vec!["a=1; b=2; c=3"],
+        "nginx joins them alike"
+    );
+}
+
+/// nginx with an h2c listener (prior knowledge) in front of `backend`.
+fn nginx_h2c(dir: &std::path::Path, backend: &Recorder, server_extra: &str) -> (Proc, u16) {
+    let port = free_port();
+    let conf = format!(
+        "http {{\n {temp}\n access_log off;\n server {{ listen 127.0.0.1:{port} http2; {server_extra} location / {{ proxy_pass http://{b}; proxy_http_version 1.1; }} }}\n}}",
+        temp = nginx_http_temp(dir),
+        b = backend.addr()
+    );
+    (nginx(dir, &conf, port), port)
 }
 
 /// An answer with a 4 MiB body for `/big`, "ok" otherwise.
@@ -197,13 +221,7 @@ fn a_bad_h2_stream_beside_a_download() {
     let backend = Recorder::start(big_answer);
     let p = portico_before(&backend, "");
     let nginx_backend = Recorder::start(big_answer);
-    let nginx_port = free_port();
-    let conf = format!(
-        "http {{\n {temp}\n access_log off;\n server {{ listen 127.0.0.1:{nginx_port} http2; location / {{ proxy_pass http://{b}; proxy_http_version 1.1; }} }}\n}}",
-        temp = nginx_http_temp(dir.path()),
-        b = nginx_backend.addr()
-    );
-    let _nginx = nginx(dir.path(), &conf, nginx_port);
+    let (_nginx, nginx_port) = nginx_h2c(dir.path(), &nginx_backend, "");
     let probe = |port: u16, name: &str, value: &str| {
         h2_probe(
             port,
@@ -282,5 +300,19 @@ fn a_zero_window_h2_stream_ends_after_send_timeout() {
     assert!(
         backend.wait_closed(conn),
         "the upstream connection is released"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let nginx_backend = Recorder::start(big_answer);
+    let (_nginx, port) = nginx_h2c(dir.path(), &nginx_backend, "send_timeout 1s;");
+    let n = h2_probe(
+        port,
+        &json!({"streams": [{"headers": h2_get("/big", Some("a"), &[])}],
+                "initial_window_size": 0, "window_updates": false, "wait": 10.0}),
+    );
+    let conn = nginx_backend.received("/big")[0].conn;
+    println!(
+        "nginx: {n}; its upstream connection released: {}",
+        nginx_backend.wait_closed(conn)
     );
 }

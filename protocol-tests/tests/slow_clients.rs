@@ -81,6 +81,20 @@ fn a_dripping_upload_is_not_an_upstream_timeout() {
     // and a slow app still times out
     assert_eq!(curl(&[], &p.url("/slow?secs=2")).status, 504);
     assert_eq!(failures(&p), 1);
+
+    // nginx (proxy_request_buffering on, its default) answers the same upload too
+    let nginx_port = free_port();
+    let conf = format!(
+        "http {{\n {temp}\n access_log off;\n server {{ listen 127.0.0.1:{nginx_port}; location / {{ proxy_pass http://unix:{sock}:; proxy_read_timeout 500ms; }} }}\n}}",
+        temp = nginx_http_temp(dir.path()),
+        sock = sock.display()
+    );
+    let _nginx = nginx(dir.path(), &conf, nginx_port);
+    let nginx_addr = SocketAddr::from(([127, 0, 0, 1], nginx_port));
+    let (status, _) = drip(nginx_addr, "/echo", 5, Duration::from_millis(700))
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(status, 200);
 }
 
 /// With request buffering, two dripping uploads (as many as the app has workers) are

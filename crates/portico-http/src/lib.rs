@@ -282,6 +282,7 @@ impl Service for HttpService {
             let io = TokioIo::new(framing::FramingGuard::new(
                 io::SendTimeoutIo::new(stream, limits.send_timeout),
                 max_head,
+                limits.header_timeout,
                 Arc::clone(&state.guard),
             ));
             let svc_state = Arc::clone(&state);

@@ -26,17 +26,26 @@ pub use response::{ExchangeStart, ResponseGuard};
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
 
-/// What the framing headers of one head say.
+/// What the framing headers of one head say (read without allocating: this runs for
+/// every request and every upstream response).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeadFraming {
     /// The start line (request line or status line), without its line end.
     pub start_len: usize,
-    /// Content-Length values, each element of each field (`5, 5` is two).
-    pub lengths: Vec<u64>,
+    /// The first Content-Length value.
+    pub length: Option<u64>,
+    /// Content-Length values seen, each element of each field (`5, 5` is two).
+    pub length_count: usize,
+    /// Two Content-Length values differ.
+    pub lengths_differ: bool,
     /// A Content-Length that is not a plain decimal number.
     pub bad_length: bool,
-    /// Transfer codings, in order, across every Transfer-Encoding field, lowercase.
-    pub codings: Vec<String>,
+    /// Transfer codings across every Transfer-Encoding field.
+    pub codings: usize,
+    /// How many of them are `chunked`.
+    pub chunked: usize,
+    /// The last one is `chunked`.
+    pub chunked_last: bool,
     /// A Transfer-Encoding field was present (even an empty one).
     pub transfer_encoding: bool,
     pub upgrade: bool,
@@ -78,21 +87,25 @@ pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
         }
         if name.eq_ignore_ascii_case(b"content-length") {
             for v in value.split(|&b| b == b',') {
-                let v = trim_ows(v);
-                match parse_decimal(v) {
-                    Some(n) => f.lengths.push(n),
+                match parse_decimal(trim_ows(v)) {
+                    Some(n) => {
+                        f.length_count += 1;
+                        f.lengths_differ |= f.length.is_some_and(|first| first != n);
+                        f.length.get_or_insert(n);
+                    }
                     None => f.bad_length = true,
                 }
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             f.transfer_encoding = true;
             for c in value.split(|&b| b == b',') {
-                // A coding may carry parameters (`;q=…` is not allowed here, but
-                // `gzip;x=y` would be): the name decides.
+                // A coding may carry parameters (`gzip;x=y`): the name decides.
                 let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
                 if !name.is_empty() {
-                    f.codings
-                        .push(String::from_utf8_lossy(name).to_ascii_lowercase());
+                    let chunked = name.eq_ignore_ascii_case(b"chunked");
+                    f.codings += 1;
+                    f.chunked += usize::from(chunked);
+                    f.chunked_last = chunked;
                 }
             }
         } else if name.eq_ignore_ascii_case(b"upgrade") {
@@ -105,12 +118,7 @@ pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
 impl HeadFraming {
     /// The transfer codings contain `chunked` more than once.
     pub fn chunked_twice(&self) -> bool {
-        self.codings.iter().filter(|c| *c == "chunked").count() > 1
-    }
-
-    /// `chunked` is the final transfer coding.
-    pub fn chunked_last(&self) -> bool {
-        self.codings.last().is_some_and(|c| c == "chunked")
+        self.chunked > 1
     }
 
     /// The rules for a response from an upstream (HAProxy's, stricter than nginx's):
@@ -118,13 +126,13 @@ impl HeadFraming {
     /// values that differ, or `chunked` twice make it unusable. Equal repeated
     /// Content-Length values are one (RFC 9110 §8.6).
     pub fn check_response(&self) -> Result<(), Why> {
-        if self.transfer_encoding && (!self.lengths.is_empty() || self.bad_length) {
+        if self.transfer_encoding && (self.length_count > 0 || self.bad_length) {
             return Err("Content-Length with Transfer-Encoding");
         }
         if self.bad_length {
             return Err("an invalid Content-Length");
         }
-        if self.lengths.windows(2).any(|w| w[0] != w[1]) {
+        if self.lengths_differ {
             return Err("Content-Length values that differ");
         }
         if self.chunked_twice() {
@@ -254,9 +262,15 @@ mod tests {
     #[test]
     fn head_lines_are_checked() {
         let ok = read_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nTransfer-Encoding: gzip, Chunked\r\nUpgrade: x\r\n\r\n").unwrap();
-        assert_eq!(ok.lengths, vec![5, 5]);
-        assert_eq!(ok.codings, vec!["gzip", "chunked"]);
+        assert_eq!(
+            (ok.length, ok.length_count, ok.lengths_differ),
+            (Some(5), 2, false)
+        );
+        assert_eq!((ok.codings, ok.chunked, ok.chunked_last), (2, 1, true));
         assert!(ok.upgrade && ok.transfer_encoding && !ok.bad_length);
+        let two = read_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+            .unwrap();
+        assert!(two.lengths_differ);
         for bad in [
             &b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",

@@ -21,6 +21,7 @@
 //! than once, an empty Transfer-Encoding: 400; a coding other than chunked before the
 //! final `chunked`: 501; a head over the limit: 431.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -323,19 +324,19 @@ fn judge(head: &[u8]) -> Result<(State, bool), (StatusCode, Why)> {
         if http10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if !f.lengths.is_empty() || f.bad_length {
+        if f.length_count > 0 || f.bad_length {
             return Err(bad("Content-Length with Transfer-Encoding"));
         }
-        if f.codings.is_empty() {
+        if f.codings == 0 {
             return Err(bad("an empty Transfer-Encoding"));
         }
         if f.chunked_twice() {
             return Err(bad("chunked applied more than once"));
         }
-        if !f.chunked_last() {
+        if !f.chunked_last {
             return Err(bad("a final transfer coding other than chunked"));
         }
-        if f.codings.len() > 1 {
+        if f.codings > 1 {
             return Err((
                 StatusCode::NOT_IMPLEMENTED,
                 "a transfer coding other than chunked",
@@ -346,11 +347,11 @@ fn judge(head: &[u8]) -> Result<(State, bool), (StatusCode, Why)> {
     if f.bad_length {
         return Err(bad("an invalid Content-Length"));
     }
-    if f.lengths.len() > 1 {
+    if f.length_count > 1 {
         return Err(bad("more than one Content-Length"));
     }
-    let next = match f.lengths.first() {
-        Some(&n) if n > 0 => State::Body(n),
+    let next = match f.length {
+        Some(n) if n > 0 => State::Body(n),
         _ => State::Head,
     };
     Ok((next, f.upgrade || connect))
@@ -372,6 +373,10 @@ pub struct FramingGuard<S> {
     scanner: Scanner,
     mode: Mode,
     ctl: Arc<GuardCtl>,
+    /// A head held back from hyper must be complete within this (hyper's own
+    /// header_read_timeout only runs once it has seen bytes of a head).
+    header_timeout: std::time::Duration,
+    head_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Bytes read but not yet judged or released: a partial head, or what follows a
     /// request that may switch protocols.
     carry: Vec<u8>,
@@ -381,13 +386,21 @@ pub struct FramingGuard<S> {
 }
 
 impl<S> FramingGuard<S> {
-    /// `max_head`: the longest request head (the listener's max_header_bytes).
-    pub fn new(inner: S, max_head: usize, ctl: Arc<GuardCtl>) -> Self {
+    /// `max_head`: the longest request head (the listener's max_header_bytes);
+    /// `header_timeout`: how long a head may take once it started.
+    pub fn new(
+        inner: S,
+        max_head: usize,
+        header_timeout: std::time::Duration,
+        ctl: Arc<GuardCtl>,
+    ) -> Self {
         Self {
             inner,
             scanner: Scanner::new(max_head),
             mode: Mode::Scan,
             ctl,
+            header_timeout,
+            head_timer: None,
             carry: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
@@ -396,9 +409,17 @@ impl<S> FramingGuard<S> {
 
     /// Acts on why a scan stopped; `tail` is the input from the stop on.
     fn after(&mut self, stop: Stop, tail: &[u8]) {
+        if stop != Stop::PartialHead {
+            self.head_timer = None;
+        }
         match stop {
             Stop::End => {}
-            Stop::PartialHead => self.carry.extend_from_slice(tail),
+            Stop::PartialHead => {
+                self.carry.extend_from_slice(tail);
+                if self.head_timer.is_none() {
+                    self.head_timer = Some(Box::pin(tokio::time::sleep(self.header_timeout)));
+                }
+            }
             Stop::Hold => {
                 self.carry.extend_from_slice(tail);
                 let index = self.scanner.heads - 1;
@@ -492,10 +513,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for FramingGuard<S> {
                     }
                 }
                 Mode::Scan => {
-                    // A head is being collected: read more behind it.
+                    // A head is being collected: read more behind it, within
+                    // header_timeout of its first byte.
                     let mut chunk = [0u8; 4096];
                     let mut rb = ReadBuf::new(&mut chunk);
-                    std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
+                    if Pin::new(&mut this.inner)
+                        .poll_read(cx, &mut rb)?
+                        .is_pending()
+                    {
+                        if let Some(t) = this.head_timer.as_mut() {
+                            if t.as_mut().poll(cx).is_ready() {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "request head not complete within header_timeout",
+                                )));
+                            }
+                        }
+                        return Poll::Pending;
+                    }
                     if rb.filled().is_empty() {
                         // EOF inside a head: hyper never saw any of it.
                         this.carry.clear();
@@ -549,7 +584,12 @@ mod tests {
     async fn through(input: &[u8], cuts: &[usize]) -> (Vec<u8>, Option<Refusal>) {
         let (mut tx, rx) = tokio::io::duplex(1 << 20);
         let ctl = Arc::new(GuardCtl::default());
-        let mut g = FramingGuard::new(rx, 64 * 1024, Arc::clone(&ctl));
+        let mut g = FramingGuard::new(
+            rx,
+            64 * 1024,
+            std::time::Duration::from_secs(10),
+            Arc::clone(&ctl),
+        );
         let mut last = 0;
         for &c in cuts.iter().chain(std::iter::once(&input.len())) {
             tokio::io::AsyncWriteExt::write_all(&mut tx, &input[last..c])

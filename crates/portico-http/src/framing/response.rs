@@ -68,31 +68,44 @@ impl<S> ResponseGuard<S> {
         while self.reading_head && i < bytes.len() {
             let head_start = i;
             let before = self.head.len();
-            let searched = before;
-            self.head.extend_from_slice(&bytes[i..]);
-            let Some(end) = find_head_end(&self.head, searched) else {
-                if self.head.len() > MAX_HEAD {
-                    self.reading_head = false;
-                    self.head = Vec::new();
-                }
-                return None;
+            // The common case: the whole head in this read, judged where it lies.
+            let (end, verdict) = if before == 0 {
+                let Some(end) = find_head_end(&bytes[i..], 0) else {
+                    self.keep_partial(&bytes[i..]);
+                    return None;
+                };
+                (end, judge(&bytes[i..i + end], &bytes[i + end..]))
+            } else {
+                self.head.extend_from_slice(&bytes[i..]);
+                let Some(end) = find_head_end(&self.head, before) else {
+                    self.keep_partial(&[]);
+                    return None;
+                };
+                let used = end - before;
+                (used, judge(&self.head[..end], &bytes[i + used..]))
             };
-            let head = &self.head[..end];
-            let after = &bytes[i + (end - before)..];
-            let cut = if before == 0 { head_start } else { 0 };
-            match judge(head, after) {
+            self.head.clear();
+            match verdict {
                 Ok(Next::Another) => {}
                 Ok(Next::Body) => self.reading_head = false,
                 Err(why) => {
                     tracing::warn!("upstream response refused (502): {why}");
-                    self.head.clear();
-                    return Some(cut);
+                    return Some(if before == 0 { head_start } else { 0 });
                 }
             }
-            i += end - before;
-            self.head.clear();
+            i += end;
         }
         None
+    }
+
+    /// Keeps the start of a head that goes on in the next read (`more` is appended);
+    /// past [`MAX_HEAD`] the guard gives up on it (hyper's own limit refuses it).
+    fn keep_partial(&mut self, more: &[u8]) {
+        self.head.extend_from_slice(more);
+        if self.head.len() > MAX_HEAD {
+            self.reading_head = false;
+            self.head = Vec::new();
+        }
     }
 }
 
@@ -115,7 +128,7 @@ fn judge(head: &[u8], after: &[u8]) -> Result<Next, Why> {
     if (100..200).contains(&status) && status != 101 {
         return Ok(Next::Another);
     }
-    if f.chunked_last() && !first_chunk_ok(after) {
+    if f.chunked_last && !first_chunk_ok(after) {
         return Err("an invalid chunk size");
     }
     Ok(Next::Body)
