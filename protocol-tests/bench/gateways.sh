@@ -18,6 +18,7 @@ workers=${1:-1}
 duration=${2:-10s}
 conns=${3:-64}
 bin=${PORTICO_BIN:-target/release/portico}
+unset PORTICO_BIN # Portico reads PORTICO_* as config: it would refuse the unknown key "bin"
 [ -x "$bin" ] || cargo build --release -p portico
 venv=${PORTICO_VENV:-protocol-tests/.venv}
 apps=$(pwd)/protocol-tests/apps

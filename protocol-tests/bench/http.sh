@@ -15,6 +15,7 @@ workers=${1:-1}
 duration=${2:-10s}
 conns=${3:-64}
 bin=${PORTICO_BIN:-target/release/portico}
+unset PORTICO_BIN # Portico reads PORTICO_* as config: it would refuse the unknown key "bin"
 [ -x "$bin" ] || cargo build --release -p portico
 tmp=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }

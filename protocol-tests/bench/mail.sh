@@ -17,6 +17,7 @@ idle=${1:-9000}
 seconds=${2:-10}
 conc=${3:-32}
 bin=${PORTICO_BIN:-target/release/portico}
+unset PORTICO_BIN # Portico reads PORTICO_* as config: it would refuse the unknown key "bin"
 [ -x "$bin" ] || cargo build --release -p portico
 apps=$(pwd)/protocol-tests/apps
 tmp=$(mktemp -d)

@@ -11,6 +11,7 @@ n=${1:-10000}
 c=${2:-50}
 secs=${3:-10}
 bin=${PORTICO_BIN:-target/release/portico}
+unset PORTICO_BIN # Portico reads PORTICO_* as config: it would refuse the unknown key "bin"
 py=protocol-tests/.venv/bin/python
 [ -x "$bin" ] || cargo build --release -p portico
 ulimit -n 65536 2>/dev/null || true

@@ -489,14 +489,13 @@ async fn response_within<F: std::future::Future>(
 }
 
 /// A new connection to the picked server. Response header names keep the case the
-/// upstream wrote (relayed so to HTTP/1.1 clients); headers Portico adds are Title-Case.
+/// upstream wrote (relayed so to HTTP/1.1 clients).
 async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
     let stream = connect(pick.server.addr(), timeout).await?;
     let exchange = Arc::new(ExchangeStart::default());
     let guarded = ResponseGuard::new(stream, Arc::clone(&exchange));
     let (send, conn) = hyper::client::conn::http1::Builder::new()
         .preserve_header_case(true)
-        .title_case_headers(true)
         .handshake(TokioIo::new(guarded))
         .await
         .map_err(std::io::Error::other)?;

@@ -269,6 +269,8 @@ impl Portico {
         let mut cmd = Command::new(portico_bin());
         cmd.arg("--config")
             .arg(&path)
+            // PORTICO_BIN names the binary under test; Portico would read it as config
+            .env_remove("PORTICO_BIN")
             .current_dir(dir.path())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
@@ -510,6 +512,7 @@ pub fn portico_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
         .args(args)
         .current_dir(cwd)
         .env_remove("PORTICO_LOG")
+        .env_remove("PORTICO_BIN")
         .output()
         .unwrap();
     (

@@ -97,62 +97,66 @@ pub struct HeadFraming {
 /// Why a head is refused: a fixed reason, for the log.
 pub type Why = &'static str;
 
-/// Reads the framing headers of `head` (through its blank line) and checks every header
-/// line: a name that is not a token, whitespace before the colon, obs-fold, a control
-/// character (other than HTAB) in a value or a bare CR are refused.
+/// Reads the framing headers of `head` (through its blank line): Content-Length,
+/// Transfer-Encoding, Upgrade. Only those lines are looked at closely, so this stays
+/// cheap on every request and response; the rest of each line is hyper's to check
+/// (httparse refuses a name that is not a token, whitespace before the colon, a control
+/// character in a value, a bare CR — and then the connection closes, so a line this
+/// reading passes over cannot frame a message differently). An obs-fold line is refused
+/// here, since it could continue a framing header.
 pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
     let mut f = HeadFraming::default();
-    let mut lines = head.split(|&b| b == b'\n');
-    let start = lines.next().unwrap_or(b"");
-    let start = start.strip_suffix(b"\r").unwrap_or(start);
-    f.start_len = start.len();
-    if start.contains(&b'\r') {
-        return Err("bare CR in the start line");
-    }
-    for line in lines {
+    let mut ends = memchr::memchr_iter(b'\n', head);
+    let Some(first) = ends.next() else {
+        return Ok(f);
+    };
+    f.start_len = if first > 0 && head[first - 1] == b'\r' {
+        first - 1
+    } else {
+        first
+    };
+    let mut from = first + 1;
+    for nl in ends {
+        let line = &head[from..nl];
+        from = nl + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+        let Some(&lead) = line.first() else {
             break; // the blank line ending the head
-        }
-        if matches!(line[0], b' ' | b'\t') {
-            return Err("obs-fold (a header line starting with whitespace)");
-        }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err("a header line without a colon");
         };
-        let name = &line[..colon];
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err("a header name that is not a token (whitespace before the colon?)");
-        }
-        let value = trim_ows(&line[colon + 1..]);
-        if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err("a control character in a header value");
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for v in value.split(|&b| b == b',') {
-                match parse_decimal(trim_ows(v)) {
-                    Some(n) => {
-                        f.length_count += 1;
-                        f.lengths_differ |= f.length.is_some_and(|first| first != n);
-                        f.length.get_or_insert(n);
+        let name_is = |name: &[u8]| {
+            line.len() > name.len()
+                && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name)
+        };
+        match lead | 0x20 {
+            b' ' | 0x29 => return Err("obs-fold (a header line starting with whitespace)"),
+            b'c' if name_is(b"content-length") => {
+                for v in line[15..].split(|&b| b == b',') {
+                    match parse_decimal(trim_ows(v)) {
+                        Some(n) => {
+                            f.length_count += 1;
+                            f.lengths_differ |= f.length.is_some_and(|first| first != n);
+                            f.length.get_or_insert(n);
+                        }
+                        None => f.bad_length = true,
                     }
-                    None => f.bad_length = true,
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            f.transfer_encoding = true;
-            for c in value.split(|&b| b == b',') {
-                // A coding may carry parameters (`gzip;x=y`): the name decides.
-                let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
-                if !name.is_empty() {
-                    let chunked = name.eq_ignore_ascii_case(b"chunked");
-                    f.codings += 1;
-                    f.chunked += usize::from(chunked);
-                    f.chunked_last = chunked;
+            b't' if name_is(b"transfer-encoding") => {
+                f.transfer_encoding = true;
+                for c in line[18..].split(|&b| b == b',') {
+                    // A coding may carry parameters (`gzip;x=y`): the name decides.
+                    let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
+                    if !name.is_empty() {
+                        let chunked = name.eq_ignore_ascii_case(b"chunked");
+                        f.codings += 1;
+                        f.chunked += usize::from(chunked);
+                        f.chunked_last = chunked;
+                    }
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            f.upgrade = true;
+            b'u' if name_is(b"upgrade") => f.upgrade = true,
+            _ => {}
         }
     }
     Ok(f)
@@ -208,28 +212,6 @@ fn parse_decimal(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// RFC 9110 §5.6.2 tchar.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
 fn trim_ows(v: &[u8]) -> &[u8] {
     let start = v
         .iter()
@@ -264,12 +246,11 @@ pub fn chunk_size(line: &[u8]) -> Option<u64> {
 /// How many bytes of `rest` complete the head (through its blank line), if it ends
 /// there; `from` bytes of `rest` were already searched without finding the end.
 pub fn find_head_end(rest: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    rest[start..].iter().enumerate().find_map(|(k, &b)| {
+    let start = from.saturating_sub(2);
+    memchr::memchr_iter(b'\n', &rest[start..]).find_map(|k| {
         let k = start + k;
-        let blank = b == b'\n'
-            && ((k >= 1 && rest[k - 1] == b'\n')
-                || (k >= 2 && rest[k - 1] == b'\r' && rest[k - 2] == b'\n'));
+        let blank = (k >= 1 && rest[k - 1] == b'\n')
+            || (k >= 2 && rest[k - 1] == b'\r' && rest[k - 2] == b'\n');
         blank.then_some(k + 1)
     })
 }
@@ -314,21 +295,12 @@ mod tests {
         let two = read_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
             .unwrap();
         assert!(two.lengths_differ);
-        for bad in [
-            &b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nTransfer-Encoding\t: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\0b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX\0: a\r\n\r\n",
-            b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
-        ] {
-            assert!(
-                read_head(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
+        // obs-fold is refused here; other malformed lines are left to hyper's parser
+        assert!(read_head(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n").is_err());
+        assert!(read_head(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n").is_err());
+        // whitespace before the colon: not a framing header (hyper answers it 400)
+        let spaced = read_head(b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n").unwrap();
+        assert!(!spaced.transfer_encoding);
         assert!(
             read_head(b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
                 .unwrap()
