@@ -298,17 +298,66 @@ pub struct Limits {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
-    /// Path prefix; the longest matching prefix wins.
+    /// How the route is written, for logs: `/static/`, `= /favicon.ico`, `~ \.php$`,
+    /// `^~ /media/`, `@app` (nginx's notation).
     pub path: String,
+    pub matcher: RouteMatch,
+    /// `@name` reaches it from try_files and error_pages.
+    pub name: Option<String>,
+    /// Methods allowed (uppercase; GET implies HEAD); empty = any. Others get 405.
+    pub methods: Vec<String>,
     pub action: RouteAction,
     /// Overrides the listener's `max_body_bytes` for this route.
     pub max_body_bytes: Option<u64>,
+    /// Set/removed on the request towards the upstream (gateways: as HTTP_* vars).
+    pub request_headers: HeaderRules,
+    /// Set/removed on the response to the client.
+    pub response_headers: HeaderRules,
+}
+
+/// How a route matches a request path; precedence is nginx's: exact, then the longest
+/// prefix if it has `prefix_wins`, then regexes in file order, then the longest prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMatch {
+    /// `path`: a prefix; `wins` is nginx's `^~` (beats regex routes).
+    Prefix { path: String, wins: bool },
+    /// `exact`: the whole path (nginx `=`).
+    Exact(String),
+    /// `regex`: a Rust regex on the path (`(?i)` for nginx's `~*`); `captures` groups.
+    Regex { source: String, captures: usize },
+    /// Only a `name`: reached by `@name` alone.
+    Named,
+}
+
+/// Header changes with templated values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeaderRules {
+    pub set: Vec<(String, KeyTemplate)>,
+    pub remove: Vec<String>,
+    /// Response headers: set on any status, not only 2xx/3xx (nginx `always`).
+    pub always: bool,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteAction {
     Static(StaticConfig),
     Proxy(ProxyRoute),
+    /// `return`: an answer made by Portico.
+    Return(ReturnConfig),
+}
+
+/// nginx `return`: a status with a `location` (redirects) or a `body`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReturnConfig {
+    pub status: u16,
+    pub location: Option<KeyTemplate>,
+    pub body: Option<KeyTemplate>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -374,6 +423,8 @@ pub enum KeyPart {
     Cookie(String),
     /// A request fact only gateways (uwsgi, FastCGI `params`) render.
     Gateway(GatewayVar),
+    /// `$1` … `$9`: a capture of the matched regex route.
+    Capture(u8),
 }
 
 /// The nginx variables a uwsgi/FastCGI `params` value may use on top of the hash-key ones.
@@ -415,6 +466,18 @@ const GATEWAY_VARS: [(&str, GatewayVar); 15] = [
 ];
 
 impl KeyTemplate {
+    /// The highest capture (`$N`) the template uses, 0 for none.
+    pub fn max_capture(&self) -> usize {
+        self.parts
+            .iter()
+            .filter_map(|p| match p {
+                KeyPart::Capture(n) => Some(usize::from(*n)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Parses a `hash_key`: not empty, and only the variables a balancer can use
     /// ($request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME).
     pub fn parse(s: &str) -> Result<Self, String> {
@@ -422,7 +485,11 @@ impl KeyTemplate {
         if t.parts.is_empty() {
             return Err("an empty hash_key hashes every request alike".into());
         }
-        if t.parts.iter().any(|p| matches!(p, KeyPart::Gateway(_))) {
+        if t
+            .parts
+            .iter()
+            .any(|p| matches!(p, KeyPart::Gateway(_) | KeyPart::Capture(_)))
+        {
             return Err(
                 "hash_key takes $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME or $cookie_NAME".into(),
             );
@@ -440,6 +507,15 @@ impl KeyTemplate {
                 parts.push(KeyPart::Literal(rest[..at].to_string()));
             }
             let after = &rest[at + 1..];
+            if let Some(d) = after.bytes().next().filter(u8::is_ascii_digit) {
+                // `$1`: one digit, as nginx reads it (`$1x` is `$1` then `x`).
+                if d == b'0' {
+                    return Err(format!("$0 in {s:?}: captures are $1 to $9"));
+                }
+                parts.push(KeyPart::Capture(d - b'0'));
+                rest = &after[1..];
+                continue;
+            }
             let (name, tail) = match after.strip_prefix('{') {
                 Some(braced) => {
                     let end = braced

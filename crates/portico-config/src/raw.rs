@@ -298,6 +298,15 @@ impl Default for RawLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct RawRoute {
     pub path: String,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub prefix_wins: bool,
+    pub name: Option<String>,
+    pub methods: Option<Vec<String>>,
+    #[serde(rename = "return")]
+    pub ret: Option<RawReturn>,
+    pub request_headers: Option<RawHeaderRules>,
+    pub response_headers: Option<RawHeaderRules>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]
@@ -310,6 +319,23 @@ pub struct RawRoute {
     pub modifier2: Option<u8>,
     pub max_body_bytes: Option<u64>,
     pub request_buffering: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawReturn {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeaderRules {
+    pub set: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+    /// response_headers only: set whatever the status (nginx's `always`).
+    pub always: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

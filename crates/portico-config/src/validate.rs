@@ -528,13 +528,33 @@ fn validate_listener(
     let mut routes = Vec::new();
     if protocol == Protocol::Http {
         let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut seen_exact: HashMap<&str, usize> = HashMap::new();
+        let mut seen_names: HashMap<&str, usize> = HashMap::new();
         for (i, r) in l.routes.iter().enumerate() {
             let rp = format!("{p}.routes.{i}");
-            if let Some(prev) = seen.insert(r.path.as_str(), i) {
-                v.err(
-                    &format!("{rp}.path"),
-                    format!("path {:?} is already routed by {p}.routes.{prev}", r.path),
-                );
+            if !r.path.is_empty() {
+                if let Some(prev) = seen.insert(r.path.as_str(), i) {
+                    v.err(
+                        &format!("{rp}.path"),
+                        format!("path {:?} is already routed by {p}.routes.{prev}", r.path),
+                    );
+                }
+            }
+            if let Some(e) = &r.exact {
+                if let Some(prev) = seen_exact.insert(e.as_str(), i) {
+                    v.err(
+                        &format!("{rp}.exact"),
+                        format!("exact {e:?} is already routed by {p}.routes.{prev}"),
+                    );
+                }
+            }
+            if let Some(n) = &r.name {
+                if let Some(prev) = seen_names.insert(n.as_str(), i) {
+                    v.err(
+                        &format!("{rp}.name"),
+                        format!("name {n:?} is already taken by {p}.routes.{prev}"),
+                    );
+                }
             }
             if let Some(route) = validate_route(v, &rp, r, upstreams) {
                 routes.push(route);
@@ -723,21 +743,87 @@ fn validate_route(
     r: &RawRoute,
     upstreams: &BTreeMap<String, UpstreamConfig>,
 ) -> Option<Route> {
-    if !r.path.starts_with('/') {
-        v.err(&format!("{rp}.path"), "a route path must start with /");
+    let matcher = route_match(v, rp, r)?;
+    let captures = match &matcher {
+        RouteMatch::Regex { captures, .. } => *captures,
+        _ => 0,
+    };
+    let name = r.name.clone();
+    if let Some(n) = &name {
+        if n.is_empty() || n.starts_with('@') || n.contains(char::is_whitespace) {
+            v.err(
+                &format!("{rp}.name"),
+                "a route name is a word (written without @; try_files says @NAME)",
+            );
+        }
+    }
+    let methods = route_methods(v, rp, r.methods.as_deref());
+    let template = |v: &mut Validator<'_>, key: &str, text: &str| -> Option<KeyTemplate> {
+        match KeyTemplate::parse_value(text) {
+            Ok(t) if t.max_capture() > captures => {
+                let why = if captures == 0 {
+                    format!("${} needs a regex route with that many captures", t.max_capture())
+                } else {
+                    format!("${} but the regex has {captures} capture(s)", t.max_capture())
+                };
+                v.err(key, why);
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(key, e);
+                None
+            }
+        }
+    };
+    let request_headers = header_rules(v, &format!("{rp}.request_headers"), r.request_headers.as_ref(), &template, false);
+    let response_headers = header_rules(v, &format!("{rp}.response_headers"), r.response_headers.as_ref(), &template, true);
+    let contents = [r.static_files.is_some(), r.upstream.is_some(), r.ret.is_some()];
+    if contents.iter().filter(|c| **c).count() > 1 {
+        v.err(rp, "a route has one of `static`, `upstream` or `return`");
+        return None;
     }
     let action = match (&r.static_files, &r.upstream) {
-        (Some(_), Some(_)) => {
-            v.err(rp, "a route has either `static` or `upstream`, not both");
-            return None;
-        }
         (None, None) => {
-            v.err(
-                rp,
-                "a route needs `static = { root = ... }` or `upstream = \"NAME\"`",
-            );
-            return None;
+            let Some(ret) = &r.ret else {
+                v.err(
+                    rp,
+                    "a route needs `static = { root = ... }`, `upstream = \"NAME\"` or `return = { status = ... }`",
+                );
+                return None;
+            };
+            let rk = format!("{rp}.return");
+            let redirect = matches!(ret.status, 301 | 302 | 303 | 307 | 308);
+            if !(200..=599).contains(&ret.status) {
+                v.err(&format!("{rk}.status"), "a status from 200 to 599");
+            }
+            if redirect && ret.location.is_none() {
+                v.err(&format!("{rk}.location"), format!("a {} redirect needs a location", ret.status));
+            }
+            if !redirect && ret.location.is_some() {
+                v.err(&format!("{rk}.location"), "a location goes with 301, 302, 303, 307 or 308");
+            }
+            if ret.location.is_some() && ret.body.is_some() {
+                v.err(&rk, "a return has a location or a body, not both");
+            }
+            for (key, set) in [
+                ("request_buffering", r.request_buffering.is_some()),
+                ("max_body_bytes", r.max_body_bytes.is_some()),
+            ] {
+                if set {
+                    v.err(&format!("{rp}.{key}"), format!("{key} applies to routes with an upstream"));
+                }
+            }
+            RouteAction::Return(ReturnConfig {
+                status: ret.status,
+                location: ret
+                    .location
+                    .as_deref()
+                    .and_then(|l| template(v, &format!("{rk}.location"), l)),
+                body: ret.body.as_deref().and_then(|b| template(v, &format!("{rk}.body"), b)),
+            })
         }
+        (Some(_), Some(_)) => unreachable_both(v, rp)?,
         (Some(s), None) => {
             if r.request_buffering.is_some() {
                 v.err(
@@ -853,10 +939,147 @@ fn validate_route(
         }
     };
     Some(Route {
-        path: r.path.clone(),
+        path: describe(&matcher, name.as_deref()),
+        matcher,
+        name,
+        methods,
         action,
         max_body_bytes: r.max_body_bytes,
+        request_headers: request_headers.unwrap_or_default(),
+        response_headers: response_headers.unwrap_or_default(),
     })
+}
+
+/// Never reached (checked before): keeps the match total without a panic.
+fn unreachable_both(v: &mut Validator<'_>, rp: &str) -> Option<RouteAction> {
+    v.err(rp, "a route has one of `static`, `upstream` or `return`");
+    None
+}
+
+/// The route in nginx's notation, for logs.
+fn describe(m: &RouteMatch, name: Option<&str>) -> String {
+    match m {
+        RouteMatch::Prefix { path, wins: false } => path.clone(),
+        RouteMatch::Prefix { path, wins: true } => format!("^~ {path}"),
+        RouteMatch::Exact(p) => format!("= {p}"),
+        RouteMatch::Regex { source, .. } => format!("~ {source}"),
+        RouteMatch::Named => format!("@{}", name.unwrap_or("")),
+    }
+}
+
+/// One of `path`, `exact`, `regex` (or only a `name`).
+fn route_match(v: &mut Validator<'_>, rp: &str, r: &RawRoute) -> Option<RouteMatch> {
+    let given = [!r.path.is_empty(), r.exact.is_some(), r.regex.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        v.err(rp, "a route matches by one of `path`, `exact` or `regex`");
+        return None;
+    }
+    if r.prefix_wins && r.path.is_empty() {
+        v.err(&format!("{rp}.prefix_wins"), "prefix_wins goes with a `path` prefix");
+    }
+    let slash = |v: &mut Validator<'_>, key: &str, p: &str| {
+        if !p.starts_with('/') {
+            v.err(&format!("{rp}.{key}"), "a route path must start with /");
+        }
+    };
+    if !r.path.is_empty() {
+        slash(v, "path", &r.path);
+        return Some(RouteMatch::Prefix {
+            path: r.path.clone(),
+            wins: r.prefix_wins,
+        });
+    }
+    if let Some(e) = &r.exact {
+        slash(v, "exact", e);
+        return Some(RouteMatch::Exact(e.clone()));
+    }
+    if let Some(re) = &r.regex {
+        return match regex::Regex::new(re) {
+            Ok(c) => Some(RouteMatch::Regex {
+                source: re.clone(),
+                captures: c.captures_len() - 1,
+            }),
+            Err(e) => {
+                let one_line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                v.err(&format!("{rp}.regex"), format!("bad regex: {one_line}"));
+                None
+            }
+        };
+    }
+    if r.name.is_some() {
+        return Some(RouteMatch::Named);
+    }
+    v.err(rp, "a route needs `path`, `exact`, `regex` or a `name`");
+    None
+}
+
+/// `methods`: HTTP method tokens, uppercase; GET allows HEAD too.
+fn route_methods(v: &mut Validator<'_>, rp: &str, methods: Option<&[String]>) -> Vec<String> {
+    let Some(methods) = methods else {
+        return Vec::new();
+    };
+    if methods.is_empty() {
+        v.err(&format!("{rp}.methods"), "list at least one method (or leave methods out)");
+    }
+    let mut out = Vec::new();
+    for (i, m) in methods.iter().enumerate() {
+        let up = m.to_ascii_uppercase();
+        if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            v.err(&format!("{rp}.methods.{i}"), format!("{m:?} is not a method name"));
+            continue;
+        }
+        if !out.contains(&up) {
+            out.push(up);
+        }
+    }
+    if out.iter().any(|m| m == "GET") && !out.iter().any(|m| m == "HEAD") {
+        out.push("HEAD".into());
+    }
+    out
+}
+
+/// `request_headers` / `response_headers`: valid header names, templated values.
+fn header_rules(
+    v: &mut Validator<'_>,
+    key: &str,
+    raw: Option<&RawHeaderRules>,
+    template: &dyn Fn(&mut Validator<'_>, &str, &str) -> Option<KeyTemplate>,
+    response: bool,
+) -> Option<HeaderRules> {
+    let raw = raw?;
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut rules = HeaderRules::default();
+    for (name, value) in &raw.set {
+        let k = format!("{key}.set.{name}");
+        if !token(name) {
+            v.err(&k, format!("{name:?} is not a valid header name"));
+            continue;
+        }
+        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+            v.err(&k, "a header value is one line");
+            continue;
+        }
+        if let Some(t) = template(v, &k, value) {
+            rules.set.push((name.clone(), t));
+        }
+    }
+    for (i, name) in raw.remove.iter().enumerate() {
+        if token(name) {
+            rules.remove.push(name.clone());
+        } else {
+            v.err(&format!("{key}.remove.{i}"), format!("{name:?} is not a valid header name"));
+        }
+    }
+    match (raw.always, response) {
+        (Some(a), true) => rules.always = a,
+        (Some(_), false) => v.err(&format!("{key}.always"), "always applies to response_headers"),
+        (None, _) => {}
+    }
+    Some(rules)
 }
 
 /// Listeners may share an address (virtual hosts), but then they must agree on how the

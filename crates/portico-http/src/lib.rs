@@ -16,8 +16,11 @@ pub mod gateway;
 mod io;
 pub mod path;
 pub mod proxy;
+mod route;
+mod router;
 mod spool;
 pub mod static_files;
+pub mod vars;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -32,7 +35,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use portico_config::{Limits, ListenerConfig, RouteAction, StaticConfig};
+use portico_config::{Limits, ListenerConfig};
 use portico_core::{server_name_matches, BoxFuture, Connection, Service};
 use tokio::time::Instant;
 
@@ -83,22 +86,8 @@ impl Metrics {
     }
 }
 
-enum RouteKind {
-    Static(StaticConfig),
-    Proxy(Arc<HttpUpstream>),
-    Gateway(Arc<gateway::GatewayRoute>),
-}
-
-struct CompiledRoute {
-    prefix: String,
-    kind: RouteKind,
-    max_body_bytes: u64,
-    /// `via = "http"`: read the whole body before taking an upstream connection.
-    request_buffering: bool,
-}
-
 enum SiteKind {
-    Routes(Vec<CompiledRoute>),
+    Routes(route::Routes),
     /// A listener without routes: the welcome page and /status.
     Welcome,
     /// The admin listener: /status, /metrics, /health.
@@ -124,35 +113,7 @@ impl Site {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
-            let mut routes = Vec::new();
-            for r in &l.routes {
-                let kind = match &r.action {
-                    RouteAction::Static(s) => RouteKind::Static(s.clone()),
-                    RouteAction::Proxy(p) => {
-                        let up = upstreams
-                            .get(&p.upstream)
-                            .cloned()
-                            .ok_or_else(|| format!("no upstream named {:?}", p.upstream))?;
-                        match p.via {
-                            portico_config::Via::Http => RouteKind::Proxy(up),
-                            _ => RouteKind::Gateway(Arc::new(gateway::GatewayRoute::new(p, up)?)),
-                        }
-                    }
-                };
-                let request_buffering = match &r.action {
-                    RouteAction::Proxy(p) => p.request_buffering,
-                    RouteAction::Static(_) => false,
-                };
-                routes.push(CompiledRoute {
-                    prefix: r.path.clone(),
-                    kind,
-                    max_body_bytes: r.max_body_bytes.unwrap_or(l.limits.max_body_bytes),
-                    request_buffering,
-                });
-            }
-            // longest prefix first
-            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-            SiteKind::Routes(routes)
+            SiteKind::Routes(route::Routes::compile(l, upstreams)?)
         };
         Ok(Self {
             name: l.name.clone(),
@@ -574,7 +535,10 @@ impl HttpService {
             drop_underscored(req.headers_mut());
         }
         let on_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        let Ok(path) = path::normalize(req.uri().path()) else {
+        // The path borrows a clone of the URI (a reference count), not the request,
+        // which goes on to the content phase.
+        let uri = req.uri().clone();
+        let Ok(path) = path::normalize(uri.path()) else {
             return (error_response(StatusCode::BAD_REQUEST), None);
         };
         let routes = match &site.kind {
@@ -582,19 +546,92 @@ impl HttpService {
             SiteKind::Welcome => return (admin::serve(&self.shared.status, &path, false), None),
             SiteKind::Routes(r) => r,
         };
-        let Some(route) = routes.iter().find(|r| path.starts_with(&r.prefix)) else {
+        // rewrite phase: find the route (nginx's precedence)
+        let Some(found) = routes.router.find(&path) else {
             return (error_response(StatusCode::NOT_FOUND), None);
         };
-        let up = match &route.kind {
-            RouteKind::Proxy(up) => up,
-            RouteKind::Gateway(g) => &g.upstream,
-            RouteKind::Static(cfg) => {
-                let resp =
-                    static_files::serve(cfg, req.method(), &path, req.uri().query(), req.headers())
-                        .await;
-                return (resp, None);
+        let route = &routes.routes[found.route];
+        // access phase: the route's methods
+        if let Some(refused) = route.refuse_method(req.method()) {
+            return (refused, None);
+        }
+        let server_name = site.server_names.first().map_or("", String::as_str);
+        let vars = vars::Vars {
+            method: req.method(),
+            uri: req.uri(),
+            path: &path,
+            version: req.version(),
+            headers: req.headers(),
+            host: host.as_ref(),
+            peer: conn.peer,
+            local: conn.local,
+            tls: conn.tls,
+            server_name,
+            content_length: None,
+            document_root: "",
+            script_name: std::borrow::Cow::Borrowed(""),
+            path_info: "",
+            underscores: site.limits.underscores_in_headers,
+            captures: found.captures.as_ref(),
+        };
+        // the header rules' values come from the request: rendered before it goes on
+        let response_values = (!route.response_headers.is_empty())
+            .then(|| route.response_headers.render(&vars));
+        let request_values = (!route.request_headers.is_empty())
+            .then(|| route.request_headers.render(&vars));
+        let hash_key = match &route.content {
+            route::Content::Proxy(up) => up.handle.template.hash_key.as_ref(),
+            route::Content::Gateway(g) => g.upstream.handle.template.hash_key.as_ref(),
+            _ => None,
+        }
+        .map(|t| {
+            let mut key = Vec::with_capacity(64);
+            vars.render(t, &mut key);
+            key
+        });
+        let returned = match &route.content {
+            route::Content::Return(r) => Some(route::answer(r, &vars)),
+            _ => None,
+        };
+        drop(vars);
+        let (mut resp, upstream) = match returned {
+            Some(resp) => (resp, None),
+            None => {
+                if let Some(values) = request_values {
+                    route.request_headers.apply(values, req.headers_mut(), true);
+                }
+                self.content(req, route, &path, site, conn, host, hash_key, on_upgrade, found.captures.as_ref())
+                    .await
             }
         };
+        // header filter: the route's response headers
+        if let Some(values) = response_values {
+            let set = route.response_headers.applies_to(resp.status());
+            route.response_headers.apply(values, resp.headers_mut(), set);
+        }
+        (resp, upstream)
+    }
+
+    /// The content phase: a static file, or the request forwarded to an upstream over
+    /// HTTP or a gateway.
+    #[allow(clippy::too_many_arguments)]
+    async fn content(
+        &self,
+        req: Request<Incoming>,
+        route: &route::CompiledRoute,
+        path: &str,
+        site: &Site,
+        conn: &ConnState,
+        host: Option<HeaderValue>,
+        hash_key: Option<Vec<u8>>,
+        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        captures: Option<&vars::Captures>,
+    ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        if let route::Content::Static(cfg) = &route.content {
+            let resp =
+                static_files::serve(cfg, req.method(), path, req.uri().query(), req.headers()).await;
+            return (resp, None);
+        }
         let limit = route.max_body_bytes;
         let declared = req
             .headers()
@@ -604,16 +641,11 @@ impl HttpService {
         if limit > 0 && declared.is_some_and(|n| n > limit) {
             return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
         }
-        let hash_key =
-            up.handle.template.hash_key.as_ref().map(|t| {
-                proxy::render_key(t, &req, &path, host.as_ref(), conn.peer_value.as_ref())
-            });
-        match &route.kind {
-            RouteKind::Gateway(g) => {
-                let path = path.into_owned();
+        match &route.content {
+            route::Content::Gateway(g) => {
                 let (parts, body) = req.into_parts();
                 let client = gateway::Client {
-                    path: &path,
+                    path,
                     host: host.as_ref(),
                     peer: conn.peer,
                     local: conn.local,
@@ -623,11 +655,14 @@ impl HttpService {
                     max_body_bytes: limit,
                     body_timeout: site.limits.body_timeout,
                     underscores: site.limits.underscores_in_headers,
+                    captures,
                 };
                 gateway::forward(g, parts, body, client).await
             }
-            RouteKind::Static(_) => (error_response(StatusCode::NOT_FOUND), None),
-            RouteKind::Proxy(up) => {
+            route::Content::Static(_) | route::Content::Return(_) => {
+                (error_response(StatusCode::NOT_FOUND), None)
+            }
+            route::Content::Proxy(up) => {
                 let (parts, body) = req.into_parts();
                 let client = proxy::ClientSide {
                     peer_ip: conn.peer_ip,

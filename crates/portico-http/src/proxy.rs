@@ -19,7 +19,6 @@ use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
-use portico_config::{KeyPart, KeyTemplate};
 use portico_core::worker_id;
 use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHandle};
 
@@ -167,45 +166,6 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
         .filter_map(|c| c.trim().split_once('='))
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
-}
-
-/// Renders an upstream's `hash_key` for one request.
-pub fn render_key(
-    t: &KeyTemplate,
-    req: &Request<impl Sized>,
-    path: &str,
-    host: Option<&HeaderValue>,
-    peer: Option<&HeaderValue>,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    for part in &t.parts {
-        match part {
-            KeyPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
-            KeyPart::RequestUri => out.extend_from_slice(
-                req.uri()
-                    .path_and_query()
-                    .map_or(req.uri().path(), |p| p.as_str())
-                    .as_bytes(),
-            ),
-            KeyPart::Uri => out.extend_from_slice(path.as_bytes()),
-            KeyPart::Args => out.extend_from_slice(req.uri().query().unwrap_or("").as_bytes()),
-            KeyPart::Host => out.extend_from_slice(host.map_or(&b""[..], |h| h.as_bytes())),
-            KeyPart::RemoteAddr => out.extend_from_slice(peer.map_or(&b""[..], |h| h.as_bytes())),
-            // `$user` is the mail module's; hash_key never holds gateway variables.
-            KeyPart::User | KeyPart::Gateway(_) => {}
-            KeyPart::Header(name) => {
-                if let Some(v) = req.headers().get(name.as_str()) {
-                    out.extend_from_slice(v.as_bytes());
-                }
-            }
-            KeyPart::Cookie(name) => {
-                if let Some(v) = cookie(req.headers(), name) {
-                    out.extend_from_slice(v.as_bytes());
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The upstream server that answered, for the access log.

@@ -4,38 +4,11 @@
 //! `HTTP_*`, then the route's `params`, which replace defaults of the same name.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Uri, Version};
-use portico_config::{GatewayVar, KeyPart, KeyTemplate};
+use http::header;
+use portico_config::{GatewayVar, KeyTemplate};
 
-/// What the environment is made of: one request as the client sent it, and where it
-/// arrived.
-pub struct Facts<'a> {
-    pub method: &'a Method,
-    pub uri: &'a Uri,
-    /// The normalized, percent-decoded path ($uri / $document_uri).
-    pub path: &'a str,
-    pub version: Version,
-    pub headers: &'a HeaderMap,
-    /// Host header or h2 :authority, as sent.
-    pub host: Option<&'a HeaderValue>,
-    pub peer: Option<SocketAddr>,
-    pub local: Option<SocketAddr>,
-    pub tls: bool,
-    /// The first `server_names` entry of the listener ("" without one, as nginx).
-    pub server_name: &'a str,
-    /// The body length: the Content-Length sent, or counted for a buffered body.
-    pub content_length: Option<u64>,
-    /// The route's `root` ("" when unset).
-    pub document_root: &'a str,
-    /// FastCGI: $fastcgi_script_name and $fastcgi_path_info.
-    pub script_name: Cow<'a, str>,
-    pub path_info: &'a str,
-    /// Header names with `_` become vars too (`underscores_in_headers = true`).
-    pub underscores: bool,
-}
+use crate::vars::Vars;
 
 /// Which parameter set to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,133 +23,7 @@ pub enum Flavor {
 /// One var: name and value as bytes (values may hold decoded, non-UTF-8 path bytes).
 pub type Var = (Cow<'static, str>, Vec<u8>);
 
-impl Facts<'_> {
-    fn request_uri(&self) -> &str {
-        self.uri
-            .path_and_query()
-            .map_or(self.uri.path(), |p| p.as_str())
-    }
-
-    /// $host: from the request line or Host, lowercase, without the port; else the
-    /// server name.
-    fn host(&self) -> String {
-        let raw = self
-            .uri
-            .host()
-            .map(str::to_string)
-            .or_else(|| {
-                self.host
-                    .and_then(|h| h.to_str().ok())
-                    .map(|h| crate::host_name(h).to_string())
-            })
-            .unwrap_or_else(|| self.server_name.to_string());
-        raw.to_ascii_lowercase()
-    }
-
-    fn remote_user(&self) -> Vec<u8> {
-        let Some(v) = self.headers.get(header::AUTHORIZATION) else {
-            return Vec::new();
-        };
-        let b = v.as_bytes();
-        let Some(cred) = b
-            .get(..6)
-            .filter(|p| p.eq_ignore_ascii_case(b"basic "))
-            .and_then(|_| portico_core::base64::decode(b[6..].trim_ascii()))
-        else {
-            return Vec::new();
-        };
-        let end = cred.iter().position(|&c| c == b':').unwrap_or(cred.len());
-        cred[..end].to_vec()
-    }
-
-    /// One variable's value, as nginx renders it.
-    pub fn render(&self, part: &KeyPart, out: &mut Vec<u8>) {
-        match part {
-            KeyPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
-            KeyPart::RequestUri => out.extend_from_slice(self.request_uri().as_bytes()),
-            KeyPart::Uri => out.extend_from_slice(self.path.as_bytes()),
-            KeyPart::Args => out.extend_from_slice(self.uri.query().unwrap_or("").as_bytes()),
-            KeyPart::Host => out.extend_from_slice(self.host().as_bytes()),
-            KeyPart::RemoteAddr => out.extend_from_slice(&self.remote_addr()),
-            KeyPart::User => {}
-            KeyPart::Header(name) => out.extend_from_slice(&self.header_joined(name)),
-            KeyPart::Cookie(name) => {
-                if let Some(v) = crate::proxy::cookie(self.headers, name) {
-                    out.extend_from_slice(v.as_bytes());
-                }
-            }
-            KeyPart::Gateway(v) => self.render_gateway(*v, out),
-        }
-    }
-
-    fn render_gateway(&self, v: GatewayVar, out: &mut Vec<u8>) {
-        let port = |a: Option<SocketAddr>| a.map(|a| a.port().to_string()).unwrap_or_default();
-        match v {
-            GatewayVar::RequestMethod => out.extend_from_slice(self.method.as_str().as_bytes()),
-            GatewayVar::ContentType => {
-                if let Some(ct) = self.headers.get(header::CONTENT_TYPE) {
-                    out.extend_from_slice(ct.as_bytes());
-                }
-            }
-            GatewayVar::ContentLength => {
-                if let Some(n) = self.content_length {
-                    out.extend_from_slice(n.to_string().as_bytes());
-                }
-            }
-            GatewayVar::DocumentRoot => out.extend_from_slice(self.document_root.as_bytes()),
-            GatewayVar::ServerProtocol => {
-                out.extend_from_slice(crate::version_str(self.version).as_bytes())
-            }
-            GatewayVar::Scheme => out.extend_from_slice(if self.tls { b"https" } else { b"http" }),
-            GatewayVar::Https => {
-                if self.tls {
-                    out.extend_from_slice(b"on");
-                }
-            }
-            GatewayVar::RemotePort => out.extend_from_slice(port(self.peer).as_bytes()),
-            GatewayVar::RemoteUser => out.extend_from_slice(&self.remote_user()),
-            GatewayVar::ServerAddr => match self.local {
-                Some(a) => out.extend_from_slice(a.ip().to_string().as_bytes()),
-                None => out.extend_from_slice(b"unix:"),
-            },
-            GatewayVar::ServerPort => out.extend_from_slice(port(self.local).as_bytes()),
-            GatewayVar::ServerName => out.extend_from_slice(self.server_name.as_bytes()),
-            GatewayVar::FastcgiScriptName => out.extend_from_slice(self.script_name.as_bytes()),
-            GatewayVar::FastcgiPathInfo => out.extend_from_slice(self.path_info.as_bytes()),
-            GatewayVar::RequestFilename => {
-                out.extend_from_slice(self.document_root.as_bytes());
-                out.extend_from_slice(self.path.as_bytes());
-            }
-        }
-    }
-
-    fn remote_addr(&self) -> Vec<u8> {
-        match self.peer {
-            Some(p) => p.ip().to_string().into_bytes(),
-            None => b"unix:".to_vec(),
-        }
-    }
-
-    /// Every value of a header, joined as nginx (1.23+) joins duplicates: `; ` for
-    /// Cookie, `, ` for the rest.
-    fn header_joined(&self, name: &str) -> Vec<u8> {
-        let sep: &[u8] = if name == "cookie" { b"; " } else { b", " };
-        let mut out = Vec::new();
-        for (i, v) in self.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(sep);
-            }
-            out.extend_from_slice(v.as_bytes());
-        }
-        out
-    }
-
-    fn var(&self, v: GatewayVar) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.render_gateway(v, &mut out);
-        out
-    }
-
+impl Vars<'_> {
     /// The vars to send: the nginx defaults of `flavor`, the request headers as `HTTP_*`,
     /// and `params` (each replacing a default or header var of the same name).
     pub fn vars(&self, flavor: Flavor, params: &[(String, KeyTemplate)]) -> Vec<Var> {
@@ -238,9 +85,7 @@ impl Facts<'_> {
         // Route params: replace a default in place, or come after the defaults.
         for (name, t) in params {
             let mut value = Vec::new();
-            for part in &t.parts {
-                self.render(part, &mut value);
-            }
+            self.render(t, &mut value);
             match vars.iter_mut().find(|(n, _)| n == name) {
                 Some(slot) => slot.1 = value,
                 None => vars.push((Cow::Owned(name.clone()), value)),
@@ -295,9 +140,10 @@ pub fn header_var(name: &str, underscores: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
-    fn facts<'a>(uri: &'a Uri, headers: &'a HeaderMap, path: &'a str) -> Facts<'a> {
-        Facts {
+    fn facts<'a>(uri: &'a Uri, headers: &'a HeaderMap, path: &'a str) -> Vars<'a> {
+        Vars {
             method: &Method::GET,
             uri,
             path,
@@ -313,6 +159,7 @@ mod tests {
             script_name: Cow::Borrowed(path),
             path_info: "",
             underscores: false,
+            captures: None,
         }
     }
 

@@ -27,7 +27,8 @@ use crate::body::{ClientBody, HttpBody};
 use crate::errors::error_response;
 use crate::proxy::{is_idempotent, strip_hop_by_hop, HttpUpstream, Tries, UpstreamAddr};
 use crate::spool::Spool;
-use env::{Facts, Flavor};
+use crate::vars::Vars;
+use env::Flavor;
 use io::{Failure, RequestBody};
 
 /// A response head from an app.
@@ -122,6 +123,7 @@ pub struct Client<'a> {
     pub max_body_bytes: u64,
     pub body_timeout: std::time::Duration,
     pub underscores: bool,
+    pub captures: Option<&'a crate::vars::Captures>,
 }
 
 /// A process-unique request number, for the app's STDERR lines in the log.
@@ -191,7 +193,7 @@ pub async fn forward(
         }
         Proto::Uwsgi { .. } => (Cow::Borrowed(client.path), ""),
     };
-    let facts = Facts {
+    let facts = Vars {
         method: &parts.method,
         uri: &parts.uri,
         path: client.path,
@@ -207,6 +209,7 @@ pub async fn forward(
         script_name,
         path_info,
         underscores: client.underscores,
+        captures: client.captures,
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;

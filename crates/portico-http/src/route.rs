@@ -1,0 +1,237 @@
+//! A listener's routes compiled for serving, and the per-route steps of the request
+//! pipeline that are not content: the method check (405), `return`, and the header
+//! rules on the request towards the upstream and on the response.
+//!
+//! Each step is compiled once per config generation from `portico_config::Route` and
+//! holds no reference to the others; `HttpService::dispatch` walks them in nginx's
+//! order: find the route (`router`), check the method, `return` or content (static,
+//! proxy, gateway), then the response header rules.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode};
+use portico_config::{HeaderRules, KeyTemplate, ListenerConfig, ReturnConfig, RouteAction};
+
+use crate::body::{full, HttpBody};
+use crate::errors::error_response;
+use crate::router::Router;
+use crate::vars::Vars;
+use crate::{gateway, HttpUpstream};
+
+/// What a route answers with.
+pub(crate) enum Content {
+    Static(portico_config::StaticConfig),
+    Proxy(Arc<HttpUpstream>),
+    Gateway(Arc<gateway::GatewayRoute>),
+    Return(ReturnConfig),
+}
+
+pub(crate) struct CompiledRoute {
+    pub content: Content,
+    pub max_body_bytes: u64,
+    /// `via = "http"`: read the whole body before taking an upstream connection.
+    pub request_buffering: bool,
+    /// Allowed methods; empty = any.
+    methods: Vec<Method>,
+    allow: Option<HeaderValue>,
+    pub request_headers: Rules,
+    pub response_headers: Rules,
+}
+
+/// A listener's routes and the router over them.
+pub(crate) struct Routes {
+    pub routes: Vec<CompiledRoute>,
+    pub router: Router,
+}
+
+impl Routes {
+    pub fn compile(
+        l: &ListenerConfig,
+        upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
+    ) -> Result<Self, String> {
+        let mut routes = Vec::new();
+        for r in &l.routes {
+            let content = match &r.action {
+                RouteAction::Static(s) => Content::Static(s.clone()),
+                RouteAction::Return(ret) => Content::Return(ret.clone()),
+                RouteAction::Proxy(p) => {
+                    let up = upstreams
+                        .get(&p.upstream)
+                        .cloned()
+                        .ok_or_else(|| format!("no upstream named {:?}", p.upstream))?;
+                    match p.via {
+                        portico_config::Via::Http => Content::Proxy(up),
+                        _ => Content::Gateway(Arc::new(gateway::GatewayRoute::new(p, up)?)),
+                    }
+                }
+            };
+            let request_buffering = match &r.action {
+                RouteAction::Proxy(p) => p.request_buffering,
+                _ => false,
+            };
+            let methods: Vec<Method> = r
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect();
+            let allow = (!methods.is_empty())
+                .then(|| {
+                    let list: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                    HeaderValue::from_str(&list.join(", ")).ok()
+                })
+                .flatten();
+            routes.push(CompiledRoute {
+                content,
+                max_body_bytes: r.max_body_bytes.unwrap_or(l.limits.max_body_bytes),
+                request_buffering,
+                methods,
+                allow,
+                request_headers: Rules::compile(&r.request_headers)?,
+                response_headers: Rules::compile(&r.response_headers)?,
+            });
+        }
+        let router = Router::new(l.routes.iter().map(|r| (&r.matcher, uses_captures(r))))?;
+        Ok(Self { routes, router })
+    }
+}
+
+/// Whether any template of the route reads `$1` … `$9`.
+fn uses_captures(r: &portico_config::Route) -> bool {
+    let in_rules = |h: &HeaderRules| h.set.iter().any(|(_, t)| t.max_capture() > 0);
+    let in_content = match &r.action {
+        RouteAction::Return(ret) => [&ret.location, &ret.body]
+            .into_iter()
+            .flatten()
+            .any(|t| t.max_capture() > 0),
+        RouteAction::Proxy(p) => p.params.iter().any(|(_, t)| t.max_capture() > 0),
+        RouteAction::Static(_) => false,
+    };
+    in_content || in_rules(&r.request_headers) || in_rules(&r.response_headers)
+}
+
+impl CompiledRoute {
+    /// 405 with Allow when the route lists methods and `m` is not one of them.
+    pub fn refuse_method(&self, m: &Method) -> Option<Response<HttpBody>> {
+        if self.methods.is_empty() || self.methods.contains(m) {
+            return None;
+        }
+        let mut resp = error_response(StatusCode::METHOD_NOT_ALLOWED);
+        if let Some(a) = &self.allow {
+            resp.headers_mut().insert(header::ALLOW, a.clone());
+        }
+        Some(resp)
+    }
+}
+
+/// nginx `return`: a redirect (its Location made absolute as nginx's
+/// `absolute_redirect on` does, from the scheme and the Host the client sent) with
+/// nginx's small HTML page, or a text body.
+pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(loc) = &r.location {
+        let mut out = Vec::with_capacity(64);
+        vars.render(loc, &mut out);
+        if out.starts_with(b"/") && !out.starts_with(b"//") {
+            let mut abs = if vars.tls {
+                b"https://".to_vec()
+            } else {
+                b"http://".to_vec()
+            };
+            match vars.host {
+                Some(h) => abs.extend_from_slice(h.as_bytes()),
+                None => abs.extend_from_slice(vars.server_name.as_bytes()),
+            }
+            abs.extend_from_slice(&out);
+            out = abs;
+        }
+        let mut resp = error_response(status);
+        resp.headers_mut().remove(header::CONNECTION);
+        match HeaderValue::from_bytes(&out) {
+            Ok(v) => {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            Err(_) => {
+                tracing::warn!("a return location rendered to an invalid header value");
+                return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+        }
+        return resp;
+    }
+    let mut body = Vec::new();
+    if let Some(b) = &r.body {
+        vars.render(b, &mut body);
+    }
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// `request_headers` / `response_headers` compiled: names parsed once.
+#[derive(Debug, Default)]
+pub(crate) struct Rules {
+    set: Vec<(HeaderName, KeyTemplate)>,
+    remove: Vec<HeaderName>,
+    always: bool,
+}
+
+/// A rule's values rendered for one request (before the request is handed on, so the
+/// response side needs no borrow of it).
+#[derive(Debug, Default)]
+pub(crate) struct Rendered(Vec<(HeaderName, HeaderValue)>);
+
+impl Rules {
+    fn compile(h: &HeaderRules) -> Result<Self, String> {
+        let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}"));
+        Ok(Self {
+            set: h
+                .set
+                .iter()
+                .map(|(n, t)| Ok((name(n)?, t.clone())))
+                .collect::<Result<_, String>>()?,
+            remove: h.remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+            always: h.always,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn render(&self, vars: &Vars<'_>) -> Rendered {
+        Rendered(
+            self.set
+                .iter()
+                .filter_map(|(n, t)| Some((n.clone(), vars.header_value(t)?)))
+                .collect(),
+        )
+    }
+
+    /// Applies the rules: removals, then (with `set`) the set values, each replacing any
+    /// header of that name.
+    pub fn apply(&self, values: Rendered, h: &mut HeaderMap, set: bool) {
+        for n in &self.remove {
+            h.remove(n);
+        }
+        if set {
+            for (n, v) in values.0 {
+                h.insert(n, v);
+            }
+        }
+    }
+
+    /// Whether response rules apply to `status`: always with `always`, else only to
+    /// 200, 201, 204, 206, 301, 302, 303, 304, 307 and 308 (nginx's add_header rule).
+    pub fn applies_to(&self, status: StatusCode) -> bool {
+        self.always
+            || matches!(
+                status.as_u16(),
+                200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+            )
+    }
+}
