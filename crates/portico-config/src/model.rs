@@ -485,8 +485,7 @@ impl KeyTemplate {
         if t.parts.is_empty() {
             return Err("an empty hash_key hashes every request alike".into());
         }
-        if t
-            .parts
+        if t.parts
             .iter()
             .any(|p| matches!(p, KeyPart::Gateway(_) | KeyPart::Capture(_)))
         {

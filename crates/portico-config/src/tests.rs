@@ -364,3 +364,106 @@ listen = ["127.0.0.1:8080"]
     let script = p.params.iter().find(|(n, _)| n == "SCRIPT_NAME").unwrap();
     assert!(script.1.parts.is_empty());
 }
+
+#[test]
+fn server_block_keys_are_checked_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "routes.toml",
+        r#"[upstreams.app]
+servers = [{ addr = "127.0.0.1:9001" }]
+[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  regex = '^/old/(.*$'
+  return = { status = 301, location = "/new/$1" }
+  [[listeners.routes]]
+  regex = '^/a/(.*)$'
+  return = { status = 301, location = "/b/$2" }
+  [[listeners.routes]]
+  path = "/p/"
+  upstream = "app"
+  request_headers = { set = { "Bad Name" = "x", "X-Ok" = "$1" } }
+  [[listeners.routes]]
+  exact = "/r"
+  return = { status = 302 }
+  [[listeners.routes]]
+  path = "/m/"
+  methods = ["GET", "P O S T"]
+  upstream = "app"
+  response_headers = { set = { "X-Unknown" = "$nope" } }
+"#,
+    );
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let file = f.display().to_string();
+    let has = |line: usize, key: &str| {
+        errs.iter()
+            .any(|e| e.location == format!("{file}:{line}") && e.key == key)
+    };
+    assert!(has(6, "listeners.0.routes.0.regex"), "{text:#?}");
+    assert!(has(10, "listeners.0.routes.1.return.location"), "{text:#?}");
+    assert!(
+        text.iter()
+            .any(|t| t.contains("$2 but the regex has 1 capture")),
+        "{text:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "listeners.0.routes.2.request_headers.set.Bad Name"),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t.contains("$1 needs a regex route")),
+        "{text:#?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "listeners.0.routes.3.return.location"),
+        "{text:#?}"
+    );
+    assert!(has(20, "listeners.0.routes.4.methods.1"), "{text:#?}");
+    assert!(
+        text.iter().any(|t| t.contains("unknown variable $nope")),
+        "{text:#?}"
+    );
+}
+
+#[test]
+fn route_matchers_and_return_routes_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "ok.toml",
+        r#"[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  exact = "/favicon.ico"
+  return = { status = 204 }
+  [[listeners.routes]]
+  regex = '(?i)^/old/(.*)$'
+  return = { status = 301, location = "https://$host/new/$1" }
+  [[listeners.routes]]
+  path = "/static/"
+  prefix_wins = true
+  methods = ["get"]
+  static = { root = "/srv" }
+  response_headers = { set = { "Cache-Control" = "max-age=60" }, remove = ["X-Powered-By"], always = true }
+"#,
+    );
+    let c = load(&[f], vec![]).unwrap().config;
+    let r = &c.listeners[0].routes;
+    assert_eq!(r[0].matcher, RouteMatch::Exact("/favicon.ico".into()));
+    assert!(matches!(
+        &r[1].matcher,
+        RouteMatch::Regex { captures: 1, .. }
+    ));
+    assert_eq!(r[1].path, "~ (?i)^/old/(.*)$");
+    assert_eq!(r[2].methods, vec!["GET".to_string(), "HEAD".to_string()]);
+    assert!(r[2].response_headers.always);
+    assert!(matches!(
+        r[2].matcher,
+        RouteMatch::Prefix { wins: true, .. }
+    ));
+}

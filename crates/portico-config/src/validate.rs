@@ -762,9 +762,15 @@ fn validate_route(
         match KeyTemplate::parse_value(text) {
             Ok(t) if t.max_capture() > captures => {
                 let why = if captures == 0 {
-                    format!("${} needs a regex route with that many captures", t.max_capture())
+                    format!(
+                        "${} needs a regex route with that many captures",
+                        t.max_capture()
+                    )
                 } else {
-                    format!("${} but the regex has {captures} capture(s)", t.max_capture())
+                    format!(
+                        "${} but the regex has {captures} capture(s)",
+                        t.max_capture()
+                    )
                 };
                 v.err(key, why);
                 None
@@ -776,9 +782,25 @@ fn validate_route(
             }
         }
     };
-    let request_headers = header_rules(v, &format!("{rp}.request_headers"), r.request_headers.as_ref(), &template, false);
-    let response_headers = header_rules(v, &format!("{rp}.response_headers"), r.response_headers.as_ref(), &template, true);
-    let contents = [r.static_files.is_some(), r.upstream.is_some(), r.ret.is_some()];
+    let request_headers = header_rules(
+        v,
+        &format!("{rp}.request_headers"),
+        r.request_headers.as_ref(),
+        &template,
+        false,
+    );
+    let response_headers = header_rules(
+        v,
+        &format!("{rp}.response_headers"),
+        r.response_headers.as_ref(),
+        &template,
+        true,
+    );
+    let contents = [
+        r.static_files.is_some(),
+        r.upstream.is_some(),
+        r.ret.is_some(),
+    ];
     if contents.iter().filter(|c| **c).count() > 1 {
         v.err(rp, "a route has one of `static`, `upstream` or `return`");
         return None;
@@ -798,10 +820,16 @@ fn validate_route(
                 v.err(&format!("{rk}.status"), "a status from 200 to 599");
             }
             if redirect && ret.location.is_none() {
-                v.err(&format!("{rk}.location"), format!("a {} redirect needs a location", ret.status));
+                v.err(
+                    &format!("{rk}.location"),
+                    format!("a {} redirect needs a location", ret.status),
+                );
             }
             if !redirect && ret.location.is_some() {
-                v.err(&format!("{rk}.location"), "a location goes with 301, 302, 303, 307 or 308");
+                v.err(
+                    &format!("{rk}.location"),
+                    "a location goes with 301, 302, 303, 307 or 308",
+                );
             }
             if ret.location.is_some() && ret.body.is_some() {
                 v.err(&rk, "a return has a location or a body, not both");
@@ -811,7 +839,10 @@ fn validate_route(
                 ("max_body_bytes", r.max_body_bytes.is_some()),
             ] {
                 if set {
-                    v.err(&format!("{rp}.{key}"), format!("{key} applies to routes with an upstream"));
+                    v.err(
+                        &format!("{rp}.{key}"),
+                        format!("{key} applies to routes with an upstream"),
+                    );
                 }
             }
             RouteAction::Return(ReturnConfig {
@@ -820,7 +851,10 @@ fn validate_route(
                     .location
                     .as_deref()
                     .and_then(|l| template(v, &format!("{rk}.location"), l)),
-                body: ret.body.as_deref().and_then(|b| template(v, &format!("{rk}.body"), b)),
+                body: ret
+                    .body
+                    .as_deref()
+                    .and_then(|b| template(v, &format!("{rk}.body"), b)),
             })
         }
         (Some(_), Some(_)) => unreachable_both(v, rp)?,
@@ -975,7 +1009,10 @@ fn route_match(v: &mut Validator<'_>, rp: &str, r: &RawRoute) -> Option<RouteMat
         return None;
     }
     if r.prefix_wins && r.path.is_empty() {
-        v.err(&format!("{rp}.prefix_wins"), "prefix_wins goes with a `path` prefix");
+        v.err(
+            &format!("{rp}.prefix_wins"),
+            "prefix_wins goes with a `path` prefix",
+        );
     }
     let slash = |v: &mut Validator<'_>, key: &str, p: &str| {
         if !p.starts_with('/') {
@@ -1000,7 +1037,11 @@ fn route_match(v: &mut Validator<'_>, rp: &str, r: &RawRoute) -> Option<RouteMat
                 captures: c.captures_len() - 1,
             }),
             Err(e) => {
-                let one_line = e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+                let one_line = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 v.err(&format!("{rp}.regex"), format!("bad regex: {one_line}"));
                 None
             }
@@ -1019,13 +1060,23 @@ fn route_methods(v: &mut Validator<'_>, rp: &str, methods: Option<&[String]>) ->
         return Vec::new();
     };
     if methods.is_empty() {
-        v.err(&format!("{rp}.methods"), "list at least one method (or leave methods out)");
+        v.err(
+            &format!("{rp}.methods"),
+            "list at least one method (or leave methods out)",
+        );
     }
     let mut out = Vec::new();
     for (i, m) in methods.iter().enumerate() {
         let up = m.to_ascii_uppercase();
-        if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
-            v.err(&format!("{rp}.methods.{i}"), format!("{m:?} is not a method name"));
+        if up.is_empty()
+            || !up
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+        {
+            v.err(
+                &format!("{rp}.methods.{i}"),
+                format!("{m:?} is not a method name"),
+            );
             continue;
         }
         if !out.contains(&up) {
@@ -1071,12 +1122,18 @@ fn header_rules(
         if token(name) {
             rules.remove.push(name.clone());
         } else {
-            v.err(&format!("{key}.remove.{i}"), format!("{name:?} is not a valid header name"));
+            v.err(
+                &format!("{key}.remove.{i}"),
+                format!("{name:?} is not a valid header name"),
+            );
         }
     }
     match (raw.always, response) {
         (Some(a), true) => rules.always = a,
-        (Some(_), false) => v.err(&format!("{key}.always"), "always applies to response_headers"),
+        (Some(_), false) => v.err(
+            &format!("{key}.always"),
+            "always applies to response_headers",
+        ),
         (None, _) => {}
     }
     Some(rules)

@@ -575,10 +575,10 @@ impl HttpService {
             captures: found.captures.as_ref(),
         };
         // the header rules' values come from the request: rendered before it goes on
-        let response_values = (!route.response_headers.is_empty())
-            .then(|| route.response_headers.render(&vars));
-        let request_values = (!route.request_headers.is_empty())
-            .then(|| route.request_headers.render(&vars));
+        let response_values =
+            (!route.response_headers.is_empty()).then(|| route.response_headers.render(&vars));
+        let request_values =
+            (!route.request_headers.is_empty()).then(|| route.request_headers.render(&vars));
         let hash_key = match &route.content {
             route::Content::Proxy(up) => up.handle.template.hash_key.as_ref(),
             route::Content::Gateway(g) => g.upstream.handle.template.hash_key.as_ref(),
@@ -600,14 +600,26 @@ impl HttpService {
                 if let Some(values) = request_values {
                     route.request_headers.apply(values, req.headers_mut(), true);
                 }
-                self.content(req, route, &path, site, conn, host, hash_key, on_upgrade, found.captures.as_ref())
-                    .await
+                self.content(
+                    req,
+                    route,
+                    &path,
+                    site,
+                    conn,
+                    host,
+                    hash_key,
+                    on_upgrade,
+                    found.captures.as_ref(),
+                )
+                .await
             }
         };
         // header filter: the route's response headers
         if let Some(values) = response_values {
             let set = route.response_headers.applies_to(resp.status());
-            route.response_headers.apply(values, resp.headers_mut(), set);
+            route
+                .response_headers
+                .apply(values, resp.headers_mut(), set);
         }
         (resp, upstream)
     }
@@ -629,7 +641,8 @@ impl HttpService {
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         if let route::Content::Static(cfg) = &route.content {
             let resp =
-                static_files::serve(cfg, req.method(), path, req.uri().query(), req.headers()).await;
+                static_files::serve(cfg, req.method(), path, req.uri().query(), req.headers())
+                    .await;
             return (resp, None);
         }
         let limit = route.max_body_bytes;

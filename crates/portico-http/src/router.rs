@@ -46,7 +46,8 @@ impl Router {
                 }
                 RouteMatch::Prefix { path, wins } => r.trie.insert(path.as_bytes(), i, *wins),
                 RouteMatch::Regex { source, .. } => {
-                    let re = regex::Regex::new(source).map_err(|e| format!("regex {source:?}: {e}"))?;
+                    let re =
+                        regex::Regex::new(source).map_err(|e| format!("regex {source:?}: {e}"))?;
                     patterns.push(source.clone());
                     r.regex_routes.push((i, re, wants_captures));
                 }
@@ -180,7 +181,11 @@ mod tests {
         assert_eq!(at("/app/x.php"), Some(4), "exact first");
         assert_eq!(at("/static/a.php"), Some(1), "^~ beats regexes");
         assert_eq!(at("/app/y.php"), Some(2), "a regex beats a plain prefix");
-        assert_eq!(at("/app/deep/a.png"), Some(5), "regexes in file order, (?i)");
+        assert_eq!(
+            at("/app/deep/a.png"),
+            Some(5),
+            "regexes in file order, (?i)"
+        );
         assert_eq!(at("/app/deep/a"), Some(6), "the longest prefix");
         assert_eq!(at("/other"), Some(0));
         let none = router(&[prefix("/a/", false)]);
@@ -197,7 +202,10 @@ mod tests {
 
     /// nginx's rule, written the slow obvious way.
     fn reference(ms: &[RouteMatch], path: &str) -> Option<usize> {
-        if let Some(i) = ms.iter().position(|m| matches!(m, RouteMatch::Exact(p) if p == path)) {
+        if let Some(i) = ms
+            .iter()
+            .position(|m| matches!(m, RouteMatch::Exact(p) if p == path))
+        {
             return Some(i);
         }
         let longest = ms

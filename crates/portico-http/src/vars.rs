@@ -22,7 +22,10 @@ impl Captures {
     pub fn of(re: &regex::Regex, subject: &str) -> Option<Self> {
         let c = re.captures(subject)?;
         Some(Self {
-            groups: c.iter().map(|m| m.map(|m| m.as_str().to_string())).collect(),
+            groups: c
+                .iter()
+                .map(|m| m.map(|m| m.as_str().to_string()))
+                .collect(),
         })
     }
 

@@ -1,0 +1,244 @@
+//! What a real nginx `server {}` block writes, side by side with nginx on the same
+//! requests: route precedence (exact, `^~`, regexes in order, longest prefix), `return`
+//! redirects with captures, the HTTP → HTTPS redirect plus HSTS in front of gunicorn,
+//! methods, and header rules on requests and responses.
+
+mod common;
+
+use common::*;
+
+/// The same eight routes in Portico and nginx, each answering its own name.
+const PORTICO_ROUTES: &str = r#"
+  [[listeners.routes]]
+  path = "/"
+  return = { status = 200, body = "r0" }
+  [[listeners.routes]]
+  path = "/static/"
+  prefix_wins = true
+  return = { status = 200, body = "r1" }
+  [[listeners.routes]]
+  regex = '\.php$'
+  return = { status = 200, body = "r2" }
+  [[listeners.routes]]
+  path = "/app/"
+  return = { status = 200, body = "r3" }
+  [[listeners.routes]]
+  exact = "/app/x.php"
+  return = { status = 200, body = "r4" }
+  [[listeners.routes]]
+  regex = '(?i)\.png$'
+  return = { status = 200, body = "r5" }
+  [[listeners.routes]]
+  path = "/app/deep/"
+  return = { status = 200, body = "r6" }
+  [[listeners.routes]]
+  regex = '^/old/([a-z]+)/(\d+)$'
+  return = { status = 301, location = "/new/$2/$1" }
+"#;
+
+const NGINX_ROUTES: &str = r#"
+        location / { return 200 "r0"; }
+        location ^~ /static/ { return 200 "r1"; }
+        location ~ \.php$ { return 200 "r2"; }
+        location /app/ { return 200 "r3"; }
+        location = /app/x.php { return 200 "r4"; }
+        location ~* \.png$ { return 200 "r5"; }
+        location /app/deep/ { return 200 "r6"; }
+        location ~ ^/old/([a-z]+)/(\d+)$ { return 301 /new/$2/$1; }
+"#;
+
+fn nginx_server(dir: &std::path::Path, server_body: &str) -> (Proc, u16) {
+    let port = free_port();
+    let conf = format!(
+        "http {{\n {temp}\n access_log off;\n server {{\n listen 127.0.0.1:{port};\n {server_body}\n }}\n}}",
+        temp = nginx_http_temp(dir)
+    );
+    (nginx(dir, &conf, port), port)
+}
+
+fn portico_server(routes: &str) -> Portico {
+    Portico::start(&format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n{routes}"
+    ))
+}
+
+#[test]
+fn route_precedence_and_captures_match_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, nginx_port) = nginx_server(dir.path(), NGINX_ROUTES);
+    let p = portico_server(PORTICO_ROUTES);
+    let paths = [
+        "/",
+        "/other",
+        "/static/a.php",
+        "/static/a.PNG",
+        "/app/x.php",
+        "/app/y.php",
+        "/app/deep/a.png",
+        "/app/deep/a.PNG",
+        "/app/deep/a",
+        "/app/",
+        "/app",
+        "/old/news/42",
+        "/old/news/x",
+        "/x.php?a=1",
+    ];
+    for path in paths {
+        let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
+        let ours = curl(&[], &format!("http://127.0.0.1:{}{path}", p.port));
+        assert_eq!(ours.status, n.status, "{path}");
+        if n.status == 200 {
+            assert_eq!(ours.text(), n.text(), "{path}: the same route answers");
+        }
+        // nginx makes relative redirects absolute with the Host the client sent
+        let fix = |l: Option<&str>, port: u16| l.map(|l| l.replace(&format!(":{port}"), ":PORT"));
+        assert_eq!(
+            fix(ours.header("location"), p.port),
+            fix(n.header("location"), nginx_port),
+            "{path}"
+        );
+    }
+}
+
+/// Setup (a) of the issue: plain HTTP redirects to HTTPS, the TLS site in front of
+/// gunicorn adds HSTS on every answer (`always`, as `add_header … always`).
+#[test]
+fn http_to_https_redirect_and_hsts_in_front_of_gunicorn() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "a", &[]);
+    write_cert(dir.path(), "site", &["localhost"]);
+    let tls_port = free_port();
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "unix:{sock}" }}]
+[[listeners]]
+name = "redirect"
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  return = {{ status = 301, location = "https://$host$request_uri" }}
+[[listeners]]
+name = "site"
+listen = ["127.0.0.1:{tls_port}"]
+tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=63072000" }}, always = true }}
+"#,
+        sock = sock.display(),
+        d = dir.path().display()
+    ));
+    let (_nginx, nginx_port) = nginx_server(dir.path(), "return 301 https://$host$request_uri;");
+    for path in ["/", "/a/b?c=d%20e"] {
+        let ours = curl(&["-H", "Host: Shop.Example:8080"], &p.url(path));
+        let n = curl(
+            &["-H", "Host: Shop.Example:8080"],
+            &format!("http://127.0.0.1:{nginx_port}{path}"),
+        );
+        assert_eq!((ours.status, n.status), (301, 301));
+        assert_eq!(ours.header("location"), n.header("location"), "{path}");
+        assert_eq!(
+            ours.header("location"),
+            Some(format!("https://shop.example{path}").as_str())
+        );
+    }
+    let site = |path: &str| {
+        curl(
+            &[
+                "-k",
+                "--resolve",
+                &format!("localhost:{tls_port}:127.0.0.1"),
+            ],
+            &format!("https://localhost:{tls_port}{path}"),
+        )
+    };
+    for (path, status) in [("/", 200), ("/status/404", 404), ("/status/500", 500)] {
+        let r = site(path);
+        assert_eq!(r.status, status);
+        assert_eq!(
+            r.header("strict-transport-security"),
+            Some("max-age=63072000"),
+            "{path}: always"
+        );
+    }
+}
+
+/// Header rules: set and remove towards the upstream, remove upstream headers
+/// (Server, X-Powered-By) and set on the response with nginx's status rule.
+#[test]
+fn request_and_response_header_rules() {
+    fn answer(r: &Recorded) -> Vec<u8> {
+        let status = if r.target().starts_with("/missing") {
+            "404 Not Found"
+        } else {
+            "200 OK"
+        };
+        format!("HTTP/1.1 {status}\r\nContent-Length: 3\r\nServer: gunicorn\r\nX-Powered-By: PHP/8.2\r\nX-Keep: 1\r\n\r\nok\n").into_bytes()
+    }
+    let backend = Recorder::start(answer);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  request_headers = {{ set = {{ "X-Real-IP" = "$remote_addr", "X-Route" = "$uri?$args" }}, remove = ["X-Debug"] }}
+  response_headers = {{ set = {{ "X-Frame-Options" = "DENY" }}, remove = ["Server", "X-Powered-By"] }}
+"#,
+        backend.addr()
+    ));
+    let r = curl(&["-H", "X-Debug: secret"], &p.url("/page?x=1"));
+    assert_eq!(r.status, 200);
+    let got = &backend.received("/page")[0];
+    assert_eq!(got.header("x-real-ip"), vec!["127.0.0.1"]);
+    assert_eq!(got.header("x-route"), vec!["/page?x=1"]);
+    assert!(got.header("x-debug").is_empty(), "{got:?}");
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("x-keep"), Some("1"));
+    assert_eq!(r.header("server"), None, "{:?}", r.headers_named("server"));
+    assert_eq!(r.header("x-powered-by"), None);
+    // without `always`: a 404 gets the removals but not the set header (nginx's rule)
+    let missing = curl(&[], &p.url("/missing"));
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.header("x-frame-options"), None);
+    assert_eq!(missing.header("x-powered-by"), None);
+
+    // nginx: add_header without always skips the 404 as well
+    let dir = tempfile::tempdir().unwrap();
+    let nginx_backend = Recorder::start(answer);
+    let (_nginx, port) = nginx_server(
+        dir.path(),
+        &format!(
+            "location / {{ proxy_pass http://{}; proxy_hide_header X-Powered-By; add_header X-Frame-Options DENY; }}",
+            nginx_backend.addr()
+        ),
+    );
+    let n = curl(&[], &format!("http://127.0.0.1:{port}/missing"));
+    assert_eq!((n.status, n.header("x-frame-options")), (404, None));
+    let n = curl(&[], &format!("http://127.0.0.1:{port}/page"));
+    assert_eq!(n.header("x-frame-options"), Some("DENY"));
+}
+
+#[test]
+fn methods_outside_the_list_are_405_with_allow() {
+    let p = portico_server(
+        r#"
+  [[listeners.routes]]
+  path = "/"
+  methods = ["GET", "POST"]
+  return = { status = 200, body = "ok" }
+"#,
+    );
+    assert_eq!(curl(&[], &p.url("/")).status, 200);
+    assert_eq!(curl(&["-I"], &p.url("/")).status, 200, "GET allows HEAD");
+    assert_eq!(curl(&["-X", "POST"], &p.url("/")).status, 200);
+    let r = curl(&["-X", "DELETE"], &p.url("/"));
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, POST, HEAD"));
+}
