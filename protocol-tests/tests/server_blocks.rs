@@ -100,37 +100,24 @@ fn route_precedence_and_captures_match_nginx() {
     }
 }
 
-/// Setup (a) of the issue: plain HTTP redirects to HTTPS, the TLS site in front of
-/// gunicorn adds HSTS on every answer (`always`, as `add_header … always`).
+/// Setup (a), the example config/gunicorn-https.toml: plain HTTP redirects to HTTPS,
+/// the TLS site in front of gunicorn adds HSTS on every answer (`always`, as
+/// `add_header … always`).
 #[test]
 fn http_to_https_redirect_and_hsts_in_front_of_gunicorn() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("app.sock");
     let _app = gunicorn_unix(&sock, "a", &[]);
-    write_cert(dir.path(), "site", &["localhost"]);
+    let site_dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site_dir.path().join("certs")).unwrap();
+    write_cert(&site_dir.path().join("certs"), "localhost", &["localhost"]);
     let tls_port = free_port();
-    let p = Portico::start(&format!(
-        r#"
-[upstreams.app]
-servers = [{{ addr = "unix:{sock}" }}]
-[[listeners]]
-name = "redirect"
-listen = ["127.0.0.1:{{port}}"]
-  [[listeners.routes]]
-  path = "/"
-  return = {{ status = 301, location = "https://$host$request_uri" }}
-[[listeners]]
-name = "site"
-listen = ["127.0.0.1:{tls_port}"]
-tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
-  [[listeners.routes]]
-  path = "/"
-  upstream = "app"
-  response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=63072000" }}, always = true }}
-"#,
-        sock = sock.display(),
-        d = dir.path().display()
-    ));
+    let text = std::fs::read_to_string(root().join("config/gunicorn-https.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:{port}")
+        .replace("127.0.0.1:8443", &format!("127.0.0.1:{tls_port}"))
+        .replace("/tmp/portico-flask.sock", &sock.display().to_string());
+    let p = Portico::start_in(site_dir, &text, "toml");
     let (_nginx, nginx_port) = nginx_server(dir.path(), "return 301 https://$host$request_uri;");
     for path in ["/", "/a/b?c=d%20e"] {
         let ours = curl(&["-H", "Host: Shop.Example:8080"], &p.url(path));

@@ -1,10 +1,12 @@
 //! Portico's HTTP module: HTTP/1.1 and h2 (ALPN, or h2c with prior knowledge) on hyper,
-//! virtual hosts by server name, longest-prefix routes to static files or upstreams,
-//! the access log, and the admin endpoints.
+//! virtual hosts by server name, routes matched as nginx's locations, the access log,
+//! and the admin endpoints.
 //!
 //! One [`HttpService`] serves one bound address; it holds the [`Site`]s (listeners)
-//! sharing that address. Per request: pick the site by Host (else the first), normalize
-//! the path, pick the route by longest prefix, then [`static_files`] or [`proxy`].
+//! sharing that address. Per request (`HttpService::dispatch`, nginx's phases): pick the
+//! site by Host (else the first), normalize the path, find the route (`router`), check
+//! its methods, render what its templates need (`vars`), then `return` or the content
+//! ([`static_files`], [`proxy`], [`gateway`]), then the response header rules (`route`).
 //! The balancer is `portico-upstream`; accept, TLS and drain are `portico-core`.
 
 pub mod access_log;
