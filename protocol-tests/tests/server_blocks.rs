@@ -229,3 +229,161 @@ fn methods_outside_the_list_are_405_with_allow() {
     assert_eq!(r.status, 405);
     assert_eq!(r.header("allow"), Some("GET, POST, HEAD"));
 }
+
+/// Setup (c), the example config/php-front-controller.toml, beside nginx with the same
+/// server block: pretty URLs reach the front controller, directories their index.php,
+/// static files are served, and no .php file is ever sent as source whatever the URL.
+#[test]
+fn php_front_controller_with_pretty_urls_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = apps_dir().join("php-front");
+    let php_port = free_port();
+    let _php = php_fpm(dir.path(), Bind::Tcp(php_port), 2);
+    let text = std::fs::read_to_string(common::root().join("config/php-front-controller.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:{port}")
+        .replace("127.0.0.1:9000", &format!("127.0.0.1:{php_port}"))
+        .replace("/srv/app", &root.display().to_string());
+    let p = Portico::start(&text);
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            r#"root {root}; index index.php index.html;
+        location / {{ try_files $uri $uri/ /index.php?$args; }}
+        location ~ \.php$ {{ include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_pass 127.0.0.1:{php_port}; }}"#,
+            root = root.display()
+        ),
+    );
+    for path in [
+        "/",
+        "/hello-world/",
+        "/2026/12/a-post?p=1&q=two",
+        "/style.css",
+        "/wp-admin/",
+        "/wp-admin",
+        "/wp-content/plugins/p/ajax.php",
+        "/wp-config.php",
+        "/wp-config.php.",
+        "/wp-config.php/",
+        "/wp-config%2ephp",
+        "/wp-config.ph%70",
+        "/index.php/extra/path",
+        "/wp-content/plugins/p/ajax.php/x",
+        "/WP-CONFIG.PHP",
+        "/wp-content/plugins/p/",
+    ] {
+        let ours = curl(&[], &p.url(path));
+        let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
+        assert!(
+            !ours.text().contains("never-shown"),
+            "{path}: PHP source served: {}",
+            ours.text()
+        );
+        assert!(!ours.text().contains("<?php"), "{path}: PHP source served");
+        assert_eq!(
+            ours.status,
+            n.status,
+            "{path}: {} vs nginx {}",
+            ours.text(),
+            n.text()
+        );
+        if n.status == 200 {
+            assert_eq!(ours.text(), n.text(), "{path}");
+        }
+    }
+    assert_eq!(
+        curl(&[], &p.url("/style.css")).text(),
+        "body { color: teal; }\n"
+    );
+    assert_eq!(curl(&[], &p.url("/wp-admin/")).text(), "admin index\n");
+}
+
+/// Rewrites beside nginx: `last` (routes matched again), `permanent`, `redirect` to
+/// another host, a chain that sets the query, and a loop that stops after 10 steps.
+#[test]
+fn rewrites_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        r#"location /old/ { rewrite ^/old/(.*)$ /new/$1 last; }
+        location /new/ { return 200 "new:$uri:$args"; }
+        location /perm/ { rewrite ^/perm/(.*)$ /new/$1 permanent; }
+        location /away/ { rewrite ^/away/(.*)$ https://example.com/$1 redirect; }
+        location /chain/ { rewrite ^/chain/a$ /chain/b; rewrite ^/chain/b$ /new/b?x=1 last; }
+        location /plain/ { rewrite ^/plain/(.*)$ /new/$1? last; }
+        location /loop/ { rewrite ^/loop/(.*)$ /loop/$1 last; }"#,
+    );
+    let p = portico_server(
+        r#"
+  [[listeners.routes]]
+  path = "/old/"
+  rewrite = [{ from = '^/old/(.*)$', to = "/new/$1", flag = "last" }]
+  [[listeners.routes]]
+  path = "/new/"
+  return = { status = 200, body = "new:$uri:$args" }
+  [[listeners.routes]]
+  path = "/perm/"
+  rewrite = [{ from = '^/perm/(.*)$', to = "/new/$1", flag = "permanent" }]
+  [[listeners.routes]]
+  path = "/away/"
+  rewrite = [{ from = '^/away/(.*)$', to = "https://example.com/$1", flag = "redirect" }]
+  [[listeners.routes]]
+  path = "/chain/"
+  rewrite = [{ from = '^/chain/a$', to = "/chain/b" }, { from = '^/chain/b$', to = "/new/b?x=1", flag = "last" }]
+  [[listeners.routes]]
+  path = "/plain/"
+  rewrite = [{ from = '^/plain/(.*)$', to = "/new/$1?", flag = "last" }]
+  [[listeners.routes]]
+  path = "/loop/"
+  rewrite = [{ from = '^/loop/(.*)$', to = "/loop/$1", flag = "last" }]
+"#,
+    );
+    for path in [
+        "/old/a/b?k=v",
+        "/perm/x?k=v",
+        "/away/y?k=v",
+        "/chain/a?k=v",
+        "/plain/z?k=v",
+        "/loop/x",
+    ] {
+        let ours = curl(&[], &p.url(path));
+        let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
+        assert_eq!(ours.status, n.status, "{path}");
+        if n.status == 200 {
+            assert_eq!(ours.text(), n.text(), "{path}");
+        }
+        let fix = |l: Option<&str>, port: u16| l.map(|l| l.replace(&format!(":{port}"), ":PORT"));
+        assert_eq!(
+            fix(ours.header("location"), p.port),
+            fix(n.header("location"), nginx_port),
+            "{path}"
+        );
+    }
+    assert!(
+        p.log_text().contains("internal redirects"),
+        "the loop is logged"
+    );
+}
+
+/// `upstream_path`: the matched prefix replaced, as `proxy_pass http://up/`.
+#[test]
+fn upstream_path_replaces_the_prefix() {
+    let backend = Recorder::start(ok_answer);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/api/"
+  upstream = "app"
+  upstream_path = "/"
+"#,
+        backend.addr()
+    ));
+    assert_eq!(curl(&[], &p.url("/api/v1/items?page=2")).status, 200);
+    assert_eq!(backend.received("/v1/")[0].target(), "/v1/items?page=2");
+}

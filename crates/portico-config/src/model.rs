@@ -313,6 +313,49 @@ pub struct Route {
     pub request_headers: HeaderRules,
     /// Set/removed on the response to the client.
     pub response_headers: HeaderRules,
+    /// nginx `rewrite`s, in order.
+    pub rewrite: Vec<Rewrite>,
+    /// nginx `try_files`.
+    pub try_files: Option<TryFiles>,
+}
+
+/// One `rewrite`: `from` (a regex on `$uri`) replaced by `to` (its captures as `$N`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rewrite {
+    pub from: String,
+    pub to: KeyTemplate,
+    pub flag: RewriteFlag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RewriteFlag {
+    /// No flag: the next rewrite sees the new URI.
+    Continue,
+    /// Stop rewriting and find the route for the new URI (at most 10 times).
+    Last,
+    /// Stop rewriting and go on in this route with the new URI.
+    Break,
+    /// 302 to the new URI.
+    Redirect,
+    /// 301 to the new URI.
+    Permanent,
+}
+
+/// `try_files`: paths to look for under the route's root, then where to go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TryFiles {
+    pub files: Vec<KeyTemplate>,
+    pub fallback: Fallback,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fallback {
+    /// A URI (with `?args`): the routes are matched again for it.
+    Uri(KeyTemplate),
+    /// `@name`: that route.
+    Named(String),
+    /// `=404`: that status.
+    Status(u16),
 }
 
 /// How a route matches a request path; precedence is nginx's: exact, then the longest
@@ -350,6 +393,9 @@ pub enum RouteAction {
     Proxy(ProxyRoute),
     /// `return`: an answer made by Portico.
     Return(ReturnConfig),
+    /// No content of its own: only `rewrite` or `try_files` lead elsewhere (a request
+    /// that stays is a 404).
+    Empty,
 }
 
 /// nginx `return`: a status with a `location` (redirects) or a `body`.
@@ -388,6 +434,9 @@ pub struct ProxyRoute {
     /// uwsgi packet modifiers (nginx `uwsgi_modifier1`/`uwsgi_modifier2`).
     pub modifier1: u8,
     pub modifier2: u8,
+    /// `via = "http"`: the matched prefix is replaced by this (nginx `proxy_pass
+    /// http://up/`).
+    pub upstream_path: Option<String>,
     /// Read the whole request body (memory, then a temp file) before an upstream
     /// connection is taken: on by default for uwsgi and FastCGI (nginx's
     /// `*_request_buffering on`), off for `via = "http"` (bodies stream).

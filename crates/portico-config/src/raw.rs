@@ -307,6 +307,9 @@ pub struct RawRoute {
     pub ret: Option<RawReturn>,
     pub request_headers: Option<RawHeaderRules>,
     pub response_headers: Option<RawHeaderRules>,
+    pub rewrite: Vec<RawRewrite>,
+    pub try_files: Option<Vec<String>>,
+    pub upstream_path: Option<String>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]
@@ -327,6 +330,14 @@ pub struct RawReturn {
     pub status: u16,
     pub location: Option<String>,
     pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRewrite {
+    pub from: String,
+    pub to: String,
+    pub flag: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -560,6 +560,22 @@ fn validate_listener(
                 routes.push(route);
             }
         }
+        for (i, r) in l.routes.iter().enumerate() {
+            let named = r
+                .try_files
+                .as_ref()
+                .and_then(|t| t.last())
+                .and_then(|f| f.strip_prefix('@'));
+            if let Some(n) = named {
+                if !l.routes.iter().any(|o| o.name.as_deref() == Some(n)) {
+                    let last = r.try_files.as_ref().map_or(0, |t| t.len() - 1);
+                    v.err(
+                        &format!("{p}.routes.{i}.try_files.{last}"),
+                        format!("@{n}: no route has name = {n:?}"),
+                    );
+                }
+            }
+        }
         if l.auth_http.is_some() {
             v.err(
                 &format!("{p}.auth_http"),
@@ -805,12 +821,23 @@ fn validate_route(
         v.err(rp, "a route has one of `static`, `upstream` or `return`");
         return None;
     }
+    let rewrite = rewrites(v, rp, &r.rewrite);
+    let try_files = try_files(v, rp, r, &template);
+    if r.upstream_path.is_some() && r.upstream.is_none() {
+        v.err(
+            &format!("{rp}.upstream_path"),
+            "upstream_path applies to routes with an upstream",
+        );
+    }
     let action = match (&r.static_files, &r.upstream) {
+        (None, None) if r.ret.is_none() && (!rewrite.is_empty() || try_files.is_some()) => {
+            RouteAction::Empty
+        }
         (None, None) => {
             let Some(ret) = &r.ret else {
                 v.err(
                     rp,
-                    "a route needs `static = { root = ... }`, `upstream = \"NAME\"` or `return = { status = ... }`",
+                    "a route needs `static = { root = ... }`, `upstream = \"NAME\"`, `return = { status = ... }`, or `rewrite`/`try_files` leading elsewhere",
                 );
                 return None;
             };
@@ -969,6 +996,25 @@ fn validate_route(
                 modifier1: r.modifier1.unwrap_or(0),
                 modifier2: r.modifier2.unwrap_or(0),
                 request_buffering: r.request_buffering.unwrap_or(via != Via::Http),
+                upstream_path: match (&r.upstream_path, via) {
+                    (Some(p), Via::Http) => {
+                        if !p.starts_with('/') {
+                            v.err(
+                                &format!("{rp}.upstream_path"),
+                                "upstream_path starts with /",
+                            );
+                        }
+                        Some(p.clone())
+                    }
+                    (Some(_), _) => {
+                        v.err(
+                            &format!("{rp}.upstream_path"),
+                            "upstream_path applies to via = \"http\" routes",
+                        );
+                        None
+                    }
+                    (None, _) => None,
+                },
             })
         }
     };
@@ -981,7 +1027,127 @@ fn validate_route(
         max_body_bytes: r.max_body_bytes,
         request_headers: request_headers.unwrap_or_default(),
         response_headers: response_headers.unwrap_or_default(),
+        rewrite,
+        try_files,
     })
+}
+
+/// `rewrite = [{ from, to, flag }]`: each `from` a regex, `to` a template whose `$N` the
+/// regex has, `flag` one of last, break, redirect, permanent (none: go on).
+fn rewrites(v: &mut Validator<'_>, rp: &str, raw: &[RawRewrite]) -> Vec<Rewrite> {
+    let mut out = Vec::new();
+    for (i, rw) in raw.iter().enumerate() {
+        let k = format!("{rp}.rewrite.{i}");
+        let captures = match regex::Regex::new(&rw.from) {
+            Ok(re) => re.captures_len() - 1,
+            Err(e) => {
+                let one_line = e
+                    .to_string()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                v.err(&format!("{k}.from"), format!("bad regex: {one_line}"));
+                continue;
+            }
+        };
+        let to = match KeyTemplate::parse_value(&rw.to) {
+            Ok(t) if t.max_capture() > captures => {
+                v.err(
+                    &format!("{k}.to"),
+                    format!("${} but `from` has {captures} capture(s)", t.max_capture()),
+                );
+                continue;
+            }
+            Ok(t) if t.parts.is_empty() => {
+                v.err(&format!("{k}.to"), "rewrite to nothing");
+                continue;
+            }
+            Ok(t) => t,
+            Err(e) => {
+                v.err(&format!("{k}.to"), e);
+                continue;
+            }
+        };
+        let flag = match rw.flag.as_deref() {
+            None => Some(RewriteFlag::Continue),
+            Some(f) => v.one_of(
+                &format!("{k}.flag"),
+                f,
+                &[
+                    ("last", RewriteFlag::Last),
+                    ("break", RewriteFlag::Break),
+                    ("redirect", RewriteFlag::Redirect),
+                    ("permanent", RewriteFlag::Permanent),
+                ],
+            ),
+        };
+        if let Some(flag) = flag {
+            out.push(Rewrite {
+                from: rw.from.clone(),
+                to,
+                flag,
+            });
+        }
+    }
+    out
+}
+
+/// `try_files = ["$uri", "$uri/", "/index.php?$args"]`: paths under the route's root
+/// (its `static.root`, or the gateway `root`), the last a URI, `@name` or `=CODE`.
+fn try_files(
+    v: &mut Validator<'_>,
+    rp: &str,
+    r: &RawRoute,
+    template: &dyn Fn(&mut Validator<'_>, &str, &str) -> Option<KeyTemplate>,
+) -> Option<TryFiles> {
+    let list = r.try_files.as_ref()?;
+    let k = format!("{rp}.try_files");
+    let Some((last, files)) = list.split_last() else {
+        v.err(&k, "try_files lists files to try and then where to go");
+        return None;
+    };
+    if files.is_empty() {
+        v.err(
+            &k,
+            "try_files needs at least one file to try before the fallback",
+        );
+    }
+    let has_root = r.static_files.is_some() || r.root.is_some();
+    if !has_root {
+        v.err(
+            &k,
+            "try_files looks under a root: give the route `static = { root }` or `root`",
+        );
+    }
+    let files = files
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| template(v, &format!("{k}.{i}"), f))
+        .collect();
+    let lk = format!("{k}.{}", list.len() - 1);
+    let fallback = if let Some(code) = last.strip_prefix('=') {
+        match code.parse::<u16>() {
+            Ok(c) if (200..=599).contains(&c) => Fallback::Status(c),
+            _ => {
+                v.err(
+                    &lk,
+                    format!("{last:?}: =CODE with a status from 200 to 599"),
+                );
+                return None;
+            }
+        }
+    } else if let Some(name) = last.strip_prefix('@') {
+        Fallback::Named(name.to_string())
+    } else if last.starts_with('/') || last.starts_with('$') {
+        Fallback::Uri(template(v, &lk, last)?)
+    } else {
+        v.err(
+            &lk,
+            format!("{last:?}: the last entry is a URI, @name or =CODE"),
+        );
+        return None;
+    };
+    Some(TryFiles { files, fallback })
 }
 
 /// Never reached (checked before): keeps the match total without a panic.

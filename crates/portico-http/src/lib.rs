@@ -548,34 +548,75 @@ impl HttpService {
             SiteKind::Welcome => return (admin::serve(&self.shared.status, &path, false), None),
             SiteKind::Routes(r) => r,
         };
-        // rewrite phase: find the route (nginx's precedence)
-        let Some(found) = routes.router.find(&path) else {
-            return (error_response(StatusCode::NOT_FOUND), None);
+        // rewrite phase: find the route (nginx's precedence), rewrites and try_files
+        // may send the request to another (at most MAX_INTERNAL times)
+        let mut at = Internal {
+            path: path.into_owned(),
+            args: None,
+            changed: false,
+            named: None,
         };
-        let route = &routes.routes[found.route];
+        let mut steps = 0;
+        let (route, captures) = loop {
+            if steps > MAX_INTERNAL {
+                tracing::error!(uri = %uri, "more than {MAX_INTERNAL} internal redirects (rewrite, try_files, index): 500");
+                return (error_response(StatusCode::INTERNAL_SERVER_ERROR), None);
+            }
+            steps += 1;
+            let found = match at.named.take() {
+                Some(i) => router::Found {
+                    route: i,
+                    captures: None,
+                },
+                None => match routes.router.find(&at.path) {
+                    Some(f) => f,
+                    None => return (error_response(StatusCode::NOT_FOUND), None),
+                },
+            };
+            let route = &routes.routes[found.route];
+            match self.rewrite_phase(
+                route,
+                &req,
+                &uri,
+                &mut at,
+                found.captures.as_ref(),
+                site,
+                conn,
+                host.as_ref(),
+            ) {
+                Step::Go => {}
+                Step::Again => continue,
+                Step::Answer(resp) => return (resp, None),
+            }
+            // index: a directory's index file is an internal redirect, as nginx's
+            // index module (so /wp-admin/ becomes /wp-admin/index.php and reaches the
+            // PHP route, never the static one)
+            if let route::Content::Static(cfg) = &route.content {
+                if at.path.ends_with('/') {
+                    let dir = static_files::join_root(&cfg.root, &at.path);
+                    if let Some(index) = cfg.index.iter().find(|i| dir.join(i).is_file()) {
+                        at.path.push_str(index);
+                        at.changed = true;
+                        continue;
+                    }
+                }
+            }
+            break (route, found.captures);
+        };
+        let path = at.path.as_str();
+        let args = at.args.as_deref();
         // access phase: the route's methods
         if let Some(refused) = route.refuse_method(req.method()) {
             return (refused, None);
         }
-        let server_name = site.server_names.first().map_or("", String::as_str);
-        let vars = vars::Vars {
-            method: req.method(),
-            uri: req.uri(),
-            path: &path,
-            version: req.version(),
-            headers: req.headers(),
+        let ctx = ReqCtx {
+            req: &req,
+            uri: &uri,
+            site,
+            conn,
             host: host.as_ref(),
-            peer: conn.peer,
-            local: conn.local,
-            tls: conn.tls,
-            server_name,
-            content_length: None,
-            document_root: "",
-            script_name: std::borrow::Cow::Borrowed(""),
-            path_info: "",
-            underscores: site.limits.underscores_in_headers,
-            captures: found.captures.as_ref(),
         };
+        let vars = ctx.vars(path, args, captures.as_ref());
         // the header rules' values come from the request: rendered before it goes on
         let response_values =
             (!route.response_headers.is_empty()).then(|| route.response_headers.render(&vars));
@@ -602,16 +643,23 @@ impl HttpService {
                 if let Some(values) = request_values {
                     route.request_headers.apply(values, req.headers_mut(), true);
                 }
+                // An HTTP upstream gets the changed URI; gateways keep REQUEST_URI as
+                // the client sent it and take $uri/$args as their vars.
+                let http = matches!(route.content, route::Content::Proxy(_));
+                if http && (at.changed || route.upstream_path.is_some()) {
+                    set_upstream_target(&mut req, route, path, args);
+                }
                 self.content(
                     req,
                     route,
-                    &path,
+                    path,
+                    args,
                     site,
                     conn,
                     host,
                     hash_key,
                     on_upgrade,
-                    found.captures.as_ref(),
+                    captures.as_ref(),
                 )
                 .await
             }
@@ -626,6 +674,121 @@ impl HttpService {
         (resp, upstream)
     }
 
+    /// The route's rewrites, then its try_files, on the request where it is now.
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite_phase(
+        &self,
+        route: &route::CompiledRoute,
+        req: &Request<Incoming>,
+        uri: &http::Uri,
+        at: &mut Internal,
+        captures: Option<&vars::Captures>,
+        site: &Site,
+        conn: &ConnState,
+        host: Option<&HeaderValue>,
+    ) -> Step {
+        let ctx = ReqCtx {
+            req,
+            uri,
+            site,
+            conn,
+            host,
+        };
+        for rw in &route.rewrites {
+            let Some(caps) = vars::Captures::of(&rw.from, &at.path) else {
+                continue;
+            };
+            let old_args = at
+                .args
+                .clone()
+                .unwrap_or_else(|| uri.query().unwrap_or("").to_string());
+            let target = ctx.render(&rw.to, &at.path, at.args.as_deref(), Some(&caps));
+            use portico_config::RewriteFlag as F;
+            let external = target.starts_with("http://") || target.starts_with("https://");
+            if external || matches!(rw.flag, F::Redirect | F::Permanent) {
+                let status = if rw.flag == F::Permanent { 301 } else { 302 };
+                let (p, q) = split_target(&target, &old_args);
+                let location = match q.or(Some(old_args)).filter(|q| !q.is_empty()) {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                let ret = portico_config::ReturnConfig {
+                    status,
+                    location: Some(literal(&location)),
+                    body: None,
+                };
+                let v = ctx.vars(&at.path, None, None);
+                return Step::Answer(route::answer(&ret, &v));
+            }
+            let (p, q) = split_target(&target, &old_args);
+            at.path = p;
+            if q.is_some() {
+                at.args = q;
+            }
+            at.changed = true;
+            match rw.flag {
+                F::Last => return Step::Again,
+                F::Break => break,
+                _ => {}
+            }
+        }
+        let Some(tf) = &route.try_files else {
+            return Step::Go;
+        };
+        for f in &tf.files {
+            let candidate = ctx.render(f, &at.path, at.args.as_deref(), captures);
+            let candidate = candidate.split('?').next().unwrap_or("");
+            if !candidate.starts_with('/') || candidate.split('/').any(|s| s == "..") {
+                continue;
+            }
+            let on_disk = static_files::join_root(&tf.root, candidate);
+            let hit = if candidate.ends_with('/') {
+                on_disk.is_dir()
+            } else {
+                on_disk.is_file()
+            };
+            if hit {
+                // `$uri/` found for a path without its slash: left as it is, so the
+                // static route answers 301 to the slashed path (as nginx does)
+                let slash_only =
+                    candidate.len() == at.path.len() + 1 && candidate.starts_with(at.path.as_str());
+                if candidate != at.path && !slash_only {
+                    at.path = candidate.to_string();
+                    at.changed = true;
+                }
+                return Step::Go;
+            }
+        }
+        match &tf.fallback {
+            portico_config::Fallback::Status(code) => Step::Answer(error_response(
+                StatusCode::from_u16(*code).unwrap_or(StatusCode::NOT_FOUND),
+            )),
+            portico_config::Fallback::Named(name) => match route_index(site, name) {
+                Some(i) => {
+                    at.named = Some(i);
+                    Step::Again
+                }
+                None => Step::Answer(error_response(StatusCode::INTERNAL_SERVER_ERROR)),
+            },
+            portico_config::Fallback::Uri(t) => {
+                let old_args = at
+                    .args
+                    .clone()
+                    .unwrap_or_else(|| uri.query().unwrap_or("").to_string());
+                let target = ctx.render(t, &at.path, at.args.as_deref(), captures);
+                let (p, q) = match target.split_once('?') {
+                    Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                    None => (target, None),
+                };
+                let _ = old_args;
+                at.path = p;
+                at.args = q.or(at.args.take());
+                at.changed = true;
+                Step::Again
+            }
+        }
+    }
+
     /// The content phase: a static file, or the request forwarded to an upstream over
     /// HTTP or a gateway.
     #[allow(clippy::too_many_arguments)]
@@ -634,6 +797,7 @@ impl HttpService {
         req: Request<Incoming>,
         route: &route::CompiledRoute,
         path: &str,
+        args: Option<&str>,
         site: &Site,
         conn: &ConnState,
         host: Option<HeaderValue>,
@@ -671,10 +835,11 @@ impl HttpService {
                     body_timeout: site.limits.body_timeout,
                     underscores: site.limits.underscores_in_headers,
                     captures,
+                    args,
                 };
                 gateway::forward(g, parts, body, client).await
             }
-            route::Content::Static(_) | route::Content::Return(_) => {
+            route::Content::Static(_) | route::Content::Return(_) | route::Content::Empty => {
                 (error_response(StatusCode::NOT_FOUND), None)
             }
             route::Content::Proxy(up) => {
@@ -734,6 +899,140 @@ impl HttpService {
                 proxy::forward(up, Request::from_parts(parts, body), &client).await
             }
         }
+    }
+}
+
+/// The facts of one request the template renderer needs, apart from where routing has
+/// taken it (`$uri`, `$args`, captures).
+struct ReqCtx<'a> {
+    req: &'a Request<Incoming>,
+    /// The URI as the client sent it (`$request_uri`).
+    uri: &'a http::Uri,
+    site: &'a Site,
+    conn: &'a ConnState,
+    host: Option<&'a HeaderValue>,
+}
+
+impl<'a> ReqCtx<'a> {
+    fn vars<'b>(
+        &'b self,
+        path: &'b str,
+        args: Option<&'b str>,
+        captures: Option<&'b vars::Captures>,
+    ) -> vars::Vars<'b> {
+        vars::Vars {
+            method: self.req.method(),
+            uri: self.uri,
+            path,
+            version: self.req.version(),
+            headers: self.req.headers(),
+            host: self.host,
+            peer: self.conn.peer,
+            local: self.conn.local,
+            tls: self.conn.tls,
+            server_name: self.site.server_names.first().map_or("", String::as_str),
+            content_length: None,
+            document_root: "",
+            script_name: std::borrow::Cow::Borrowed(""),
+            path_info: "",
+            underscores: self.site.limits.underscores_in_headers,
+            captures,
+            args,
+        }
+    }
+
+    fn render(
+        &self,
+        t: &portico_config::KeyTemplate,
+        path: &str,
+        args: Option<&str>,
+        captures: Option<&vars::Captures>,
+    ) -> String {
+        let mut out = Vec::with_capacity(64);
+        self.vars(path, args, captures).render(t, &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+/// A template that is only `text`.
+fn literal(text: &str) -> portico_config::KeyTemplate {
+    portico_config::KeyTemplate {
+        source: text.to_string(),
+        parts: vec![portico_config::KeyPart::Literal(text.to_string())],
+    }
+}
+
+/// The index of the route named `name` in `site`.
+fn route_index(site: &Site, name: &str) -> Option<usize> {
+    match &site.kind {
+        SiteKind::Routes(r) => r.router.named(name),
+        _ => None,
+    }
+}
+
+/// How many internal redirects (rewrite `last`, try_files fallbacks, index files) one
+/// request may take before it is a 500, as nginx's limit of 10.
+const MAX_INTERNAL: usize = 10;
+
+/// Where a request is while routes are found: its `$uri` and `$args` as rewrites left
+/// them, and a named route to go to.
+struct Internal {
+    path: String,
+    /// `Some` once a rewrite or try_files set the query.
+    args: Option<String>,
+    /// The URI is not the client's any more: upstreams get the new one.
+    changed: bool,
+    named: Option<usize>,
+}
+
+/// What the rewrite phase decided.
+enum Step {
+    /// Go on in this route.
+    Go,
+    /// Find the route again (a `last` rewrite, a try_files fallback).
+    Again,
+    Answer(Response<HttpBody>),
+}
+
+/// The request target an upstream gets after a rewrite (nginx passes the changed,
+/// normalized URI, encoded) or with `upstream_path` (the matched prefix replaced).
+fn set_upstream_target<B>(
+    req: &mut Request<B>,
+    route: &route::CompiledRoute,
+    path: &str,
+    args: Option<&str>,
+) {
+    let mut target = match &route.upstream_path {
+        Some((prefix, to)) if path.starts_with(prefix.as_str()) => {
+            format!("{to}{}", path::encode(&path[prefix.len()..]))
+        }
+        Some((_, to)) => to.clone(),
+        None => path::encode(path),
+    };
+    let query = args.or(req.uri().query());
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        target.push('?');
+        target.push_str(q);
+    }
+    match target.parse::<http::Uri>() {
+        Ok(u) => *req.uri_mut() = u,
+        Err(e) => {
+            tracing::warn!(%target, error = %e, "the rewritten URI is not a valid request target")
+        }
+    }
+}
+
+/// Splits a rendered rewrite or try_files target into path and query: the new query
+/// is the target's, followed by the request's unless the target ends in `?` (nginx).
+fn split_target(target: &str, old_args: &str) -> (String, Option<String>) {
+    match target.split_once('?') {
+        None => (target.to_string(), None),
+        Some((p, "")) => (p.to_string(), Some(String::new())),
+        Some((p, q)) if target.ends_with('?') => {
+            (p.to_string(), Some(q.trim_end_matches('?').to_string()))
+        }
+        Some((p, q)) if old_args.is_empty() => (p.to_string(), Some(q.to_string())),
+        Some((p, q)) => (p.to_string(), Some(format!("{q}&{old_args}"))),
     }
 }
 

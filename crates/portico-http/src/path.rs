@@ -52,6 +52,21 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     Ok(Cow::Owned(path))
 }
 
+/// A normalized path as a request target again: bytes outside RFC 3986's unreserved,
+/// sub-delims, `:`, `@` and `/` are percent-encoded (nginx does the same when it sends
+/// a rewritten URI upstream).
+pub fn encode(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for &b in path.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn percent_decode(raw: &[u8]) -> Result<Vec<u8>, BadPath> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;

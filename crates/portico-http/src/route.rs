@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use portico_config::{HeaderRules, KeyTemplate, ListenerConfig, ReturnConfig, RouteAction};
+use portico_config::{
+    Fallback, HeaderRules, KeyTemplate, ListenerConfig, ReturnConfig, RewriteFlag, RouteAction,
+    RouteMatch,
+};
 
 use crate::body::{full, HttpBody};
 use crate::errors::error_response;
@@ -26,6 +29,22 @@ pub(crate) enum Content {
     Proxy(Arc<HttpUpstream>),
     Gateway(Arc<gateway::GatewayRoute>),
     Return(ReturnConfig),
+    /// Only rewrites or try_files: a request that stays here is a 404.
+    Empty,
+}
+
+/// One compiled `rewrite`.
+pub(crate) struct Rewrite {
+    pub from: regex::Regex,
+    pub to: KeyTemplate,
+    pub flag: RewriteFlag,
+}
+
+/// `try_files`, with the root its paths are looked up under.
+pub(crate) struct TryFiles {
+    pub files: Vec<KeyTemplate>,
+    pub fallback: Fallback,
+    pub root: std::path::PathBuf,
 }
 
 pub(crate) struct CompiledRoute {
@@ -38,6 +57,10 @@ pub(crate) struct CompiledRoute {
     allow: Option<HeaderValue>,
     pub request_headers: Rules,
     pub response_headers: Rules,
+    pub rewrites: Vec<Rewrite>,
+    pub try_files: Option<TryFiles>,
+    /// `via = "http"` with `upstream_path`: (the matched prefix, its replacement).
+    pub upstream_path: Option<(String, String)>,
 }
 
 /// A listener's routes and the router over them.
@@ -56,6 +79,7 @@ impl Routes {
             let content = match &r.action {
                 RouteAction::Static(s) => Content::Static(s.clone()),
                 RouteAction::Return(ret) => Content::Return(ret.clone()),
+                RouteAction::Empty => Content::Empty,
                 RouteAction::Proxy(p) => {
                     let up = upstreams
                         .get(&p.upstream)
@@ -82,7 +106,41 @@ impl Routes {
                     HeaderValue::from_str(&list.join(", ")).ok()
                 })
                 .flatten();
+            let rewrites = r
+                .rewrite
+                .iter()
+                .map(|rw| {
+                    Ok(Rewrite {
+                        from: regex::Regex::new(&rw.from).map_err(|e| e.to_string())?,
+                        to: rw.to.clone(),
+                        flag: rw.flag,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            let root = match &r.action {
+                RouteAction::Static(s) => Some(s.root.clone()),
+                RouteAction::Proxy(p) => p.root.clone(),
+                _ => None,
+            };
+            let try_files = match (&r.try_files, root) {
+                (Some(t), Some(root)) => Some(TryFiles {
+                    files: t.files.clone(),
+                    fallback: t.fallback.clone(),
+                    root,
+                }),
+                _ => None,
+            };
+            let upstream_path = match (&r.action, &r.matcher) {
+                (RouteAction::Proxy(p), RouteMatch::Prefix { path, .. }) => {
+                    p.upstream_path.clone().map(|to| (path.clone(), to))
+                }
+                (RouteAction::Proxy(p), _) => p.upstream_path.clone().map(|to| (String::new(), to)),
+                _ => None,
+            };
             routes.push(CompiledRoute {
+                rewrites,
+                try_files,
+                upstream_path,
                 content,
                 max_body_bytes: r.max_body_bytes.unwrap_or(l.limits.max_body_bytes),
                 request_buffering,
@@ -92,7 +150,11 @@ impl Routes {
                 response_headers: Rules::compile(&r.response_headers)?,
             });
         }
-        let router = Router::new(l.routes.iter().map(|r| (&r.matcher, uses_captures(r))))?;
+        let router = Router::new(
+            l.routes
+                .iter()
+                .map(|r| (&r.matcher, r.name.as_deref(), uses_captures(r))),
+        )?;
         Ok(Self { routes, router })
     }
 }
@@ -106,9 +168,13 @@ fn uses_captures(r: &portico_config::Route) -> bool {
             .flatten()
             .any(|t| t.max_capture() > 0),
         RouteAction::Proxy(p) => p.params.iter().any(|(_, t)| t.max_capture() > 0),
-        RouteAction::Static(_) => false,
+        RouteAction::Static(_) | RouteAction::Empty => false,
     };
-    in_content || in_rules(&r.request_headers) || in_rules(&r.response_headers)
+    let in_try = r.try_files.as_ref().is_some_and(|t| {
+        t.files.iter().any(|f| f.max_capture() > 0)
+            || matches!(&t.fallback, Fallback::Uri(u) if u.max_capture() > 0)
+    });
+    in_content || in_try || in_rules(&r.request_headers) || in_rules(&r.response_headers)
 }
 
 impl CompiledRoute {

@@ -22,6 +22,7 @@ pub struct Router {
     /// The route of each regex in `regexes`, its compiled form, and whether its captures
     /// are needed.
     regex_routes: Vec<(usize, regex::Regex, bool)>,
+    names: HashMap<String, usize>,
 }
 
 /// Which route a path matched, with the regex's captures when the route uses them.
@@ -32,14 +33,17 @@ pub struct Found {
 }
 
 impl Router {
-    /// `routes`: each route's matcher and whether its templates use captures; indices
-    /// are the routes' places in the listener.
+    /// `routes`: each route's matcher, name, and whether its templates use captures;
+    /// indices are the routes' places in the listener.
     pub fn new<'a>(
-        routes: impl IntoIterator<Item = (&'a RouteMatch, bool)>,
+        routes: impl IntoIterator<Item = (&'a RouteMatch, Option<&'a str>, bool)>,
     ) -> Result<Self, String> {
         let mut r = Router::default();
         let mut patterns = Vec::new();
-        for (i, (m, wants_captures)) in routes.into_iter().enumerate() {
+        for (i, (m, name, wants_captures)) in routes.into_iter().enumerate() {
+            if let Some(n) = name {
+                r.names.insert(n.to_string(), i);
+            }
             match m {
                 RouteMatch::Exact(p) => {
                     r.exact.entry(p.clone()).or_insert(i);
@@ -58,6 +62,11 @@ impl Router {
             r.regexes = Some(regex::RegexSet::new(&patterns).map_err(|e| e.to_string())?);
         }
         Ok(r)
+    }
+
+    /// The route named `name` (`@name` in try_files).
+    pub fn named(&self, name: &str) -> Option<usize> {
+        self.names.get(name).copied()
     }
 
     /// The route for `path` (the normalized request path).
@@ -163,7 +172,7 @@ mod tests {
     }
 
     fn router(ms: &[RouteMatch]) -> Router {
-        Router::new(ms.iter().map(|m| (m, true))).unwrap()
+        Router::new(ms.iter().map(|m| (m, None, true))).unwrap()
     }
 
     #[test]

@@ -139,7 +139,7 @@ pub async fn serve(
     r
 }
 
-fn join_root(root: &Path, path: &str) -> PathBuf {
+pub(crate) fn join_root(root: &Path, path: &str) -> PathBuf {
     let mut p = root.to_path_buf();
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         p.push(seg);

@@ -64,6 +64,8 @@ pub struct Vars<'a> {
     pub underscores: bool,
     /// The matched regex route's captures.
     pub captures: Option<&'a Captures>,
+    /// `$args` when a rewrite or try_files changed them (else the request's query).
+    pub args: Option<&'a str>,
 }
 
 impl Vars<'_> {
@@ -111,7 +113,7 @@ impl Vars<'_> {
             KeyPart::Literal(s) => out.extend_from_slice(s.as_bytes()),
             KeyPart::RequestUri => out.extend_from_slice(self.request_uri().as_bytes()),
             KeyPart::Uri => out.extend_from_slice(self.path.as_bytes()),
-            KeyPart::Args => out.extend_from_slice(self.uri.query().unwrap_or("").as_bytes()),
+            KeyPart::Args => out.extend_from_slice(self.args().as_bytes()),
             KeyPart::Host => out.extend_from_slice(self.host().as_bytes()),
             KeyPart::RemoteAddr => out.extend_from_slice(&self.remote_addr()),
             KeyPart::User => {}
@@ -196,6 +198,11 @@ impl Vars<'_> {
         let mut out = Vec::new();
         self.render_gateway(v, &mut out);
         out
+    }
+
+    /// `$args`: the query string as rewrites left it.
+    pub fn args(&self) -> &str {
+        self.args.or(self.uri.query()).unwrap_or("")
     }
 
     /// Renders `t` onto `out`.

@@ -35,10 +35,7 @@ impl Vars<'_> {
             filename.extend_from_slice(self.script_name.as_bytes());
             push("SCRIPT_FILENAME", filename);
         }
-        push(
-            "QUERY_STRING",
-            self.uri.query().unwrap_or("").as_bytes().to_vec(),
-        );
+        push("QUERY_STRING", self.args().as_bytes().to_vec());
         push("REQUEST_METHOD", self.var(G::RequestMethod));
         push("CONTENT_TYPE", self.var(G::ContentType));
         push("CONTENT_LENGTH", self.var(G::ContentLength));
@@ -160,6 +157,7 @@ mod tests {
             path_info: "",
             underscores: false,
             captures: None,
+            args: None,
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Client<'a> {
     pub body_timeout: std::time::Duration,
     pub underscores: bool,
     pub captures: Option<&'a crate::vars::Captures>,
+    /// The query string after rewrites, when they changed it.
+    pub args: Option<&'a str>,
 }
 
 /// A process-unique request number, for the app's STDERR lines in the log.
@@ -210,6 +212,7 @@ pub async fn forward(
         path_info,
         underscores: client.underscores,
         captures: client.captures,
+        args: client.args,
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;
