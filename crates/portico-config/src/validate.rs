@@ -861,17 +861,15 @@ fn validate_route(
             if ret.location.is_some() && ret.body.is_some() {
                 v.err(&rk, "a return has a location or a body, not both");
             }
-            for (key, set) in [
-                ("request_buffering", r.request_buffering.is_some()),
-                ("max_body_bytes", r.max_body_bytes.is_some()),
-            ] {
-                if set {
-                    v.err(
-                        &format!("{rp}.{key}"),
-                        format!("{key} applies to routes with an upstream"),
-                    );
-                }
-            }
+            not_here(
+                v,
+                rp,
+                &[
+                    ("request_buffering", r.request_buffering.is_some()),
+                    ("max_body_bytes", r.max_body_bytes.is_some()),
+                ],
+                "applies to routes with an upstream",
+            );
             RouteAction::Return(ReturnConfig {
                 status: ret.status,
                 location: ret
@@ -923,34 +921,30 @@ fn validate_route(
                 ],
             )?;
             if via == Via::Http {
-                for (key, set) in [
-                    ("params", !r.params.is_empty()),
-                    ("root", r.root.is_some()),
-                    ("index", r.index.is_some()),
-                    ("split_path_info", r.split_path_info.is_some()),
-                    ("modifier1", r.modifier1.is_some()),
-                    ("modifier2", r.modifier2.is_some()),
-                ] {
-                    if set {
-                        v.err(
-                            &format!("{rp}.{key}"),
-                            format!("{key} applies to via = \"uwsgi\" or \"fastcgi\" routes"),
-                        );
-                    }
-                }
+                not_here(
+                    v,
+                    rp,
+                    &[
+                        ("params", !r.params.is_empty()),
+                        ("root", r.root.is_some()),
+                        ("index", r.index.is_some()),
+                        ("split_path_info", r.split_path_info.is_some()),
+                        ("modifier1", r.modifier1.is_some()),
+                        ("modifier2", r.modifier2.is_some()),
+                    ],
+                    "applies to via = \"uwsgi\" or \"fastcgi\" routes",
+                );
             }
             if via == Via::Uwsgi {
-                for (key, set) in [
-                    ("index", r.index.is_some()),
-                    ("split_path_info", r.split_path_info.is_some()),
-                ] {
-                    if set {
-                        v.err(
-                            &format!("{rp}.{key}"),
-                            format!("{key} applies to via = \"fastcgi\" routes"),
-                        );
-                    }
-                }
+                not_here(
+                    v,
+                    rp,
+                    &[
+                        ("index", r.index.is_some()),
+                        ("split_path_info", r.split_path_info.is_some()),
+                    ],
+                    "applies to via = \"fastcgi\" routes",
+                );
             }
             let mut params = Vec::new();
             for (name, value) in &r.params {
@@ -971,11 +965,7 @@ fn validate_route(
                         "split_path_info needs two captures: the script name and the path info",
                     ),
                     Err(e) => {
-                        let one_line = e
-                            .to_string()
-                            .split_whitespace()
-                            .collect::<Vec<_>>()
-                            .join(" ");
+                        let one_line = one_line(&e);
                         v.err(
                             &format!("{rp}.split_path_info"),
                             format!("bad regex: {one_line}"),
@@ -1041,11 +1031,7 @@ fn rewrites(v: &mut Validator<'_>, rp: &str, raw: &[RawRewrite]) -> Vec<Rewrite>
         let captures = match regex::Regex::new(&rw.from) {
             Ok(re) => re.captures_len() - 1,
             Err(e) => {
-                let one_line = e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let one_line = one_line(&e);
                 v.err(&format!("{k}.from"), format!("bad regex: {one_line}"));
                 continue;
             }
@@ -1150,6 +1136,23 @@ fn try_files(
     Some(TryFiles { files, fallback })
 }
 
+/// Errors for keys given where they do not apply: `(key, given)`, and why not.
+fn not_here(v: &mut Validator<'_>, rp: &str, keys: &[(&str, bool)], why: &str) {
+    for (key, given) in keys {
+        if *given {
+            v.err(&format!("{rp}.{key}"), format!("{key} {why}"));
+        }
+    }
+}
+
+/// A regex crate error on one line.
+fn one_line(e: &regex::Error) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Never reached (checked before): keeps the match total without a panic.
 fn unreachable_both(v: &mut Validator<'_>, rp: &str) -> Option<RouteAction> {
     v.err(rp, "a route has one of `static`, `upstream` or `return`");
@@ -1203,11 +1206,7 @@ fn route_match(v: &mut Validator<'_>, rp: &str, r: &RawRoute) -> Option<RouteMat
                 captures: c.captures_len() - 1,
             }),
             Err(e) => {
-                let one_line = e
-                    .to_string()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let one_line = one_line(&e);
                 v.err(&format!("{rp}.regex"), format!("bad regex: {one_line}"));
                 None
             }
