@@ -387,3 +387,62 @@ listen = ["127.0.0.1:{{port}}"]
     assert_eq!(curl(&[], &p.url("/api/v1/items?page=2")).status, 200);
     assert_eq!(backend.received("/v1/")[0].target(), "/v1/items?page=2");
 }
+
+/// Setup (b), the example config/django.toml, beside nginx: /static/ (root) and /media/
+/// (alias) from disk with expires, the rest to the app under gunicorn.
+#[test]
+fn django_static_and_media_with_expires_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "django", &[]);
+    let site = dir.path().join("django");
+    let media = dir.path().join("django-media");
+    std::fs::create_dir_all(site.join("static/css")).unwrap();
+    std::fs::create_dir_all(media.join("uploads")).unwrap();
+    std::fs::write(site.join("static/css/site.css"), "h1 { color: teal; }\n").unwrap();
+    std::fs::write(media.join("uploads/a.txt"), "an upload\n").unwrap();
+    let text = std::fs::read_to_string(common::root().join("config/django.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:{port}")
+        .replace("/tmp/portico-django.sock", &sock.display().to_string())
+        .replace("/srv/django-media/", &format!("{}/", media.display()))
+        .replace("/srv/django", &site.display().to_string());
+    let p = Portico::start(&text);
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            "location /static/ {{ root {site}; expires 30d; }}\n location /media/ {{ alias {media}/; expires 7d; }}\n location / {{ proxy_pass http://unix:{sock}:; }}",
+            site = site.display(),
+            media = media.display(),
+            sock = sock.display()
+        ),
+    );
+    for (path, max_age) in [
+        ("/static/css/site.css", Some("max-age=2592000")),
+        ("/media/uploads/a.txt", Some("max-age=604800")),
+        ("/media/uploads/missing.txt", None),
+        ("/static/../media/uploads/a.txt", Some("max-age=604800")),
+        ("/", None),
+    ] {
+        let ours = curl(&[], &p.url(path));
+        let n = curl(
+            &["--path-as-is"],
+            &format!("http://127.0.0.1:{nginx_port}{path}"),
+        );
+        assert_eq!(ours.status, n.status, "{path}");
+        if ours.status == 200 {
+            assert_eq!(ours.text(), n.text(), "{path}");
+            assert_eq!(ours.header("cache-control"), max_age, "{path}");
+            assert_eq!(
+                ours.header("cache-control"),
+                n.header("cache-control"),
+                "{path}"
+            );
+            assert_eq!(
+                ours.header("expires").is_some(),
+                max_age.is_some(),
+                "{path}"
+            );
+        }
+    }
+}

@@ -408,8 +408,25 @@ pub struct ReturnConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StaticConfig {
+    /// With `alias`, the directory that replaces `alias_of`; else nginx's `root` (the
+    /// whole path appended).
     pub root: PathBuf,
     pub index: Vec<String>,
+    /// `alias`: the route's prefix, replaced by `root` in the file path.
+    pub alias_of: Option<String>,
+    /// `expires`: Cache-Control max-age and Expires on what is served.
+    pub expires: Option<Expires>,
+}
+
+/// nginx `expires`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expires {
+    /// `"30d"`: max-age of that many seconds, Expires that far ahead.
+    After(Duration),
+    /// `"epoch"`: Expires in 1970, `Cache-Control: no-cache`.
+    Epoch,
+    /// `"max"`: Expires in 2037, max-age of 10 years.
+    Max,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -353,5 +353,7 @@ pub struct RawHeaderRules {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStatic {
     pub root: String,
+    pub alias: Option<String>,
+    pub expires: Option<String>,
     pub index: Vec<String>,
 }

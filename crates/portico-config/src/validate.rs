@@ -890,19 +890,60 @@ fn validate_route(
                     "request_buffering applies to routes with an upstream",
                 );
             }
-            if s.root.is_empty() {
-                v.err(
-                    &format!("{rp}.static.root"),
-                    "static needs a root directory",
-                );
-            }
-            let root = resolve(&v.base(&format!("{rp}.static.root")), &s.root);
+            let sk = format!("{rp}.static");
+            let (dir, alias_of) = match (&s.alias, s.root.is_empty()) {
+                (Some(_), false) => {
+                    v.err(&sk, "alias and root exclude each other");
+                    (s.root.as_str(), None)
+                }
+                (Some(a), true) => {
+                    let prefix = match (&r.path, &r.exact) {
+                        (p, _) if !p.is_empty() => Some(p.clone()),
+                        (_, Some(e)) => Some(e.clone()),
+                        _ => None,
+                    };
+                    if prefix.is_none() {
+                        v.err(
+                            &format!("{sk}.alias"),
+                            "alias replaces a `path` or `exact`: use it on such a route",
+                        );
+                    }
+                    if prefix.as_deref().is_some_and(|p| p.ends_with('/')) != a.ends_with('/') {
+                        v.err(
+                            &format!("{sk}.alias"),
+                            "alias and the route path end alike: both with / or neither (nginx)",
+                        );
+                    }
+                    (a.as_str(), prefix)
+                }
+                (None, true) => {
+                    v.err(
+                        &format!("{sk}.root"),
+                        "static needs a root directory (or an alias)",
+                    );
+                    ("", None)
+                }
+                (None, false) => (s.root.as_str(), None),
+            };
+            let which = if alias_of.is_some() { "alias" } else { "root" };
+            let root = resolve(&v.base(&format!("{sk}.{which}")), dir);
             let index = if s.index.is_empty() {
                 vec!["index.html".to_string()]
             } else {
                 s.index.clone()
             };
-            RouteAction::Static(StaticConfig { root, index })
+            let expires = match s.expires.as_deref() {
+                None | Some("off") => None,
+                Some("epoch") => Some(Expires::Epoch),
+                Some("max") => Some(Expires::Max),
+                Some(d) => Some(Expires::After(v.duration(&format!("{sk}.expires"), d))),
+            };
+            RouteAction::Static(StaticConfig {
+                root,
+                index,
+                alias_of,
+                expires,
+            })
         }
         (None, Some(u)) => {
             if !upstreams.contains_key(u) {
@@ -1099,6 +1140,9 @@ fn try_files(
         );
     }
     let has_root = r.static_files.is_some() || r.root.is_some();
+    if r.static_files.as_ref().is_some_and(|s| s.alias.is_some()) {
+        v.err(&k, "try_files looks under a root, not an alias (nginx's try_files with alias is a known trap): use root");
+    }
     if !has_root {
         v.err(
             &k,

@@ -593,8 +593,9 @@ impl HttpService {
             // PHP route, never the static one)
             if let route::Content::Static(cfg) = &route.content {
                 if at.path.ends_with('/') {
-                    let dir = static_files::join_root(&cfg.root, &at.path);
-                    if let Some(index) = cfg.index.iter().find(|i| dir.join(i).is_file()) {
+                    let dir = static_files::file_for(cfg, &at.path);
+                    let found = dir.and_then(|d| cfg.index.iter().find(|i| d.join(i).is_file()));
+                    if let Some(index) = found {
                         at.path.push_str(index);
                         at.changed = true;
                         continue;

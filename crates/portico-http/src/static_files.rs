@@ -33,7 +33,9 @@ pub async fn serve(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut file_path = join_root(&cfg.root, path);
+    let Some(mut file_path) = file_for(cfg, path) else {
+        return error_response(StatusCode::NOT_FOUND);
+    };
     let mut meta = match std::fs::metadata(&file_path) {
         Ok(m) => m,
         Err(e) => return io_error(e),
@@ -90,6 +92,9 @@ pub async fn serve(
         base.insert(header::LAST_MODIFIED, v);
     }
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(e) = cfg.expires {
+        expires_headers(e, &mut base);
+    }
 
     if not_modified(headers, &etag, secs) {
         let mut r = Response::new(empty());
@@ -137,6 +142,41 @@ pub async fn serve(
     *r.status_mut() = status;
     *r.headers_mut() = base;
     r
+}
+
+/// Where `path` is on disk: under `root` (nginx `root`), or with `alias` the route's
+/// prefix replaced by it. `None` when an alias route is asked for a path outside its
+/// prefix (an internal redirect can bring one).
+pub(crate) fn file_for(cfg: &StaticConfig, path: &str) -> Option<PathBuf> {
+    match &cfg.alias_of {
+        Some(prefix) => path
+            .strip_prefix(prefix.as_str())
+            .map(|rest| join_root(&cfg.root, rest)),
+        None => Some(join_root(&cfg.root, path)),
+    }
+}
+
+/// nginx `expires`: Cache-Control max-age and Expires (now + the time), or the epoch /
+/// max forms.
+fn expires_headers(e: portico_config::Expires, h: &mut HeaderMap) {
+    use portico_config::Expires as E;
+    let (cache, at) = match e {
+        E::After(d) => (format!("max-age={}", d.as_secs()), SystemTime::now() + d),
+        E::Epoch => (
+            "no-cache".to_string(),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1),
+        ),
+        E::Max => (
+            "max-age=315360000".to_string(),
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(2_145_916_555),
+        ),
+    };
+    if let Ok(v) = HeaderValue::from_str(&cache) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(at)) {
+        h.insert(header::EXPIRES, v);
+    }
 }
 
 pub(crate) fn join_root(root: &Path, path: &str) -> PathBuf {
