@@ -132,6 +132,26 @@ def redirect_():
     return Response("", status=302, headers={"Location": "/echo?from=redirect"})
 
 
+@app.route("/json")
+def json_items():
+    """A JSON list of `n` items (with Content-Length), compressible."""
+    n = int(request.args.get("n", "50"))
+    items = [{"id": i, "name": f"item {i}", "tags": ["a", "b", "c"]} for i in range(n)]
+    return Response(json.dumps(items), mimetype="application/json")
+
+
+@app.route("/text-stream")
+def text_stream():
+    """`n` lines of text streamed without Content-Length."""
+    n = int(request.args.get("n", "2000"))
+
+    def gen():
+        for i in range(n):
+            yield f"line {i} of a streamed text answer\n"
+
+    return Response(gen(), mimetype="text/plain")
+
+
 @app.route("/big")
 def big():
     """`mb` MiB streamed in 64 KiB pieces, without Content-Length."""

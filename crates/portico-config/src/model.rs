@@ -317,6 +317,38 @@ pub struct Route {
     pub rewrite: Vec<Rewrite>,
     /// nginx `try_files`.
     pub try_files: Option<TryFiles>,
+    /// On-the-fly compression of responses (the route's, else the listener's).
+    pub compress: Option<Compress>,
+}
+
+/// `compress`: which codings, for which types, from which size, at which levels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compress {
+    /// In the server's order of preference.
+    pub algorithms: Vec<Coding>,
+    /// MIME patterns: `text/*` or `application/json`.
+    pub types: Vec<String>,
+    pub min_bytes: u64,
+    pub gzip_level: u32,
+    pub br_level: u32,
+    pub zstd_level: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Gzip,
+    Br,
+    Zstd,
+}
+
+impl Coding {
+    pub fn token(self) -> &'static str {
+        match self {
+            Coding::Gzip => "gzip",
+            Coding::Br => "br",
+            Coding::Zstd => "zstd",
+        }
+    }
 }
 
 /// One `rewrite`: `from` (a regex on `$uri`) replaced by `to` (its captures as `$N`).

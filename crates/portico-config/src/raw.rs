@@ -185,6 +185,7 @@ pub struct RawListener {
     pub auth_http: Option<String>,
     pub upstream: Option<String>,
     pub mail: Option<RawMail>,
+    pub compress: Option<RawCompress>,
 }
 
 /// `[listeners.mail]`: the mail front end's settings (nginx's names in comments).
@@ -310,6 +311,7 @@ pub struct RawRoute {
     pub rewrite: Vec<RawRewrite>,
     pub try_files: Option<Vec<String>>,
     pub upstream_path: Option<String>,
+    pub compress: Option<RawCompress>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]
@@ -330,6 +332,17 @@ pub struct RawReturn {
     pub status: u16,
     pub location: Option<String>,
     pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCompress {
+    pub algorithms: Option<Vec<String>>,
+    pub types: Option<Vec<String>>,
+    pub min_bytes: Option<u64>,
+    pub levels: BTreeMap<String, i32>,
+    /// `false` on a route turns the listener's compression off there.
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

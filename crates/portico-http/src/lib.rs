@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+mod compress;
 mod errors;
 mod framing;
 pub mod gateway;
@@ -637,6 +638,14 @@ impl HttpService {
             route::Content::Return(r) => Some(route::answer(r, &vars)),
             _ => None,
         };
+        // what the body filter needs from the request
+        let compress_for = route.compress.as_ref().map(|c| {
+            (
+                c,
+                req.method().clone(),
+                req.headers().get(header::ACCEPT_ENCODING).cloned(),
+            )
+        });
         drop(vars);
         let (mut resp, upstream) = match returned {
             Some(resp) => (resp, None),
@@ -671,6 +680,10 @@ impl HttpService {
             route
                 .response_headers
                 .apply(values, resp.headers_mut(), set);
+        }
+        // body filter: compression
+        if let Some((cfg, method, accept)) = compress_for {
+            resp = compress::filter(cfg, &method, accept.as_ref(), resp);
         }
         (resp, upstream)
     }

@@ -61,6 +61,7 @@ pub(crate) struct CompiledRoute {
     pub try_files: Option<TryFiles>,
     /// `via = "http"` with `upstream_path`: (the matched prefix, its replacement).
     pub upstream_path: Option<(String, String)>,
+    pub compress: Option<portico_config::Compress>,
 }
 
 /// A listener's routes and the router over them.
@@ -138,6 +139,7 @@ impl Routes {
                 _ => None,
             };
             routes.push(CompiledRoute {
+                compress: r.compress.clone(),
                 rewrites,
                 try_files,
                 upstream_path,

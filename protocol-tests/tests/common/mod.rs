@@ -1366,3 +1366,18 @@ pub fn h2_get(path: &str, authority: Option<&str>, extra: &[(&str, &str)]) -> se
     }
     serde_json::Value::Array(h)
 }
+
+/// [`python_ok`] with the venv's Python (its packages: brotli, zstandard, h2 …).
+pub fn venv_python_ok(script: &str) -> String {
+    let out = Command::new(venv_bin("python"))
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
