@@ -445,4 +445,16 @@ fn django_static_and_media_with_expires_like_nginx() {
             );
         }
     }
+    // compress = {}: a stylesheet of 20 bytes stays as it is (under min_bytes), a larger
+    // app answer goes gzip'ed to a client that asks
+    let css = curl(
+        &["-H", "Accept-Encoding: gzip"],
+        &p.url("/static/css/site.css"),
+    );
+    assert_eq!(css.header("content-encoding"), None, "under min_bytes");
+    let json = curl(
+        &["-H", "Accept-Encoding: gzip", "-o", "/dev/null"],
+        &p.url("/json?n=100"),
+    );
+    assert_eq!(json.header("content-encoding"), Some("gzip"));
 }
