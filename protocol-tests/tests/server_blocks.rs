@@ -458,3 +458,72 @@ fn django_static_and_media_with_expires_like_nginx() {
     );
     assert_eq!(json.header("content-encoding"), Some("gzip"));
 }
+
+/// `real_ip` beside nginx's realip module: behind trusted proxies the client is read
+/// from X-Forwarded-For, from the right past every trusted hop; $remote_addr (here sent
+/// as X-Real-IP), X-Forwarded-For and the access log see it.
+#[test]
+fn real_ip_from_trusted_proxies_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Recorder::start(ok_answer);
+    let nginx_backend = Recorder::start(ok_answer);
+    let config = |recursive: bool, from: &str| {
+        format!(
+            r#"
+[log]
+access_log = "{{dir}}/access.log"
+[upstreams.app]
+servers = [{{ addr = "{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [listeners.real_ip]
+  from = [{from}]
+  header = "X-Forwarded-For"
+  recursive = {recursive}
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  request_headers = {{ set = {{ "X-Real-IP" = "$remote_addr" }} }}
+"#,
+            backend.addr()
+        )
+    };
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            "set_real_ip_from 127.0.0.1; set_real_ip_from 10.0.0.0/8; real_ip_header X-Forwarded-For; real_ip_recursive on;\n location / {{ proxy_pass http://{}; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }}",
+            nginx_backend.addr()
+        ),
+    );
+    let xff = "X-Forwarded-For: 203.0.113.7, 10.0.0.2";
+    let p = Portico::start(&config(true, r#""127.0.0.1/32", "10.0.0.0/8""#));
+    assert_eq!(curl(&["-H", xff], &p.url("/r")).status, 200);
+    assert_eq!(
+        curl(&["-H", xff], &format!("http://127.0.0.1:{nginx_port}/r")).status,
+        200
+    );
+    let ours = &backend.received("/r")[0];
+    let theirs = &nginx_backend.received("/r")[0];
+    assert_eq!(ours.header("x-real-ip"), vec!["203.0.113.7"]);
+    assert_eq!(ours.header("x-real-ip"), theirs.header("x-real-ip"));
+    assert_eq!(
+        ours.header("x-forwarded-for"),
+        theirs.header("x-forwarded-for")
+    );
+    let log = wait_file_contains(&p.dir.path().join("access.log"), "/r");
+    assert!(log.starts_with("203.0.113.7 "), "{log}");
+
+    // not recursive: the last address; an untrusted peer: its own address
+    let p2 = Portico::start(&config(false, r#""127.0.0.1/32", "10.0.0.0/8""#));
+    curl(&["-H", xff], &p2.url("/last"));
+    assert_eq!(
+        backend.received("/last")[0].header("x-real-ip"),
+        vec!["10.0.0.2"]
+    );
+    let p3 = Portico::start(&config(true, r#""192.0.2.0/24""#));
+    curl(&["-H", xff], &p3.url("/untrusted"));
+    assert_eq!(
+        backend.received("/untrusted")[0].header("x-real-ip"),
+        vec!["127.0.0.1"]
+    );
+}

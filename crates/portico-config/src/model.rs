@@ -232,6 +232,71 @@ pub struct ListenerConfig {
     pub upstream: Option<String>,
     /// Mail listeners' front-end settings (defaults for other listeners).
     pub mail: MailConfig,
+    /// nginx `set_real_ip_from` / `real_ip_header` (HTTP listeners).
+    pub real_ip: Option<RealIp>,
+}
+
+/// Where the client address comes from when the peer is a trusted proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealIp {
+    pub from: Vec<Cidr>,
+    /// The header to read (lowercase), or `None` for `proxy_protocol` (the listener's
+    /// PROXY header already gives the address).
+    pub header: Option<String>,
+    /// Walk the header from the right past every trusted address (nginx
+    /// `real_ip_recursive on`); else take the last address.
+    pub recursive: bool,
+}
+
+/// An address range, `10.0.0.0/8` or `::1` (a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = s.split_once('/').unwrap_or((s, ""));
+        let addr: std::net::IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = if p.is_empty() {
+            max
+        } else {
+            p.parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length is 0 to {max}"))?
+        };
+        Ok(Self { addr, prefix })
+    }
+
+    /// Whether `ip` is in the range (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> u128 {
+            match a {
+                IpAddr::V4(v) => u128::from(u32::from(v)),
+                IpAddr::V6(v) => u128::from(v),
+            }
+        };
+        let width = if self.addr.is_ipv4() { 32 } else { 128 };
+        if ip.is_ipv4() != self.addr.is_ipv4() {
+            return false;
+        }
+        if self.prefix == 0 {
+            return true;
+        }
+        let shift = width - u32::from(self.prefix);
+        bits(ip) >> shift == bits(self.addr) >> shift
+    }
 }
 
 /// A mail listener's front end: replies, limits, timeouts, the lookup's extra headers.

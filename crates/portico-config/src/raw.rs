@@ -186,6 +186,7 @@ pub struct RawListener {
     pub upstream: Option<String>,
     pub mail: Option<RawMail>,
     pub compress: Option<RawCompress>,
+    pub real_ip: Option<RawRealIp>,
 }
 
 /// `[listeners.mail]`: the mail front end's settings (nginx's names in comments).
@@ -332,6 +333,14 @@ pub struct RawReturn {
     pub status: u16,
     pub location: Option<String>,
     pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRealIp {
+    pub from: Vec<String>,
+    pub header: Option<String>,
+    pub recursive: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

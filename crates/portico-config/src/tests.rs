@@ -467,3 +467,26 @@ listen = ["127.0.0.1:8080"]
         RouteMatch::Prefix { wins: true, .. }
     ));
 }
+
+#[test]
+fn cidr_ranges_contain_what_they_should() {
+    let c = Cidr::parse("10.0.0.0/8").unwrap();
+    assert!(c.contains("10.200.1.1".parse().unwrap()));
+    assert!(!c.contains("11.0.0.1".parse().unwrap()));
+    assert!(
+        c.contains("::ffff:10.1.2.3".parse().unwrap()),
+        "IPv4-mapped"
+    );
+    let one = Cidr::parse("::1").unwrap();
+    assert!(one.contains("::1".parse().unwrap()));
+    assert!(!one.contains("::2".parse().unwrap()));
+    assert!(Cidr::parse("0.0.0.0/0")
+        .unwrap()
+        .contains("192.0.2.1".parse().unwrap()));
+    assert!(!Cidr::parse("2001:db8::/32")
+        .unwrap()
+        .contains("10.0.0.1".parse().unwrap()));
+    for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/x", "::/129"] {
+        assert!(Cidr::parse(bad).is_err(), "{bad}");
+    }
+}

@@ -637,7 +637,66 @@ fn validate_listener(
             "mail settings are for smtp, imap and pop3 listeners",
         );
     }
+    let real_ip = l.real_ip.as_ref().map(|r| {
+        let k = format!("{p}.real_ip");
+        if protocol != Protocol::Http {
+            v.err(
+                &k,
+                "real_ip is for http listeners (mail listeners take proxy_protocol)",
+            );
+        }
+        let from = r
+            .from
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match Cidr::parse(c) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    v.err(&format!("{k}.from.{i}"), e);
+                    None
+                }
+            })
+            .collect::<Vec<_>>();
+        if r.from.is_empty() {
+            v.err(
+                &format!("{k}.from"),
+                "list the proxies to trust (CIDR ranges)",
+            );
+        }
+        let header = match r.header.as_deref() {
+            None => Some("x-forwarded-for".to_string()),
+            Some("proxy_protocol") => {
+                if !l.proxy_protocol {
+                    v.err(
+                        &format!("{k}.header"),
+                        "proxy_protocol needs proxy_protocol = true on the listener",
+                    );
+                }
+                None
+            }
+            Some(h)
+                if !h.is_empty()
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(h) => {
+                v.err(
+                    &format!("{k}.header"),
+                    format!("{h:?} is not a header name"),
+                );
+                None
+            }
+        };
+        RealIp {
+            from,
+            header,
+            recursive: r.recursive.unwrap_or(true),
+        }
+    });
     ListenerConfig {
+        real_ip,
         mail,
         name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
         listen,

@@ -104,6 +104,7 @@ pub struct Site {
     limits: Limits,
     kind: SiteKind,
     stats: Arc<SiteStats>,
+    real_ip: Option<portico_config::RealIp>,
 }
 
 impl Site {
@@ -124,6 +125,7 @@ impl Site {
             limits: l.limits.clone(),
             kind,
             stats: metrics.site(&l.name),
+            real_ip: l.real_ip.clone(),
         })
     }
 
@@ -135,6 +137,7 @@ impl Site {
             limits,
             kind: SiteKind::Admin,
             stats: metrics.site("admin"),
+            real_ip: None,
         }
     }
 }
@@ -448,6 +451,7 @@ impl HttpService {
             ),
             Err(_) => &self.sites[0],
         });
+        let peer = Peer::of(&conn, &site, req.headers());
         let log_fields = self.shared.access_log.is_on().then(|| LogFields {
             method: req.method().to_string(),
             uri: req
@@ -473,7 +477,7 @@ impl HttpService {
                 (resp, None)
             }
             (None, Err(status)) => (error_response(status), None),
-            (None, Ok(host)) => self.dispatch(req, &site, &conn, host).await,
+            (None, Ok(host)) => self.dispatch(req, &site, &conn, &peer, host).await,
         };
         if let Some(i) = h1_index {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -495,7 +499,7 @@ impl HttpService {
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
             if let Some(f) = log_fields {
                 log.log(&access_log::Entry {
-                    remote: conn.peer_ip,
+                    remote: peer.ip,
                     time,
                     method: &f.method,
                     uri: &f.uri,
@@ -531,6 +535,7 @@ impl HttpService {
         req: Request<Incoming>,
         site: &Site,
         conn: &ConnState,
+        peer: &Peer,
         host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let mut req = req;
@@ -583,6 +588,7 @@ impl HttpService {
                 found.captures.as_ref(),
                 site,
                 conn,
+                peer,
                 host.as_ref(),
             ) {
                 Step::Go => {}
@@ -616,6 +622,7 @@ impl HttpService {
             uri: &uri,
             site,
             conn,
+            peer,
             host: host.as_ref(),
         };
         let vars = ctx.vars(path, args, captures.as_ref());
@@ -666,6 +673,7 @@ impl HttpService {
                     args,
                     site,
                     conn,
+                    peer,
                     host,
                     hash_key,
                     on_upgrade,
@@ -699,6 +707,7 @@ impl HttpService {
         captures: Option<&vars::Captures>,
         site: &Site,
         conn: &ConnState,
+        peer: &Peer,
         host: Option<&HeaderValue>,
     ) -> Step {
         let ctx = ReqCtx {
@@ -706,6 +715,7 @@ impl HttpService {
             uri,
             site,
             conn,
+            peer,
             host,
         };
         for rw in &route.rewrites {
@@ -814,6 +824,7 @@ impl HttpService {
         args: Option<&str>,
         site: &Site,
         conn: &ConnState,
+        peer: &Peer,
         host: Option<HeaderValue>,
         hash_key: Option<Vec<u8>>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -840,7 +851,7 @@ impl HttpService {
                 let client = gateway::Client {
                     path,
                     host: host.as_ref(),
-                    peer: conn.peer,
+                    peer: peer.addr,
                     local: conn.local,
                     tls: conn.tls,
                     server_name: site.server_names.first().map_or("", String::as_str),
@@ -859,8 +870,8 @@ impl HttpService {
             route::Content::Proxy(up) => {
                 let (parts, body) = req.into_parts();
                 let client = proxy::ClientSide {
-                    peer_ip: conn.peer_ip,
-                    peer_value: conn.peer_value.clone(),
+                    peer_ip: peer.ip,
+                    peer_value: peer.value.clone(),
                     tls: conn.tls,
                     host: host.or_else(|| default_host(site, conn.local)),
                     hash_key,
@@ -924,6 +935,7 @@ struct ReqCtx<'a> {
     uri: &'a http::Uri,
     site: &'a Site,
     conn: &'a ConnState,
+    peer: &'a Peer,
     host: Option<&'a HeaderValue>,
 }
 
@@ -941,7 +953,7 @@ impl<'a> ReqCtx<'a> {
             version: self.req.version(),
             headers: self.req.headers(),
             host: self.host,
-            peer: self.conn.peer,
+            peer: self.peer.addr,
             local: self.conn.local,
             tls: self.conn.tls,
             server_name: self.site.server_names.first().map_or("", String::as_str),
@@ -966,6 +978,76 @@ impl<'a> ReqCtx<'a> {
         self.vars(path, args, captures).render(t, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// The client of one request: the connection's peer, or with `real_ip` the address a
+/// trusted proxy in front reported.
+struct Peer {
+    addr: Option<std::net::SocketAddr>,
+    ip: Option<IpAddr>,
+    /// `ip` as a header value (X-Forwarded-For).
+    value: Option<HeaderValue>,
+}
+
+impl Peer {
+    fn of(conn: &ConnState, site: &Site, headers: &http::HeaderMap) -> Self {
+        let own = || Peer {
+            addr: conn.peer,
+            ip: conn.peer_ip,
+            value: conn.peer_value.clone(),
+        };
+        let (Some(cfg), Some(peer)) = (&site.real_ip, conn.peer) else {
+            return own();
+        };
+        let Some(name) = &cfg.header else {
+            return own(); // proxy_protocol: the core already took the PROXY address
+        };
+        match real_ip(cfg, name, peer.ip(), headers) {
+            Some(ip) => Peer {
+                addr: Some(std::net::SocketAddr::new(ip, peer.port())),
+                ip: Some(ip),
+                value: HeaderValue::from_str(&ip.to_string()).ok(),
+            },
+            None => own(),
+        }
+    }
+}
+
+/// nginx's realip module: when `peer` is trusted, the client is read from the header —
+/// from the right, past every trusted address (`recursive`), else the last one. `None`
+/// keeps the peer (not trusted, no header, or nothing usable in it).
+fn real_ip(
+    cfg: &portico_config::RealIp,
+    header: &str,
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+) -> Option<IpAddr> {
+    let trusted = |ip: IpAddr| cfg.from.iter().any(|c| c.contains(ip));
+    if !trusted(peer) {
+        return None;
+    }
+    let values: Vec<&str> = headers
+        .get_all(header)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let mut hops = values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev();
+    let mut found = None;
+    for hop in hops.by_ref() {
+        let ip: IpAddr = hop.parse().ok()?;
+        found = Some(ip);
+        if !cfg.recursive || !trusted(ip) {
+            break;
+        }
+    }
+    found
 }
 
 /// A template that is only `text`.
