@@ -121,9 +121,26 @@ impl Drop for ListenerSet {
     }
 }
 
+/// Whether an IPv6 address is bound IPv6-only: yes, except the wildcard `[::]:PORT`
+/// when no `0.0.0.0:PORT` is listed beside it — that one takes IPv4 connections too
+/// (as IPv4-mapped addresses), so `listen = ["[::]:8080"]` serves both families.
+fn v6_only(addr: &ListenAddr, specs: &[EndpointSpec]) -> bool {
+    let ListenAddr::Tcp(a) = addr else {
+        return true;
+    };
+    if !a.ip().is_unspecified() || !a.is_ipv6() {
+        return true;
+    }
+    specs.iter().any(|s| {
+        matches!(&s.addr, ListenAddr::Tcp(o) if o.is_ipv4() && o.ip().is_unspecified() && o.port() == a.port())
+    })
+}
+
 /// Binds `addr` once per worker: TCP sockets share the port with SO_REUSEPORT so the
 /// kernel spreads connections over the workers; a Unix socket is bound once and shared.
-fn bind(addr: &ListenAddr, workers: usize) -> io::Result<Vec<StdBound>> {
+/// `v6only`: an IPv6 socket takes IPv6 only. `[::]:PORT` alone takes IPv4 too (nginx's
+/// `ipv6only=off`), unless `0.0.0.0:PORT` is listed as well ([`v6_only`]).
+fn bind(addr: &ListenAddr, workers: usize, v6only: bool) -> io::Result<Vec<StdBound>> {
     match addr {
         ListenAddr::Tcp(a) => {
             if workers > 1 && a.port() != 0 {
@@ -138,7 +155,7 @@ fn bind(addr: &ListenAddr, workers: usize) -> io::Result<Vec<StdBound>> {
                 )?;
                 probe.set_reuse_address(true)?;
                 if a.is_ipv6() {
-                    probe.set_only_v6(true)?;
+                    probe.set_only_v6(v6only)?;
                 }
                 probe.bind(&(*a).into())?;
             }
@@ -155,8 +172,7 @@ fn bind(addr: &ListenAddr, workers: usize) -> io::Result<Vec<StdBound>> {
                     s.set_reuse_port(true)?;
                 }
                 if a.is_ipv6() {
-                    // [::]:80 and 0.0.0.0:80 can both be listed, as in nginx.
-                    s.set_only_v6(true)?;
+                    s.set_only_v6(v6only)?;
                 }
                 s.set_nonblocking(true)?;
                 s.bind(&(*a).into())?;
@@ -242,7 +258,9 @@ impl ListenerSet {
         let mut bound = Vec::new();
         for spec in &specs {
             if !running.contains_key(&spec.addr) {
-                let b = bind(&spec.addr, self.workers.len()).map_err(|e| (spec.addr.clone(), e))?;
+                let v6only = v6_only(&spec.addr, &specs);
+                let b = bind(&spec.addr, self.workers.len(), v6only)
+                    .map_err(|e| (spec.addr.clone(), e))?;
                 bound.push((spec.addr.clone(), b));
             }
         }
@@ -398,13 +416,25 @@ async fn accept(l: &Bound) -> io::Result<(Stream, Option<SocketAddr>, Option<Soc
         Bound::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            let local = s.local_addr().ok();
-            Ok((Stream::Tcp(s), Some(peer), local))
+            let local = s.local_addr().ok().map(unmapped);
+            Ok((Stream::Tcp(s), Some(unmapped(peer)), local))
         }
         Bound::Unix(l) => {
             let (s, _) = l.accept().await?;
             Ok((Stream::Unix(s), None, None))
         }
+    }
+}
+
+/// An IPv4 client of a dual-stack `[::]` socket arrives as `::ffff:a.b.c.d`: modules,
+/// logs and access lists see it as the IPv4 address it is.
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => a,
+        },
+        v4 => v4,
     }
 }
 

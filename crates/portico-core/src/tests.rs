@@ -314,3 +314,34 @@ async fn a_port_another_process_shares_with_so_reuseport_is_refused() {
     let mut c = TcpStream::connect(addr).await.unwrap();
     assert!(first_line(&mut c).await.starts_with("second"));
 }
+
+#[tokio::test]
+async fn a_wildcard_v6_listener_takes_ipv4_too_unless_0_0_0_0_is_listed() {
+    let port = free_port().port();
+    let set = ListenerSet::new(1).unwrap();
+    let v6: std::net::SocketAddr = format!("[::]:{port}").parse().unwrap();
+    set.apply(vec![spec(ListenAddr::Tcp(v6), "d")]).unwrap();
+    let mut c = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(
+        first_line(&mut c).await,
+        "d Some(127.0.0.1) None\n",
+        "IPv4 through [::], seen as IPv4"
+    );
+    drop(c);
+    assert!(set.shutdown(Duration::from_secs(5)).await);
+
+    // both listed: each takes its own family, as nginx's default
+    let port = free_port().port();
+    let set = ListenerSet::new(1).unwrap();
+    let v4: std::net::SocketAddr = format!("0.0.0.0:{port}").parse().unwrap();
+    let v6: std::net::SocketAddr = format!("[::]:{port}").parse().unwrap();
+    set.apply(vec![
+        spec(ListenAddr::Tcp(v4), "four"),
+        spec(ListenAddr::Tcp(v6), "six"),
+    ])
+    .unwrap();
+    let mut c4 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    assert!(first_line(&mut c4).await.starts_with("four "));
+    let mut c6 = TcpStream::connect(("::1", port)).await.unwrap();
+    assert!(first_line(&mut c6).await.starts_with("six "));
+}
