@@ -527,3 +527,39 @@ listen = ["127.0.0.1:{{port}}"]
         vec!["127.0.0.1"]
     );
 }
+
+/// `charset` adds `; charset=…` to text and JSON answers that name none (nginx's
+/// `charset` for its text types), and leaves others and named charsets alone.
+#[test]
+fn charset_is_added_to_text_answers_without_one() {
+    fn answer(r: &Recorded) -> Vec<u8> {
+        let ct = match r.target() {
+            "/json" => "application/json",
+            "/named" => "text/html; charset=iso-8859-1",
+            "/png" => "image/png",
+            _ => "text/plain",
+        };
+        format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\nContent-Length: 3\r\n\r\nok\n")
+            .into_bytes()
+    }
+    let backend = Recorder::start(answer);
+    let p = Portico::start(&format!(
+        "[upstreams.app]\nservers = [{{ addr = \"{}\" }}]\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  upstream = \"app\"\n  charset = \"utf-8\"\n",
+        backend.addr()
+    ));
+    let ct = |path: &str| {
+        curl(&[], &p.url(path))
+            .header("content-type")
+            .map(str::to_string)
+    };
+    assert_eq!(ct("/text").as_deref(), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        ct("/json").as_deref(),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(
+        ct("/named").as_deref(),
+        Some("text/html; charset=iso-8859-1")
+    );
+    assert_eq!(ct("/png").as_deref(), Some("image/png"));
+}

@@ -384,6 +384,8 @@ pub struct Route {
     pub try_files: Option<TryFiles>,
     /// On-the-fly compression of responses (the route's, else the listener's).
     pub compress: Option<Compress>,
+    /// `charset`: appended to text/* and JSON Content-Types that name none.
+    pub charset: Option<String>,
 }
 
 /// `compress`: which codings, for which types, from which size, at which levels.

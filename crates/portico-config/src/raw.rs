@@ -313,6 +313,7 @@ pub struct RawRoute {
     pub try_files: Option<Vec<String>>,
     pub upstream_path: Option<String>,
     pub compress: Option<RawCompress>,
+    pub charset: Option<String>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

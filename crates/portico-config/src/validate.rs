@@ -1127,6 +1127,21 @@ fn validate_route(
         rewrite,
         try_files,
         compress: None,
+        charset: match r.charset.as_deref() {
+            Some(c)
+                if c.is_empty()
+                    || !c
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+            {
+                v.err(
+                    &format!("{rp}.charset"),
+                    format!("{c:?} is not a charset name"),
+                );
+                None
+            }
+            other => other.map(str::to_string),
+        },
     })
 }
 

@@ -689,6 +689,10 @@ impl HttpService {
                 .response_headers
                 .apply(values, resp.headers_mut(), set);
         }
+        // charset filter
+        if let Some(c) = &route.charset {
+            route::add_charset(resp.headers_mut(), c);
+        }
         // body filter: compression
         if let Some((cfg, method, accept)) = compress_for {
             resp = compress::filter(cfg, &method, accept.as_ref(), resp);

@@ -62,6 +62,8 @@ pub(crate) struct CompiledRoute {
     /// `via = "http"` with `upstream_path`: (the matched prefix, its replacement).
     pub upstream_path: Option<(String, String)>,
     pub compress: Option<portico_config::Compress>,
+    /// `; charset=…` for text/* and JSON answers that name none.
+    pub charset: Option<String>,
 }
 
 /// A listener's routes and the router over them.
@@ -140,6 +142,7 @@ impl Routes {
             };
             routes.push(CompiledRoute {
                 compress: r.compress.clone(),
+                charset: r.charset.clone(),
                 rewrites,
                 try_files,
                 upstream_path,
@@ -238,6 +241,24 @@ pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// nginx `charset`: `; charset=NAME` added to a text/* or JSON Content-Type that names
+/// no charset.
+pub(crate) fn add_charset(h: &mut HeaderMap, charset: &str) {
+    let Some(ct) = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let lower = ct.to_ascii_lowercase();
+    let essence = lower.split(';').next().unwrap_or("").trim();
+    let texty =
+        essence.starts_with("text/") || essence == "application/json" || essence.ends_with("+json");
+    if !texty || lower.contains("charset=") {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{ct}; charset={charset}")) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
 }
 
 /// `request_headers` / `response_headers` compiled: names parsed once.
