@@ -563,3 +563,62 @@ fn charset_is_added_to_text_answers_without_one() {
     );
     assert_eq!(ct("/png").as_deref(), Some("image/png"));
 }
+
+/// `internal = true` and X-Accel-Redirect beside nginx: the app answers a download with
+/// `X-Accel-Redirect: /protected/…`, the file comes from an internal static route that
+/// clients cannot reach directly.
+#[test]
+fn x_accel_redirect_to_an_internal_route_like_nginx() {
+    fn answer(r: &Recorded) -> Vec<u8> {
+        if r.target().starts_with("/download") {
+            b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/report.txt\r\nContent-Length: 7\r\n\r\nignored".to_vec()
+        } else if r.target().starts_with("/nowhere") {
+            b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /elsewhere/x\r\nContent-Length: 0\r\n\r\n"
+                .to_vec()
+        } else {
+            ok_answer(r)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = dir.path().join("files");
+    std::fs::create_dir_all(files.join("protected")).unwrap();
+    std::fs::write(files.join("protected/report.txt"), "quarterly figures\n").unwrap();
+    let backend = Recorder::start(answer);
+    let nginx_backend = Recorder::start(answer);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/protected/"
+  internal = true
+  static = {{ root = "{}" }}
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+"#,
+        backend.addr(),
+        files.display()
+    ));
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            "location /protected/ {{ internal; root {}; }}\n location / {{ proxy_pass http://{}; }}",
+            files.display(),
+            nginx_backend.addr()
+        ),
+    );
+    for path in ["/download", "/protected/report.txt"] {
+        let ours = curl(&[], &p.url(path));
+        let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
+        assert_eq!(ours.status, n.status, "{path}");
+        if n.status == 200 {
+            assert_eq!(ours.text(), n.text(), "{path}");
+        }
+    }
+    assert_eq!(curl(&[], &p.url("/download")).text(), "quarterly figures\n");
+    assert_eq!(curl(&[], &p.url("/protected/report.txt")).status, 404);
+    assert_eq!(curl(&[], &p.url("/nowhere")).status, 500);
+}

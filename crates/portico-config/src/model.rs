@@ -386,6 +386,9 @@ pub struct Route {
     pub compress: Option<Compress>,
     /// `charset`: appended to text/* and JSON Content-Types that name none.
     pub charset: Option<String>,
+    /// Reachable only by internal redirects (rewrite, try_files, X-Accel-Redirect); a
+    /// client asking for it directly gets 404 (nginx `internal`).
+    pub internal: bool,
 }
 
 /// `compress`: which codings, for which types, from which size, at which levels.

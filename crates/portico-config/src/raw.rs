@@ -314,6 +314,7 @@ pub struct RawRoute {
     pub upstream_path: Option<String>,
     pub compress: Option<RawCompress>,
     pub charset: Option<String>,
+    pub internal: bool,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

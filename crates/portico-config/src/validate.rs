@@ -1127,6 +1127,7 @@ fn validate_route(
         rewrite,
         try_files,
         compress: None,
+        internal: r.internal,
         charset: match r.charset.as_deref() {
             Some(c)
                 if c.is_empty()

@@ -580,6 +580,9 @@ impl HttpService {
                 },
             };
             let route = &routes.routes[found.route];
+            if route.internal && !at.changed && steps == 1 {
+                return (error_response(StatusCode::NOT_FOUND), None);
+            }
             match self.rewrite_phase(
                 route,
                 &req,
@@ -645,6 +648,13 @@ impl HttpService {
             route::Content::Return(r) => Some(route::answer(r, &vars)),
             _ => None,
         };
+        // what an X-Accel-Redirect needs of the request
+        let (req_method, req_headers) = match &route.content {
+            route::Content::Proxy(_) | route::Content::Gateway(_) => {
+                (req.method().clone(), accel_headers(req.headers()))
+            }
+            _ => (req.method().clone(), http::HeaderMap::new()),
+        };
         // what the body filter needs from the request
         let compress_for = route.compress.as_ref().map(|c| {
             (
@@ -682,6 +692,13 @@ impl HttpService {
                 .await
             }
         };
+        // X-Accel-Redirect: the upstream hands the answer to a static (usually
+        // `internal`) route, as Django, Discourse and Mailu do for downloads
+        if let Some(target) = accel_target(&resp) {
+            resp = self
+                .accel_redirect(routes, &target, &req_method, &req_headers)
+                .await;
+        }
         // header filter: the route's response headers
         if let Some(values) = response_values {
             let set = route.response_headers.applies_to(resp.status());
@@ -698,6 +715,42 @@ impl HttpService {
             resp = compress::filter(cfg, &method, accept.as_ref(), resp);
         }
         (resp, upstream)
+    }
+
+    /// Serves an upstream's X-Accel-Redirect: the URI (its path normalized, its query
+    /// dropped) is matched against the routes, internal ones included, and must reach a
+    /// static route (the file is served as that route serves it: type, ranges, expires);
+    /// anything else is a 500 with a log line. nginx's X-Accel-* headers other than
+    /// the redirect are not read.
+    async fn accel_redirect(
+        &self,
+        routes: &route::Routes,
+        target: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Response<HttpBody> {
+        let raw = target.split('?').next().unwrap_or(target);
+        let Ok(path) = path::normalize(raw) else {
+            return error_response(StatusCode::INTERNAL_SERVER_ERROR);
+        };
+        let found = routes.router.find(&path).map(|f| &routes.routes[f.route]);
+        match found.map(|r| &r.content) {
+            Some(route::Content::Static(cfg)) => {
+                let method = if *method == http::Method::HEAD {
+                    http::Method::HEAD
+                } else {
+                    http::Method::GET
+                };
+                static_files::serve(cfg, &method, &path, None, headers).await
+            }
+            _ => {
+                tracing::error!(
+                    target,
+                    "X-Accel-Redirect to a URI no static route serves: 500"
+                );
+                error_response(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
     }
 
     /// The route's rewrites, then its try_files, on the request where it is now.
@@ -1052,6 +1105,29 @@ fn real_ip(
         }
     }
     found
+}
+
+/// The URI of an upstream's `X-Accel-Redirect` answer, if it sent one.
+fn accel_target(resp: &Response<HttpBody>) -> Option<String> {
+    let v = resp.headers().get("x-accel-redirect")?.to_str().ok()?;
+    v.starts_with('/').then(|| v.to_string())
+}
+
+/// The request headers a static answer to an X-Accel-Redirect looks at (conditional and
+/// range requests), kept before the request goes upstream.
+fn accel_headers(h: &http::HeaderMap) -> http::HeaderMap {
+    let mut out = http::HeaderMap::new();
+    for name in [
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::RANGE,
+        header::IF_RANGE,
+    ] {
+        if let Some(v) = h.get(&name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
 }
 
 /// A template that is only `text`.

@@ -64,6 +64,8 @@ pub(crate) struct CompiledRoute {
     pub compress: Option<portico_config::Compress>,
     /// `; charset=…` for text/* and JSON answers that name none.
     pub charset: Option<String>,
+    /// Only internal redirects reach it.
+    pub internal: bool,
 }
 
 /// A listener's routes and the router over them.
@@ -143,6 +145,7 @@ impl Routes {
             routes.push(CompiledRoute {
                 compress: r.compress.clone(),
                 charset: r.charset.clone(),
+                internal: r.internal,
                 rewrites,
                 try_files,
                 upstream_path,
