@@ -163,3 +163,36 @@ fn http_routes_buffer_when_asked() {
         )
     });
 }
+
+/// A client that stops sending its body mid-way gets 408 after `body_timeout`; it is the
+/// client's fault, not the upstream's: no failure is counted (streamed to gunicorn, and
+/// buffered for uWSGI).
+#[test]
+fn a_client_body_timeout_is_not_an_upstream_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "a", &[]);
+    let uwsgi_port = free_port();
+    let _uwsgi = uwsgi(Bind::Tcp(uwsgi_port), &[]);
+    for (server, route) in [
+        (format!("unix:{}", sock.display()), ""),
+        (format!("127.0.0.1:{uwsgi_port}"), "via = \"uwsgi\""),
+    ] {
+        let p = Portico::start(&format!(
+            "[admin]\nlisten = \"127.0.0.1:{{admin}}\"\n[upstreams.app]\nservers = [{{ addr = \"{server}\" }}]\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [listeners.limits]\n  body_timeout = \"1s\"\n  [[listeners.routes]]\n  path = \"/\"\n  upstream = \"app\"\n  {route}\n"
+        ));
+        let mut s = TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly ten b")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        let status: u16 = String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(status, 408, "{route}");
+        assert_eq!(failures(&p), 0, "{route}: the client's fault");
+    }
+}
