@@ -202,3 +202,63 @@ fn gzip_beside_nginx() {
         ours["wire"], theirs["wire"]
     );
 }
+
+/// `precompressed`: FILE.br / FILE.zst / FILE.gz next to FILE are sent to clients that
+/// accept them, with the original type, beside nginx's gzip_static for the .gz.
+#[test]
+fn precompressed_files_beside_nginx_gzip_static() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(www.join("assets")).unwrap();
+    let css = "body { color: teal; }\n".repeat(50);
+    std::fs::write(www.join("assets/site.css"), &css).unwrap();
+    std::fs::write(www.join("assets/plain.css"), &css).unwrap();
+    venv_python_ok(&format!(
+        r#"
+import gzip, brotli, zstandard
+data = open("{f}", "rb").read()
+open("{f}.gz", "wb").write(gzip.compress(data))
+open("{f}.br", "wb").write(brotli.compress(data))
+open("{f}.zst", "wb").write(zstandard.ZstdCompressor().compress(data))
+print("ok")
+"#,
+        f = www.join("assets/site.css").display()
+    ));
+    let p = Portico::start(&format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [[listeners.routes]]\n  path = \"/assets/\"\n  static = {{ root = \"{}\", precompressed = true }}\n",
+        www.display()
+    ));
+    let port = free_port();
+    let conf = format!(
+        "http {{\n {temp}\n access_log off;\n include /etc/nginx/mime.types;\n server {{ listen 127.0.0.1:{port}; root {www}; gzip_static on; gzip_vary on; }}\n}}",
+        temp = nginx_http_temp(dir.path()),
+        www = www.display()
+    );
+    let _nginx = nginx(dir.path(), &conf, port);
+    for (accept, want) in [
+        ("br", "br"),
+        ("zstd", "zstd"),
+        ("gzip", "gzip"),
+        ("br;q=0.5, gzip", "gzip"),
+    ] {
+        let (enc, len, _, v) = fetch_decoded(&p.url("/assets/site.css"), accept, "");
+        assert_eq!(enc, want, "{accept}: {v}");
+        assert_eq!(len, css.len());
+        assert_eq!(v["headers"]["Content-Type"], "text/css", "{v}");
+        assert_eq!(v["headers"]["Vary"], "Accept-Encoding", "{v}");
+    }
+    let (enc, len, _, _) = fetch_decoded(&p.url("/assets/site.css"), "identity", "");
+    assert_eq!((enc.as_str(), len), ("", css.len()));
+    let (enc, _, _, _) = fetch_decoded(&p.url("/assets/plain.css"), "br, gzip", "");
+    assert_eq!(enc, "", "no sidecar: the file as it is");
+    let (n_enc, n_len, _, _) = fetch_decoded(
+        &format!("http://127.0.0.1:{port}/assets/site.css"),
+        "gzip",
+        "",
+    );
+    assert_eq!(
+        (n_enc.as_str(), n_len),
+        ("gzip", css.len()),
+        "nginx's gzip_static alike"
+    );
+}

@@ -518,6 +518,8 @@ pub struct StaticConfig {
     pub alias_of: Option<String>,
     /// `expires`: Cache-Control max-age and Expires on what is served.
     pub expires: Option<Expires>,
+    /// Serve FILE.br / FILE.zst / FILE.gz beside FILE to clients that accept them.
+    pub precompressed: bool,
 }
 
 /// nginx `expires`.

@@ -379,5 +379,6 @@ pub struct RawStatic {
     pub root: String,
     pub alias: Option<String>,
     pub expires: Option<String>,
+    pub precompressed: bool,
     pub index: Vec<String>,
 }

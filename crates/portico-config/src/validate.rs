@@ -1009,6 +1009,7 @@ fn validate_route(
                 index,
                 alias_of,
                 expires,
+                precompressed: s.precompressed,
             })
         }
         (None, Some(u)) => {

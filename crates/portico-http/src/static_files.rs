@@ -74,6 +74,16 @@ pub async fn serve(
     if !meta.is_file() {
         return error_response(StatusCode::NOT_FOUND);
     }
+    // The type is the original file's, whichever file is sent.
+    let file_type = content_type(&file_path);
+    let mut encoding = None;
+    if cfg.precompressed {
+        if let Some((coding, p, m)) = precompressed(&file_path, headers) {
+            encoding = Some(coding);
+            file_path = p;
+            meta = m;
+        }
+    }
     let size = meta.len();
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let secs = mtime
@@ -92,6 +102,15 @@ pub async fn serve(
         base.insert(header::LAST_MODIFIED, v);
     }
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if cfg.precompressed {
+        base.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(c) = encoding {
+        base.insert(
+            header::CONTENT_ENCODING,
+            HeaderValue::from_static(c.token()),
+        );
+    }
     if let Some(e) = cfg.expires {
         expires_headers(e, &mut base);
     }
@@ -103,10 +122,7 @@ pub async fn serve(
         return r;
     }
 
-    base.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type(&file_path)),
-    );
+    base.insert(header::CONTENT_TYPE, HeaderValue::from_static(file_type));
 
     let range = headers
         .get(header::RANGE)
@@ -142,6 +158,36 @@ pub async fn serve(
     *r.status_mut() = status;
     *r.headers_mut() = base;
     r
+}
+
+/// `precompressed`: the sidecar file (FILE.br, FILE.zst, FILE.gz) the client's
+/// Accept-Encoding prefers among those that exist, with its metadata.
+fn precompressed(
+    file: &Path,
+    headers: &HeaderMap,
+) -> Option<(portico_config::Coding, PathBuf, std::fs::Metadata)> {
+    use portico_config::Coding;
+    let accept = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
+    let sidecar = |c: Coding| {
+        let ext = match c {
+            Coding::Br => "br",
+            Coding::Zstd => "zst",
+            Coding::Gzip => "gz",
+        };
+        let mut name = file.as_os_str().to_os_string();
+        name.push(".");
+        name.push(ext);
+        let p = PathBuf::from(name);
+        let m = std::fs::metadata(&p).ok().filter(|m| m.is_file())?;
+        Some((c, p, m))
+    };
+    let present: Vec<_> = [Coding::Br, Coding::Zstd, Coding::Gzip]
+        .into_iter()
+        .filter_map(sidecar)
+        .collect();
+    let codings: Vec<Coding> = present.iter().map(|(c, _, _)| *c).collect();
+    let chosen = crate::compress::choose(accept, &codings)?;
+    present.into_iter().find(|(c, _, _)| *c == chosen)
 }
 
 /// Where `path` is on disk: under `root` (nginx `root`), or with `alias` the route's
