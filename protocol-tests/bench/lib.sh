@@ -66,3 +66,14 @@ print(f"ratio portico/nginx: req/s {ratio(p[1], n[1])}, p99 {ratio(p[2], n[2])},
       f"CPU per request {ratio(p[4], n[4])}")
 PY
 }
+
+# Sets $bin (the Portico to measure: $PORTICO_BIN, else the release build, built when
+# missing; PORTICO_BIN is then unset, as Portico would read it as config) and $tmp (a
+# temp dir), and on exit stops every job the script started and removes $tmp.
+bench_start() {
+  bin=${PORTICO_BIN:-target/release/portico}
+  unset PORTICO_BIN
+  [ -x "$bin" ] || cargo build --release -p portico
+  tmp=$(mktemp -d)
+  trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
+}

@@ -14,12 +14,7 @@ source protocol-tests/bench/lib.sh
 workers=${1:-1}
 duration=${2:-10s}
 conns=${3:-64}
-bin=${PORTICO_BIN:-target/release/portico}
-unset PORTICO_BIN # Portico reads PORTICO_* as config: it would refuse the unknown key "bin"
-[ -x "$bin" ] || cargo build --release -p portico
-tmp=$(mktemp -d)
-cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
+bench_start
 
 for n in 1 100 1000; do
   nginx_port=18821; portico_port=18822

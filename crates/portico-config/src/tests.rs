@@ -24,6 +24,12 @@ listen = ["127.0.0.1:8080"]
   upstream = "app"
 "#;
 
+/// Whether `errs` has one at `file:line` for `key`.
+fn has_error(errs: &[ConfigError], file: &str, line: usize, key: &str) -> bool {
+    errs.iter()
+        .any(|e| e.location == format!("{file}:{line}") && e.key == key)
+}
+
 #[test]
 fn embedded_default_is_valid() {
     let loaded = load(&[], vec![]).unwrap();
@@ -139,10 +145,7 @@ listen = ["127.0.0.1:8080", "nonsense"]
     let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     let file = f.display().to_string();
-    let has = |line: usize, key: &str| {
-        errs.iter()
-            .any(|e| e.location == format!("{file}:{line}") && e.key == key)
-    };
+    let has = |line: usize, key: &str| has_error(&errs, &file, line, key);
     assert!(has(3, "runtime.colour"), "{text:#?}");
     assert!(has(7, "upstreams.app.servers.0.wieght"), "{text:#?}");
     assert!(has(12, "listeners.0.limits.idle_timeout"), "{text:#?}");
@@ -398,10 +401,7 @@ listen = ["127.0.0.1:8080"]
     let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     let file = f.display().to_string();
-    let has = |line: usize, key: &str| {
-        errs.iter()
-            .any(|e| e.location == format!("{file}:{line}") && e.key == key)
-    };
+    let has = |line: usize, key: &str| has_error(&errs, &file, line, key);
     assert!(has(6, "listeners.0.routes.0.regex"), "{text:#?}");
     assert!(has(10, "listeners.0.routes.1.return.location"), "{text:#?}");
     assert!(
