@@ -622,3 +622,44 @@ listen = ["127.0.0.1:{{port}}"]
     assert_eq!(curl(&[], &p.url("/protected/report.txt")).status, 404);
     assert_eq!(curl(&[], &p.url("/nowhere")).status, 500);
 }
+
+/// An app that redirects to its own address (`http://127.0.0.1:PORT/…`, where it is
+/// bound) sends the client back through Portico: nginx's `proxy_redirect default`.
+#[test]
+fn redirects_naming_the_upstream_point_back_like_nginx() {
+    fn answer(r: &Recorded) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{p}/landing?x=1\r\nRefresh: 5; url=http://127.0.0.1:{p}/later\r\nContent-Length: 0\r\n\r\n",
+            p = r.port
+        )
+        .into_bytes()
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Recorder::start(answer);
+    let nginx_backend = Recorder::start(answer);
+    let p = Portico::start(&format!(
+        "[upstreams.app]\nservers = [{{ addr = \"{}\" }}]\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [[listeners.routes]]\n  path = \"/app/\"\n  upstream = \"app\"\n  upstream_path = \"/\"\n",
+        backend.addr()
+    ));
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            "location /app/ {{ proxy_pass http://{}/; }}",
+            nginx_backend.addr()
+        ),
+    );
+    let ours = curl(&[], &p.url("/app/go"));
+    let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}/app/go"));
+    assert_eq!(ours.status, 302);
+    assert_eq!(
+        ours.header("location"),
+        Some(format!("http://127.0.0.1:{}/app/landing?x=1", p.port).as_str())
+    );
+    let fix = |l: Option<&str>, port: u16| l.map(|l| l.replace(&format!(":{port}"), ":PORT"));
+    assert_eq!(
+        fix(ours.header("location"), p.port),
+        fix(n.header("location"), nginx_port)
+    );
+    assert_eq!(ours.header("refresh"), Some("5; url=/app/later"));
+    assert_eq!(ours.header("refresh"), n.header("refresh"));
+}

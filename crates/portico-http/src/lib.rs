@@ -648,6 +648,13 @@ impl HttpService {
             route::Content::Return(r) => Some(route::answer(r, &vars)),
             _ => None,
         };
+        // what proxy_redirect needs of the request: the Host the client asked for
+        let redirect_host = route
+            .redirect_to
+            .as_ref()
+            .and(host.as_ref())
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
         // what an X-Accel-Redirect needs of the request
         let (req_method, req_headers) = match &route.content {
             route::Content::Proxy(_) | route::Content::Gateway(_) => {
@@ -692,6 +699,17 @@ impl HttpService {
                 .await
             }
         };
+        // proxy_redirect default: the app's own address in a redirect points back here
+        if let Some(server) = &upstream {
+            if resp.status().is_redirection() || resp.headers().contains_key(header::REFRESH) {
+                let base = format!(
+                    "{}://{}",
+                    if conn.tls { "https" } else { "http" },
+                    redirect_host.as_deref().unwrap_or("")
+                );
+                route::rewrite_redirects(route, server, &base, resp.headers_mut());
+            }
+        }
         // X-Accel-Redirect: the upstream hands the answer to a static (usually
         // `internal`) route, as Django, Discourse and Mailu do for downloads
         if let Some(target) = accel_target(&resp) {

@@ -61,6 +61,9 @@ pub(crate) struct CompiledRoute {
     pub try_files: Option<TryFiles>,
     /// `via = "http"` with `upstream_path`: (the matched prefix, its replacement).
     pub upstream_path: Option<(String, String)>,
+    /// `via = "http"`: the route's prefix ("/" for other matchers), what an upstream's
+    /// own address in a Location is replaced by (nginx's `proxy_redirect default`).
+    pub redirect_to: Option<String>,
     pub compress: Option<portico_config::Compress>,
     /// `; charset=…` for text/* and JSON answers that name none.
     pub charset: Option<String>,
@@ -142,7 +145,19 @@ impl Routes {
                 (RouteAction::Proxy(p), _) => p.upstream_path.clone().map(|to| (String::new(), to)),
                 _ => None,
             };
+            let redirect_to = match (&r.action, &r.matcher) {
+                (RouteAction::Proxy(p), RouteMatch::Prefix { path, .. })
+                    if p.via == portico_config::Via::Http =>
+                {
+                    Some(path.clone())
+                }
+                (RouteAction::Proxy(p), _) if p.via == portico_config::Via::Http => {
+                    Some("/".to_string())
+                }
+                _ => None,
+            };
             routes.push(CompiledRoute {
+                redirect_to,
                 compress: r.compress.clone(),
                 charset: r.charset.clone(),
                 internal: r.internal,
@@ -244,6 +259,47 @@ pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// nginx's `proxy_redirect default`: a Location or Refresh naming the upstream server
+/// itself (`http://127.0.0.1:8000/…`, where the app is bound — with `upstream_path`, that
+/// path) gets the route's prefix instead, so the client is sent back through Portico.
+/// `base` (`http://host` as the client asked) makes the Location absolute, as nginx's
+/// `absolute_redirect on`.
+pub(crate) fn rewrite_redirects(
+    route: &CompiledRoute,
+    server: &str,
+    base: &str,
+    h: &mut HeaderMap,
+) {
+    let Some(to) = &route.redirect_to else {
+        return;
+    };
+    if server.starts_with("unix:") {
+        return;
+    }
+    let up_path = route
+        .upstream_path
+        .as_ref()
+        .map_or("/", |(_, p)| p.as_str());
+    let from = format!("http://{server}{up_path}");
+    for name in [header::LOCATION, header::REFRESH] {
+        let Some(v) = h.get(&name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        let Some(at) = v.find(&from) else {
+            continue;
+        };
+        // Location: at the start; Refresh: after `N; url=`
+        if at != 0 && name == header::LOCATION {
+            continue;
+        }
+        let base = if name == header::LOCATION { base } else { "" };
+        let new = format!("{}{base}{to}{}", &v[..at], &v[at + from.len()..]);
+        if let Ok(v) = HeaderValue::from_str(&new) {
+            h.insert(name, v);
+        }
+    }
 }
 
 /// nginx `charset`: `; charset=NAME` added to a text/* or JSON Content-Type that names

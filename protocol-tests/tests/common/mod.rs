@@ -1153,6 +1153,8 @@ pub struct Recorded {
     pub body: Vec<u8>,
     /// Which connection (0, 1, …) it came on.
     pub conn: usize,
+    /// The recorder's own port (for answers that name it).
+    pub port: u16,
 }
 
 impl Recorded {
@@ -1203,7 +1205,7 @@ impl Recorder {
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
                     let mut w = stream.try_clone().unwrap();
                     let mut r = BufReader::new(stream);
-                    while let Some(req) = read_request(&mut r, conn) {
+                    while let Some(req) = read_request(&mut r, conn, port) {
                         reqs.lock().unwrap().push(req.clone());
                         if w.write_all(&answer(&req)).is_err() {
                             break;
@@ -1249,7 +1251,7 @@ impl Recorder {
 }
 
 /// Reads one request (Content-Length or chunked body) or `None` at the end.
-fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Recorded> {
+fn read_request(r: &mut BufReader<TcpStream>, conn: usize, port: u16) -> Option<Recorded> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -1268,6 +1270,7 @@ fn read_request(r: &mut BufReader<TcpStream>, conn: usize) -> Option<Recorded> {
         head,
         body: Vec::new(),
         conn,
+        port,
     };
     let chunked = req
         .header("transfer-encoding")
