@@ -490,3 +490,34 @@ fn cidr_ranges_contain_what_they_should() {
         assert!(Cidr::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_rewrite_loop_that_can_be_seen_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(
+        &dir,
+        "loop.toml",
+        r#"[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  path = "/a/"
+  rewrite = [{ from = '^/a/', to = "/a/again", flag = "last" }]
+  [[listeners.routes]]
+  path = "/b/"
+  rewrite = [{ from = '^/b/x$', to = "/b/y", flag = "last" }]
+  return = { status = 200, body = "b" }
+"#,
+    );
+    let errs = load(std::slice::from_ref(&f), vec![]).unwrap_err();
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "listeners.0.routes.0.rewrite.0.to"),
+        "{text:#?}"
+    );
+    assert_eq!(
+        errs.len(),
+        1,
+        "/b/x → /b/y does not match its rule again: {text:#?}"
+    );
+}

@@ -567,6 +567,10 @@ fn validate_listener(
                 routes.push(route);
             }
         }
+        if routes.len() == l.routes.len() {
+            // (with a route refused, indices would not be the config's)
+            rewrite_loops(v, p, &routes);
+        }
         for (i, r) in l.routes.iter().enumerate() {
             let named = r
                 .try_files
@@ -1239,6 +1243,53 @@ fn compress(
         br_level: level(v, "br", 4, 0..=11) as u32,
         zstd_level: level(v, "zstd", 1, 1..=19),
     })
+}
+
+/// A rewrite loop that can be seen without a request: a rule whose `to` is plain text
+/// (no variables) that its own `from` matches again, on a route that the new URI comes
+/// back to (and no exact route elsewhere takes). At run time a loop stops after 10 steps
+/// with 500; `check` refuses the ones it can see. `routes` are in file order (indices
+/// are the config's).
+fn rewrite_loops(v: &mut Validator<'_>, p: &str, routes: &[Route]) {
+    for (i, r) in routes.iter().enumerate() {
+        for (k, rw) in r.rewrite.iter().enumerate() {
+            if !matches!(rw.flag, RewriteFlag::Last | RewriteFlag::Continue) {
+                continue;
+            }
+            let literal: Option<String> = rw
+                .to
+                .parts
+                .iter()
+                .map(|part| match part {
+                    KeyPart::Literal(t) => Some(t.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let Some(target) = literal else { continue };
+            let path = target.split('?').next().unwrap_or("");
+            let again = regex::Regex::new(&rw.from).is_ok_and(|re| re.is_match(path));
+            let back = match &r.matcher {
+                RouteMatch::Prefix { path: pre, .. } => path.starts_with(pre.as_str()),
+                RouteMatch::Exact(e) => e == path,
+                RouteMatch::Regex { source, .. } => {
+                    regex::Regex::new(source).is_ok_and(|re| re.is_match(path))
+                }
+                RouteMatch::Named => false,
+            };
+            let taken_elsewhere = routes
+                .iter()
+                .enumerate()
+                .any(|(j, o)| j != i && matches!(&o.matcher, RouteMatch::Exact(e) if e == path));
+            if again && back && !taken_elsewhere {
+                v.err(
+                    &format!("{p}.routes.{i}.rewrite.{k}.to"),
+                    format!(
+                        "rewrite to {target:?} comes back to this route and matches again: a loop"
+                    ),
+                );
+            }
+        }
+    }
 }
 
 /// `rewrite = [{ from, to, flag }]`: each `from` a regex, `to` a template whose `$N` the
