@@ -557,7 +557,7 @@ impl HttpService {
         // rewrite phase: find the route (nginx's precedence), rewrites and try_files
         // may send the request to another (at most MAX_INTERNAL times)
         let mut at = Internal {
-            path: path.into_owned(),
+            path,
             args: None,
             changed: false,
             named: None,
@@ -606,7 +606,7 @@ impl HttpService {
                     let dir = static_files::file_for(cfg, &at.path);
                     let found = dir.and_then(|d| cfg.index.iter().find(|i| d.join(i).is_file()));
                     if let Some(index) = found {
-                        at.path.push_str(index);
+                        at.path.to_mut().push_str(index);
                         at.changed = true;
                         continue;
                     }
@@ -614,7 +614,7 @@ impl HttpService {
             }
             break (route, found.captures);
         };
-        let path = at.path.as_str();
+        let path: &str = &at.path;
         let args = at.args.as_deref();
         // access phase: the route's methods
         if let Some(refused) = route.refuse_method(req.method()) {
@@ -649,12 +649,7 @@ impl HttpService {
             _ => None,
         };
         // what proxy_redirect needs of the request: the Host the client asked for
-        let redirect_host = route
-            .redirect_to
-            .as_ref()
-            .and(host.as_ref())
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string);
+        let redirect_host = route.redirect_to.as_ref().and(host.clone());
         // what an X-Accel-Redirect needs of the request
         let (req_method, req_headers) = match &route.content {
             route::Content::Proxy(_) | route::Content::Gateway(_) => {
@@ -705,7 +700,10 @@ impl HttpService {
                 let base = format!(
                     "{}://{}",
                     if conn.tls { "https" } else { "http" },
-                    redirect_host.as_deref().unwrap_or("")
+                    redirect_host
+                        .as_ref()
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("")
                 );
                 route::rewrite_redirects(route, server, &base, resp.headers_mut());
             }
@@ -820,7 +818,7 @@ impl HttpService {
                 return Step::Answer(route::answer(&ret, &v));
             }
             let (p, q) = split_target(&target, &old_args);
-            at.path = p;
+            at.path = p.into();
             if q.is_some() {
                 at.args = q;
             }
@@ -850,9 +848,9 @@ impl HttpService {
                 // `$uri/` found for a path without its slash: left as it is, so the
                 // static route answers 301 to the slashed path (as nginx does)
                 let slash_only =
-                    candidate.len() == at.path.len() + 1 && candidate.starts_with(at.path.as_str());
+                    candidate.len() == at.path.len() + 1 && candidate.starts_with(&*at.path);
                 if candidate != at.path && !slash_only {
-                    at.path = candidate.to_string();
+                    at.path = candidate.to_string().into();
                     at.changed = true;
                 }
                 return Step::Go;
@@ -870,17 +868,12 @@ impl HttpService {
                 None => Step::Answer(error_response(StatusCode::INTERNAL_SERVER_ERROR)),
             },
             portico_config::Fallback::Uri(t) => {
-                let old_args = at
-                    .args
-                    .clone()
-                    .unwrap_or_else(|| uri.query().unwrap_or("").to_string());
                 let target = ctx.render(t, &at.path, at.args.as_deref(), captures);
                 let (p, q) = match target.split_once('?') {
                     Some((p, q)) => (p.to_string(), Some(q.to_string())),
                     None => (target, None),
                 };
-                let _ = old_args;
-                at.path = p;
+                at.path = p.into();
                 at.args = q.or(at.args.take());
                 at.changed = true;
                 Step::Again
@@ -1170,8 +1163,9 @@ const MAX_INTERNAL: usize = 10;
 
 /// Where a request is while routes are found: its `$uri` and `$args` as rewrites left
 /// them, and a named route to go to.
-struct Internal {
-    path: String,
+struct Internal<'a> {
+    /// Borrowed from the request until a rewrite changes it (no copy on the hot path).
+    path: std::borrow::Cow<'a, str>,
     /// `Some` once a rewrite or try_files set the query.
     args: Option<String>,
     /// The URI is not the client's any more: upstreams get the new one.

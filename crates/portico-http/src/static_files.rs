@@ -1,8 +1,9 @@
 //! `static = { root, index }`: files from disk with nginx `root` semantics.
 //!
 //! The request path (already normalized: decoded, dot segments resolved, so it cannot
-//! climb out of the root) is appended to the root. Directories serve their index file;
-//! a directory asked for without its trailing slash is redirected (301) to it.
+//! climb out of the root) is appended to the root. A directory's index file is an
+//! internal redirect made before this (`HttpService::dispatch`); a directory reaching
+//! here has none (403), and one asked for without its trailing slash is redirected (301).
 //! Conditional requests (ETag, Last-Modified) and single byte ranges are honoured.
 
 use std::path::{Path, PathBuf};
@@ -52,24 +53,10 @@ pub async fn serve(
             }
             return r;
         }
-        let mut found = None;
-        for index in &cfg.index {
-            let candidate = file_path.join(index);
-            if let Ok(m) = std::fs::metadata(&candidate) {
-                if m.is_file() {
-                    found = Some((candidate, m));
-                    break;
-                }
-            }
-        }
-        match found {
-            Some((p, m)) => {
-                file_path = p;
-                meta = m;
-            }
-            // nginx answers 403 for a directory without index (autoindex off)
-            None => return error_response(StatusCode::FORBIDDEN),
-        }
+        // A directory's index file was an internal redirect already (the index phase of
+        // `HttpService::dispatch`, as nginx's index module): none was found here.
+        // nginx answers 403 for a directory without index (autoindex off).
+        return error_response(StatusCode::FORBIDDEN);
     }
     if !meta.is_file() {
         return error_response(StatusCode::NOT_FOUND);
