@@ -663,3 +663,33 @@ fn redirects_naming_the_upstream_point_back_like_nginx() {
     assert_eq!(ours.header("refresh"), Some("5; url=/app/later"));
     assert_eq!(ours.header("refresh"), n.header("refresh"));
 }
+
+/// A `name`d route as a try_files fallback (`@app`), as nginx's named locations: a path
+/// that is no file goes to the app route, a file is served.
+#[test]
+fn try_files_falls_back_to_a_named_route() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("robots.txt"), "User-agent: *\n").unwrap();
+    let backend = Recorder::start(ok_answer);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "{}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{}" }}
+  try_files = ["$uri", "@app"]
+  [[listeners.routes]]
+  name = "app"
+  upstream = "app"
+"#,
+        backend.addr(),
+        dir.path().display()
+    ));
+    assert_eq!(curl(&[], &p.url("/robots.txt")).text(), "User-agent: *\n");
+    assert_eq!(curl(&[], &p.url("/dashboard?x=1")).text(), "ok\n");
+    assert_eq!(backend.received("/dashboard")[0].target(), "/dashboard?x=1");
+    assert!(backend.received("/robots").is_empty());
+}
