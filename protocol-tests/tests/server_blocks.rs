@@ -571,7 +571,9 @@ fn charset_is_added_to_text_answers_without_one() {
 fn x_accel_redirect_to_an_internal_route_like_nginx() {
     fn answer(r: &Recorded) -> Vec<u8> {
         if r.target().starts_with("/download") {
-            b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/report.txt\r\nContent-Length: 7\r\n\r\nignored".to_vec()
+            b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/report.txt\r\nContent-Type: text/csv\r\nContent-Disposition: attachment; filename=r.csv\r\nContent-Length: 7\r\n\r\nignored".to_vec()
+        } else if r.target().starts_with("/gone") {
+            b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/missing.txt\r\nContent-Length: 0\r\n\r\n".to_vec()
         } else if r.target().starts_with("/nowhere") {
             b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /elsewhere/x\r\nContent-Length: 0\r\n\r\n"
                 .to_vec()
@@ -610,17 +612,32 @@ listen = ["127.0.0.1:{{port}}"]
             nginx_backend.addr()
         ),
     );
-    for path in ["/download", "/protected/report.txt"] {
+    for path in ["/download", "/protected/report.txt", "/gone", "/nowhere"] {
         let ours = curl(&[], &p.url(path));
         let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
         assert_eq!(ours.status, n.status, "{path}");
         if n.status == 200 {
             assert_eq!(ours.text(), n.text(), "{path}");
         }
+        for h in ["content-type", "content-disposition"] {
+            assert_eq!(ours.header(h), n.header(h), "{path} {h}");
+        }
     }
-    assert_eq!(curl(&[], &p.url("/download")).text(), "quarterly figures\n");
+    let download = curl(&[], &p.url("/download"));
+    assert_eq!(download.text(), "quarterly figures\n");
+    // the app's type and disposition are kept over the file's (nginx)
+    assert_eq!(download.header("content-type"), Some("text/csv"));
     assert_eq!(curl(&[], &p.url("/protected/report.txt")).status, 404);
-    assert_eq!(curl(&[], &p.url("/nowhere")).status, 500);
+    assert_eq!(curl(&[], &p.url("/gone")).status, 404);
+    // a target that a proxied route takes is fetched from there with GET
+    assert_eq!(curl(&["-d", "x"], &p.url("/nowhere")).text(), "ok\n");
+    let fetched = backend.received("/elsewhere/x");
+    assert_eq!(fetched.len(), 2);
+    assert!(
+        fetched[1].head.starts_with("GET /elsewhere/x HTTP/1.1"),
+        "{}",
+        fetched[1].head
+    );
 }
 
 /// An app that redirects to its own address (`http://127.0.0.1:PORT/…`, where it is

@@ -127,6 +127,23 @@ pub struct UpstreamConfig {
     pub health: Option<HealthConfig>,
     /// uwsgi: the largest vars block sent (match uWSGI's `buffer-size`); bigger → 431.
     pub max_vars: usize,
+    /// https to the servers (`via = "http"` routes and the active health check).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards an upstream's servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified in the certificate; `None`: the server's host
+    /// name, or for an IP address its address (no SNI is sent for an address).
+    pub sni: Option<String>,
+    /// Verify the server's certificate (default), against `ca` or the system roots.
+    pub verify: bool,
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (mTLS).
+    pub client: Option<(PathBuf, PathBuf)>,
+    /// Offer h2 by ALPN and speak HTTP/2 when the server takes it (gRPC).
+    pub h2: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,6 +251,9 @@ pub struct ListenerConfig {
     pub mail: MailConfig,
     /// nginx `set_real_ip_from` / `real_ip_header` (HTTP listeners).
     pub real_ip: Option<RealIp>,
+    /// The error pages of requests no route takes (unknown path, bad request); routes
+    /// without their own inherit them (nginx's server-level `error_page`).
+    pub error_pages: ErrorPages,
 }
 
 /// Where the client address comes from when the peer is a trusted proxy.
@@ -389,6 +409,42 @@ pub struct Route {
     /// Reachable only by internal redirects (rewrite, try_files, X-Accel-Redirect); a
     /// client asking for it directly gets 404 (nginx `internal`).
     pub internal: bool,
+    /// nginx `error_page` (and `proxy_intercept_errors`), the route's or the listener's.
+    pub error_pages: ErrorPages,
+}
+
+/// `error_pages`: answers with these statuses are replaced by an internal request to
+/// another URI; the client keeps the original status (nginx `error_page CODE URI`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ErrorPages {
+    /// By status, ascending.
+    pub pages: Vec<(u16, ErrorPage)>,
+    /// `intercept_errors`: upstream answers with those statuses are replaced too, not
+    /// only Portico's own.
+    pub intercept: bool,
+}
+
+impl ErrorPages {
+    pub fn get(&self, status: u16) -> Option<&ErrorPage> {
+        self.pages
+            .binary_search_by_key(&status, |(s, _)| *s)
+            .ok()
+            .map(|i| &self.pages[i].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorPage {
+    /// A URI (with `?args`) matched against the routes, internal ones included.
+    Uri(KeyTemplate),
+    /// `@name`: that route.
+    Named(String),
+    /// `http://…` or `https://…`: a 302 there (nginx).
+    Redirect(KeyTemplate),
 }
 
 /// `compress`: which codings, for which types, from which size, at which levels.

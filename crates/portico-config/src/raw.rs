@@ -89,6 +89,19 @@ pub struct RawUpstream {
     pub resolve: Option<String>,
     pub health: Option<RawHealth>,
     pub max_vars: usize,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `tls = { sni, verify, ca, cert, key, h2 }` on an upstream: https to its servers.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub h2: bool,
 }
 
 impl Default for RawUpstream {
@@ -110,6 +123,7 @@ impl Default for RawUpstream {
             resolve: None,
             health: None,
             max_vars: 65_535,
+            tls: None,
         }
     }
 }
@@ -187,6 +201,9 @@ pub struct RawListener {
     pub mail: Option<RawMail>,
     pub compress: Option<RawCompress>,
     pub real_ip: Option<RawRealIp>,
+    /// Defaults for routes that give none, and the pages for requests no route takes.
+    pub error_pages: Option<BTreeMap<String, String>>,
+    pub intercept_errors: Option<bool>,
 }
 
 /// `[listeners.mail]`: the mail front end's settings (nginx's names in comments).
@@ -315,6 +332,9 @@ pub struct RawRoute {
     pub compress: Option<RawCompress>,
     pub charset: Option<String>,
     pub internal: bool,
+    /// `"404" = "/404.html"`; a key may list several statuses (`"502 503 504"`).
+    pub error_pages: Option<BTreeMap<String, String>>,
+    pub intercept_errors: Option<bool>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

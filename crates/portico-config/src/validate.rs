@@ -409,6 +409,10 @@ fn validate_upstream(
             d
         }),
         health,
+        tls: u
+            .tls
+            .as_ref()
+            .map(|t| upstream_tls(v, &format!("{p}.tls"), t)),
         max_vars: {
             if !(1..=65_535).contains(&u.max_vars) {
                 v.err(
@@ -526,6 +530,23 @@ fn validate_listener(
     }
 
     let mut routes = Vec::new();
+    let listener_pages = l
+        .error_pages
+        .as_ref()
+        .map(|m| error_pages(v, &format!("{p}.error_pages"), m))
+        .unwrap_or_default();
+    let listener_intercept = l.intercept_errors.unwrap_or(false);
+    if protocol != Protocol::Http {
+        not_here(
+            v,
+            p,
+            &[
+                ("error_pages", l.error_pages.is_some()),
+                ("intercept_errors", l.intercept_errors.is_some()),
+            ],
+            "applies to http listeners",
+        );
+    }
     if protocol == Protocol::Http {
         let mut seen: HashMap<&str, usize> = HashMap::new();
         let mut seen_exact: HashMap<&str, usize> = HashMap::new();
@@ -564,6 +585,10 @@ fn validate_listener(
                     l.compress.as_ref(),
                     &format!("{p}.compress"),
                 );
+                if r.error_pages.is_none() {
+                    route.error_pages.pages = listener_pages.clone();
+                }
+                route.error_pages.intercept = r.intercept_errors.unwrap_or(listener_intercept);
                 routes.push(route);
             }
         }
@@ -584,6 +609,25 @@ fn validate_listener(
                         &format!("{p}.routes.{i}.try_files.{last}"),
                         format!("@{n}: no route has name = {n:?}"),
                     );
+                }
+            }
+        }
+        let named_pages = l.error_pages.iter().map(|m| (p.to_string(), m)).chain(
+            l.routes.iter().enumerate().filter_map(|(i, r)| {
+                r.error_pages
+                    .as_ref()
+                    .map(|m| (format!("{p}.routes.{i}"), m))
+            }),
+        );
+        for (at, pages) in named_pages {
+            for (code, target) in pages {
+                if let Some(n) = target.strip_prefix('@') {
+                    if !l.routes.iter().any(|o| o.name.as_deref() == Some(n)) {
+                        v.err(
+                            &format!("{at}.error_pages.{code}"),
+                            format!("@{n}: no route has name = {n:?}"),
+                        );
+                    }
                 }
             }
         }
@@ -700,6 +744,10 @@ fn validate_listener(
         }
     });
     ListenerConfig {
+        error_pages: ErrorPages {
+            pages: listener_pages,
+            intercept: listener_intercept,
+        },
         real_ip,
         mail,
         name: l.name.clone().unwrap_or_else(|| format!("listener{index}")),
@@ -893,6 +941,11 @@ fn validate_route(
     }
     let rewrite = rewrites(v, rp, &r.rewrite);
     let try_files = try_files(v, rp, r, &template);
+    let own_error_pages = r
+        .error_pages
+        .as_ref()
+        .map(|m| error_pages(v, &format!("{rp}.error_pages"), m))
+        .unwrap_or_default();
     if r.upstream_path.is_some() && r.upstream.is_none() {
         v.err(
             &format!("{rp}.upstream_path"),
@@ -1047,6 +1100,14 @@ fn validate_route(
                     "applies to via = \"uwsgi\" or \"fastcgi\" routes",
                 );
             }
+            if via != Via::Http && upstreams.get(u).is_some_and(|up| up.tls.is_some()) {
+                v.err(
+                    &format!("{rp}.via"),
+                    format!(
+                        "upstream {u:?} has tls: TLS to upstreams is for via = \"http\" routes"
+                    ),
+                );
+            }
             if via == Via::Uwsgi {
                 not_here(
                     v,
@@ -1133,6 +1194,10 @@ fn validate_route(
         try_files,
         compress: None,
         internal: r.internal,
+        error_pages: ErrorPages {
+            pages: own_error_pages,
+            intercept: r.intercept_errors.unwrap_or(false),
+        },
         charset: match r.charset.as_deref() {
             Some(c)
                 if c.is_empty()
@@ -1407,6 +1472,122 @@ fn try_files(
         return None;
     };
     Some(TryFiles { files, fallback })
+}
+
+/// `tls = { sni, verify, ca, cert, key, h2 }` on an upstream: the files must be readable
+/// (checked as `run` reads them), cert and key go together.
+fn upstream_tls(v: &mut Validator<'_>, k: &str, t: &RawUpstreamTls) -> UpstreamTls {
+    let mut file = |key: &str, val: &str| -> PathBuf {
+        let kp = format!("{k}.{key}");
+        let path = resolve(&v.base(&kp), val);
+        if let Err(e) = std::fs::read(&path) {
+            v.err(&kp, format!("cannot read {}: {e}", path.display()));
+        }
+        path
+    };
+    let ca = t.ca.as_deref().map(|c| file("ca", c));
+    let client = match (&t.cert, &t.key) {
+        (Some(c), Some(kf)) => Some((file("cert", c), file("key", kf))),
+        (None, None) => None,
+        (Some(_), None) => {
+            v.err(&format!("{k}.key"), "a client cert needs its key");
+            None
+        }
+        (None, Some(_)) => {
+            v.err(&format!("{k}.cert"), "a client key needs its cert");
+            None
+        }
+    };
+    if let Some(n) = &t.sni {
+        let valid = !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+        if !valid {
+            v.err(&format!("{k}.sni"), format!("{n:?} is not a host name"));
+        }
+    }
+    if t.verify == Some(false) && t.ca.is_some() {
+        v.err(&format!("{k}.ca"), "ca is for verify = true");
+    }
+    UpstreamTls {
+        sni: t.sni.clone(),
+        verify: t.verify.unwrap_or(true),
+        ca,
+        client,
+        h2: t.h2,
+    }
+}
+
+/// `error_pages = { "404" = "/404.html", "502 503 504" = "/50x.html" }`: statuses from
+/// 300 to 599 (nginx's range), each to a URI, `@name` or an `http(s)://` redirect.
+fn error_pages(
+    v: &mut Validator<'_>,
+    k: &str,
+    raw: &BTreeMap<String, String>,
+) -> Vec<(u16, ErrorPage)> {
+    // rendered for the request as the client sent it: no route's captures
+    let template =
+        |v: &mut Validator<'_>, key: &str, text: &str| match KeyTemplate::parse_value(text) {
+            Ok(t) if t.max_capture() > 0 => {
+                v.err(
+                    key,
+                    format!(
+                        "${}: error pages are rendered without a route's captures",
+                        t.max_capture()
+                    ),
+                );
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(key, e);
+                None
+            }
+        };
+    let mut out: Vec<(u16, ErrorPage)> = Vec::new();
+    for (codes, target) in raw {
+        let kk = format!("{k}.{codes}");
+        let page = if let Some(name) = target.strip_prefix('@') {
+            Some(ErrorPage::Named(name.to_string()))
+        } else if target.starts_with("http://") || target.starts_with("https://") {
+            template(v, &kk, target).map(ErrorPage::Redirect)
+        } else if target.starts_with('/') || target.starts_with('$') {
+            template(v, &kk, target).map(ErrorPage::Uri)
+        } else {
+            v.err(
+                &kk,
+                format!("{target:?}: an error page is a URI (/...), @name or an http(s):// URL"),
+            );
+            None
+        };
+        let list: Vec<&str> = codes
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|c| !c.is_empty())
+            .collect();
+        if list.is_empty() {
+            v.err(
+                &kk,
+                "name the status(es) the page is for: \"404\" or \"502 504\"",
+            );
+        }
+        for c in list {
+            match c.parse::<u16>() {
+                Ok(code) if (300..=599).contains(&code) => {
+                    if out.iter().any(|(s, _)| *s == code) {
+                        v.err(&kk, format!("{code} has an error page already"));
+                    } else if let Some(page) = &page {
+                        out.push((code, page.clone()));
+                    }
+                }
+                _ => v.err(
+                    &kk,
+                    format!("{c:?}: error pages are for statuses from 300 to 599"),
+                ),
+            }
+        }
+    }
+    out.sort_by_key(|(s, _)| *s);
+    out
 }
 
 /// Errors for keys given where they do not apply: `(key, given)`, and why not.

@@ -116,28 +116,140 @@ pub fn build_acceptor(certs: &[CertSpec], alpn: &[String]) -> Result<TlsAcceptor
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How Portico connects to a backend over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTlsSpec<'a> {
+    /// The PEM bundle to verify the server against; `None`: the system's roots.
+    pub ca: Option<&'a Path>,
+    /// `false` accepts any certificate (the handshake's signatures are still checked).
+    pub verify: bool,
+    /// A client certificate chain and its key (mTLS).
+    pub client: Option<(&'a Path, &'a Path)>,
+    /// ALPN protocols offered, most preferred first.
+    pub alpn: &'a [&'a [u8]],
+}
+
 /// Builds a client config for connections to backends, verifying their certificates
 /// against the PEM bundle `ca_file`.
 pub fn build_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let config = client_config(&ClientTlsSpec {
+        ca: Some(ca_file),
+        verify: true,
+        client: None,
+        alpn: &[],
+    })?;
+    Ok(tokio_rustls::TlsConnector::from(config))
+}
+
+/// A rustls client config as `spec` says. Session resumption is rustls's default (an
+/// in-memory cache), so pooled reconnects are cheap.
+pub fn client_config(spec: &ClientTlsSpec<'_>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = if spec.verify {
+        builder.with_root_certificates(roots(spec.ca)?)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+    };
+    let mut config = match spec.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let ck = load_key(cert, key)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+                path: key.into(),
+                reason: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(ck.cert.clone(), key_der)
+                .map_err(|e| TlsError::Mismatch {
+                    path: key.into(),
+                    reason: e.to_string(),
+                })?
+        }
+    };
+    config.alpn_protocols = spec.alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The roots a server certificate is verified against: `ca`, else the system's
+/// (rustls-native-certs: /etc/ssl/certs on Debian, `SSL_CERT_FILE` if set).
+fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
-        .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?;
+    let (certs, from) = match ca {
+        Some(ca_file) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca_file)
+                .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::Setup(format!("{}: {e}", ca_file.display())))?;
+            (certs, ca_file.display().to_string())
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            if let Some(e) = found.errors.first() {
+                tracing::warn!(error = %e, "some system CA certificates could not be read");
+            }
+            (found.certs, "the system's CA certificates".to_string())
+        }
+    };
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(TlsError::Setup(format!(
-            "{}: no usable CA certificate",
-            ca_file.display()
-        )));
+        return Err(TlsError::Setup(format!("{from}: no usable CA certificate")));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(roots)
+}
+
+/// `verify = false`: any certificate is taken, but the handshake must still be signed
+/// by its key (so the connection is at least encrypted to whoever holds it).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 pub(crate) fn info_of<IO>(s: &tokio_rustls::server::TlsStream<IO>) -> TlsInfo {

@@ -99,12 +99,48 @@ impl GapTimer {
     }
 }
 
+/// A request body as the pipeline carries it: the client's, or none for an internal
+/// request (an error page, an X-Accel-Redirect), which is always a GET or HEAD.
+pub enum InBody {
+    Client(hyper::body::Incoming),
+    Empty,
+}
+
+impl Body for InBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            InBody::Client(b) => Pin::new(b).poll_frame(cx),
+            InBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            InBody::Client(b) => b.is_end_stream(),
+            InBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            InBody::Client(b) => b.size_hint(),
+            InBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 pin_project! {
     /// The client's request body on its way upstream: bounded in size, and in time
     /// between two reads.
     pub struct ClientBody {
         #[pin]
-        inner: hyper::body::Incoming,
+        inner: InBody,
         limit: u64,
         seen: u64,
         gap: GapTimer,
@@ -112,7 +148,7 @@ pin_project! {
 }
 
 impl ClientBody {
-    pub fn new(inner: hyper::body::Incoming, limit: u64, timeout: Duration) -> Self {
+    pub fn new(inner: InBody, limit: u64, timeout: Duration) -> Self {
         Self {
             inner,
             limit,

@@ -23,5 +23,16 @@ pub fn error_response(status: StatusCode) -> Response<HttpBody> {
     if matches!(code, 400 | 408 | 413 | 431) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    resp.extensions_mut().insert(Own);
     resp
+}
+
+/// Marks a response Portico made itself (not an upstream's): `error_pages` replace
+/// these, and upstream answers only with `intercept_errors`.
+#[derive(Clone, Copy)]
+pub struct Own;
+
+/// Whether Portico made `resp` itself.
+pub fn is_own<B>(resp: &Response<B>) -> bool {
+    resp.extensions().get::<Own>().is_some()
 }

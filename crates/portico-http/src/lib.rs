@@ -90,7 +90,7 @@ impl Metrics {
 }
 
 enum SiteKind {
-    Routes(route::Routes),
+    Routes(Box<route::Routes>),
     /// A listener without routes: the welcome page and /status.
     Welcome,
     /// The admin listener: /status, /metrics, /health.
@@ -117,7 +117,7 @@ impl Site {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
-            SiteKind::Routes(route::Routes::compile(l, upstreams)?)
+            SiteKind::Routes(Box::new(route::Routes::compile(l, upstreams)?))
         };
         Ok(Self {
             name: l.name.clone(),
@@ -332,7 +332,7 @@ impl Service for HttpService {
 
 /// A WebSocket opening: an HTTP/1.1 `Upgrade: websocket` request, or an h2 extended
 /// CONNECT with `:protocol = websocket` (RFC 8441).
-fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     if req.version() == Version::HTTP_2 {
         return req.method() == http::Method::CONNECT
             && req
@@ -538,96 +538,191 @@ impl HttpService {
         peer: &Peer,
         host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
-        let mut req = req;
+        let mut req = req.map(body::InBody::Client);
         if !site.limits.underscores_in_headers {
             drop_underscored(req.headers_mut());
         }
-        let on_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-        // The path borrows a clone of the URI (a reference count), not the request,
-        // which goes on to the content phase.
-        let uri = req.uri().clone();
-        let Ok(path) = path::normalize(uri.path()) else {
-            return (error_response(StatusCode::BAD_REQUEST), None);
-        };
         let routes = match &site.kind {
-            SiteKind::Admin => return (admin::serve(&self.shared.status, &path, true), None),
-            SiteKind::Welcome => return (admin::serve(&self.shared.status, &path, false), None),
             SiteKind::Routes(r) => r,
+            kind => {
+                let Ok(path) = path::normalize(req.uri().path()) else {
+                    return (error_response(StatusCode::BAD_REQUEST), None);
+                };
+                let admin = matches!(kind, SiteKind::Admin);
+                return (admin::serve(&self.shared.status, &path, admin), None);
+            }
         };
-        // rewrite phase: find the route (nginx's precedence), rewrites and try_files
-        // may send the request to another (at most MAX_INTERNAL times)
-        let mut at = Internal {
-            path,
-            args: None,
-            changed: false,
-            named: None,
-        };
-        let mut steps = 0;
-        let (route, captures) = loop {
-            if steps > MAX_INTERNAL {
-                tracing::error!(uri = %uri, "more than {MAX_INTERNAL} internal redirects (rewrite, try_files, index): 500");
-                return (error_response(StatusCode::INTERNAL_SERVER_ERROR), None);
-            }
-            steps += 1;
-            let found = match at.named.take() {
-                Some(i) => router::Found {
-                    route: i,
-                    captures: None,
-                },
-                None => match routes.router.find(&at.path) {
-                    Some(f) => f,
-                    None => return (error_response(StatusCode::NOT_FOUND), None),
-                },
-            };
-            let route = &routes.routes[found.route];
-            if route.internal && !at.changed && steps == 1 {
-                return (error_response(StatusCode::NOT_FOUND), None);
-            }
-            match self.rewrite_phase(
-                route,
-                &req,
-                &uri,
-                &mut at,
-                found.captures.as_ref(),
-                site,
-                conn,
-                peer,
-                host.as_ref(),
-            ) {
-                Step::Go => {}
-                Step::Again => continue,
-                Step::Answer(resp) => return (resp, None),
-            }
-            // index: a directory's index file is an internal redirect, as nginx's
-            // index module (so /wp-admin/ becomes /wp-admin/index.php and reaches the
-            // PHP route, never the static one)
-            if let route::Content::Static(cfg) = &route.content {
-                if at.path.ends_with('/') {
-                    let dir = static_files::file_for(cfg, &at.path);
-                    let found = dir.and_then(|d| cfg.index.iter().find(|i| d.join(i).is_file()));
-                    if let Some(index) = found {
-                        at.path.to_mut().push_str(index);
-                        at.changed = true;
-                        continue;
-                    }
-                }
-            }
-            break (route, found.captures);
-        };
-        let path: &str = &at.path;
-        let args = at.args.as_deref();
-        // access phase: the route's methods
-        if let Some(refused) = route.refuse_method(req.method()) {
-            return (refused, None);
-        }
-        let ctx = ReqCtx {
-            req: &req,
-            uri: &uri,
+        // what an error page needs of the request once it has gone on (only where a
+        // route or the listener has error pages)
+        let saved = routes.error_pages.then(|| Saved {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        });
+        let at = Ctx {
             site,
             conn,
             peer,
             host: host.as_ref(),
         };
+        let out = self.run(req, Entry::client(), routes, &at).await;
+        match saved {
+            Some(saved) => self.error_page(out, saved, routes, &at).await,
+            None => (out.resp, out.upstream),
+        }
+    }
+
+    /// nginx's `error_page`: an answer with a status that has a page (Portico's own, or
+    /// with `intercept_errors` an upstream's) is replaced by an internal GET (HEAD stays
+    /// HEAD) of the page's URI, answered with the original status. An error page that
+    /// fails itself is answered as it failed (nginx's `recursive_error_pages off`).
+    async fn error_page(
+        &self,
+        out: Outcome,
+        saved: Saved,
+        routes: &route::Routes,
+        at: &Ctx<'_>,
+    ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let status = out.resp.status();
+        let pages = out
+            .route
+            .map_or(&routes.listener_pages, |i| &routes.routes[i].error_pages);
+        let Some(page) = pages.get(status.as_u16()) else {
+            return (out.resp, out.upstream);
+        };
+        if !errors::is_own(&out.resp) && !pages.intercept {
+            return (out.resp, out.upstream);
+        }
+        let mut req = internal_request(&saved.method, unconditional(saved.headers));
+        let path = path::normalize(saved.uri.path()).unwrap_or(std::borrow::Cow::Borrowed("/"));
+        let ctx = at.req(&req, &saved.uri);
+        let mut entry = Entry::internal(Some(status));
+        let mut resp = match page {
+            portico_config::ErrorPage::Redirect(t) => {
+                let ret = portico_config::ReturnConfig {
+                    status: 302,
+                    location: Some(t.clone()),
+                    body: None,
+                };
+                route::answer(&ret, &ctx.vars(&path, None, None))
+            }
+            portico_config::ErrorPage::Named(name) => match routes.router.named(name) {
+                Some(i) => {
+                    entry.named = Some(i);
+                    *req.uri_mut() = saved.uri.clone();
+                    self.run(req, entry, routes, at).await.resp
+                }
+                None => error_response(StatusCode::INTERNAL_SERVER_ERROR),
+            },
+            portico_config::ErrorPage::Uri(t) => {
+                let target = ctx.render(t, &path, None, None);
+                match target.parse::<http::Uri>() {
+                    Ok(u) => {
+                        *req.uri_mut() = u;
+                        self.run(req, entry, routes, at).await.resp
+                    }
+                    Err(e) => {
+                        tracing::error!(%target, error = %e, "an error page rendered to an invalid URI: 500");
+                        error_response(StatusCode::INTERNAL_SERVER_ERROR)
+                    }
+                }
+            }
+        };
+        // what the client needs of the answer the page replaces
+        for name in [header::WWW_AUTHENTICATE, header::ALLOW, header::RETRY_AFTER] {
+            if let Some(v) = out.resp.headers().get(&name) {
+                resp.headers_mut().insert(name, v.clone());
+            }
+        }
+        if let Some(v) = out.resp.headers().get(header::CONNECTION) {
+            resp.headers_mut().insert(header::CONNECTION, v.clone());
+        }
+        (resp, out.upstream)
+    }
+
+    /// The request pipeline of one (client or internal) request on a listener with
+    /// routes: find the route, rewrite phase, index, access (methods), content, then
+    /// the header and body filters.
+    async fn run(
+        &self,
+        req: Request<body::InBody>,
+        entry: Entry,
+        routes: &route::Routes,
+        at: &Ctx<'_>,
+    ) -> Outcome {
+        let (site, conn, peer) = (at.site, at.conn, at.peer);
+        let host = at.host;
+        let answer = |resp, route| Outcome {
+            resp,
+            upstream: None,
+            route,
+        };
+        let mut req = req;
+        let on_upgrade =
+            (!entry.internal && is_websocket_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
+        // The path borrows a clone of the URI (a reference count), not the request,
+        // which goes on to the content phase.
+        let uri = req.uri().clone();
+        let Ok(path) = path::normalize(uri.path()) else {
+            return answer(error_response(StatusCode::BAD_REQUEST), None);
+        };
+        // rewrite phase: find the route (nginx's precedence), rewrites and try_files
+        // may send the request to another (at most MAX_INTERNAL times)
+        let mut at_uri = Internal {
+            path,
+            args: None,
+            changed: entry.internal,
+            named: entry.named,
+        };
+        let mut steps = entry.depth;
+        let (index, route, captures) = loop {
+            if steps > MAX_INTERNAL {
+                tracing::error!(uri = %uri, "more than {MAX_INTERNAL} internal redirects (rewrite, try_files, index, error page, X-Accel-Redirect): 500");
+                return answer(error_response(StatusCode::INTERNAL_SERVER_ERROR), None);
+            }
+            steps += 1;
+            let found = match at_uri.named.take() {
+                Some(i) => router::Found {
+                    route: i,
+                    captures: None,
+                },
+                None => match routes.router.find(&at_uri.path) {
+                    Some(f) => f,
+                    None => return answer(error_response(StatusCode::NOT_FOUND), None),
+                },
+            };
+            let route = &routes.routes[found.route];
+            if route.internal && !at_uri.changed && steps == entry.depth + 1 {
+                return answer(error_response(StatusCode::NOT_FOUND), None);
+            }
+            match self.rewrite_phase(route, &req, &uri, &mut at_uri, found.captures.as_ref(), at) {
+                Step::Go => {}
+                Step::Again => continue,
+                Step::Answer(resp) => return answer(resp, Some(found.route)),
+            }
+            // index: a directory's index file is an internal redirect, as nginx's
+            // index module (so /wp-admin/ becomes /wp-admin/index.php and reaches the
+            // PHP route, never the static one)
+            if let route::Content::Static(cfg) = &route.content {
+                if at_uri.path.ends_with('/') {
+                    let dir = static_files::file_for(cfg, &at_uri.path);
+                    let found = dir.and_then(|d| cfg.index.iter().find(|i| d.join(i).is_file()));
+                    if let Some(index) = found {
+                        at_uri.path.to_mut().push_str(index);
+                        at_uri.changed = true;
+                        continue;
+                    }
+                }
+            }
+            break (found.route, route, found.captures);
+        };
+        let path: &str = &at_uri.path;
+        let args = at_uri.args.as_deref();
+        // access phase: the route's methods
+        if let Some(refused) = route.refuse_method(req.method()) {
+            return answer(refused, Some(index));
+        }
+        let ctx = at.req(&req, &uri);
         let vars = ctx.vars(path, args, captures.as_ref());
         // the header rules' values come from the request: rendered before it goes on
         let response_values =
@@ -649,13 +744,13 @@ impl HttpService {
             _ => None,
         };
         // what proxy_redirect needs of the request: the Host the client asked for
-        let redirect_host = route.redirect_to.as_ref().and(host.clone());
+        let redirect_host = route.redirect_to.as_ref().and(host.cloned());
         // what an X-Accel-Redirect needs of the request
-        let (req_method, req_headers) = match &route.content {
+        let accel = match &route.content {
             route::Content::Proxy(_) | route::Content::Gateway(_) => {
-                (req.method().clone(), accel_headers(req.headers()))
+                Some((req.method().clone(), accel_headers(req.headers())))
             }
-            _ => (req.method().clone(), http::HeaderMap::new()),
+            _ => None,
         };
         // what the body filter needs from the request
         let compress_for = route.compress.as_ref().map(|c| {
@@ -675,7 +770,7 @@ impl HttpService {
                 // An HTTP upstream gets the changed URI; gateways keep REQUEST_URI as
                 // the client sent it and take $uri/$args as their vars.
                 let http = matches!(route.content, route::Content::Proxy(_));
-                if http && (at.changed || route.upstream_path.is_some()) {
+                if http && (at_uri.changed || route.upstream_path.is_some()) {
                     set_upstream_target(&mut req, route, path, args);
                 }
                 self.content(
@@ -686,7 +781,7 @@ impl HttpService {
                     site,
                     conn,
                     peer,
-                    host,
+                    host.cloned(),
                     hash_key,
                     on_upgrade,
                     captures.as_ref(),
@@ -708,12 +803,22 @@ impl HttpService {
                 route::rewrite_redirects(route, server, &base, resp.headers_mut());
             }
         }
-        // X-Accel-Redirect: the upstream hands the answer to a static (usually
+        // X-Accel-Redirect: the upstream hands the answer to another (usually
         // `internal`) route, as Django, Discourse and Mailu do for downloads
-        if let Some(target) = accel_target(&resp) {
-            resp = self
-                .accel_redirect(routes, &target, &req_method, &req_headers)
+        if let (Some(target), Some((method, headers))) = (accel_target(&resp), accel) {
+            let inner = Entry {
+                depth: steps,
+                ..Entry::internal(entry.keep_status)
+            };
+            return self
+                .accel_redirect(&target, resp, &method, headers, inner, routes, at)
                 .await;
+        }
+        // an error page answers with the status it replaces
+        if let Some(s) = entry.keep_status {
+            if resp.status().as_u16() < 400 {
+                *resp.status_mut() = s;
+            }
         }
         // header filter: the route's response headers
         if let Some(values) = response_values {
@@ -730,67 +835,74 @@ impl HttpService {
         if let Some((cfg, method, accept)) = compress_for {
             resp = compress::filter(cfg, &method, accept.as_ref(), resp);
         }
-        (resp, upstream)
-    }
-
-    /// Serves an upstream's X-Accel-Redirect: the URI (its path normalized, its query
-    /// dropped) is matched against the routes, internal ones included, and must reach a
-    /// static route (the file is served as that route serves it: type, ranges, expires);
-    /// anything else is a 500 with a log line. nginx's X-Accel-* headers other than
-    /// the redirect are not read.
-    async fn accel_redirect(
-        &self,
-        routes: &route::Routes,
-        target: &str,
-        method: &http::Method,
-        headers: &http::HeaderMap,
-    ) -> Response<HttpBody> {
-        let raw = target.split('?').next().unwrap_or(target);
-        let Ok(path) = path::normalize(raw) else {
-            return error_response(StatusCode::INTERNAL_SERVER_ERROR);
-        };
-        let found = routes.router.find(&path).map(|f| &routes.routes[f.route]);
-        match found.map(|r| &r.content) {
-            Some(route::Content::Static(cfg)) => {
-                let method = if *method == http::Method::HEAD {
-                    http::Method::HEAD
-                } else {
-                    http::Method::GET
-                };
-                static_files::serve(cfg, &method, &path, None, headers).await
-            }
-            _ => {
-                tracing::error!(
-                    target,
-                    "X-Accel-Redirect to a URI no static route serves: 500"
-                );
-                error_response(StatusCode::INTERNAL_SERVER_ERROR)
-            }
+        Outcome {
+            resp,
+            upstream,
+            route: Some(index),
         }
     }
 
-    /// The route's rewrites, then its try_files, on the request where it is now.
+    /// Serves an upstream's X-Accel-Redirect: an internal GET (HEAD stays HEAD) of the
+    /// URI it names (with its query), matched against the routes, internal ones
+    /// included, served by whichever route takes it. The headers nginx keeps from the
+    /// upstream's answer (Content-Type, Content-Disposition, Set-Cookie, Cache-Control,
+    /// Expires, Accept-Ranges) override the new answer's.
     #[allow(clippy::too_many_arguments)]
+    async fn accel_redirect(
+        &self,
+        target: &str,
+        upstream_resp: Response<HttpBody>,
+        method: &http::Method,
+        headers: http::HeaderMap,
+        entry: Entry,
+        routes: &route::Routes,
+        at: &Ctx<'_>,
+    ) -> Outcome {
+        let mut req = internal_request(method, headers);
+        match target.parse::<http::Uri>() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(e) => {
+                tracing::error!(target, error = %e, "X-Accel-Redirect to an invalid URI: 500");
+                return Outcome {
+                    resp: error_response(StatusCode::INTERNAL_SERVER_ERROR),
+                    upstream: None,
+                    route: None,
+                };
+            }
+        }
+        let mut out = Box::pin(self.run(req, entry, routes, at)).await;
+        if out.resp.status().is_success() {
+            let h = upstream_resp.headers();
+            for name in [
+                header::CONTENT_TYPE,
+                header::CONTENT_DISPOSITION,
+                header::CACHE_CONTROL,
+                header::EXPIRES,
+                header::ACCEPT_RANGES,
+            ] {
+                if let Some(v) = h.get(&name) {
+                    out.resp.headers_mut().insert(name, v.clone());
+                }
+            }
+            for v in h.get_all(header::SET_COOKIE) {
+                out.resp.headers_mut().append(header::SET_COOKIE, v.clone());
+            }
+        }
+        out
+    }
+
+    /// The route's rewrites, then its try_files, on the request where it is now.
     fn rewrite_phase(
         &self,
         route: &route::CompiledRoute,
-        req: &Request<Incoming>,
+        req: &Request<body::InBody>,
         uri: &http::Uri,
         at: &mut Internal,
         captures: Option<&vars::Captures>,
-        site: &Site,
-        conn: &ConnState,
-        peer: &Peer,
-        host: Option<&HeaderValue>,
+        on: &Ctx<'_>,
     ) -> Step {
-        let ctx = ReqCtx {
-            req,
-            uri,
-            site,
-            conn,
-            peer,
-            host,
-        };
+        let site = on.site;
+        let ctx = on.req(req, uri);
         for rw in &route.rewrites {
             let Some(caps) = vars::Captures::of(&rw.from, &at.path) else {
                 continue;
@@ -886,7 +998,7 @@ impl HttpService {
     #[allow(clippy::too_many_arguments)]
     async fn content(
         &self,
-        req: Request<Incoming>,
+        req: Request<body::InBody>,
         route: &route::CompiledRoute,
         path: &str,
         args: Option<&str>,
@@ -998,7 +1110,7 @@ impl HttpService {
 /// The facts of one request the template renderer needs, apart from where routing has
 /// taken it (`$uri`, `$args`, captures).
 struct ReqCtx<'a> {
-    req: &'a Request<Incoming>,
+    req: &'a Request<body::InBody>,
     /// The URI as the client sent it (`$request_uri`).
     uri: &'a http::Uri,
     site: &'a Site,
@@ -1046,6 +1158,115 @@ impl<'a> ReqCtx<'a> {
         self.vars(path, args, captures).render(t, &mut out);
         String::from_utf8_lossy(&out).into_owned()
     }
+}
+
+/// Where a request is served: the site (listener), the connection, the client, the
+/// Host it asked for. Shared by the client's request and the internal ones it leads to.
+struct Ctx<'a> {
+    site: &'a Site,
+    conn: &'a ConnState,
+    peer: &'a Peer,
+    host: Option<&'a HeaderValue>,
+}
+
+impl<'a> Ctx<'a> {
+    fn req<'b>(&'b self, req: &'b Request<body::InBody>, uri: &'b http::Uri) -> ReqCtx<'b> {
+        ReqCtx {
+            req,
+            uri,
+            site: self.site,
+            conn: self.conn,
+            peer: self.peer,
+            host: self.host,
+        }
+    }
+}
+
+/// How a request enters the pipeline.
+struct Entry {
+    /// An internal request (error page, X-Accel-Redirect): `internal` routes take it.
+    internal: bool,
+    /// Straight to this route (`@name`).
+    named: Option<usize>,
+    /// Internal redirects taken before this one.
+    depth: usize,
+    /// An error page's: the status it answers with.
+    keep_status: Option<StatusCode>,
+}
+
+impl Entry {
+    fn client() -> Self {
+        Self {
+            internal: false,
+            named: None,
+            depth: 0,
+            keep_status: None,
+        }
+    }
+
+    fn internal(keep_status: Option<StatusCode>) -> Self {
+        Self {
+            internal: true,
+            named: None,
+            depth: 1,
+            keep_status,
+        }
+    }
+}
+
+/// What the pipeline answered, from which upstream, on which route (whose error pages
+/// apply; none: the listener's).
+struct Outcome {
+    resp: Response<HttpBody>,
+    upstream: proxy::UpstreamAddr,
+    route: Option<usize>,
+}
+
+/// The client's request as an error page needs it after the request has gone on.
+struct Saved {
+    method: http::Method,
+    uri: http::Uri,
+    headers: http::HeaderMap,
+}
+
+/// An internal GET (HEAD stays HEAD) with no body, carrying the client's headers but
+/// those of a body or an upgrade.
+fn internal_request(method: &http::Method, mut headers: http::HeaderMap) -> Request<body::InBody> {
+    for name in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_TYPE,
+        header::EXPECT,
+        header::UPGRADE,
+        header::CONNECTION,
+    ] {
+        headers.remove(name);
+    }
+    let mut req = Request::new(body::InBody::Empty);
+    *req.method_mut() = if method == http::Method::HEAD {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    };
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Removes what would make an error page's request conditional or partial: the page
+/// is sent whole, with the status it replaces (nginx's not-modified and range filters
+/// skip error statuses).
+fn unconditional(mut headers: http::HeaderMap) -> http::HeaderMap {
+    for name in [
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+        header::RANGE,
+    ] {
+        headers.remove(name);
+    }
+    headers
 }
 
 /// The client of one request: the connection's peer, or with `real_ip` the address a

@@ -17,9 +17,10 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use portico_core::worker_id;
+use portico_upstream::tls::{speaks_h2, TlsConnector};
 use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHandle};
 
 use crate::body::{
@@ -28,35 +29,81 @@ use crate::body::{
 use crate::errors::error_response;
 use crate::framing::{ExchangeStart, ResponseGuard};
 
-/// One HTTP/1.1 connection to an upstream server.
-struct Sender {
-    send: SendRequest<HttpBody>,
-    /// Tells the connection's [`ResponseGuard`] that a new response head comes next.
-    exchange: Arc<ExchangeStart>,
+/// One connection to an upstream server: HTTP/1.1 (one exchange at a time, pooled
+/// between them), or HTTP/2 over TLS when ALPN agreed (multiplexed: the pool keeps it
+/// while requests share it).
+enum Sender {
+    H1 {
+        send: SendRequest<HttpBody>,
+        /// Tells the connection's [`ResponseGuard`] that a new response head comes next.
+        exchange: Arc<ExchangeStart>,
+    },
+    H2(hyper::client::conn::http2::SendRequest<HttpBody>),
 }
 
 impl Sender {
     fn is_closed(&self) -> bool {
-        self.send.is_closed()
+        match self {
+            Sender::H1 { send, .. } => send.is_closed(),
+            Sender::H2(send) => send.is_closed(),
+        }
     }
 
     async fn ready(&mut self) -> hyper::Result<()> {
-        self.send.ready().await
+        match self {
+            Sender::H1 { send, .. } => send.ready().await,
+            Sender::H2(send) => send.ready().await,
+        }
     }
 
-    fn try_send_request(
+    /// Another handle on an h2 connection, for one more request on it.
+    fn share(&self) -> Option<Sender> {
+        match self {
+            Sender::H1 { .. } => None,
+            Sender::H2(send) => Some(Sender::H2(send.clone())),
+        }
+    }
+
+    async fn send(
         &mut self,
         req: Request<HttpBody>,
-    ) -> impl std::future::Future<
-        Output = Result<
-            Response<hyper::body::Incoming>,
-            hyper::client::conn::TrySendError<Request<HttpBody>>,
-        >,
-    > {
-        self.exchange.begin();
-        self.send.try_send_request(req)
+    ) -> Result<Response<hyper::body::Incoming>, hyper::client::conn::TrySendError<Request<HttpBody>>>
+    {
+        match self {
+            Sender::H1 { send, exchange } => {
+                exchange.begin();
+                send.try_send_request(req).await
+            }
+            Sender::H2(send) => send.try_send_request(h2_head(req)).await,
+        }
     }
 }
+
+/// An HTTP/1.1-shaped upstream request made fit for h2: an absolute URI (`:scheme`,
+/// `:authority` from the Host), no Host header, and `te: trailers` kept (gRPC).
+fn h2_head(req: Request<HttpBody>) -> Request<HttpBody> {
+    let (mut parts, body) = req.into_parts();
+    parts.version = Version::HTTP_2;
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string));
+    if let (Some(a), Some(pq)) = (authority, parts.uri.path_and_query()) {
+        if let Ok(uri) = format!("https://{a}{}", pq.as_str()).parse() {
+            parts.uri = uri;
+        }
+    }
+    if parts.extensions.get::<WantsTrailers>().is_some() {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    Request::from_parts(parts, body)
+}
+
+/// The client sent `TE: trailers` (removed as hop-by-hop; an h2 upstream gets it back).
+#[derive(Clone, Copy)]
+struct WantsTrailers;
 
 /// What goes back when a response body ends: the connection, its pool, the pick.
 type Release = (Sender, Option<Arc<IdlePool<Sender>>>, Pick);
@@ -145,6 +192,16 @@ pub struct ClientSide {
 fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
+    }
+    let trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    if trailers {
+        parts.extensions.insert(WantsTrailers);
     }
     prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
@@ -302,10 +359,21 @@ pub async fn forward(
                 pooled = None;
             }
         }
+        // an h2 connection stays in the pool while this request uses it
+        if let (Some(p), Some(shared)) = (&pool, pooled.as_ref().and_then(Sender::share)) {
+            if let Some(own) = pooled.replace(shared) {
+                p.put(worker_id(), own);
+            }
+        }
         let mut sender = match pooled {
             Some(s) => s,
-            None => match open(&pick, cfg.connect_timeout).await {
-                Ok(s) => s,
+            None => match open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), true).await {
+                Ok(s) => {
+                    if let (Some(p), Some(shared)) = (&pool, s.share()) {
+                        p.put(worker_id(), shared);
+                    }
+                    s
+                }
                 Err(e) => {
                     tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
                     let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
@@ -349,7 +417,7 @@ pub async fn forward(
         let req = Request::from_parts(head, this_body);
         let started = std::time::Instant::now();
         let sent = response_within(
-            sender.try_send_request(req),
+            sender.send(req),
             progress.as_deref(),
             cfg.read_timeout,
             cfg.send_timeout,
@@ -448,10 +516,50 @@ async fn response_within<F: std::future::Future>(
     }
 }
 
-/// A new connection to the picked server. Response header names keep the case the
-/// upstream wrote (relayed so to HTTP/1.1 clients).
-async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
-    let stream = connect(pick.server.addr(), timeout).await?;
+/// A new connection to the picked server: TCP or a Unix socket, then TLS when the
+/// upstream has `tls` (h2 when `h2_ok`, the upstream's `h2` and the server's ALPN all
+/// agree). HTTP/1.1 response header names keep the case the upstream wrote (relayed so
+/// to HTTP/1.1 clients).
+async fn open(
+    pick: &Pick,
+    timeout: Duration,
+    tls: Option<&TlsConnector>,
+    h2_ok: bool,
+) -> std::io::Result<Sender> {
+    let addr = pick.server.addr();
+    let stream = connect(addr, timeout).await?;
+    let Some(tls) = tls else {
+        return h1(stream).await;
+    };
+    let handshake = tls.connect(stream, addr, h2_ok);
+    let stream = tokio::time::timeout(timeout, handshake)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out (connect_timeout)",
+            )
+        })??;
+    if !speaks_h2(&stream) {
+        return h1(stream).await;
+    }
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream h2 connection ended");
+        }
+    });
+    Ok(Sender::H2(send))
+}
+
+async fn h1<S>(stream: S) -> std::io::Result<Sender>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let exchange = Arc::new(ExchangeStart::default());
     let guarded = ResponseGuard::new(stream, Arc::clone(&exchange));
     let (send, conn) = hyper::client::conn::http1::Builder::new()
@@ -464,7 +572,7 @@ async fn open(pick: &Pick, timeout: Duration) -> std::io::Result<Sender> {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(Sender { send, exchange })
+    Ok(Sender::H1 { send, exchange })
 }
 
 fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
@@ -594,7 +702,8 @@ impl Body for UpstreamBody {
 fn release(done: &mut Option<Release>) {
     if let Some((sender, pool, pick)) = done.take() {
         pick.success();
-        if let Some(pool) = pool.filter(|_| !sender.is_closed()) {
+        // an h2 handle goes: its connection stayed in the pool
+        if let Some(pool) = pool.filter(|_| !sender.is_closed() && sender.share().is_none()) {
             pool.put(worker_id(), sender);
         }
     }
@@ -642,8 +751,13 @@ pub async fn forward_upgrade(
     let mut on_client = Some(on_client);
     let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref());
     while let Some((pick, addr)) = tries.next().await {
-        let mut sender = match open(&pick, cfg.connect_timeout).await {
-            Ok(s) => s,
+        let opened = open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), false).await;
+        let (mut send, exchange) = match opened {
+            Ok(Sender::H1 { send, exchange }) => (send, exchange),
+            Ok(Sender::H2(_)) => {
+                tracing::warn!(upstream = %cfg.name, server = %addr, "an upgrade needs HTTP/1.1, the server chose h2");
+                break;
+            }
             Err(e) => {
                 tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
                 pick.failure();
@@ -654,8 +768,8 @@ pub async fn forward_upgrade(
             }
         };
         let req = Request::from_parts(parts.clone(), empty());
-        sender.exchange.begin();
-        match tokio::time::timeout(cfg.read_timeout, sender.send.send_request(req)).await {
+        exchange.begin();
+        match tokio::time::timeout(cfg.read_timeout, send.send_request(req)).await {
             Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let on_upstream = hyper::upgrade::on(&mut resp);
                 let (mut head, _) = resp.into_parts();
@@ -708,7 +822,13 @@ pub async fn forward_upgrade(
             }
             Ok(Ok(resp)) => {
                 // Not upgraded: an ordinary answer, relayed; this connection is not reused.
-                let resp = finish_response(resp, sender, None, pick, cfg.read_timeout);
+                let resp = finish_response(
+                    resp,
+                    Sender::H1 { send, exchange },
+                    None,
+                    pick,
+                    cfg.read_timeout,
+                );
                 return (resp, Some(addr), None);
             }
             Ok(Err(e)) => {

@@ -69,12 +69,18 @@ pub(crate) struct CompiledRoute {
     pub charset: Option<String>,
     /// Only internal redirects reach it.
     pub internal: bool,
+    pub error_pages: portico_config::ErrorPages,
 }
 
 /// A listener's routes and the router over them.
 pub(crate) struct Routes {
     pub routes: Vec<CompiledRoute>,
     pub router: Router,
+    /// The error pages of requests no route takes.
+    pub listener_pages: portico_config::ErrorPages,
+    /// Whether any route or the listener has error pages (the request's head is kept
+    /// for them only then).
+    pub error_pages: bool,
 }
 
 impl Routes {
@@ -161,6 +167,7 @@ impl Routes {
                 compress: r.compress.clone(),
                 charset: r.charset.clone(),
                 internal: r.internal,
+                error_pages: r.error_pages.clone(),
                 rewrites,
                 try_files,
                 upstream_path,
@@ -178,7 +185,14 @@ impl Routes {
                 .iter()
                 .map(|r| (&r.matcher, r.name.as_deref(), uses_captures(r))),
         )?;
-        Ok(Self { routes, router })
+        let error_pages =
+            !l.error_pages.is_empty() || routes.iter().any(|r| !r.error_pages.is_empty());
+        Ok(Self {
+            routes,
+            router,
+            listener_pages: l.error_pages.clone(),
+            error_pages,
+        })
     }
 }
 
@@ -247,6 +261,10 @@ pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
             }
         }
         return resp;
+    }
+    if r.body.is_none() && r.status >= 400 {
+        // nginx `return 404;`: its own page, which error_page may replace
+        return error_response(status);
     }
     let mut body = Vec::new();
     if let Some(b) = &r.body {

@@ -28,11 +28,17 @@ pub async fn serve(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Response<HttpBody> {
-    if !matches!(*method, Method::GET | Method::HEAD) {
+    let not_allowed = || {
         let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
+        r
+    };
+    // nginx: a POST is looked up (a missing file is 404, which an error page may
+    // answer), then refused; other methods are refused at once
+    let post = *method == Method::POST;
+    if !matches!(*method, Method::GET | Method::HEAD) && !post {
+        return not_allowed();
     }
     let Some(mut file_path) = file_for(cfg, path) else {
         return error_response(StatusCode::NOT_FOUND);
@@ -60,6 +66,9 @@ pub async fn serve(
     }
     if !meta.is_file() {
         return error_response(StatusCode::NOT_FOUND);
+    }
+    if post {
+        return not_allowed();
     }
     // The type is the original file's, whichever file is sent.
     let file_type = content_type(&file_path);

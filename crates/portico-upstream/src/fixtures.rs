@@ -39,5 +39,6 @@ pub fn upstream_config(balance: Balance, servers: Vec<ServerConfig>) -> Upstream
         resolve: None,
         health: None,
         max_vars: 65_535,
+        tls: None,
     }
 }

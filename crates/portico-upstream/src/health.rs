@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portico_config::{HealthCheck, HealthConfig, PeerAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::tls::TlsConnector;
 use crate::{connect, PeerStream, Server, Upstream, UpstreamHandle};
 
 /// At most this much of a probe answer is read.
@@ -26,14 +27,20 @@ pub trait Probe: Send + Sync {
     fn check<'a>(&'a self, addr: &'a PeerAddr) -> ProbeFuture<'a>;
 }
 
-/// The probe a `health` block asks for (`check` resolved: see [`run_checks`]).
-pub fn probe_for(check: HealthCheck, cfg: &HealthConfig) -> Box<dyn Probe> {
+/// The probe a `health` block asks for (`check` resolved: see [`run_checks`]); `tls`:
+/// the upstream's, used by the HTTP probe.
+pub fn probe_for(
+    check: HealthCheck,
+    cfg: &HealthConfig,
+    tls: Option<Arc<TlsConnector>>,
+) -> Box<dyn Probe> {
     match check {
         HealthCheck::Tcp => Box::new(TcpProbe),
         HealthCheck::Http => Box::new(HttpProbe {
             uri: cfg.uri.clone(),
             status: cfg.status,
             body: cfg.body.clone(),
+            tls,
         }),
         HealthCheck::Smtp => Box::new(LineProbe::smtp()),
         HealthCheck::Imap => Box::new(LineProbe::imap()),
@@ -51,7 +58,10 @@ async fn open(addr: &PeerAddr) -> Result<PeerStream, String> {
 }
 
 /// Reads until `done(answer)` or EOF, at most MAX_ANSWER bytes.
-async fn read_until(s: &mut PeerStream, done: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, String> {
+async fn read_until<S: AsyncRead + Unpin>(
+    s: &mut S,
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !done(&buf) {
@@ -76,17 +86,40 @@ impl Probe for TcpProbe {
     }
 }
 
-/// `GET uri` answers a status in range (and, optionally, a body containing a string).
+/// `GET uri` answers a status in range (and, optionally, a body containing a string);
+/// over TLS when the upstream has `tls`.
 pub struct HttpProbe {
     pub uri: String,
     pub status: (u16, u16),
     pub body: Option<String>,
+    pub tls: Option<Arc<TlsConnector>>,
 }
 
 impl Probe for HttpProbe {
     fn check<'a>(&'a self, addr: &'a PeerAddr) -> ProbeFuture<'a> {
         Box::pin(async move {
-            let mut s = open(addr).await?;
+            let s = open(addr).await?;
+            match &self.tls {
+                None => self.exchange(s, addr).await,
+                Some(tls) => {
+                    let s = tls
+                        .connect(s, addr, false)
+                        .await
+                        .map_err(|e| format!("tls: {e}"))?;
+                    self.exchange(s, addr).await
+                }
+            }
+        })
+    }
+}
+
+impl HttpProbe {
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut s: S,
+        addr: &PeerAddr,
+    ) -> Result<(), String> {
+        {
             let host = match addr {
                 PeerAddr::Unix(_) => "localhost".to_string(),
                 other => other.to_string(),
@@ -117,7 +150,7 @@ impl Probe for HttpProbe {
                 }
             }
             Ok(())
-        })
+        }
     }
 }
 
@@ -257,7 +290,7 @@ pub async fn run_checks(
     stop: CancellationToken,
 ) {
     let check = cfg.check.unwrap_or(default_check);
-    let probe: Arc<dyn Probe> = Arc::from(probe_for(check, &cfg));
+    let probe: Arc<dyn Probe> = Arc::from(probe_for(check, &cfg, handle.tls.clone()));
     let mut tick = 0u64;
     loop {
         let jitter = jitter(cfg.interval, tick);
@@ -385,6 +418,7 @@ mod tests {
             uri: "/healthz".into(),
             status: (200, 399),
             body: Some("ok".into()),
+            tls: None,
         };
         let good = fake(b"", 0, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
         assert_eq!(http.check(&good).await, Ok(()));

@@ -19,6 +19,7 @@ mod pool;
 mod queue;
 mod resolve;
 mod select;
+pub mod tls;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -18,6 +18,8 @@ use crate::Upstream;
 pub struct UpstreamHandle {
     pub template: UpstreamConfig,
     current: ArcSwap<Upstream>,
+    /// `tls` on the upstream: how its servers are connected to.
+    pub tls: Option<Arc<crate::tls::TlsConnector>>,
 }
 
 impl UpstreamHandle {
@@ -25,7 +27,17 @@ impl UpstreamHandle {
         Self {
             template,
             current: ArcSwap::from_pointee(upstream),
+            tls: None,
         }
+    }
+
+    /// [`UpstreamHandle::new`] with the upstream's TLS connector built (its files read).
+    pub fn with_tls(template: UpstreamConfig, upstream: Upstream) -> Result<Self, String> {
+        let tls = crate::tls::connector_for(template.tls.as_ref())?;
+        Ok(Self {
+            tls,
+            ..Self::new(template, upstream)
+        })
     }
 
     /// The current generation: pick from it for one request.

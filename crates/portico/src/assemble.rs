@@ -26,7 +26,8 @@ pub struct Upstreams {
 impl Upstreams {
     /// Builds the upstreams of `config`. An upstream whose settings did not change is
     /// kept whole; otherwise servers whose settings did not change keep their state.
-    pub fn build(config: &Config, previous: &Upstreams, workers: usize) -> Self {
+    /// Fails when an upstream's TLS files cannot be used.
+    pub fn build(config: &Config, previous: &Upstreams, workers: usize) -> Result<Self, String> {
         let mut next = Upstreams::default();
         for (name, cfg) in &config.upstreams {
             let prev = previous.shared.get(name);
@@ -42,7 +43,10 @@ impl Upstreams {
             }
             let old = prev.map(|h| h.load());
             let upstream = Upstream::reusing(expand(cfg), old.as_deref());
-            let handle = Arc::new(UpstreamHandle::new(cfg.clone(), upstream));
+            let handle = Arc::new(
+                UpstreamHandle::with_tls(cfg.clone(), upstream)
+                    .map_err(|e| format!("upstreams.{name}.tls: {e}"))?,
+            );
             let stop = tokio_util::sync::CancellationToken::new();
             if let Some(health) = &cfg.health {
                 tokio::spawn(portico_upstream::health::run_checks(
@@ -63,7 +67,7 @@ impl Upstreams {
             );
             next.shared.insert(name.clone(), handle);
         }
-        next
+        Ok(next)
     }
 }
 

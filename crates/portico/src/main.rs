@@ -228,7 +228,8 @@ impl State {
     /// Builds and applies `config`; on any error the running state stays as it was.
     fn apply(&mut self, config: Config) -> anyhow::Result<()> {
         let upstreams =
-            assemble::Upstreams::build(&config, &self.upstreams, self.listeners.workers());
+            assemble::Upstreams::build(&config, &self.upstreams, self.listeners.workers())
+                .map_err(anyhow::Error::msg)?;
         let shared = self.shared(&config)?;
         let specs =
             assemble::endpoints(&config, &upstreams, &shared).map_err(anyhow::Error::msg)?;

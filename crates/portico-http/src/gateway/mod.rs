@@ -165,7 +165,7 @@ enum Reader {
 pub async fn forward(
     route: &GatewayRoute,
     parts: http::request::Parts,
-    body: hyper::body::Incoming,
+    body: crate::body::InBody,
     client: Client<'_>,
 ) -> (Response<HttpBody>, UpstreamAddr) {
     let request = next_request_id();
