@@ -49,6 +49,8 @@ async def app(scope, receive, send):
         "method": scope["method"],
         "path": path,
         "http_version": scope["http_version"],
+        "scheme": scope.get("scheme"),
+        "client_port": (scope.get("client") or [None, None])[1],
         "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]},
         "body_len": len(body),
         "body_sha256": hashlib.sha256(body).hexdigest(),

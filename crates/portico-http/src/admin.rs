@@ -89,12 +89,21 @@ impl StatusSource {
                             "requests": s.stats.requests.load(Ordering::Relaxed),
                             "failures": s.stats.failures.load(Ordering::Relaxed),
                             "unavailable": s.stats.unavailable.load(Ordering::Relaxed),
+                            "health_checks": {
+                                "passes_in_row": s.health.passes_in_row.load(Ordering::Relaxed),
+                                "fails_in_row": s.health.fails_in_row.load(Ordering::Relaxed),
+                                "failed": s.health.failed_checks.load(Ordering::Relaxed),
+                            },
                         })
                     })
                     .collect();
                 (
                     u.name().to_string(),
-                    json!({ "balance": format!("{:?}", u.config.balance), "servers": servers }),
+                    json!({
+                        "balance": format!("{:?}", u.config.balance),
+                        "tls": h.tls.as_ref().map(|t| json!({ "h2": t.h2 })),
+                        "servers": servers,
+                    }),
                 )
             })
             .collect();

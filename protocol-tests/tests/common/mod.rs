@@ -212,8 +212,13 @@ pub fn proxy_config(server: &str, listener_extra: &str) -> String {
 
 /// uvicorn serving the ASGI echo app on a TCP port or a Unix socket (`--uds`).
 pub fn uvicorn(bind: Bind<'_>) -> Proc {
+    uvicorn_with(bind, &[])
+}
+
+/// [`uvicorn`] with more arguments (`--ssl-certfile`, …).
+pub fn uvicorn_with(bind: Bind<'_>, args: &[&str]) -> Proc {
     let mut cmd = Command::new(venv_bin("uvicorn"));
-    cmd.arg("--app-dir").arg(apps_dir());
+    cmd.arg("--app-dir").arg(apps_dir()).args(args);
     match &bind {
         Bind::Tcp(port) => cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]),
         Bind::Unix(sock) => cmd.arg("--uds").arg(sock),
