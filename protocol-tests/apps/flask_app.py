@@ -52,6 +52,16 @@ def headers():
     return r
 
 
+@app.route("/app/login")
+def login():
+    # what an app mounted at / sets when the proxy serves it under /app/
+    r = Response("logged in\n")
+    r.headers.add("Set-Cookie", "sessionid=abc; Path=/app/; HttpOnly")
+    r.headers.add("Set-Cookie", "csrftoken=x1; Domain=localhost; Path=/")
+    r.headers.add("Set-Cookie", "theme=dark; Path=/app/prefs; SameSite=Strict")
+    return r
+
+
 @app.route("/cookies")
 def cookies():
     r = Response("cookies\n")

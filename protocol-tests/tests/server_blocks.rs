@@ -710,3 +710,52 @@ listen = ["127.0.0.1:{{port}}"]
     assert_eq!(backend.received("/dashboard")[0].target(), "/dashboard?x=1");
     assert!(backend.received("/robots").is_empty());
 }
+
+/// cookie_path, cookie_domain and cookie_flags beside nginx's proxy_cookie_* on the
+/// cookies a Flask app under gunicorn sets: the same Set-Cookie headers, byte for byte.
+#[test]
+fn cookie_rewriting_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = free_port();
+    let _gunicorn = gunicorn_tcp(app, "cookies", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{app}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  cookie_path = {{ "/app/" = "/" }}
+  cookie_domain = {{ "localhost" = "example.org" }}
+  cookie_flags = {{ "sessionid" = ["secure", "samesite=lax"], "theme" = ["nosamesite"] }}
+"#
+    ));
+    let (_nginx, nginx_port) = nginx_server(
+        dir.path(),
+        &format!(
+            "location / {{ proxy_pass http://127.0.0.1:{app}; proxy_cookie_path /app/ /; proxy_cookie_domain localhost example.org; proxy_cookie_flags sessionid secure samesite=lax; proxy_cookie_flags theme nosamesite; }}"
+        ),
+    );
+    let ours = curl(&[], &p.url("/app/login"));
+    let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}/app/login"));
+    assert_eq!(
+        ours.headers_named("set-cookie"),
+        vec![
+            "sessionid=abc; Path=/; HttpOnly; Secure; SameSite=Lax",
+            "csrftoken=x1; Domain=example.org; Path=/",
+            "theme=dark; Path=/prefs",
+        ]
+    );
+    assert_eq!(
+        ours.headers_named("set-cookie"),
+        n.headers_named("set-cookie")
+    );
+    // other answers' cookies are left as the app wrote them
+    let plain = curl(&[], &p.url("/cookies"));
+    assert_eq!(
+        plain.headers_named("set-cookie"),
+        vec!["a=1; Path=/", "b=2; Path=/"]
+    );
+}

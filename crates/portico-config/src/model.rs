@@ -411,6 +411,43 @@ pub struct Route {
     pub internal: bool,
     /// nginx `error_page` (and `proxy_intercept_errors`), the route's or the listener's.
     pub error_pages: ErrorPages,
+    /// nginx `proxy_cookie_path` / `_domain` / `_flags` on upstream answers.
+    pub cookies: CookieRules,
+}
+
+/// Changes to the Set-Cookie headers of an upstream's answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CookieRules {
+    /// `Path` prefix → its replacement (a template); the longest matching prefix wins.
+    pub path: Vec<(String, KeyTemplate)>,
+    /// `Domain` (compared without case and a leading dot) → its replacement.
+    pub domain: Vec<(String, KeyTemplate)>,
+    /// Cookie name (or `*` for every cookie) → flags set or removed.
+    pub flags: Vec<(String, Vec<CookieFlag>)>,
+}
+
+impl CookieRules {
+    pub fn is_empty(&self) -> bool {
+        self.path.is_empty() && self.domain.is_empty() && self.flags.is_empty()
+    }
+}
+
+/// One of nginx's `proxy_cookie_flags` words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CookieFlag {
+    Secure,
+    HttpOnly,
+    SameSite(SameSite),
+    NoSecure,
+    NoHttpOnly,
+    NoSameSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
 }
 
 /// `error_pages`: answers with these statuses are replaced by an internal request to

@@ -335,6 +335,10 @@ pub struct RawRoute {
     /// `"404" = "/404.html"`; a key may list several statuses (`"502 503 504"`).
     pub error_pages: Option<BTreeMap<String, String>>,
     pub intercept_errors: Option<bool>,
+    /// nginx proxy_cookie_path / _domain / _flags on the upstream's Set-Cookie.
+    pub cookie_path: Option<BTreeMap<String, String>>,
+    pub cookie_domain: Option<BTreeMap<String, String>>,
+    pub cookie_flags: Option<BTreeMap<String, Vec<String>>>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

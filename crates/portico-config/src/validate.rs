@@ -941,6 +941,7 @@ fn validate_route(
     }
     let rewrite = rewrites(v, rp, &r.rewrite);
     let try_files = try_files(v, rp, r, &template);
+    let cookies = cookie_rules(v, rp, r, &template);
     let own_error_pages = r
         .error_pages
         .as_ref()
@@ -1194,6 +1195,7 @@ fn validate_route(
         try_files,
         compress: None,
         internal: r.internal,
+        cookies,
         error_pages: ErrorPages {
             pages: own_error_pages,
             intercept: r.intercept_errors.unwrap_or(false),
@@ -1472,6 +1474,76 @@ fn try_files(
         return None;
     };
     Some(TryFiles { files, fallback })
+}
+
+/// `cookie_path = { "/app/" = "/" }`, `cookie_domain = { "localhost" = "$host" }`,
+/// `cookie_flags = { "*" = ["secure", "httponly", "samesite=lax"] }` (nginx
+/// proxy_cookie_*): on routes with an upstream; replacements are templates.
+fn cookie_rules(
+    v: &mut Validator<'_>,
+    rp: &str,
+    r: &RawRoute,
+    template: &dyn Fn(&mut Validator<'_>, &str, &str) -> Option<KeyTemplate>,
+) -> CookieRules {
+    if r.upstream.is_none() {
+        not_here(
+            v,
+            rp,
+            &[
+                ("cookie_path", r.cookie_path.is_some()),
+                ("cookie_domain", r.cookie_domain.is_some()),
+                ("cookie_flags", r.cookie_flags.is_some()),
+            ],
+            "applies to routes with an upstream (it changes the upstream's Set-Cookie)",
+        );
+        return CookieRules::default();
+    }
+    let mut out = CookieRules::default();
+    for (from, to) in r.cookie_path.iter().flatten() {
+        let k = format!("{rp}.cookie_path.{from}");
+        if !from.starts_with('/') {
+            v.err(&k, format!("{from:?}: a cookie path starts with /"));
+        } else if let Some(t) = template(v, &k, to) {
+            out.path.push((from.clone(), t));
+        }
+    }
+    // the longest prefix first: the first that matches wins
+    out.path.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    for (from, to) in r.cookie_domain.iter().flatten() {
+        let k = format!("{rp}.cookie_domain.{from}");
+        let from = from.trim_start_matches('.').to_ascii_lowercase();
+        if from.is_empty() {
+            v.err(&k, "name the domain the app sets");
+        } else if let Some(t) = template(v, &k, to) {
+            out.domain.push((from, t));
+        }
+    }
+    for (name, flags) in r.cookie_flags.iter().flatten() {
+        let k = format!("{rp}.cookie_flags.{name}");
+        let mut parsed = Vec::new();
+        for (i, f) in flags.iter().enumerate() {
+            let flag = match f.to_ascii_lowercase().as_str() {
+                "secure" => CookieFlag::Secure,
+                "httponly" => CookieFlag::HttpOnly,
+                "samesite=strict" => CookieFlag::SameSite(SameSite::Strict),
+                "samesite=lax" => CookieFlag::SameSite(SameSite::Lax),
+                "samesite=none" => CookieFlag::SameSite(SameSite::None),
+                "nosecure" => CookieFlag::NoSecure,
+                "nohttponly" => CookieFlag::NoHttpOnly,
+                "nosamesite" => CookieFlag::NoSameSite,
+                other => {
+                    v.err(
+                        &format!("{k}.{i}"),
+                        format!("{other:?}: the flags are secure, httponly, samesite=strict|lax|none, nosecure, nohttponly, nosamesite"),
+                    );
+                    continue;
+                }
+            };
+            parsed.push(flag);
+        }
+        out.flags.push((name.clone(), parsed));
+    }
+    out
 }
 
 /// `tls = { sni, verify, ca, cert, key, h2 }` on an upstream: the files must be readable

@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 mod compress;
+mod cookies;
 mod errors;
 mod framing;
 pub mod gateway;
@@ -729,6 +730,8 @@ impl HttpService {
             (!route.response_headers.is_empty()).then(|| route.response_headers.render(&vars));
         let request_values =
             (!route.request_headers.is_empty()).then(|| route.request_headers.render(&vars));
+        let cookie_values =
+            (!route.cookies.is_empty()).then(|| cookies::render(&route.cookies, &vars));
         let hash_key = match &route.content {
             route::Content::Proxy(up) => up.handle.template.hash_key.as_ref(),
             route::Content::Gateway(g) => g.upstream.handle.template.hash_key.as_ref(),
@@ -802,6 +805,10 @@ impl HttpService {
                 );
                 route::rewrite_redirects(route, server, &base, resp.headers_mut());
             }
+        }
+        // proxy_cookie_*: the app's Set-Cookie as the client sees the site
+        if let (Some(values), Some(_)) = (&cookie_values, &upstream) {
+            cookies::apply(&route.cookies, values, resp.headers_mut());
         }
         // X-Accel-Redirect: the upstream hands the answer to another (usually
         // `internal`) route, as Django, Discourse and Mailu do for downloads

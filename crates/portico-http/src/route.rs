@@ -70,6 +70,8 @@ pub(crate) struct CompiledRoute {
     /// Only internal redirects reach it.
     pub internal: bool,
     pub error_pages: portico_config::ErrorPages,
+    /// proxy_cookie_path / _domain / _flags.
+    pub cookies: portico_config::CookieRules,
 }
 
 /// A listener's routes and the router over them.
@@ -168,6 +170,7 @@ impl Routes {
                 charset: r.charset.clone(),
                 internal: r.internal,
                 error_pages: r.error_pages.clone(),
+                cookies: r.cookies.clone(),
                 rewrites,
                 try_files,
                 upstream_path,
@@ -211,7 +214,17 @@ fn uses_captures(r: &portico_config::Route) -> bool {
         t.files.iter().any(|f| f.max_capture() > 0)
             || matches!(&t.fallback, Fallback::Uri(u) if u.max_capture() > 0)
     });
-    in_content || in_try || in_rules(&r.request_headers) || in_rules(&r.response_headers)
+    let in_cookies = r
+        .cookies
+        .path
+        .iter()
+        .chain(&r.cookies.domain)
+        .any(|(_, t)| t.max_capture() > 0);
+    in_content
+        || in_try
+        || in_cookies
+        || in_rules(&r.request_headers)
+        || in_rules(&r.response_headers)
 }
 
 impl CompiledRoute {
