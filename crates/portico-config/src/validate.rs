@@ -1508,7 +1508,7 @@ fn cookie_rules(
         }
     }
     // the longest prefix first: the first that matches wins
-    out.path.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    out.path.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     for (from, to) in r.cookie_domain.iter().flatten() {
         let k = format!("{rp}.cookie_domain.{from}");
         let from = from.trim_start_matches('.').to_ascii_lowercase();
