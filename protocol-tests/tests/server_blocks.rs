@@ -572,6 +572,8 @@ fn x_accel_redirect_to_an_internal_route_like_nginx() {
     fn answer(r: &Recorded) -> Vec<u8> {
         if r.target().starts_with("/download") {
             b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/report.txt\r\nContent-Type: text/csv\r\nContent-Disposition: attachment; filename=r.csv\r\nContent-Length: 7\r\n\r\nignored".to_vec()
+        } else if r.target().starts_with("/limited") {
+            b"HTTP/1.1 200 OK\r\nX-Accel-Buffering: no\r\nX-Accel-Limit-Rate: 100000\r\nX-Accel-Expires: 60\r\nX-Accel-Charset: koi8-r\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nstream".to_vec()
         } else if r.target().starts_with("/gone") {
             b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /protected/missing.txt\r\nContent-Length: 0\r\n\r\n".to_vec()
         } else if r.target().starts_with("/nowhere") {
@@ -612,7 +614,13 @@ listen = ["127.0.0.1:{{port}}"]
             nginx_backend.addr()
         ),
     );
-    for path in ["/download", "/protected/report.txt", "/gone", "/nowhere"] {
+    for path in [
+        "/download",
+        "/protected/report.txt",
+        "/gone",
+        "/nowhere",
+        "/limited",
+    ] {
         let ours = curl(&[], &p.url(path));
         let n = curl(&[], &format!("http://127.0.0.1:{nginx_port}{path}"));
         assert_eq!(ours.status, n.status, "{path}");
@@ -622,7 +630,17 @@ listen = ["127.0.0.1:{{port}}"]
         for h in ["content-type", "content-disposition"] {
             assert_eq!(ours.header(h), n.header(h), "{path} {h}");
         }
+        // X-Accel-* are for the proxy, never passed on
+        assert!(
+            !ours
+                .headers
+                .iter()
+                .any(|(k, _)| k.to_ascii_lowercase().starts_with("x-accel")),
+            "{path}: {:?}",
+            ours.headers
+        );
     }
+    assert_eq!(curl(&[], &p.url("/limited")).text(), "stream");
     let download = curl(&[], &p.url("/download"));
     assert_eq!(download.text(), "quarterly figures\n");
     // the app's type and disposition are kept over the file's (nginx)

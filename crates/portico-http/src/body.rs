@@ -466,3 +466,89 @@ impl Drop for StallWatched {
         self.progress.finish();
     }
 }
+
+pin_project! {
+    /// A response body sent at most `rate` bytes per second (an upstream's
+    /// `X-Accel-Limit-Rate`, nginx's `limit_rate`): after each frame the next waits
+    /// until the bytes sent so far are due.
+    pub struct RateLimited {
+        #[pin]
+        inner: HttpBody,
+        rate: u64,
+        sent: u64,
+        started: Instant,
+        #[pin]
+        wait: Option<Sleep>,
+    }
+}
+
+impl RateLimited {
+    pub fn new(inner: HttpBody, rate: u64) -> Self {
+        Self {
+            inner,
+            rate: rate.max(1),
+            sent: 0,
+            started: Instant::now(),
+            wait: None,
+        }
+    }
+}
+
+impl Body for RateLimited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Some(w) = this.wait.as_mut().as_pin_mut() {
+            ready!(w.poll(cx));
+            this.wait.set(None);
+        }
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame {
+            if let Some(d) = f.data_ref() {
+                *this.sent += d.len() as u64;
+                let due =
+                    *this.started + Duration::from_secs_f64(*this.sent as f64 / *this.rate as f64);
+                if due > Instant::now() {
+                    this.wait.set(Some(tokio::time::sleep_until(due)));
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 3 frames of 1000 bytes at 1000 B/s: each next frame is due a second after the
+    /// last (on tokio's paused clock, so no wall-clock timing).
+    #[tokio::test(start_paused = true)]
+    async fn a_limited_body_waits_until_its_bytes_are_due() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..3)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 1000]))))
+            .collect();
+        let inner = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut body = std::pin::pin!(RateLimited::new(inner, 1000));
+        let start = Instant::now();
+        let mut at = Vec::new();
+        while let Some(f) = body.as_mut().frame().await {
+            assert_eq!(f.unwrap().into_data().unwrap().len(), 1000);
+            at.push(start.elapsed().as_secs());
+        }
+        assert_eq!(at, vec![0, 1, 2]);
+    }
+}

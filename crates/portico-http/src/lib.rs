@@ -810,6 +810,16 @@ impl HttpService {
         if let (Some(values), Some(_)) = (&cookie_values, &upstream) {
             cookies::apply(&route.cookies, values, resp.headers_mut());
         }
+        // nginx's X-Accel-* from the app: read, then never passed to the client
+        let mut limit_rate = None;
+        if upstream.is_some() {
+            limit_rate = resp
+                .headers()
+                .get("x-accel-limit-rate")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|r| *r > 0);
+        }
         // X-Accel-Redirect: the upstream hands the answer to another (usually
         // `internal`) route, as Django, Discourse and Mailu do for downloads
         if let (Some(target), Some((method, headers))) = (accel_target(&resp), accel) {
@@ -817,9 +827,14 @@ impl HttpService {
                 depth: steps,
                 ..Entry::internal(entry.keep_status)
             };
-            return self
+            let mut out = self
                 .accel_redirect(&target, resp, &method, headers, inner, routes, at)
                 .await;
+            out.resp = accel_filters(out.resp, limit_rate);
+            return out;
+        }
+        if upstream.is_some() {
+            resp = accel_filters(resp, limit_rate);
         }
         // an error page answers with the status it replaces
         if let Some(s) = entry.keep_status {
@@ -1350,6 +1365,28 @@ fn real_ip(
 fn accel_target(resp: &Response<HttpBody>) -> Option<String> {
     let v = resp.headers().get("x-accel-redirect")?.to_str().ok()?;
     v.starts_with('/').then(|| v.to_string())
+}
+
+/// Applies an app's `X-Accel-Limit-Rate` (bytes per second to the client) and removes
+/// every `X-Accel-*` header, as nginx does. X-Accel-Buffering needs nothing (Portico
+/// streams either way); X-Accel-Charset only recodes in nginx (with charset maps,
+/// which Portico has not); X-Accel-Expires is not read (no cache yet).
+fn accel_filters(mut resp: Response<HttpBody>, limit_rate: Option<u64>) -> Response<HttpBody> {
+    let h = resp.headers_mut();
+    if h.keys().any(|k| k.as_str().starts_with("x-accel-")) {
+        let names: Vec<header::HeaderName> = h
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-accel-"))
+            .cloned()
+            .collect();
+        for n in names {
+            h.remove(n);
+        }
+    }
+    match limit_rate {
+        Some(rate) => resp.map(|b| body::RateLimited::new(b, rate).boxed()),
+        None => resp,
+    }
 }
 
 /// The request headers a static answer to an X-Accel-Redirect looks at (conditional and
