@@ -810,6 +810,21 @@ impl HttpService {
         if let (Some(values), Some(_)) = (&cookie_values, &upstream) {
             cookies::apply(&route.cookies, values, resp.headers_mut());
         }
+        // a static directory's 301 points at an absolute URL, as nginx's
+        if matches!(route.content, route::Content::Static(_)) && resp.status().is_redirection() {
+            let relative = resp
+                .headers()
+                .get(header::LOCATION)
+                .filter(|l| l.as_bytes().starts_with(b"/"))
+                .map(|l| l.as_bytes().to_vec());
+            if let Some(loc) = relative {
+                let server_name = site.server_names.first().map_or("", String::as_str);
+                let abs = route::absolute(conn.tls, host, server_name, loc);
+                if let Ok(v) = HeaderValue::from_bytes(&abs) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+            }
+        }
         // nginx's X-Accel-* from the app: read, then never passed to the client
         let mut limit_rate = None;
         if upstream.is_some() {

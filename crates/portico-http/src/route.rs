@@ -249,19 +249,7 @@ pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
     if let Some(loc) = &r.location {
         let mut out = Vec::with_capacity(64);
         vars.render(loc, &mut out);
-        if out.starts_with(b"/") && !out.starts_with(b"//") {
-            let mut abs = if vars.tls {
-                b"https://".to_vec()
-            } else {
-                b"http://".to_vec()
-            };
-            match vars.host {
-                Some(h) => abs.extend_from_slice(h.as_bytes()),
-                None => abs.extend_from_slice(vars.server_name.as_bytes()),
-            }
-            abs.extend_from_slice(&out);
-            out = abs;
-        }
+        let out = absolute(vars.tls, vars.host, vars.server_name, out);
         let mut resp = error_response(status);
         resp.headers_mut().remove(header::CONNECTION);
         match HeaderValue::from_bytes(&out) {
@@ -290,6 +278,30 @@ pub(crate) fn answer(r: &ReturnConfig, vars: &Vars<'_>) -> Response<HttpBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// A redirect's Location made absolute as nginx's `absolute_redirect on` does: a path
+/// gets the scheme and the Host the client sent (else the server name).
+pub(crate) fn absolute(
+    tls: bool,
+    host: Option<&HeaderValue>,
+    server_name: &str,
+    location: Vec<u8>,
+) -> Vec<u8> {
+    if !location.starts_with(b"/") || location.starts_with(b"//") {
+        return location;
+    }
+    let mut abs = if tls {
+        b"https://".to_vec()
+    } else {
+        b"http://".to_vec()
+    };
+    match host {
+        Some(h) => abs.extend_from_slice(h.as_bytes()),
+        None => abs.extend_from_slice(server_name.as_bytes()),
+    }
+    abs.extend_from_slice(&location);
+    abs
 }
 
 /// nginx's `proxy_redirect default`: a Location or Refresh naming the upstream server
