@@ -21,7 +21,7 @@ use figment::Figment;
 
 pub use model::*;
 pub use source::{Layers, Origin, SourceFile, ENV_PREFIX};
-pub use validate::parse_duration;
+pub use validate::{parse_duration, parse_rate};
 
 use raw::RawConfig;
 

@@ -15,6 +15,53 @@ pub struct Config {
     pub admin: Option<Admin>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
     pub listeners: Vec<ListenerConfig>,
+    pub rate_limits: BTreeMap<String, RateLimitConfig>,
+    pub conn_limits: BTreeMap<String, ConnLimitConfig>,
+}
+
+/// `[rate_limits.NAME]`: nginx's limit_req.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub name: String,
+    pub key: KeyTemplate,
+    /// Thousandths of a request per second.
+    pub rate_milli: u64,
+    pub burst: u64,
+    pub nodelay: bool,
+    /// The most keys tracked (least recently used dropped first).
+    pub keys: usize,
+    /// Answer to a refused request (429 by default).
+    pub status: u16,
+    /// The level of the log line per refusal (nginx limit_req_log_level; delays one
+    /// level lower).
+    pub log_level: LogLevel,
+}
+
+/// `[conn_limits.NAME]`: nginx's limit_conn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnLimitConfig {
+    pub name: String,
+    pub key: KeyTemplate,
+    pub max: u32,
+    /// Answer to a refused request (503 by default, as nginx).
+    pub status: u16,
+    pub log_level: LogLevel,
+}
+
+/// A log level for lines a config controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// One `access` rule: `allow`/`deny` an address range, or everyone (`from = None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessRule {
+    pub allow: bool,
+    pub from: Option<Cidr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -413,6 +460,12 @@ pub struct Route {
     pub error_pages: ErrorPages,
     /// nginx `proxy_cookie_path` / `_domain` / `_flags` on upstream answers.
     pub cookies: CookieRules,
+    /// Names of `[rate_limits]` that apply (all of them, nginx's order of limit_req).
+    pub rate_limit: Vec<String>,
+    /// Names of `[conn_limits]` that apply.
+    pub conn_limit: Vec<String>,
+    /// nginx allow/deny, first match wins; empty: everyone.
+    pub access: Vec<AccessRule>,
 }
 
 /// Changes to the Set-Cookie headers of an upstream's answer.

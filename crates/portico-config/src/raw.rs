@@ -16,6 +16,32 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub listeners: Vec<RawListener>,
+    pub rate_limits: BTreeMap<String, RawRateLimit>,
+    pub conn_limits: BTreeMap<String, RawConnLimit>,
+}
+
+/// `[rate_limits.NAME]` (nginx limit_req_zone + limit_req).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub key: Option<String>,
+    pub rate: Option<String>,
+    pub burst: u64,
+    pub nodelay: bool,
+    pub keys: Option<usize>,
+    pub status: Option<u16>,
+    pub log_level: Option<String>,
+    pub store: Option<String>,
+}
+
+/// `[conn_limits.NAME]` (nginx limit_conn_zone + limit_conn).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConnLimit {
+    pub key: Option<String>,
+    pub max: Option<u32>,
+    pub status: Option<u16>,
+    pub log_level: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -339,6 +365,9 @@ pub struct RawRoute {
     pub cookie_path: Option<BTreeMap<String, String>>,
     pub cookie_domain: Option<BTreeMap<String, String>>,
     pub cookie_flags: Option<BTreeMap<String, Vec<String>>>,
+    pub rate_limit: Vec<String>,
+    pub conn_limit: Vec<String>,
+    pub access: Vec<String>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

@@ -225,11 +225,33 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
         }
     }
 
+    let rate_limits: BTreeMap<String, RateLimitConfig> = raw
+        .rate_limits
+        .iter()
+        .filter_map(|(name, r)| {
+            validate_rate_limit(&mut v, &format!("rate_limits.{name}"), name, r)
+                .map(|c| (name.clone(), c))
+        })
+        .collect();
+    let conn_limits: BTreeMap<String, ConnLimitConfig> = raw
+        .conn_limits
+        .iter()
+        .filter_map(|(name, r)| {
+            validate_conn_limit(&mut v, &format!("conn_limits.{name}"), name, r)
+                .map(|c| (name.clone(), c))
+        })
+        .collect();
+    let known = Known {
+        upstreams: &upstreams,
+        rate_limits: &raw.rate_limits,
+        conn_limits: &raw.conn_limits,
+    };
+
     let mut listeners = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
     for (i, l) in raw.listeners.iter().enumerate() {
         let p = format!("listeners.{i}");
-        let cfg = validate_listener(&mut v, &p, i, l, &upstreams);
+        let cfg = validate_listener(&mut v, &p, i, l, &known);
         if let Some(prev) = names.insert(cfg.name.clone(), i) {
             v.err(
                 &format!("{p}.name"),
@@ -250,10 +272,207 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
             admin,
             upstreams,
             listeners,
+            rate_limits,
+            conn_limits,
         })
     } else {
         Err(v.errors)
     }
+}
+
+/// What routes may name: upstreams and limits.
+struct Known<'a> {
+    upstreams: &'a BTreeMap<String, UpstreamConfig>,
+    rate_limits: &'a BTreeMap<String, RawRateLimit>,
+    conn_limits: &'a BTreeMap<String, RawConnLimit>,
+}
+
+fn limit_key(v: &mut Validator<'_>, p: &str, key: Option<&str>) -> Option<KeyTemplate> {
+    let Some(k) = key else {
+        v.err(
+            &format!("{p}.key"),
+            "a limit needs a key template, e.g. key = \"$remote_addr\"",
+        );
+        return None;
+    };
+    match KeyTemplate::parse(k) {
+        Ok(t) if t.max_capture() > 0 => {
+            v.err(
+                &format!("{p}.key"),
+                "a limit's key cannot use regex captures",
+            );
+            None
+        }
+        Ok(t) => Some(t),
+        Err(e) => {
+            v.err(&format!("{p}.key"), e);
+            None
+        }
+    }
+}
+
+fn log_level(v: &mut Validator<'_>, k: &str, given: Option<&str>) -> LogLevel {
+    let levels = [
+        ("error", LogLevel::Error),
+        ("warn", LogLevel::Warn),
+        ("info", LogLevel::Info),
+        ("debug", LogLevel::Debug),
+    ];
+    v.one_of(k, given.unwrap_or("error"), &levels)
+        .unwrap_or(LogLevel::Error)
+}
+
+fn refusal_status(v: &mut Validator<'_>, k: &str, given: Option<u16>, default: u16) -> u16 {
+    let s = given.unwrap_or(default);
+    if !(400..=599).contains(&s) {
+        v.err(k, "a refusal status is from 400 to 599");
+    }
+    s
+}
+
+fn validate_rate_limit(
+    v: &mut Validator<'_>,
+    p: &str,
+    name: &str,
+    r: &RawRateLimit,
+) -> Option<RateLimitConfig> {
+    let key = limit_key(v, p, r.key.as_deref());
+    let rate = match r.rate.as_deref() {
+        None => {
+            v.err(
+                &format!("{p}.rate"),
+                "a rate limit needs a rate: \"10r/s\" or \"600r/m\"",
+            );
+            None
+        }
+        Some(t) => match parse_rate(t) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                v.err(&format!("{p}.rate"), e);
+                None
+            }
+        },
+    };
+    let keys = r.keys.unwrap_or(100_000);
+    if keys == 0 {
+        v.err(&format!("{p}.keys"), "keys must be at least 1");
+    }
+    if r.store.is_some() {
+        v.err(
+            &format!("{p}.store"),
+            "store (a rate limit shared through Redis) is not there yet: the limit would be this process's only",
+        );
+    }
+    let status = refusal_status(v, &format!("{p}.status"), r.status, 429);
+    let log_level = log_level(v, &format!("{p}.log_level"), r.log_level.as_deref());
+    Some(RateLimitConfig {
+        name: name.to_string(),
+        key: key?,
+        rate_milli: rate?,
+        burst: r.burst,
+        nodelay: r.nodelay,
+        keys: keys.max(1),
+        status,
+        log_level,
+    })
+}
+
+/// nginx's `10r/s` / `600r/m` in thousandths of a request per second (nginx's own
+/// arithmetic: r/m is truncated to whole thousandths per second).
+///
+/// ```
+/// assert_eq!(portico_config::parse_rate("10r/s"), Ok(10_000));
+/// assert_eq!(portico_config::parse_rate("600r/m"), Ok(10_000));
+/// assert_eq!(portico_config::parse_rate("1r/m"), Ok(16));
+/// assert!(portico_config::parse_rate("10/s").is_err());
+/// assert!(portico_config::parse_rate("0r/s").is_err());
+/// ```
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?}: a rate is N r/s or N r/m (\"10r/s\", \"600r/m\")");
+    let (n, per) = text.trim().split_once("r/").ok_or_else(bad)?;
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(format!("{text:?}: a rate of 0 lets nothing through"));
+    }
+    match per.trim() {
+        "s" => Ok(n * 1000),
+        "m" => Ok((n * 1000 / 60).max(1)),
+        _ => Err(bad()),
+    }
+}
+
+fn validate_conn_limit(
+    v: &mut Validator<'_>,
+    p: &str,
+    name: &str,
+    r: &RawConnLimit,
+) -> Option<ConnLimitConfig> {
+    let key = limit_key(v, p, r.key.as_deref());
+    let max = match r.max {
+        Some(m) if m > 0 => Some(m),
+        Some(_) => {
+            v.err(&format!("{p}.max"), "max must be at least 1");
+            None
+        }
+        None => {
+            v.err(
+                &format!("{p}.max"),
+                "a conn limit needs max (requests in flight per key)",
+            );
+            None
+        }
+    };
+    let status = refusal_status(v, &format!("{p}.status"), r.status, 503);
+    let log_level = log_level(v, &format!("{p}.log_level"), r.log_level.as_deref());
+    Some(ConnLimitConfig {
+        name: name.to_string(),
+        key: key?,
+        max: max?,
+        status,
+        log_level,
+    })
+}
+
+/// `access = ["allow 10.0.0.0/8", "allow ::1", "deny all"]`.
+fn access_rules(v: &mut Validator<'_>, k: &str, raw: &[String]) -> Vec<AccessRule> {
+    let mut out = Vec::new();
+    for (i, rule) in raw.iter().enumerate() {
+        let kk = format!("{k}.{i}");
+        let mut words = rule.split_whitespace();
+        let allow = match words.next() {
+            Some("allow") => true,
+            Some("deny") => false,
+            _ => {
+                v.err(
+                    &kk,
+                    format!("{rule:?}: a rule is \"allow ADDRESS\", \"deny CIDR\" or \"deny all\""),
+                );
+                continue;
+            }
+        };
+        let from = match (words.next(), words.next()) {
+            (Some("all"), None) => None,
+            (Some(c), None) => match Cidr::parse(c) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    v.err(&kk, e);
+                    continue;
+                }
+            },
+            _ => {
+                v.err(
+                    &kk,
+                    format!(
+                        "{rule:?}: one address, CIDR range or `all` after {}",
+                        if allow { "allow" } else { "deny" }
+                    ),
+                );
+                continue;
+            }
+        };
+        out.push(AccessRule { allow, from });
+    }
+    out
 }
 
 fn validate_upstream(
@@ -437,8 +656,9 @@ fn validate_listener(
     p: &str,
     index: usize,
     l: &RawListener,
-    upstreams: &BTreeMap<String, UpstreamConfig>,
+    known: &Known<'_>,
 ) -> ListenerConfig {
+    let upstreams = known.upstreams;
     let protocols = [
         ("http", Protocol::Http),
         ("smtp", Protocol::Smtp),
@@ -577,7 +797,7 @@ fn validate_listener(
                     );
                 }
             }
-            if let Some(mut route) = validate_route(v, &rp, r, upstreams) {
+            if let Some(mut route) = validate_route(v, &rp, r, known) {
                 route.compress = compress(
                     v,
                     &format!("{rp}.compress"),
@@ -875,8 +1095,26 @@ fn validate_route(
     v: &mut Validator<'_>,
     rp: &str,
     r: &RawRoute,
-    upstreams: &BTreeMap<String, UpstreamConfig>,
+    known: &Known<'_>,
 ) -> Option<Route> {
+    let upstreams = known.upstreams;
+    for (i, n) in r.rate_limit.iter().enumerate() {
+        if !known.rate_limits.contains_key(n) {
+            v.err(
+                &format!("{rp}.rate_limit.{i}"),
+                format!("no [rate_limits.{n}]"),
+            );
+        }
+    }
+    for (i, n) in r.conn_limit.iter().enumerate() {
+        if !known.conn_limits.contains_key(n) {
+            v.err(
+                &format!("{rp}.conn_limit.{i}"),
+                format!("no [conn_limits.{n}]"),
+            );
+        }
+    }
+    let access = access_rules(v, &format!("{rp}.access"), &r.access);
     let matcher = route_match(v, rp, r)?;
     let captures = match &matcher {
         RouteMatch::Regex { captures, .. } => *captures,
@@ -1196,6 +1434,9 @@ fn validate_route(
         compress: None,
         internal: r.internal,
         cookies,
+        rate_limit: r.rate_limit.clone(),
+        conn_limit: r.conn_limit.clone(),
+        access,
         error_pages: ErrorPages {
             pages: own_error_pages,
             intercept: r.intercept_errors.unwrap_or(false),

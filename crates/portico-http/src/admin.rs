@@ -21,6 +21,8 @@ use crate::Metrics;
 pub struct StatusSource {
     pub listeners: Arc<ListenerSet>,
     pub upstreams: ArcSwap<Vec<Arc<UpstreamHandle>>>,
+    /// The rate and conn limits of the running config.
+    pub limits: ArcSwap<portico_limits::Limiters>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub reloads: AtomicU64,
@@ -32,6 +34,7 @@ impl StatusSource {
         Self {
             listeners,
             upstreams: ArcSwap::from_pointee(Vec::new()),
+            limits: ArcSwap::from_pointee(portico_limits::Limiters::default()),
             metrics,
             started: Instant::now(),
             reloads: AtomicU64::new(0),
@@ -107,6 +110,39 @@ impl StatusSource {
                 )
             })
             .collect();
+        let lim = self.limits.load();
+        let rate: serde_json::Map<String, serde_json::Value> = lim
+            .rate
+            .iter()
+            .map(|(n, l)| {
+                let s = &l.stats;
+                (
+                    n.clone(),
+                    json!({
+                        "passed": s.passed.load(Ordering::Relaxed),
+                        "delayed": s.delayed.load(Ordering::Relaxed),
+                        "refused": s.refused.load(Ordering::Relaxed),
+                        "evicted": s.evicted.load(Ordering::Relaxed),
+                        "keys": l.keys(),
+                        "max_keys": l.config.keys,
+                    }),
+                )
+            })
+            .collect();
+        let conn: serde_json::Map<String, serde_json::Value> = lim
+            .conn
+            .iter()
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    json!({
+                        "passed": l.stats.passed.load(Ordering::Relaxed),
+                        "refused": l.stats.refused.load(Ordering::Relaxed),
+                        "keys_in_flight": l.keys(),
+                    }),
+                )
+            })
+            .collect();
         json!({
             "server": SERVER_NAME,
             "version": env!("CARGO_PKG_VERSION"),
@@ -117,6 +153,8 @@ impl StatusSource {
             "listeners": listeners,
             "http": http,
             "upstreams": upstreams,
+            "rate_limits": rate,
+            "conn_limits": conn,
         })
     }
 
@@ -229,6 +267,50 @@ impl StatusSource {
             "gauge",
             "Requests in flight on the server.",
             servers(&|s| s.stats.active.load(Ordering::Relaxed) as u64),
+        );
+        let lim = self.limits.load();
+        let mut rows = Vec::new();
+        for (n, l) in &lim.rate {
+            for (outcome, c) in [
+                ("passed", &l.stats.passed),
+                ("delayed", &l.stats.delayed),
+                ("refused", &l.stats.refused),
+            ] {
+                rows.push((
+                    format!("limit=\"{}\",outcome=\"{outcome}\"", esc(n)),
+                    c.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        family(
+            "portico_rate_limit_requests_total",
+            "counter",
+            "Requests a rate limit let through at once, delayed, or refused.",
+            rows,
+        );
+        family(
+            "portico_rate_limit_keys",
+            "gauge",
+            "Keys a rate limit tracks now.",
+            lim.rate
+                .iter()
+                .map(|(n, l)| (format!("limit=\"{}\"", esc(n)), l.keys() as u64))
+                .collect(),
+        );
+        let mut rows = Vec::new();
+        for (n, l) in &lim.conn {
+            for (outcome, c) in [("passed", &l.stats.passed), ("refused", &l.stats.refused)] {
+                rows.push((
+                    format!("limit=\"{}\",outcome=\"{outcome}\"", esc(n)),
+                    c.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        family(
+            "portico_conn_limit_requests_total",
+            "counter",
+            "Requests a conn limit let through or refused.",
+            rows,
         );
         family(
             "portico_reloads_total",

@@ -530,6 +530,42 @@ impl Body for RateLimited {
     }
 }
 
+pin_project! {
+    /// A body that keeps `held` (conn-limit places) alive as long as it is: until it is
+    /// sent, or dropped with the client gone.
+    pub struct Holding<T> {
+        #[pin]
+        inner: HttpBody,
+        held: T,
+    }
+}
+
+impl<T> Holding<T> {
+    pub fn new(inner: HttpBody, held: T) -> Self {
+        Self { inner, held }
+    }
+}
+
+impl<T> Body for Holding<T> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod body;
 mod compress;
 mod cookies;
+mod edge;
 mod errors;
 mod framing;
 pub mod gateway;
@@ -113,12 +114,13 @@ impl Site {
     pub fn new(
         l: &ListenerConfig,
         upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
+        limiters: &portico_limits::Limiters,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
-            SiteKind::Routes(Box::new(route::Routes::compile(l, upstreams)?))
+            SiteKind::Routes(Box::new(route::Routes::compile(l, upstreams, limiters)?))
         };
         Ok(Self {
             name: l.name.clone(),
@@ -719,12 +721,25 @@ impl HttpService {
         };
         let path: &str = &at_uri.path;
         let args = at_uri.args.as_deref();
-        // access phase: the route's methods
+        // access phase: the route's methods, then its edge protection (allow/deny,
+        // rate limits, conn limits)
         if let Some(refused) = route.refuse_method(req.method()) {
             return answer(refused, Some(index));
         }
         let ctx = at.req(&req, &uri);
         let vars = ctx.vars(path, args, captures.as_ref());
+        let mut held = Vec::new();
+        if !route.edge.is_empty() {
+            match edge::check(&route.edge, peer.ip, &vars) {
+                edge::Admit::Refuse(resp) => return answer(resp, Some(index)),
+                edge::Admit::Go { guards, delay } => {
+                    held = guards;
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
         // the header rules' values come from the request: rendered before it goes on
         let response_values =
             (!route.response_headers.is_empty()).then(|| route.response_headers.render(&vars));
@@ -845,7 +860,7 @@ impl HttpService {
             let mut out = self
                 .accel_redirect(&target, resp, &method, headers, inner, routes, at)
                 .await;
-            out.resp = accel_filters(out.resp, limit_rate);
+            out.resp = hold(accel_filters(out.resp, limit_rate), held);
             return out;
         }
         if upstream.is_some() {
@@ -873,7 +888,7 @@ impl HttpService {
             resp = compress::filter(cfg, &method, accept.as_ref(), resp);
         }
         Outcome {
-            resp,
+            resp: hold(resp, held),
             upstream,
             route: Some(index),
         }
@@ -1380,6 +1395,17 @@ fn real_ip(
 fn accel_target(resp: &Response<HttpBody>) -> Option<String> {
     let v = resp.headers().get("x-accel-redirect")?.to_str().ok()?;
     v.starts_with('/').then(|| v.to_string())
+}
+
+/// Keeps `guards` (conn-limit places) until the answer's body is sent or dropped.
+fn hold(
+    resp: Response<HttpBody>,
+    guards: Vec<portico_limits::conn::ConnGuard>,
+) -> Response<HttpBody> {
+    if guards.is_empty() {
+        return resp;
+    }
+    resp.map(|b| body::Holding::new(b, guards).boxed())
 }
 
 /// Applies an app's `X-Accel-Limit-Rate` (bytes per second to the client) and removes

@@ -72,6 +72,21 @@ pub(crate) struct CompiledRoute {
     pub error_pages: portico_config::ErrorPages,
     /// proxy_cookie_path / _domain / _flags.
     pub cookies: portico_config::CookieRules,
+    /// The access phase: allow/deny, then the limits.
+    pub edge: Edge,
+}
+
+/// A route's edge protection, in the order it applies (the access phase).
+pub(crate) struct Edge {
+    pub access: portico_limits::access::AccessList,
+    pub rate: Vec<Arc<portico_limits::rate::RateLimiter>>,
+    pub conn: Vec<Arc<portico_limits::conn::ConnLimiter>>,
+}
+
+impl Edge {
+    pub fn is_empty(&self) -> bool {
+        self.access.is_empty() && self.rate.is_empty() && self.conn.is_empty()
+    }
 }
 
 /// A listener's routes and the router over them.
@@ -89,6 +104,7 @@ impl Routes {
     pub fn compile(
         l: &ListenerConfig,
         upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
+        limiters: &portico_limits::Limiters,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for r in &l.routes {
@@ -171,6 +187,31 @@ impl Routes {
                 internal: r.internal,
                 error_pages: r.error_pages.clone(),
                 cookies: r.cookies.clone(),
+                edge: Edge {
+                    access: portico_limits::access::AccessList::new(r.access.clone()),
+                    rate: r
+                        .rate_limit
+                        .iter()
+                        .map(|n| {
+                            limiters
+                                .rate
+                                .get(n)
+                                .cloned()
+                                .ok_or_else(|| format!("no rate limit named {n:?}"))
+                        })
+                        .collect::<Result<_, String>>()?,
+                    conn: r
+                        .conn_limit
+                        .iter()
+                        .map(|n| {
+                            limiters
+                                .conn
+                                .get(n)
+                                .cloned()
+                                .ok_or_else(|| format!("no conn limit named {n:?}"))
+                        })
+                        .collect::<Result<_, String>>()?,
+                },
                 rewrites,
                 try_files,
                 upstream_path,

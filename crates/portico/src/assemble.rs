@@ -100,6 +100,7 @@ fn default_check(config: &Config, name: &str) -> HealthCheck {
 pub fn endpoints(
     config: &Config,
     upstreams: &Upstreams,
+    limiters: &portico_limits::Limiters,
     shared: &Shared,
 ) -> Result<Vec<EndpointSpec>, String> {
     let mut by_addr: Vec<(ListenAddr, Vec<&ListenerConfig>)> = Vec::new();
@@ -129,7 +130,7 @@ pub fn endpoints(
             Protocol::Http => {
                 let sites = listeners
                     .iter()
-                    .map(|l| Site::new(l, &upstreams.http, metrics))
+                    .map(|l| Site::new(l, &upstreams.http, limiters, metrics))
                     .collect::<Result<Vec<_>, _>>()?;
                 Arc::new(HttpService::new(sites, shared.clone()))
             }

@@ -210,6 +210,7 @@ struct State {
     log_level: Option<LogLevelHandle>,
     config: Config,
     upstreams: assemble::Upstreams,
+    limiters: portico_limits::Limiters,
     listeners: Arc<ListenerSet>,
     status: Arc<StatusSource>,
 }
@@ -230,9 +231,10 @@ impl State {
         let upstreams =
             assemble::Upstreams::build(&config, &self.upstreams, self.listeners.workers())
                 .map_err(anyhow::Error::msg)?;
+        let limiters = portico_limits::Limiters::build(&config, &self.limiters);
         let shared = self.shared(&config)?;
-        let specs =
-            assemble::endpoints(&config, &upstreams, &shared).map_err(anyhow::Error::msg)?;
+        let specs = assemble::endpoints(&config, &upstreams, &limiters, &shared)
+            .map_err(anyhow::Error::msg)?;
         self.listeners
             .apply(specs)
             .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -244,6 +246,8 @@ impl State {
                 let _ = h.reload(tracing_subscriber::EnvFilter::new(&config.log.level));
             }
         }
+        self.status.limits.store(Arc::new(limiters.clone()));
+        self.limiters = limiters;
         self.upstreams = upstreams;
         self.config = config;
         Ok(())
@@ -318,6 +322,7 @@ async fn serve(
         log_level,
         config: config.clone(),
         upstreams: assemble::Upstreams::default(),
+        limiters: portico_limits::Limiters::default(),
         listeners: Arc::clone(&listeners),
         status,
     };

@@ -1,0 +1,81 @@
+//! Edge policy that any protocol module applies the same way: keyed rate limits
+//! ([`rate::RateLimiter`], nginx's `limit_req`), keyed concurrency limits
+//! ([`conn::ConnLimiter`], nginx's `limit_conn`) and access lists ([`access::AccessList`],
+//! nginx's `allow`/`deny`). The interface is small on purpose: a module renders the key
+//! (the HTTP module with its template engine, mail from the client address), asks, and
+//! acts on the [`rate::Verdict`] or holds the [`conn::ConnGuard`] for as long as the
+//! request (or session) lasts.
+//!
+//! Tables are shared by every worker thread of the process (sharded mutexes), so a
+//! client spreading its requests over connections on several workers gets the
+//! configured rate, not a multiple of it. Keys are stored as 64-bit hashes (seeded per
+//! process), so an entry costs the same whatever the key's length.
+
+pub mod access;
+pub mod conn;
+pub mod rate;
+
+use std::collections::BTreeMap;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+
+use portico_config::Config;
+
+/// The limits of one config generation, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Limiters {
+    pub rate: BTreeMap<String, Arc<rate::RateLimiter>>,
+    pub conn: BTreeMap<String, Arc<conn::ConnLimiter>>,
+}
+
+impl Limiters {
+    /// The limits `config` defines. One whose settings did not change is kept, with its
+    /// keys and counters (nginx keeps a zone across reloads).
+    pub fn build(config: &Config, previous: &Limiters) -> Self {
+        let rate = config
+            .rate_limits
+            .iter()
+            .map(|(name, c)| {
+                let kept = previous.rate.get(name).filter(|l| &l.config == c);
+                let l = kept
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(rate::RateLimiter::new(c)));
+                (name.clone(), l)
+            })
+            .collect();
+        let conn = config
+            .conn_limits
+            .iter()
+            .map(|(name, c)| {
+                let kept = previous.conn.get(name).filter(|l| &l.config == c);
+                let l = kept
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(conn::ConnLimiter::new(c)));
+                (name.clone(), l)
+            })
+            .collect();
+        Self { rate, conn }
+    }
+}
+
+/// Shards per table: enough that workers rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// The per-process hasher of keys (seeded at random: clients cannot aim collisions).
+#[derive(Clone)]
+struct KeyHasher(foldhash::fast::RandomState);
+
+impl KeyHasher {
+    fn new() -> Self {
+        Self(foldhash::fast::RandomState::default())
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.0.hash_one(key)
+    }
+}
+
+fn shard_of(hash: u64) -> usize {
+    // the high bits: the table inside the shard uses the low ones
+    (hash >> 59) as usize % SHARDS
+}

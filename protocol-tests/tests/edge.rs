@@ -1,0 +1,293 @@
+//! Edge protection beside nginx, in front of gunicorn (Flask): rate limits (nginx
+//! limit_req: the same bursts let through and refused, with and without nodelay, per
+//! client address from 127.0.0.2 / 127.0.0.3, the whole process's limit over two
+//! workers), conn limits (limit_conn), allow/deny lists, /status and /metrics counters,
+//! and the config checks.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Both {
+    _dir: tempfile::TempDir,
+    _app: Proc,
+    _nginx: Proc,
+    nginx_port: u16,
+    portico: Portico,
+}
+
+/// gunicorn behind Portico (`limits`: the top-level tables, `route`: route keys) and
+/// behind nginx (`nginx_http`: http-level directives, `nginx_loc`: the location's).
+fn both(limits: &str, route: &str, nginx_http: &str, nginx_loc: &str) -> Both {
+    let dir = tempfile::tempdir().unwrap();
+    let app = free_port();
+    let app_proc = gunicorn_tcp(app, "edge", &[]);
+    let portico = Portico::start(&format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+{limits}
+[upstreams.app]
+servers = [{{ addr = "127.0.0.1:{app}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+{route}
+"#
+    ));
+    let nginx_port = free_port();
+    let nginx = nginx(
+        dir.path(),
+        &format!(
+            "http {{\n {temp}\n access_log off;\n {nginx_http}\n server {{\n listen 127.0.0.1:{nginx_port};\n location / {{ proxy_pass http://127.0.0.1:{app}; {nginx_loc} }}\n location = /nginx_status {{ stub_status; }}\n }}\n}}",
+            temp = nginx_http_temp(dir.path())
+        ),
+        nginx_port,
+    );
+    Both {
+        _dir: dir,
+        _app: app_proc,
+        _nginx: nginx,
+        nginx_port,
+        portico,
+    }
+}
+
+/// Statuses of `n` requests to `url` sent together (curl --parallel), from `source`.
+fn burst(url: &str, n: usize, source: &str) -> Vec<u16> {
+    // each URL needs its own -o
+    let urls: Vec<&str> = std::iter::repeat_n(["-o", "/dev/null", url], n)
+        .flatten()
+        .collect();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "30", "--interface", source])
+        .args(["--parallel", "--parallel-immediate", "--parallel-max", "50"])
+        .args(["-w", "%{http_code}\n"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+fn count(statuses: &[u16], want: u16) -> usize {
+    statuses.iter().filter(|s| **s == want).count()
+}
+
+fn status_json(p: &Portico) -> serde_json::Value {
+    curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json()
+}
+
+#[test]
+fn a_burst_is_let_through_and_refused_as_nginx_limit_req() {
+    // 1 r/m: nothing drains during the test, so the counts do not depend on timing
+    let b = both(
+        "[rate_limits.per_ip]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 5\nnodelay = true\n",
+        "  rate_limit = [\"per_ip\"]",
+        "limit_req_zone $binary_remote_addr zone=per_ip:1m rate=1r/m; limit_req_status 429;",
+        "limit_req zone=per_ip burst=5 nodelay;",
+    );
+    let ours = burst(&b.portico.url("/echo"), 20, "127.0.0.2");
+    let n = burst(
+        &format!("http://127.0.0.1:{}/echo", b.nginx_port),
+        20,
+        "127.0.0.2",
+    );
+    assert_eq!((count(&n, 200), count(&n, 429)), (6, 14), "nginx: {n:?}");
+    assert_eq!((count(&ours, 200), count(&ours, 429)), (6, 14), "{ours:?}");
+    // another client address has its own bucket; this one stays refused
+    let other = burst(&b.portico.url("/echo"), 3, "127.0.0.3");
+    assert_eq!(count(&other, 200), 3, "{other:?}");
+    let r = curl(&["--interface", "127.0.0.2"], &b.portico.url("/echo"));
+    assert_eq!(r.status, 429);
+    // Retry-After: whole seconds until one more would pass (1 r/m: up to a minute)
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    // (1 r/m is 16 thousandths a second, as nginx counts it: 62.5 s to drain one)
+    assert!((1..=63).contains(&retry), "{retry}");
+    let s = &status_json(&b.portico)["rate_limits"]["per_ip"];
+    assert_eq!(s["passed"], 9);
+    assert_eq!(s["refused"], 15);
+    assert_eq!(s["keys"], 2);
+    let metrics = curl(
+        &[],
+        &format!("http://127.0.0.1:{}/metrics", b.portico.admin_port),
+    )
+    .text();
+    assert!(
+        metrics
+            .contains("portico_rate_limit_requests_total{limit=\"per_ip\",outcome=\"refused\"} 15"),
+        "{metrics}"
+    );
+    let line = b.portico.wait_log_line("limiting requests");
+    assert!(
+        line.contains("per_ip") && line.contains("127.0.0.2"),
+        "{line}"
+    );
+}
+
+#[test]
+fn without_nodelay_the_burst_is_delayed_not_refused() {
+    let b = both(
+        "[rate_limits.slow]\nkey = \"$remote_addr\"\nrate = \"20r/s\"\nburst = 3\n",
+        "  rate_limit = [\"slow\"]",
+        "limit_req_zone $binary_remote_addr zone=slow:1m rate=20r/s; limit_req_status 429;",
+        "limit_req zone=slow burst=3;",
+    );
+    let ours = burst(&b.portico.url("/echo"), 8, "127.0.0.2");
+    let n = burst(
+        &format!("http://127.0.0.1:{}/echo", b.nginx_port),
+        8,
+        "127.0.0.2",
+    );
+    // one at once, three delayed to the rate, the rest refused: ±1 for timing, as
+    // both drain 20 per second while the burst arrives
+    for (who, s) in [("nginx", &n), ("portico", &ours)] {
+        let passed = count(s, 200);
+        assert!((4..=5).contains(&passed), "{who}: {s:?}");
+        assert_eq!(passed + count(s, 429), 8, "{who}: {s:?}");
+    }
+    let st = &status_json(&b.portico)["rate_limits"]["slow"];
+    assert!(st["delayed"].as_u64().unwrap() >= 3, "{st}");
+}
+
+#[test]
+fn the_limit_holds_for_the_process_across_workers() {
+    // two workers, each request on its own connection (curl runs): the kernel spreads
+    // them over both, the shared table counts them once
+    let b = both(
+        "[runtime]\nworkers = 2\n[rate_limits.per_ip]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 9\nnodelay = true\n",
+        "  rate_limit = [\"per_ip\"]",
+        "",
+        "",
+    );
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| curl(&["--interface", "127.0.0.2"], &b.portico.url("/echo")).status)
+        .collect();
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+}
+
+#[test]
+fn conn_limits_refuse_a_second_request_in_flight_like_nginx() {
+    let b = both(
+        "[conn_limits.per_ip]\nkey = \"$remote_addr\"\nmax = 1\n",
+        "  conn_limit = [\"per_ip\"]",
+        "limit_conn_zone $binary_remote_addr zone=per_ip:1m;",
+        "limit_conn per_ip 1;",
+    );
+    for (who, base) in [
+        ("portico", b.portico.url("")),
+        ("nginx", format!("http://127.0.0.1:{}", b.nginx_port)),
+    ] {
+        let slow_url = format!("{base}/slow?secs=2");
+        let slow = std::thread::spawn(move || curl(&["--interface", "127.0.0.2"], &slow_url));
+        // wait until the slow request holds its place (Portico's /status; nginx's
+        // stub_status counts it as writing, beside the status request itself)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let held = if who == "portico" {
+                status_json(&b.portico)["conn_limits"]["per_ip"]["keys_in_flight"] == 1
+            } else {
+                let s = curl(&[], &format!("{base}/nginx_status")).text();
+                s.split("Writing: ")
+                    .nth(1)
+                    .and_then(|w| w.split_whitespace().next())
+                    .and_then(|w| w.parse::<u32>().ok())
+                    .is_some_and(|w| w >= 2)
+            };
+            if held {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{who}: the slow request never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let refused = Some(curl(&["--interface", "127.0.0.2"], &format!("{base}/echo")).status);
+        assert_eq!(refused, Some(503), "{who}");
+        // another address is not limited by it
+        assert_eq!(
+            curl(&["--interface", "127.0.0.3"], &format!("{base}/echo")).status,
+            200,
+            "{who}"
+        );
+        assert_eq!(slow.join().unwrap().status, 200, "{who}");
+        // the place is given back with the answer
+        assert_eq!(
+            curl(&["--interface", "127.0.0.2"], &format!("{base}/echo")).status,
+            200,
+            "{who}"
+        );
+    }
+    let s = &status_json(&b.portico)["conn_limits"]["per_ip"];
+    assert!(s["refused"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["keys_in_flight"], 0);
+}
+
+#[test]
+fn access_lists_first_match_wins_like_nginx() {
+    let b = both(
+        "",
+        "  access = [\"deny 127.0.0.3\", \"allow 127.0.0.0/8\", \"deny all\"]",
+        "",
+        "deny 127.0.0.3; allow 127.0.0.0/8; deny all;",
+    );
+    for (source, want) in [("127.0.0.1", 200), ("127.0.0.2", 200), ("127.0.0.3", 403)] {
+        let ours = curl(&["--interface", source], &b.portico.url("/echo"));
+        let n = curl(
+            &["--interface", source],
+            &format!("http://127.0.0.1:{}/echo", b.nginx_port),
+        );
+        assert_eq!(n.status, want, "nginx {source}");
+        assert_eq!(ours.status, want, "{source}");
+    }
+    let p = Portico::start(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{port}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"in\\n\" }\n  access = [\"allow 10.0.0.0/8\", \"deny all\"]\n",
+    );
+    assert_eq!(curl(&[], &p.url("/")).status, 403);
+}
+
+#[test]
+fn limit_and_access_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"[rate_limits.a]
+key = "$remote_addr"
+rate = "10 per second"
+[conn_limits.c]
+key = "$nope"
+max = 0
+[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  path = "/"
+  return = { status = 200, body = "ok" }
+  rate_limit = ["missing"]
+  conn_limit = ["c"]
+  access = ["allow 10.0.0.0/33", "permit all"]
+"#,
+    )
+    .unwrap();
+    let (code, _out, err) = portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    for needle in [
+        "bad.toml:3",
+        "a rate is N r/s or N r/m",
+        "$nope",
+        "max must be at least 1",
+        "no [rate_limits.missing]",
+        "\"permit all\"",
+        "10.0.0.0/33",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in:\n{err}");
+    }
+}
