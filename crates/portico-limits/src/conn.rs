@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use portico_config::ConnLimitConfig;
 
-use crate::{shard_of, KeyHasher, SHARDS};
+use crate::{shard_of, KeyHasher, TableHasher, SHARDS};
 
 #[derive(Debug, Default)]
 pub struct ConnStats {
@@ -19,7 +19,7 @@ pub struct ConnLimiter {
     pub config: ConnLimitConfig,
     /// In flight per key hash; a key leaves when its count falls to zero, so the table
     /// holds at most as many keys as there are requests in flight.
-    shards: Box<[Mutex<HashMap<u64, u32>>]>,
+    shards: Box<[Mutex<HashMap<u64, u32, TableHasher>>]>,
     hasher: KeyHasher,
     pub stats: ConnStats,
 }
@@ -57,7 +57,9 @@ impl ConnLimiter {
     pub fn new(config: &ConnLimitConfig) -> Self {
         Self {
             config: config.clone(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::with_hasher(TableHasher::default())))
+                .collect(),
             hasher: KeyHasher::new(),
             stats: ConnStats::default(),
         }

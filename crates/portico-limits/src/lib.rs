@@ -75,6 +75,31 @@ impl KeyHasher {
     }
 }
 
+/// The tables' hasher: keys are hashes already (of the request's key, seeded); one
+/// multiply spreads them again, since their top bits chose the shard (and hashbrown
+/// reads the top bits too).
+#[derive(Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // only u64 keys are hashed here; fold anything else in
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type TableHasher = std::hash::BuildHasherDefault<Prehashed>;
+
 fn shard_of(hash: u64) -> usize {
     // the high bits: the table inside the shard uses the low ones
     (hash >> 59) as usize % SHARDS

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use portico_config::RateLimitConfig;
 
-use crate::{shard_of, KeyHasher, SHARDS};
+use crate::{shard_of, KeyHasher, TableHasher, SHARDS};
 
 /// One key's bucket.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,7 @@ pub struct RateStats {
 
 pub struct RateLimiter {
     pub config: RateLimitConfig,
-    shards: Box<[Mutex<LruCache<u64, Bucket>>]>,
+    shards: Box<[Mutex<LruCache<u64, Bucket, TableHasher>>]>,
     hasher: KeyHasher,
     epoch: Instant,
     pub stats: RateStats,
@@ -74,7 +74,7 @@ impl RateLimiter {
         let cap = NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN);
         Self {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(cap)))
+                .map(|_| Mutex::new(LruCache::with_hasher(cap, TableHasher::default())))
                 .collect(),
             hasher: KeyHasher::new(),
             epoch: Instant::now(),
