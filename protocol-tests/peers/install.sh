@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${PORTICO_VENV:-$here/.venv}"
 
-apt_pkgs=(nginx libnginx-mod-mail wrk curl nghttp2-client php-fpm php-cli dovecot-imapd dovecot-pop3d swaks postfix)
+apt_pkgs=(nginx libnginx-mod-mail wrk curl nghttp2-client php-fpm php-cli dovecot-imapd dovecot-pop3d swaks postfix apache2-utils)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -53,11 +53,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # uwsgi from pip compiles its C core (≈25 s once) and needs no --plugin.
-py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi aiosmtpd h2 brotli zstandard grpcio)
+py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi aiosmtpd h2 brotli zstandard grpcio bcrypt)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup, aiosmtpd, h2, brotli, zstandard, grpc' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
+if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup, aiosmtpd, h2, brotli, zstandard, grpc, bcrypt' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
   echo "install.sh: pip install ${py_pkgs[*]}"
   "$venv/bin/pip" install -q "${py_pkgs[@]}"
 fi

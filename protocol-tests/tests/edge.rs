@@ -291,3 +291,156 @@ listen = ["127.0.0.1:8080"]
         assert!(err.contains(needle), "{needle:?} in:\n{err}");
     }
 }
+
+/// An htpasswd file with one user per hash kind, written by the tools users use:
+/// Python's bcrypt package, `htpasswd -m` (apr1) and `htpasswd -s` ({SHA}).
+fn htpasswd_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let bcrypt = Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import bcrypt; print(bcrypt.hashpw(b'wonder', bcrypt.gensalt(rounds=5)).decode())",
+        ])
+        .output()
+        .unwrap();
+    let line = |args: &[&str]| {
+        let out = Command::new("htpasswd").args(args).output().unwrap();
+        assert!(out.status.success(), "htpasswd {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let text = format!(
+        "# written by the test\nalice:{}\n{}\n{}\n",
+        String::from_utf8(bcrypt.stdout).unwrap().trim(),
+        line(&["-nbm", "bob", "builder"]),
+        line(&["-nbs", "carol", "secret"]),
+    );
+    let path = dir.join("htpasswd");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn basic_auth_with_bcrypt_apr1_and_sha_entries_like_nginx() {
+    let files = tempfile::tempdir().unwrap();
+    let file = htpasswd_file(files.path());
+    let b = both(
+        "",
+        &format!(
+            "  basic_auth = {{ realm = \"admin\", htpasswd = \"{}\" }}",
+            file.display()
+        ),
+        "",
+        &format!(
+            "auth_basic \"admin\"; auth_basic_user_file {};",
+            file.display()
+        ),
+    );
+    let cases: &[(Option<&str>, u16)] = &[
+        (None, 401),
+        (Some("alice:wonder"), 200),
+        (Some("alice:wonder"), 200), // remembered: no second bcrypt run
+        (Some("alice:wrong"), 401),
+        (Some("bob:builder"), 200),
+        (Some("bob:Builder"), 401),
+        (Some("carol:secret"), 200),
+        (Some("dave:secret"), 401),
+    ];
+    for (user, want) in cases {
+        let args: Vec<&str> = match user {
+            Some(u) => vec!["-u", u],
+            None => vec![],
+        };
+        let ours = curl(&args, &b.portico.url("/echo"));
+        let n = curl(&args, &format!("http://127.0.0.1:{}/echo", b.nginx_port));
+        assert_eq!(n.status, *want, "nginx {user:?}");
+        assert_eq!(ours.status, *want, "{user:?}");
+        if *want == 401 {
+            assert_eq!(
+                ours.header("www-authenticate"),
+                Some("Basic realm=\"admin\"")
+            );
+            assert_eq!(
+                ours.header("www-authenticate"),
+                n.header("www-authenticate")
+            );
+        }
+    }
+    // the app gets the Authorization header as nginx passes it
+    let seen = curl(&["-u", "bob:builder"], &b.portico.url("/echo")).json();
+    assert!(seen["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .starts_with("Basic "));
+}
+
+#[test]
+fn auth_request_lets_in_copies_headers_and_passes_refusals_like_nginx() {
+    let auth_port = free_port();
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("auth_service.py"))
+        .arg(auth_port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut auth = Proc::spawn("auth_service", &mut cmd);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(auth.child.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let b = both(
+        &format!("[upstreams.auth]\nservers = [{{ addr = \"127.0.0.1:{auth_port}\" }}]\n"),
+        "  auth_request = { upstream = \"auth\", uri = \"/verify\", copy_headers = [\"X-User\"] }",
+        "",
+        &format!(
+            "auth_request /verify; auth_request_set $user $upstream_http_x_user; proxy_set_header X-User $user; }}\n location = /verify {{ internal; proxy_pass http://127.0.0.1:{auth_port}; proxy_pass_request_body off; proxy_set_header Content-Length \"\"; proxy_set_header X-Original-URI $request_uri; proxy_set_header X-Original-Method $request_method;"
+        ),
+    );
+    for (token, want) in [
+        (Some("good"), 200),
+        (Some("bad"), 403),
+        (Some("boom"), 500),
+        (None, 401),
+    ] {
+        let header = token.map(|t| format!("X-Token: {t}"));
+        let args: Vec<&str> = header.iter().flat_map(|h| ["-H", h.as_str()]).collect();
+        let ours = curl(&args, &b.portico.url("/echo?x=1"));
+        let n = curl(
+            &args,
+            &format!("http://127.0.0.1:{}/echo?x=1", b.nginx_port),
+        );
+        assert_eq!(n.status, want, "nginx {token:?}");
+        assert_eq!(ours.status, want, "{token:?}");
+        if want == 200 {
+            // the auth service's X-User reaches the app
+            assert_eq!(ours.json()["headers"]["x-user"], "alice");
+            assert_eq!(
+                ours.json()["headers"]["x-user"],
+                n.json()["headers"]["x-user"]
+            );
+        }
+        if want == 401 {
+            assert_eq!(
+                ours.header("www-authenticate"),
+                Some("Bearer realm=\"portico-test\"")
+            );
+            assert_eq!(
+                ours.header("www-authenticate"),
+                n.header("www-authenticate")
+            );
+        }
+    }
+    // a POST is asked about with its method, without its body
+    let r = curl(
+        &["-H", "X-Token: good", "--data-binary", "payload"],
+        &b.portico.url("/echo"),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 7);
+    auth.kill();
+    // the auth service gone: 500, as nginx
+    assert_eq!(
+        curl(&["-H", "X-Token: good"], &b.portico.url("/echo")).status,
+        500
+    );
+}

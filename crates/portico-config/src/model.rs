@@ -466,6 +466,26 @@ pub struct Route {
     pub conn_limit: Vec<String>,
     /// nginx allow/deny, first match wins; empty: everyone.
     pub access: Vec<AccessRule>,
+    /// nginx auth_basic with an htpasswd file.
+    pub basic_auth: Option<BasicAuth>,
+    /// nginx auth_request: a subrequest decides.
+    pub auth_request: Option<AuthRequest>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicAuth {
+    pub realm: String,
+    pub htpasswd: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthRequest {
+    /// An upstream reached over HTTP.
+    pub upstream: String,
+    /// The path (and query) asked of it.
+    pub uri: String,
+    /// Headers of its 2xx answer copied into the request to the route's upstream.
+    pub copy_headers: Vec<String>,
 }
 
 /// Changes to the Set-Cookie headers of an upstream's answer.

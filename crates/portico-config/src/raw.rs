@@ -34,6 +34,23 @@ pub struct RawRateLimit {
     pub store: Option<String>,
 }
 
+/// `basic_auth = { realm, htpasswd }` (nginx auth_basic + auth_basic_user_file).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBasicAuth {
+    pub realm: Option<String>,
+    pub htpasswd: Option<String>,
+}
+
+/// `auth_request = { upstream, uri, copy_headers }` (nginx auth_request).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuthRequest {
+    pub upstream: Option<String>,
+    pub uri: Option<String>,
+    pub copy_headers: Vec<String>,
+}
+
 /// `[conn_limits.NAME]` (nginx limit_conn_zone + limit_conn).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -368,6 +385,8 @@ pub struct RawRoute {
     pub rate_limit: Vec<String>,
     pub conn_limit: Vec<String>,
     pub access: Vec<String>,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub auth_request: Option<RawAuthRequest>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

@@ -280,6 +280,13 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
     }
 }
 
+/// An HTTP token (RFC 9110 §5.6.2): what a header name is.
+fn is_token(n: &str) -> bool {
+    !n.is_empty()
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// What routes may name: upstreams and limits.
 struct Known<'a> {
     upstreams: &'a BTreeMap<String, UpstreamConfig>,
@@ -1029,11 +1036,7 @@ fn validate_mail(
     }
     let mut headers = Vec::new();
     for (name, value) in &m.auth_http_headers {
-        let token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
-        if !token || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        if !is_token(name) || value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             v.err(
                 &format!("{p}.auth_http_headers.{name}"),
                 "a header name is a token and its value one line",
@@ -1115,6 +1118,73 @@ fn validate_route(
         }
     }
     let access = access_rules(v, &format!("{rp}.access"), &r.access);
+    let basic_auth = r.basic_auth.as_ref().map(|b| {
+        let k = format!("{rp}.basic_auth");
+        let realm = b.realm.clone().unwrap_or_else(|| "Restricted".into());
+        if realm.contains('"') || realm.chars().any(char::is_control) {
+            v.err(
+                &format!("{k}.realm"),
+                "a realm has no quotes or control characters",
+            );
+        }
+        let htpasswd = match &b.htpasswd {
+            Some(f) => {
+                let path = resolve(&v.base(&format!("{k}.htpasswd")), f);
+                if let Err(e) = std::fs::read(&path) {
+                    v.err(
+                        &format!("{k}.htpasswd"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
+                path
+            }
+            None => {
+                v.err(&k, "basic_auth needs htpasswd = \"FILE\"");
+                PathBuf::new()
+            }
+        };
+        BasicAuth { realm, htpasswd }
+    });
+    let auth_request = r.auth_request.as_ref().and_then(|a| {
+        let k = format!("{rp}.auth_request");
+        let Some(up) = &a.upstream else {
+            v.err(
+                &k,
+                "auth_request needs upstream = \"NAME\" (asked over HTTP)",
+            );
+            return None;
+        };
+        if !upstreams.contains_key(up) {
+            v.err(
+                &format!("{k}.upstream"),
+                format!("no upstream named {up:?}"),
+            );
+        }
+        let uri = a.uri.clone().unwrap_or_else(|| "/".into());
+        if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            v.err(
+                &format!("{k}.uri"),
+                format!("{uri:?}: a path such as \"/verify\""),
+            );
+        }
+        for (i, h) in a.copy_headers.iter().enumerate() {
+            if !is_token(h) {
+                v.err(
+                    &format!("{k}.copy_headers.{i}"),
+                    format!("{h:?} is not a header name"),
+                );
+            }
+        }
+        Some(AuthRequest {
+            upstream: up.clone(),
+            uri,
+            copy_headers: a
+                .copy_headers
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        })
+    });
     let matcher = route_match(v, rp, r)?;
     let captures = match &matcher {
         RouteMatch::Regex { captures, .. } => *captures,
@@ -1437,6 +1507,8 @@ fn validate_route(
         rate_limit: r.rate_limit.clone(),
         conn_limit: r.conn_limit.clone(),
         access,
+        basic_auth,
+        auth_request,
         error_pages: ErrorPages {
             pages: own_error_pages,
             intercept: r.intercept_errors.unwrap_or(false),
@@ -2030,11 +2102,7 @@ fn header_rules(
     response: bool,
 ) -> Option<HeaderRules> {
     let raw = raw?;
-    let token = |n: &str| {
-        !n.is_empty()
-            && n.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
+    let token = is_token;
     let mut rules = HeaderRules::default();
     for (name, value) in &raw.set {
         let k = format!("{key}.set.{name}");

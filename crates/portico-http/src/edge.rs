@@ -1,30 +1,46 @@
 //! The access phase of a route (after its methods, before its content): the
-//! allow/deny list, then the rate limits, then the conn limits — the order of the edge
-//! protection contract. The policies are portico-limits'; this module renders their
+//! allow/deny list, then authentication (basic_auth, then auth_request), then the rate
+//! limits, then the conn limits — the order of the edge protection contract. The policies are portico-limits'; this module renders their
 //! keys with the request's variables and turns a refusal into an answer.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use http::header::{HeaderValue, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_LENGTH, EXPECT, RETRY_AFTER,
+    TRANSFER_ENCODING, WWW_AUTHENTICATE,
+};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use portico_config::LogLevel;
 use portico_limits::conn::ConnGuard;
 use portico_limits::rate::Verdict;
 
 use crate::body::HttpBody;
 use crate::errors::error_response;
-use crate::route::Edge;
+use crate::proxy;
+use crate::route::{AuthRequest, BasicAuth, Edge};
 use crate::vars::Vars;
 
 /// What the access phase decided.
 pub(crate) enum Admit {
-    /// Go on, after `delay`, holding `guards` until the answer is sent.
+    /// Go on, after `delay`, holding `guards` until the answer is sent, with `headers`
+    /// (from an auth_request answer) added to the request.
     Go {
         guards: Vec<ConnGuard>,
         delay: Duration,
+        headers: Vec<(HeaderName, HeaderValue)>,
     },
     Refuse(Response<HttpBody>),
+}
+
+/// What the access phase needs of the request besides its variables.
+pub(crate) struct Asking<'a> {
+    pub client: Option<IpAddr>,
+    pub headers: &'a HeaderMap,
+    pub method: &'a Method,
+    /// For an auth_request: who the client is, as an upstream is told.
+    pub side: proxy::ClientSide,
 }
 
 /// A log line at a level the config chose.
@@ -48,8 +64,9 @@ fn lower(l: LogLevel) -> LogLevel {
     }
 }
 
-pub(crate) fn check(edge: &Edge, client: Option<IpAddr>, vars: &Vars<'_>) -> Admit {
+pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admit {
     let uri = vars.uri;
+    let client = ask.client;
     if !edge.access.is_empty() {
         // no address (a Unix socket listener): only rules for `all` can match
         let allowed = match client {
@@ -59,6 +76,18 @@ pub(crate) fn check(edge: &Edge, client: Option<IpAddr>, vars: &Vars<'_>) -> Adm
         if !allowed {
             tracing::warn!(client = ?client, %uri, "access forbidden by rule: 403");
             return Admit::Refuse(error_response(StatusCode::FORBIDDEN));
+        }
+    }
+    if let Some(b) = &edge.basic {
+        if let Err(refused) = basic(b, ask.headers, client, uri).await {
+            return Admit::Refuse(refused);
+        }
+    }
+    let mut headers = Vec::new();
+    if let Some(a) = &edge.auth_request {
+        match auth_request(a, &ask, uri).await {
+            Ok(h) => headers = h,
+            Err(refused) => return Admit::Refuse(refused),
         }
     }
     let mut delay = Duration::ZERO;
@@ -128,5 +157,115 @@ pub(crate) fn check(edge: &Edge, client: Option<IpAddr>, vars: &Vars<'_>) -> Adm
             }
         }
     }
-    Admit::Go { guards, delay }
+    Admit::Go {
+        guards,
+        delay,
+        headers,
+    }
+}
+
+/// The user and password of a `Basic` Authorization header.
+fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = portico_core::base64::decode(b64.trim().as_bytes())?;
+    let text = String::from_utf8(raw).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// nginx auth_basic: 401 with the realm's challenge unless the credentials are in the
+/// file (bcrypt checks run on the blocking pool, off the event loop).
+async fn basic(
+    b: &BasicAuth,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+    uri: &http::Uri,
+) -> Result<(), Response<HttpBody>> {
+    let challenge = || {
+        let mut r = error_response(StatusCode::UNAUTHORIZED);
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, b.challenge.clone());
+        r
+    };
+    let Some((user, password)) = credentials(headers) else {
+        tracing::info!(client = ?client, %uri, "no user/password was provided for basic authentication: 401");
+        return Err(challenge());
+    };
+    let ok = if b.users.is_quick(&user) {
+        b.users.check(&user, &password)
+    } else {
+        let users = std::sync::Arc::clone(&b.users);
+        let u = user.clone();
+        tokio::task::spawn_blocking(move || users.check(&u, &password))
+            .await
+            .unwrap_or(false)
+    };
+    if ok {
+        return Ok(());
+    }
+    tracing::warn!(client = ?client, %uri, user = %user, "basic authentication failed (unknown user or password mismatch): 401");
+    Err(challenge())
+}
+
+/// nginx auth_request: the request's method and headers (no body) go to the auth
+/// upstream at its URI, with X-Original-URI and X-Original-Method; a 2xx lets the
+/// request in (its `copy_headers` are added to it), 401 and 403 are the client's answer
+/// (401 with the auth service's WWW-Authenticate), anything else is 500.
+async fn auth_request(
+    a: &AuthRequest,
+    ask: &Asking<'_>,
+    uri: &http::Uri,
+) -> Result<Vec<(HeaderName, HeaderValue)>, Response<HttpBody>> {
+    let mut headers = ask.headers.clone();
+    for h in [CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT] {
+        headers.remove(h);
+    }
+    if let Ok(v) = HeaderValue::from_str(&uri.to_string()) {
+        headers.insert(HeaderName::from_static("x-original-uri"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(ask.method.as_str()) {
+        headers.insert(HeaderName::from_static("x-original-method"), v);
+    }
+    let mut sub = Request::new(crate::body::empty());
+    *sub.method_mut() = ask.method.clone();
+    *sub.uri_mut() = a.uri.clone();
+    *sub.headers_mut() = headers;
+    let (resp, server) = proxy::forward(&a.upstream, sub, &ask.side).await;
+    let status = resp.status();
+    let (parts, mut body) = resp.into_parts();
+    // read a small answer to its end, so its connection goes back to the pool
+    let drain = async move {
+        let mut read = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len());
+            if read > 64 * 1024 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+    match status.as_u16() {
+        200..=299 => Ok(a
+            .copy
+            .iter()
+            .filter_map(|n| parts.headers.get(n).map(|v| (n.clone(), v.clone())))
+            .collect()),
+        401 => {
+            let mut r = error_response(StatusCode::UNAUTHORIZED);
+            if let Some(v) = parts.headers.get(WWW_AUTHENTICATE) {
+                r.headers_mut().insert(WWW_AUTHENTICATE, v.clone());
+            }
+            Err(r)
+        }
+        403 => Err(error_response(StatusCode::FORBIDDEN)),
+        other => {
+            tracing::error!(%uri, auth = server.as_deref().unwrap_or("-"), status = other,
+                "auth request unexpected status: 500");
+            Err(error_response(StatusCode::INTERNAL_SERVER_ERROR))
+        }
+    }
 }

@@ -729,11 +729,29 @@ impl HttpService {
         let ctx = at.req(&req, &uri);
         let vars = ctx.vars(path, args, captures.as_ref());
         let mut held = Vec::new();
+        let mut auth_headers = Vec::new();
         if !route.edge.is_empty() {
-            match edge::check(&route.edge, peer.ip, &vars) {
+            let ask = edge::Asking {
+                client: peer.ip,
+                headers: req.headers(),
+                method: req.method(),
+                side: proxy::ClientSide {
+                    peer_ip: peer.ip,
+                    peer_value: peer.value.clone(),
+                    tls: conn.tls,
+                    host: host.cloned().or_else(|| default_host(site, conn.local)),
+                    hash_key: None,
+                },
+            };
+            match edge::check(&route.edge, ask, &vars).await {
                 edge::Admit::Refuse(resp) => return answer(resp, Some(index)),
-                edge::Admit::Go { guards, delay } => {
+                edge::Admit::Go {
+                    guards,
+                    delay,
+                    headers,
+                } => {
                     held = guards;
+                    auth_headers = headers;
                     if !delay.is_zero() {
                         tokio::time::sleep(delay).await;
                     }
@@ -782,6 +800,9 @@ impl HttpService {
         let (mut resp, upstream) = match returned {
             Some(resp) => (resp, None),
             None => {
+                for (name, value) in auth_headers {
+                    req.headers_mut().insert(name, value);
+                }
                 if let Some(values) = request_values {
                     route.request_headers.apply(values, req.headers_mut(), true);
                 }

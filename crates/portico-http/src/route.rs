@@ -79,14 +79,34 @@ pub(crate) struct CompiledRoute {
 /// A route's edge protection, in the order it applies (the access phase).
 pub(crate) struct Edge {
     pub access: portico_limits::access::AccessList,
+    pub basic: Option<BasicAuth>,
+    pub auth_request: Option<AuthRequest>,
     pub rate: Vec<Arc<portico_limits::rate::RateLimiter>>,
     pub conn: Vec<Arc<portico_limits::conn::ConnLimiter>>,
 }
 
 impl Edge {
     pub fn is_empty(&self) -> bool {
-        self.access.is_empty() && self.rate.is_empty() && self.conn.is_empty()
+        self.access.is_empty()
+            && self.basic.is_none()
+            && self.auth_request.is_none()
+            && self.rate.is_empty()
+            && self.conn.is_empty()
     }
+}
+
+/// `basic_auth`: the file (read when the config generation is built) and the
+/// WWW-Authenticate challenge.
+pub(crate) struct BasicAuth {
+    pub users: Arc<portico_limits::htpasswd::Htpasswd>,
+    pub challenge: HeaderValue,
+}
+
+/// `auth_request`: the upstream asked, the URI, the headers copied from its 2xx.
+pub(crate) struct AuthRequest {
+    pub upstream: Arc<HttpUpstream>,
+    pub uri: http::Uri,
+    pub copy: Vec<HeaderName>,
 }
 
 /// A listener's routes and the router over them.
@@ -189,6 +209,38 @@ impl Routes {
                 cookies: r.cookies.clone(),
                 edge: Edge {
                     access: portico_limits::access::AccessList::new(r.access.clone()),
+                    basic: match &r.basic_auth {
+                        Some(b) => Some(BasicAuth {
+                            users: Arc::new(portico_limits::htpasswd::Htpasswd::read(&b.htpasswd)?),
+                            challenge: HeaderValue::from_str(&format!(
+                                "Basic realm=\"{}\"",
+                                b.realm
+                            ))
+                            .map_err(|e| format!("basic_auth realm: {e}"))?,
+                        }),
+                        None => None,
+                    },
+                    auth_request: match &r.auth_request {
+                        Some(a) => Some(AuthRequest {
+                            upstream: upstreams
+                                .get(&a.upstream)
+                                .cloned()
+                                .ok_or_else(|| format!("no upstream named {:?}", a.upstream))?,
+                            uri: a
+                                .uri
+                                .parse()
+                                .map_err(|e| format!("auth_request uri: {e}"))?,
+                            copy: a
+                                .copy_headers
+                                .iter()
+                                .map(|h| {
+                                    HeaderName::from_bytes(h.as_bytes())
+                                        .map_err(|e| format!("{h}: {e}"))
+                                })
+                                .collect::<Result<_, String>>()?,
+                        }),
+                        None => None,
+                    },
                     rate: r
                         .rate_limit
                         .iter()

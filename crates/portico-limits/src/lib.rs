@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod conn;
+pub mod htpasswd;
 pub mod rate;
 
 use std::collections::BTreeMap;
