@@ -444,3 +444,97 @@ fn auth_request_lets_in_copies_headers_and_passes_refusals_like_nginx() {
         500
     );
 }
+
+/// `[maps]` beside nginx's geo and map: the client network picks the upstream
+/// (`upstream = "app-$map_region"`), and the User-Agent a header value.
+#[test]
+fn maps_route_by_client_network_and_fill_templates_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (eu, us) = (free_port(), free_port());
+    let _eu = gunicorn_tcp(eu, "eu", &[]);
+    let _us = gunicorn_tcp(us, "us", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[maps.region]
+source = "$remote_addr"
+cidr = {{ "127.0.0.2/32" = "eu", "127.0.0.0/8" = "us" }}
+default = "us"
+[maps.kind]
+source = "$http_user_agent"
+values = {{ "~*^mozilla" = "browser", "portico-probe" = "tool" }}
+default = "other"
+[upstreams.app-eu]
+servers = [{{ addr = "127.0.0.1:{eu}" }}]
+[upstreams.app-us]
+servers = [{{ addr = "127.0.0.1:{us}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app-$map_region"
+  response_headers = {{ set = {{ "X-Kind" = "$map_kind", "X-Region" = "$map_region" }} }}
+"#
+    ));
+    let nginx_port = free_port();
+    let _nginx = nginx(
+        dir.path(),
+        &format!(
+            "http {{\n {temp}\n access_log off;\n geo $region {{ default us; 127.0.0.2/32 eu; 127.0.0.0/8 us; }}\n map $http_user_agent $kind {{ default other; ~*^mozilla browser; portico-probe tool; }}\n upstream app-eu {{ server 127.0.0.1:{eu}; }}\n upstream app-us {{ server 127.0.0.1:{us}; }}\n server {{\n listen 127.0.0.1:{nginx_port};\n location / {{ proxy_pass http://app-$region; add_header X-Kind $kind; add_header X-Region $region; }}\n }}\n}}",
+            temp = nginx_http_temp(dir.path())
+        ),
+        nginx_port,
+    );
+    for (source, agent, app, kind) in [
+        ("127.0.0.2", "Mozilla/5.0", "eu", "browser"),
+        ("127.0.0.3", "portico-probe", "us", "tool"),
+        ("127.0.0.1", "curl/8", "us", "other"),
+    ] {
+        let args = ["--interface", source, "-A", agent];
+        let ours = curl(&args, &p.url("/echo"));
+        let n = curl(&args, &format!("http://127.0.0.1:{nginx_port}/echo"));
+        assert_eq!(n.json()["app"], app, "nginx {source}");
+        assert_eq!(ours.json()["app"], app, "{source}");
+        assert_eq!(n.header("x-kind"), Some(kind), "nginx {agent}");
+        assert_eq!(ours.header("x-kind"), Some(kind), "{agent}");
+        assert_eq!(ours.header("x-region"), n.header("x-region"));
+    }
+}
+
+#[test]
+fn map_keys_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        r#"[maps.region]
+source = "$remote_addr"
+cidr = { "10.1.0.0/16" = "eu", "10.2.0.0/16" = "asia" }
+default = "us"
+[maps.loop]
+source = "$map_loop"
+[upstreams.app-eu]
+servers = [{ addr = "127.0.0.1:9" }]
+[upstreams.app-us]
+servers = [{ addr = "127.0.0.1:9" }]
+[[listeners]]
+listen = ["127.0.0.1:8080"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app-$map_region"
+  [[listeners.routes]]
+  path = "/x/"
+  return = { status = 200, body = "$map_nowhere" }
+"#,
+    )
+    .unwrap();
+    let (code, _out, err) = portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    for needle in [
+        "\"app-$map_region\" can be \"app-asia\", but no upstream has that name",
+        "$map_loop depends on itself",
+        "$map_nowhere: no [maps.nowhere]",
+        "bad.toml:18",
+    ] {
+        assert!(err.contains(needle), "{needle:?} in:\n{err}");
+    }
+}

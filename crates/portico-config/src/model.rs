@@ -17,6 +17,35 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     pub conn_limits: BTreeMap<String, ConnLimitConfig>,
+    pub maps: BTreeMap<String, MapConfig>,
+}
+
+/// `[maps.NAME]`: nginx's map and geo. `$map_NAME` is the value for the request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MapConfig {
+    pub name: String,
+    pub source: KeyTemplate,
+    /// Address ranges (the source is an address): the longest prefix wins.
+    pub cidr: Vec<(Cidr, String)>,
+    /// Exact values, compared as they are.
+    pub exact: Vec<(String, String)>,
+    /// `~regex` (`~*` without case) values, tried after the exact ones, in the order
+    /// of their text.
+    pub regex: Vec<(String, String)>,
+    pub default: String,
+}
+
+impl MapConfig {
+    /// Every value the map can give.
+    pub fn values(&self) -> std::collections::BTreeSet<&str> {
+        self.cidr
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .chain(self.exact.iter().map(|(_, v)| v.as_str()))
+            .chain(self.regex.iter().map(|(_, v)| v.as_str()))
+            .chain([self.default.as_str()])
+            .collect()
+    }
 }
 
 /// `[rate_limits.NAME]`: nginx's limit_req.
@@ -708,7 +737,12 @@ pub enum Via {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProxyRoute {
+    /// The upstream (with `upstream_by`: the first of `upstream_choices`).
     pub upstream: String,
+    /// `upstream = "app-$map_region"`: the name rendered per request.
+    pub upstream_by: Option<KeyTemplate>,
+    /// Every upstream the route can reach (one without `upstream_by`).
+    pub upstream_choices: Vec<String>,
     pub via: Via,
     /// Extra uwsgi/FastCGI vars; each replaces a default var of the same name.
     pub params: Vec<(String, KeyTemplate)>,
@@ -761,6 +795,8 @@ pub enum KeyPart {
     Gateway(GatewayVar),
     /// `$1` … `$9`: a capture of the matched regex route.
     Capture(u8),
+    /// `$map_NAME`: the value `[maps.NAME]` gives this request.
+    Map(String),
 }
 
 /// The nginx variables a uwsgi/FastCGI `params` value may use on top of the hash-key ones.
@@ -876,6 +912,13 @@ impl KeyTemplate {
                     KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
                 }
                 n if n.starts_with("cookie_") && n.len() > 7 => KeyPart::Cookie(n[7..].to_string()),
+                n if n.starts_with("map_") && n.len() > 4 => {
+                    let name = &n[4..];
+                    if !crate::validate::map_is_known(name) {
+                        return Err(format!("${n}: no [maps.{name}]"));
+                    }
+                    KeyPart::Map(name.to_string())
+                }
                 n => match GATEWAY_VARS.iter().find(|(name, _)| *name == n) {
                     Some((_, v)) => KeyPart::Gateway(*v),
                     None => {

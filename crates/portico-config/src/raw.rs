@@ -18,6 +18,19 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     pub conn_limits: BTreeMap<String, RawConnLimit>,
+    pub maps: BTreeMap<String, RawMap>,
+}
+
+/// `[maps.NAME]` (nginx map / geo).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMap {
+    pub source: Option<String>,
+    pub cidr: BTreeMap<String, String>,
+    pub values: BTreeMap<String, String>,
+    pub default: Option<String>,
+    pub mmdb: Option<String>,
+    pub field: Option<String>,
 }
 
 /// `[rate_limits.NAME]` (nginx limit_req_zone + limit_req).

@@ -151,12 +151,51 @@ impl Validator<'_> {
     }
 }
 
+thread_local! {
+    /// The `[maps]` names of the config being validated: `$map_NAME` in any template
+    /// parsed meanwhile must name one (templates are parsed in many places; this keeps
+    /// the one parser the judge).
+    static KNOWN_MAPS: std::cell::RefCell<Option<std::collections::BTreeSet<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Whether `$map_NAME` names a map of the config being validated (outside a
+/// validation, any name).
+pub(crate) fn map_is_known(name: &str) -> bool {
+    KNOWN_MAPS.with(|k| k.borrow().as_ref().is_none_or(|m| m.contains(name)))
+}
+
+/// Sets the known maps for the validation in progress, until dropped.
+struct MapsInScope;
+
+impl MapsInScope {
+    fn new(names: impl Iterator<Item = String>) -> Self {
+        KNOWN_MAPS.with(|k| *k.borrow_mut() = Some(names.collect()));
+        MapsInScope
+    }
+}
+
+impl Drop for MapsInScope {
+    fn drop(&mut self) {
+        KNOWN_MAPS.with(|k| *k.borrow_mut() = None);
+    }
+}
+
 /// The validated config, or every error found.
 pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<ConfigError>> {
     let mut v = Validator {
         layers,
         errors: Vec::new(),
     };
+    let _maps_in_scope = MapsInScope::new(raw.maps.keys().cloned());
+    let maps: BTreeMap<String, MapConfig> = raw
+        .maps
+        .iter()
+        .filter_map(|(name, m)| {
+            validate_map(&mut v, &format!("maps.{name}"), name, m).map(|c| (name.clone(), c))
+        })
+        .collect();
+    map_cycles(&mut v, &maps);
 
     let runtime = Runtime {
         workers: raw.runtime.workers,
@@ -242,6 +281,7 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
         })
         .collect();
     let known = Known {
+        maps: &maps,
         upstreams: &upstreams,
         rate_limits: &raw.rate_limits,
         conn_limits: &raw.conn_limits,
@@ -274,10 +314,132 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
             listeners,
             rate_limits,
             conn_limits,
+            maps,
         })
     } else {
         Err(v.errors)
     }
+}
+
+fn validate_map(v: &mut Validator<'_>, p: &str, name: &str, m: &RawMap) -> Option<MapConfig> {
+    let source = match m.source.as_deref() {
+        None => {
+            v.err(
+                &format!("{p}.source"),
+                "a map needs a source template, e.g. source = \"$remote_addr\"",
+            );
+            None
+        }
+        Some(s) => match KeyTemplate::parse_value(s) {
+            Ok(t) if t.max_capture() > 0 => {
+                v.err(
+                    &format!("{p}.source"),
+                    "a map's source cannot use regex captures",
+                );
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(&format!("{p}.source"), e);
+                None
+            }
+        },
+    };
+    if m.mmdb.is_some() || m.field.is_some() {
+        v.err(
+            &format!("{p}.mmdb"),
+            "mmdb (GeoIP2 files) is not there yet: use cidr ranges",
+        );
+    }
+    let mut cidr = Vec::new();
+    for (range, value) in &m.cidr {
+        match Cidr::parse(range) {
+            Ok(c) => cidr.push((c, value.clone())),
+            Err(e) => v.err(&format!("{p}.cidr.{range}"), e),
+        }
+    }
+    let mut exact = Vec::new();
+    let mut regex = Vec::new();
+    for (pattern, value) in &m.values {
+        let re = match (pattern.strip_prefix("~*"), pattern.strip_prefix('~')) {
+            (Some(r), _) => Some(format!("(?i){r}")),
+            (None, Some(r)) => Some(r.to_string()),
+            (None, None) => None,
+        };
+        match re {
+            Some(r) => match regex::Regex::new(&r) {
+                Ok(_) => regex.push((r, value.clone())),
+                Err(e) => v.err(
+                    &format!("{p}.values.{pattern}"),
+                    format!("bad regex: {}", one_line(&e)),
+                ),
+            },
+            None => exact.push((pattern.clone(), value.clone())),
+        }
+    }
+    let has_values = !exact.is_empty() || !regex.is_empty();
+    if !cidr.is_empty() && has_values {
+        v.err(
+            p,
+            "a map has cidr ranges (an address source) or values, not both",
+        );
+    }
+    Some(MapConfig {
+        name: name.to_string(),
+        source: source?,
+        cidr,
+        exact,
+        regex,
+        default: m.default.clone().unwrap_or_default(),
+    })
+}
+
+/// A map whose source uses itself, directly or through others, has no value.
+fn map_cycles(v: &mut Validator<'_>, maps: &BTreeMap<String, MapConfig>) {
+    fn uses(m: &MapConfig) -> impl Iterator<Item = &str> {
+        m.source.parts.iter().filter_map(|p| match p {
+            KeyPart::Map(n) => Some(n.as_str()),
+            _ => None,
+        })
+    }
+    for start in maps.keys() {
+        let mut stack: Vec<&str> = vec![start];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(at) = stack.pop() {
+            for next in maps.get(at).into_iter().flat_map(uses) {
+                if next == start {
+                    v.err(
+                        &format!("maps.{start}.source"),
+                        format!("$map_{start} depends on itself (through $map_{at})"),
+                    );
+                    return;
+                }
+                if seen.insert(next) {
+                    stack.push(next);
+                }
+            }
+        }
+    }
+}
+
+/// The upstream names `upstream = "app-$map_region"` can give: every value of every
+/// map it uses, in every combination (`None` if it uses anything but maps).
+fn upstream_choices(t: &KeyTemplate, maps: &BTreeMap<String, MapConfig>) -> Option<Vec<String>> {
+    let mut names = vec![String::new()];
+    for part in &t.parts {
+        match part {
+            KeyPart::Literal(s) => names.iter_mut().for_each(|n| n.push_str(s)),
+            KeyPart::Map(m) => {
+                let values = maps.get(m)?.values();
+                names = names
+                    .iter()
+                    .flat_map(|n| values.iter().map(move |v| format!("{n}{v}")))
+                    .collect();
+            }
+            _ => return None,
+        }
+    }
+    Some(names)
 }
 
 /// An HTTP token (RFC 9110 §5.6.2): what a header name is.
@@ -289,6 +451,7 @@ fn is_token(n: &str) -> bool {
 
 /// What routes may name: upstreams and limits.
 struct Known<'a> {
+    maps: &'a BTreeMap<String, MapConfig>,
     upstreams: &'a BTreeMap<String, UpstreamConfig>,
     rate_limits: &'a BTreeMap<String, RawRateLimit>,
     conn_limits: &'a BTreeMap<String, RawConnLimit>,
@@ -1379,10 +1542,44 @@ fn validate_route(
             })
         }
         (None, Some(u)) => {
-            if !upstreams.contains_key(u) {
+            let by = if u.contains('$') {
+                match KeyTemplate::parse_value(u) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        v.err(&format!("{rp}.upstream"), e);
+                        return None;
+                    }
+                }
+            } else {
+                None
+            };
+            let choices = match &by {
+                None => vec![u.clone()],
+                Some(t) => match upstream_choices(t, known.maps) {
+                    Some(c) => c,
+                    None => {
+                        v.err(
+                            &format!("{rp}.upstream"),
+                            "an upstream name may only use $map_NAME variables",
+                        );
+                        return None;
+                    }
+                },
+            };
+            for c in &choices {
+                if !upstreams.contains_key(c) {
+                    let why = if by.is_some() {
+                        format!("{u:?} can be {c:?}, but no upstream has that name")
+                    } else {
+                        format!("no upstream named {u:?}")
+                    };
+                    v.err(&format!("{rp}.upstream"), why);
+                }
+            }
+            if by.is_some() && r.via.as_deref().is_some_and(|via| via != "http") {
                 v.err(
                     &format!("{rp}.upstream"),
-                    format!("no upstream named {u:?}"),
+                    "an upstream chosen by a map is for via = \"http\" routes",
                 );
             }
             let via = v.one_of(
@@ -1456,7 +1653,9 @@ fn validate_route(
                 }
             }
             RouteAction::Proxy(ProxyRoute {
-                upstream: u.clone(),
+                upstream: choices.first().cloned().unwrap_or_else(|| u.clone()),
+                upstream_by: by,
+                upstream_choices: choices,
                 via,
                 params,
                 root: r

@@ -107,6 +107,8 @@ pub struct Site {
     kind: SiteKind,
     stats: Arc<SiteStats>,
     real_ip: Option<portico_config::RealIp>,
+    /// `[maps]`, for `$map_NAME`.
+    maps: Arc<portico_limits::maps::Maps>,
 }
 
 impl Site {
@@ -129,6 +131,7 @@ impl Site {
             kind,
             stats: metrics.site(&l.name),
             real_ip: l.real_ip.clone(),
+            maps: Arc::clone(&limiters.maps),
         })
     }
 
@@ -141,6 +144,7 @@ impl Site {
             kind: SiteKind::Admin,
             stats: metrics.site("admin"),
             real_ip: None,
+            maps: Arc::default(),
         }
     }
 }
@@ -765,9 +769,16 @@ impl HttpService {
             (!route.request_headers.is_empty()).then(|| route.request_headers.render(&vars));
         let cookie_values =
             (!route.cookies.is_empty()).then(|| cookies::render(&route.cookies, &vars));
-        let hash_key = match &route.content {
-            route::Content::Proxy(up) => up.handle.template.hash_key.as_ref(),
-            route::Content::Gateway(g) => g.upstream.handle.template.hash_key.as_ref(),
+        // `upstream = "app-$map_region"`: this request's upstream
+        let chosen = route.choose.as_ref().and_then(|(t, table)| {
+            let mut name = Vec::with_capacity(32);
+            vars.render(t, &mut name);
+            table.get(name.as_slice()).cloned()
+        });
+        let hash_key = match (&route.content, &chosen) {
+            (_, Some(up)) => up.handle.template.hash_key.as_ref(),
+            (route::Content::Proxy(up), None) => up.handle.template.hash_key.as_ref(),
+            (route::Content::Gateway(g), None) => g.upstream.handle.template.hash_key.as_ref(),
             _ => None,
         }
         .map(|t| {
@@ -824,6 +835,7 @@ impl HttpService {
                     hash_key,
                     on_upgrade,
                     captures.as_ref(),
+                    chosen,
                 )
                 .await
             }
@@ -1082,6 +1094,7 @@ impl HttpService {
         hash_key: Option<Vec<u8>>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
         captures: Option<&vars::Captures>,
+        chosen: Option<Arc<HttpUpstream>>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         if let route::Content::Static(cfg) = &route.content {
             let resp =
@@ -1114,6 +1127,7 @@ impl HttpService {
                     underscores: site.limits.underscores_in_headers,
                     captures,
                     args,
+                    maps: &site.maps,
                 };
                 gateway::forward(g, parts, body, client).await
             }
@@ -1121,6 +1135,7 @@ impl HttpService {
                 (error_response(StatusCode::NOT_FOUND), None)
             }
             route::Content::Proxy(up) => {
+                let up = chosen.as_ref().unwrap_or(up);
                 let (parts, body) = req.into_parts();
                 let client = proxy::ClientSide {
                     peer_ip: peer.ip,
@@ -1217,6 +1232,7 @@ impl<'a> ReqCtx<'a> {
             underscores: self.site.limits.underscores_in_headers,
             captures,
             args,
+            maps: Some(&self.site.maps),
         }
     }
 

@@ -74,7 +74,13 @@ pub(crate) struct CompiledRoute {
     pub cookies: portico_config::CookieRules,
     /// The access phase: allow/deny, then the limits.
     pub edge: Edge,
+    /// `upstream = "app-$map_region"`: the name's template and the upstreams it can be
+    /// (`content` holds the first).
+    pub choose: Option<(KeyTemplate, UpstreamTable)>,
 }
+
+/// The upstreams a map-chosen name can be, by name.
+pub(crate) type UpstreamTable = std::collections::HashMap<Vec<u8>, Arc<HttpUpstream>>;
 
 /// A route's edge protection, in the order it applies (the access phase).
 pub(crate) struct Edge {
@@ -207,6 +213,25 @@ impl Routes {
                 internal: r.internal,
                 error_pages: r.error_pages.clone(),
                 cookies: r.cookies.clone(),
+                choose: match &r.action {
+                    RouteAction::Proxy(p) => match &p.upstream_by {
+                        Some(t) => Some((
+                            t.clone(),
+                            p.upstream_choices
+                                .iter()
+                                .map(|n| {
+                                    upstreams
+                                        .get(n)
+                                        .cloned()
+                                        .map(|u| (n.as_bytes().to_vec(), u))
+                                        .ok_or_else(|| format!("no upstream named {n:?}"))
+                                })
+                                .collect::<Result<_, String>>()?,
+                        )),
+                        None => None,
+                    },
+                    _ => None,
+                },
                 edge: Edge {
                     access: portico_limits::access::AccessList::new(r.access.clone()),
                     basic: match &r.basic_auth {

@@ -66,6 +66,8 @@ pub struct Vars<'a> {
     pub captures: Option<&'a Captures>,
     /// `$args` when a rewrite or try_files changed them (else the request's query).
     pub args: Option<&'a str>,
+    /// The `[maps]` for `$map_NAME`.
+    pub maps: Option<&'a portico_limits::maps::Maps>,
 }
 
 impl Vars<'_> {
@@ -124,6 +126,13 @@ impl Vars<'_> {
                 }
             }
             KeyPart::Gateway(v) => self.render_gateway(*v, out),
+            KeyPart::Map(name) => {
+                if let Some(m) = self.maps.and_then(|m| m.get(name)) {
+                    let mut source = Vec::with_capacity(32);
+                    self.render(&m.config.source, &mut source);
+                    out.extend_from_slice(m.lookup(&source).as_bytes());
+                }
+            }
             KeyPart::Capture(n) => {
                 if let Some(c) = self.captures {
                     out.extend_from_slice(c.get(*n).as_bytes());

@@ -14,6 +14,7 @@
 pub mod access;
 pub mod conn;
 pub mod htpasswd;
+pub mod maps;
 pub mod rate;
 
 use std::collections::BTreeMap;
@@ -22,17 +23,19 @@ use std::sync::Arc;
 
 use portico_config::Config;
 
-/// The limits of one config generation, by name.
+/// The edge policy of one config generation: limits and maps, by name.
 #[derive(Debug, Default, Clone)]
 pub struct Limiters {
     pub rate: BTreeMap<String, Arc<rate::RateLimiter>>,
     pub conn: BTreeMap<String, Arc<conn::ConnLimiter>>,
+    pub maps: Arc<maps::Maps>,
 }
 
 impl Limiters {
     /// The limits `config` defines. One whose settings did not change is kept, with its
     /// keys and counters (nginx keeps a zone across reloads).
-    pub fn build(config: &Config, previous: &Limiters) -> Self {
+    /// Fails when a map cannot be compiled.
+    pub fn build(config: &Config, previous: &Limiters) -> Result<Self, String> {
         let rate = config
             .rate_limits
             .iter()
@@ -55,7 +58,11 @@ impl Limiters {
                 (name.clone(), l)
             })
             .collect();
-        Self { rate, conn }
+        Ok(Self {
+            rate,
+            conn,
+            maps: Arc::new(maps::Maps::build(&config.maps)?),
+        })
     }
 }
 

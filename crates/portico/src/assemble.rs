@@ -87,7 +87,7 @@ fn default_check(config: &Config, name: &str) -> HealthCheck {
         .iter()
         .flat_map(|l| &l.routes)
         .find_map(|r| match &r.action {
-            RouteAction::Proxy(p) if p.upstream == name => {
+            RouteAction::Proxy(p) if p.upstream_choices.iter().any(|c| c == name) => {
                 Some(portico_http::default_health_check(p.via))
             }
             _ => None,

@@ -231,7 +231,8 @@ impl State {
         let upstreams =
             assemble::Upstreams::build(&config, &self.upstreams, self.listeners.workers())
                 .map_err(anyhow::Error::msg)?;
-        let limiters = portico_limits::Limiters::build(&config, &self.limiters);
+        let limiters =
+            portico_limits::Limiters::build(&config, &self.limiters).map_err(anyhow::Error::msg)?;
         let shared = self.shared(&config)?;
         let specs = assemble::endpoints(&config, &upstreams, &limiters, &shared)
             .map_err(anyhow::Error::msg)?;

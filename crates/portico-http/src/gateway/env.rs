@@ -158,6 +158,7 @@ mod tests {
             underscores: false,
             captures: None,
             args: None,
+            maps: None,
         }
     }
 

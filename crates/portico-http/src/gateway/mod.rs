@@ -126,6 +126,7 @@ pub struct Client<'a> {
     pub captures: Option<&'a crate::vars::Captures>,
     /// The query string after rewrites, when they changed it.
     pub args: Option<&'a str>,
+    pub maps: &'a portico_limits::maps::Maps,
 }
 
 /// A process-unique request number, for the app's STDERR lines in the log.
@@ -213,6 +214,7 @@ pub async fn forward(
         underscores: client.underscores,
         captures: client.captures,
         args: client.args,
+        maps: Some(client.maps),
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;
