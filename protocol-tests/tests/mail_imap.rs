@@ -427,3 +427,48 @@ fn sessions_survive_a_reload_and_end_with_the_drain() {
     );
     assert!(old.closed(), "the tunnel was closed by the drain");
 }
+
+/// `conn_limit` and `rate_limit` on a mail listener, keyed on the client address:
+/// sessions at once, and logins per minute (the refused one never reaches the auth
+/// server).
+#[test]
+fn sessions_and_logins_per_client_address_are_limited() {
+    let s = setup(
+        &[],
+        "rate_limit = [\"logins\"]\nconn_limit = [\"sessions\"]",
+        "[rate_limits.logins]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 1\nnodelay = true\n[conn_limits.sessions]\nkey = \"$remote_addr\"\nmax = 1\n",
+    );
+    let mut first = LineClient::connect(s.portico.port);
+    assert_eq!(first.line(), "* OK IMAP4 ready");
+    let mut second = LineClient::connect(s.portico.port);
+    assert_eq!(
+        second.line(),
+        "* BYE Too many connections from your address"
+    );
+    assert!(second.closed());
+    let line = s.portico.wait_log_line("limiting connections");
+    assert!(line.contains("sessions"), "{line}");
+    // two logins pass (one, and a burst of one), the third is refused
+    assert!(first.ask("a1 LOGIN alice secret").starts_with("a1 OK"));
+    drop(first);
+    let login = |tag: &str| {
+        // the previous session's place is given back when it ends: retry the connect
+        // until the new one is greeted
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut c = LineClient::connect(s.portico.port);
+            if c.line() == "* OK IMAP4 ready" {
+                return c.ask(&format!("{tag} LOGIN alice secret"));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no session place came back"
+            );
+        }
+    };
+    assert!(login("b1").starts_with("b1 OK"));
+    let refused = login("c1");
+    assert!(refused.starts_with("c1 NO"), "{refused}");
+    assert!(refused.contains("Too many logins"), "{refused}");
+    assert_eq!(auth_requests(&s).len(), 2);
+}

@@ -330,6 +330,10 @@ pub struct ListenerConfig {
     /// The error pages of requests no route takes (unknown path, bad request); routes
     /// without their own inherit them (nginx's server-level `error_page`).
     pub error_pages: ErrorPages,
+    /// Mail listeners: `[rate_limits]` applied to login attempts and `[conn_limits]` to
+    /// sessions, keyed on the client address.
+    pub rate_limit: Vec<String>,
+    pub conn_limit: Vec<String>,
 }
 
 /// Where the client address comes from when the peer is a trusted proxy.

@@ -260,6 +260,9 @@ pub struct RawListener {
     /// Defaults for routes that give none, and the pages for requests no route takes.
     pub error_pages: Option<BTreeMap<String, String>>,
     pub intercept_errors: Option<bool>,
+    /// Mail listeners: limits keyed on the client address (logins, sessions).
+    pub rate_limit: Vec<String>,
+    pub conn_limit: Vec<String>,
 }
 
 /// `[listeners.mail]`: the mail front end's settings (nginx's names in comments).

@@ -1133,7 +1133,36 @@ fn validate_listener(
             recursive: r.recursive.unwrap_or(true),
         }
     });
+    if protocol == Protocol::Http {
+        not_here(
+            v,
+            p,
+            &[
+                ("rate_limit", !l.rate_limit.is_empty()),
+                ("conn_limit", !l.conn_limit.is_empty()),
+            ],
+            "on an http listener goes on its routes",
+        );
+    }
+    for (i, n) in l.rate_limit.iter().enumerate() {
+        if !known.rate_limits.contains_key(n) {
+            v.err(
+                &format!("{p}.rate_limit.{i}"),
+                format!("no [rate_limits.{n}]"),
+            );
+        }
+    }
+    for (i, n) in l.conn_limit.iter().enumerate() {
+        if !known.conn_limits.contains_key(n) {
+            v.err(
+                &format!("{p}.conn_limit.{i}"),
+                format!("no [conn_limits.{n}]"),
+            );
+        }
+    }
     ListenerConfig {
+        rate_limit: l.rate_limit.clone(),
+        conn_limit: l.conn_limit.clone(),
         error_pages: ErrorPages {
             pages: listener_pages,
             intercept: listener_intercept,

@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use portico_config::LogLevel;
 use portico_limits::conn::ConnGuard;
-use portico_limits::rate::Verdict;
+use portico_limits::rate::{check_all, Combined};
 
 use crate::body::HttpBody;
 use crate::errors::error_response;
@@ -101,34 +101,20 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
                 k
             })
             .collect();
-        // nginx: every limit is looked at, the request counted in all only if none
-        // refuses (the last one counts it at once)
-        let last = edge.rate.len() - 1;
-        for (i, (l, key)) in edge.rate.iter().zip(&keys).enumerate() {
-            if key.is_empty() {
-                continue; // nginx: an empty key is not limited
-            }
-            match l.check(key, i == last) {
-                Verdict::Pass => {}
-                Verdict::Delay(d) => delay = delay.max(d),
-                Verdict::Refuse { retry_after } => {
-                    let c = &l.config;
-                    log_at!(c.log_level, limit = %c.name, client = ?client, %uri,
-                        retry_after_ms = retry_after.as_millis() as u64,
-                        "limiting requests: refused with {}", c.status);
-                    let status =
-                        StatusCode::from_u16(c.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-                    let mut resp = error_response(status);
-                    let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
-                    resp.headers_mut()
-                        .insert(RETRY_AFTER, HeaderValue::from(secs));
-                    return Admit::Refuse(resp);
-                }
-            }
-        }
-        for (l, key) in edge.rate.iter().zip(&keys).take(last) {
-            if !key.is_empty() {
-                l.check(key, true);
+        match check_all(&edge.rate, &keys) {
+            Combined::Pass { delay: d } => delay = d,
+            Combined::Refused { by, retry_after } => {
+                let c = &by.config;
+                log_at!(c.log_level, limit = %c.name, client = ?client, %uri,
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "limiting requests: refused with {}", c.status);
+                let status =
+                    StatusCode::from_u16(c.status).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+                let mut resp = error_response(status);
+                let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+                return Admit::Refuse(resp);
             }
         }
         if !delay.is_zero() {

@@ -13,7 +13,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -149,6 +149,41 @@ impl RateLimiter {
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
+}
+
+/// What several limits say about one request together.
+#[derive(Debug)]
+pub enum Combined<'a> {
+    /// Every limit lets it through; wait `delay` first (the longest of theirs).
+    Pass { delay: Duration },
+    Refused {
+        by: &'a RateLimiter,
+        retry_after: Duration,
+    },
+}
+
+/// Checks one request against `limits` with its `keys` (one per limit; an empty key is
+/// not limited, as nginx): every limit is looked at first, and the request is counted
+/// in all of them only if none refuses (nginx's limit_req order).
+pub fn check_all<'a>(limits: &'a [Arc<RateLimiter>], keys: &[Vec<u8>]) -> Combined<'a> {
+    let last = limits.len().saturating_sub(1);
+    let mut delay = Duration::ZERO;
+    for (i, (l, key)) in limits.iter().zip(keys).enumerate() {
+        if key.is_empty() {
+            continue;
+        }
+        match l.check(key, i == last) {
+            Verdict::Pass => {}
+            Verdict::Delay(d) => delay = delay.max(d),
+            Verdict::Refuse { retry_after } => return Combined::Refused { by: l, retry_after },
+        }
+    }
+    for (l, key) in limits.iter().zip(keys).take(last) {
+        if !key.is_empty() {
+            l.check(key, true);
+        }
+    }
+    Combined::Pass { delay }
 }
 
 #[cfg(test)]

@@ -49,6 +49,10 @@ pub struct MailSettings {
     pub auth_headers: Vec<(String, String)>,
     /// Failed logins per client address.
     pub throttle: session::Throttle,
+    /// `rate_limit`: login attempts per client address.
+    pub login_limits: Vec<Arc<portico_limits::rate::RateLimiter>>,
+    /// `conn_limit`: sessions per client address.
+    pub session_limits: Vec<Arc<portico_limits::conn::ConnLimiter>>,
     /// A PROXY protocol v2 header with the client's address first on backend connections.
     pub backend_proxy_protocol: bool,
     /// TLS towards backends (`None`: plain).
@@ -76,9 +80,11 @@ impl MailSettings {
     pub fn new(
         l: &ListenerConfig,
         pools: &BTreeMap<String, Arc<UpstreamHandle>>,
+        limiters: &portico_limits::Limiters,
         drain: Duration,
     ) -> Result<Self, String> {
         let m = &l.mail;
+        let named = |n: &String| format!("no limit named {n:?}");
         let auth = l
             .auth_http
             .as_deref()
@@ -112,6 +118,16 @@ impl MailSettings {
             backend_auth: m.backend_auth.clone(),
             auth_headers: m.auth_http_headers.clone(),
             throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
+            login_limits: l
+                .rate_limit
+                .iter()
+                .map(|n| limiters.rate.get(n).cloned().ok_or_else(|| named(n)))
+                .collect::<Result<_, _>>()?,
+            session_limits: l
+                .conn_limit
+                .iter()
+                .map(|n| limiters.conn.get(n).cloned().ok_or_else(|| named(n)))
+                .collect::<Result<_, _>>()?,
             backend_proxy_protocol: m.backend_proxy_protocol,
             backend_tls: match m.backend_tls {
                 portico_config::BackendTlsMode::Off => None,
@@ -148,13 +164,38 @@ impl MailService {
 
 impl Service for MailService {
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
-        let session = session::Session::new(conn, Arc::clone(&self.cfg));
-        match self.cfg.protocol {
-            Protocol::Imap => Box::pin(imap::Imap::serve(session)),
-            Protocol::Pop3 => Box::pin(pop3::Pop3::serve(session)),
-            Protocol::Smtp => Box::pin(smtp::Smtp::serve(session)),
-            // Never built: assemble makes mail services for mail listeners only.
-            Protocol::Http => Box::pin(async move { drop(session) }),
-        }
+        let cfg = Arc::clone(&self.cfg);
+        Box::pin(async move {
+            // conn_limit: the session holds its places until it ends
+            let ip = conn.info.peer.map(|p| p.ip());
+            let key = ip.map(|ip| ip.to_string()).unwrap_or_default();
+            let mut guards = Vec::with_capacity(cfg.session_limits.len());
+            for l in &cfg.session_limits {
+                match l.acquire(key.as_bytes()) {
+                    Some(g) => guards.push(g),
+                    None => {
+                        tracing::warn!(limit = %l.config.name, client = %key, protocol = %cfg.protocol,
+                            "limiting connections: {} sessions from this address, refused", l.config.max);
+                        let mut session = session::Session::new(conn, Arc::clone(&cfg));
+                        let line: &[u8] = match cfg.protocol {
+                            Protocol::Imap => b"* BYE Too many connections from your address\r\n",
+                            Protocol::Pop3 => b"-ERR Too many connections from your address\r\n",
+                            _ => b"421 4.7.0 Too many connections from your address\r\n",
+                        };
+                        let _ = session.send(line).await;
+                        return;
+                    }
+                }
+            }
+            let session = session::Session::new(conn, cfg);
+            match session.cfg.protocol {
+                Protocol::Imap => imap::Imap::serve(session).await,
+                Protocol::Pop3 => pop3::Pop3::serve(session).await,
+                Protocol::Smtp => smtp::Smtp::serve(session).await,
+                // Never built: assemble makes mail services for mail listeners only.
+                Protocol::Http => drop(session),
+            }
+            drop(guards);
+        })
     }
 }

@@ -373,6 +373,28 @@ impl Session {
                 error_code: Some("454 4.7.0".into()),
             };
         }
+        // rate_limit: login attempts per client address (delayed or refused, as HTTP)
+        if let Some(ip) = ip.filter(|_| !self.cfg.login_limits.is_empty()) {
+            let limits = &self.cfg.login_limits;
+            let keys = vec![ip.to_string().into_bytes(); limits.len()];
+            let delay = match portico_limits::rate::check_all(limits, &keys) {
+                portico_limits::rate::Combined::Pass { delay } => delay,
+                portico_limits::rate::Combined::Refused { by, retry_after } => {
+                    tracing::warn!(conn = self.conn.info.id, limit = %by.config.name, %ip,
+                        retry_after_ms = retry_after.as_millis() as u64,
+                        "login refused: rate limit");
+                    return Outcome::Refused {
+                        session: self,
+                        status: "Too many logins, try again later".into(),
+                        retry: false,
+                        error_code: Some("454 4.7.0".into()),
+                    };
+                }
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         let request = AuthRequest {
             method: creds.method,
             user: creds.user.clone(),

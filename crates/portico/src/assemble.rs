@@ -135,7 +135,7 @@ pub fn endpoints(
                 Arc::new(HttpService::new(sites, shared.clone()))
             }
             Protocol::Imap | Protocol::Pop3 | Protocol::Smtp => Arc::new(MailService::new(
-                MailSettings::new(first, &upstreams.shared, shared.drain)?,
+                MailSettings::new(first, &upstreams.shared, limiters, shared.drain)?,
             )),
         };
         let certs: Vec<CertSpec> = listeners
