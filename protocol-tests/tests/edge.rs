@@ -538,3 +538,72 @@ listen = ["127.0.0.1:8080"]
         assert!(err.contains(needle), "{needle:?} in:\n{err}");
     }
 }
+
+/// `store = "redis://…"`: two Portico processes sharing one redis-server let through the
+/// configured burst together, not twice it; with Redis stopped, both keep answering
+/// (each with its own table), say so in the log and /status, and never fail a request.
+#[test]
+fn a_rate_limit_shared_through_redis_holds_across_instances() {
+    let redis_port = free_port();
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut redis = Proc::spawn("redis-server", &mut cmd);
+    wait_tcp(
+        ([127, 0, 0, 1], redis_port).into(),
+        &mut redis.child,
+        "redis-server",
+    );
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[rate_limits.fleet]
+key = "$remote_addr"
+rate = "1r/m"
+burst = 9
+nodelay = true
+store = "redis://127.0.0.1:{redis_port}/0"
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  return = {{ status = 200, body = "ok\n" }}
+  rate_limit = ["fleet"]
+"#
+    );
+    let a = Portico::start(&config);
+    let b = Portico::start(&config);
+    let store = |p: &Portico| status_json(p)["rate_limits"]["fleet"]["store"].clone();
+    for p in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store(p)["state"] != "ok" {
+            assert!(Instant::now() < deadline, "{}", store(p));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let statuses: Vec<u16> = (0..16)
+        .map(|i| {
+            let p = if i % 2 == 0 { &a } else { &b };
+            curl(&["--interface", "127.0.0.2"], &p.url("/")).status
+        })
+        .collect();
+    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
+    assert_eq!(count(&statuses, 429), 6, "{statuses:?}");
+    assert_eq!(store(&a)["fallbacks"], 0);
+
+    // Redis goes away: requests are still answered, by each process's own table
+    redis.kill();
+    for p in [&a, &b] {
+        for _ in 0..3 {
+            let s = curl(&["--interface", "127.0.0.3"], &p.url("/")).status;
+            assert_eq!(s, 200, "a new client, within its burst, on its own table");
+        }
+        assert_eq!(store(p)["state"], "unreachable");
+        assert!(store(p)["fallbacks"].as_u64().unwrap() >= 3);
+        let line = p.wait_log_line("rate limit store unreachable");
+        assert!(line.contains(&redis_port.to_string()), "{line}");
+    }
+}

@@ -64,6 +64,8 @@ pub struct RateLimitConfig {
     /// The level of the log line per refusal (nginx limit_req_log_level; delays one
     /// level lower).
     pub log_level: LogLevel,
+    /// `redis://…`: the bucket shared by every instance using that Redis.
+    pub store: Option<String>,
 }
 
 /// `[conn_limits.NAME]`: nginx's limit_conn.

@@ -527,11 +527,14 @@ fn validate_rate_limit(
     if keys == 0 {
         v.err(&format!("{p}.keys"), "keys must be at least 1");
     }
-    if r.store.is_some() {
-        v.err(
-            &format!("{p}.store"),
-            "store (a rate limit shared through Redis) is not there yet: the limit would be this process's only",
-        );
+    if let Some(s) = &r.store {
+        let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
+        if !known.iter().any(|k| s.starts_with(k)) {
+            v.err(
+                &format!("{p}.store"),
+                format!("{s:?}: a store is redis://HOST:PORT/DB (or rediss://, unix://)"),
+            );
+        }
     }
     let status = refusal_status(v, &format!("{p}.status"), r.status, 429);
     let log_level = log_level(v, &format!("{p}.log_level"), r.log_level.as_deref());
@@ -544,6 +547,7 @@ fn validate_rate_limit(
         keys: keys.max(1),
         status,
         log_level,
+        store: r.store.clone(),
     })
 }
 

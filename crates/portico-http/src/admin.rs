@@ -125,6 +125,11 @@ impl StatusSource {
                         "evicted": s.evicted.load(Ordering::Relaxed),
                         "keys": l.keys(),
                         "max_keys": l.config.keys,
+                        "store": l.store.as_ref().map(|s| json!({
+                            "url": s.url,
+                            "state": s.state().as_str(),
+                            "fallbacks": s.fallbacks.load(Ordering::Relaxed),
+                        })),
                     }),
                 )
             })

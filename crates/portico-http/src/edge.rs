@@ -101,7 +101,7 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
                 k
             })
             .collect();
-        match check_all(&edge.rate, &keys) {
+        match check_all(&edge.rate, &keys).await {
             Combined::Pass { delay: d } => delay = d,
             Combined::Refused { by, retry_after } => {
                 let c = &by.config;

@@ -30,6 +30,7 @@ fn limiter(keys: usize) -> RateLimiter {
         keys,
         status: 429,
         log_level: LogLevel::Error,
+        store: None,
     })
 }
 

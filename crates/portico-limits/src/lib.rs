@@ -16,6 +16,7 @@ pub mod conn;
 pub mod htpasswd;
 pub mod maps;
 pub mod rate;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::hash::BuildHasher;
@@ -36,17 +37,22 @@ impl Limiters {
     /// keys and counters (nginx keeps a zone across reloads).
     /// Fails when a map cannot be compiled.
     pub fn build(config: &Config, previous: &Limiters) -> Result<Self, String> {
-        let rate = config
-            .rate_limits
-            .iter()
-            .map(|(name, c)| {
-                let kept = previous.rate.get(name).filter(|l| &l.config == c);
-                let l = kept
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(rate::RateLimiter::new(c)));
-                (name.clone(), l)
-            })
-            .collect();
+        let mut rate = BTreeMap::new();
+        for (name, c) in &config.rate_limits {
+            let kept = previous.rate.get(name).filter(|l| &l.config == c);
+            let l = match kept {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let l = Arc::new(rate::RateLimiter::with_store(c)?);
+                    if let Some(s) = &l.store {
+                        // in the background: a request never waits for the connection
+                        tokio::spawn(store::RedisStore::connect(Arc::downgrade(s)));
+                    }
+                    l
+                }
+            };
+            rate.insert(name.clone(), l);
+        }
         let conn = config
             .conn_limits
             .iter()

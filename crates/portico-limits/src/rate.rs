@@ -54,6 +54,8 @@ pub struct RateStats {
 
 pub struct RateLimiter {
     pub config: RateLimitConfig,
+    /// `store`: the bucket shared through Redis (this table is the fallback).
+    pub store: Option<Arc<crate::store::RedisStore>>,
     shards: Box<[Mutex<LruCache<u64, Bucket, TableHasher>>]>,
     hasher: KeyHasher,
     epoch: Instant,
@@ -69,10 +71,13 @@ impl std::fmt::Debug for RateLimiter {
 }
 
 impl RateLimiter {
+    /// A limit without a store (or with one not yet connected: see
+    /// [`RateLimiter::with_store`]).
     pub fn new(config: &RateLimitConfig) -> Self {
         let per_shard = config.keys.div_ceil(SHARDS).max(1);
         let cap = NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN);
         Self {
+            store: None,
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::with_hasher(cap, TableHasher::default())))
                 .collect(),
@@ -86,6 +91,44 @@ impl RateLimiter {
         }
     }
 
+    /// The limit with its `store` (the URL checked; connecting is left to the caller,
+    /// [`crate::store::RedisStore::connect`]).
+    pub fn with_store(config: &RateLimitConfig) -> Result<Self, String> {
+        let store = match &config.store {
+            Some(url) => Some(Arc::new(crate::store::RedisStore::new(url)?)),
+            None => None,
+        };
+        Ok(Self {
+            store,
+            ..Self::new(config)
+        })
+    }
+
+    /// Decides one request: the shared bucket when there is a store and it answers in
+    /// time, else this process's table (kept current on every request either way).
+    pub async fn decide(&self, key: &[u8], commit: bool) -> Verdict {
+        let Some(store) = &self.store else {
+            return self.check(key, commit);
+        };
+        let local = self.check_at(key, self.now_ms(), commit, false);
+        let c = &self.config;
+        let shared = store
+            .check(key, &c.name, c.rate_milli, c.burst, c.nodelay, commit)
+            .await;
+        let v = shared.unwrap_or(local);
+        self.count(v);
+        v
+    }
+
+    fn count(&self, v: Verdict) {
+        let c = match v {
+            Verdict::Pass => &self.stats.passed,
+            Verdict::Delay(_) => &self.stats.delayed,
+            Verdict::Refuse { .. } => &self.stats.refused,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn now_ms(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
@@ -94,10 +137,10 @@ impl RateLimiter {
     /// `commit = false` the bucket is only looked at (nginx checks every limit of a
     /// request first and counts it in all of them only if none refuses).
     pub fn check(&self, key: &[u8], commit: bool) -> Verdict {
-        self.check_at(key, self.now_ms(), commit)
+        self.check_at(key, self.now_ms(), commit, true)
     }
 
-    fn check_at(&self, key: &[u8], now: u64, commit: bool) -> Verdict {
+    fn check_at(&self, key: &[u8], now: u64, commit: bool, counted: bool) -> Verdict {
         let hash = self.hasher.hash(key);
         let mut shard = self.shards[shard_of(hash)]
             .lock()
@@ -115,7 +158,9 @@ impl RateLimiter {
         };
         // nginx: a new key's first request has no excess; one over `burst` is refused
         if excess > burst {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if counted {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            }
             // after `wait` ms, excess - rate*wait/1000 + ... <= burst
             let over = excess - burst;
             let wait_ms = (over * 1000).div_ceil(rate);
@@ -133,13 +178,15 @@ impl RateLimiter {
                 self.stats.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        if self.config.nodelay || excess == 0 {
-            self.stats.passed.fetch_add(1, Ordering::Relaxed);
+        let v = if self.config.nodelay || excess == 0 {
             Verdict::Pass
         } else {
-            self.stats.delayed.fetch_add(1, Ordering::Relaxed);
             Verdict::Delay(Duration::from_millis(excess * 1000 / rate))
+        };
+        if counted {
+            self.count(v);
         }
+        v
     }
 
     /// Keys in the table now.
@@ -165,14 +212,14 @@ pub enum Combined<'a> {
 /// Checks one request against `limits` with its `keys` (one per limit; an empty key is
 /// not limited, as nginx): every limit is looked at first, and the request is counted
 /// in all of them only if none refuses (nginx's limit_req order).
-pub fn check_all<'a>(limits: &'a [Arc<RateLimiter>], keys: &[Vec<u8>]) -> Combined<'a> {
+pub async fn check_all<'a>(limits: &'a [Arc<RateLimiter>], keys: &[Vec<u8>]) -> Combined<'a> {
     let last = limits.len().saturating_sub(1);
     let mut delay = Duration::ZERO;
     for (i, (l, key)) in limits.iter().zip(keys).enumerate() {
         if key.is_empty() {
             continue;
         }
-        match l.check(key, i == last) {
+        match l.decide(key, i == last).await {
             Verdict::Pass => {}
             Verdict::Delay(d) => delay = delay.max(d),
             Verdict::Refuse { retry_after } => return Combined::Refused { by: l, retry_after },
@@ -180,7 +227,7 @@ pub fn check_all<'a>(limits: &'a [Arc<RateLimiter>], keys: &[Vec<u8>]) -> Combin
     }
     for (l, key) in limits.iter().zip(keys).take(last) {
         if !key.is_empty() {
-            l.check(key, true);
+            l.decide(key, true).await;
         }
     }
     Combined::Pass { delay }
@@ -201,6 +248,7 @@ mod tests {
             keys,
             status: 429,
             log_level: portico_config::LogLevel::Error,
+            store: None,
         })
     }
 
@@ -208,15 +256,15 @@ mod tests {
     fn a_burst_at_one_instant_passes_burst_plus_one() {
         let l = limiter("10r/s", 5, true, 100);
         let passed = (0..20)
-            .filter(|_| l.check_at(b"a", 1000, true) == Verdict::Pass)
+            .filter(|_| l.check_at(b"a", 1000, true, true) == Verdict::Pass)
             .count();
         assert_eq!(passed, 6);
         // another key has its own bucket
-        assert_eq!(l.check_at(b"b", 1000, true), Verdict::Pass);
+        assert_eq!(l.check_at(b"b", 1000, true, true), Verdict::Pass);
         // 100 ms later one more fits (10 r/s)
-        assert_eq!(l.check_at(b"a", 1100, true), Verdict::Pass);
+        assert_eq!(l.check_at(b"a", 1100, true, true), Verdict::Pass);
         assert!(matches!(
-            l.check_at(b"a", 1100, true),
+            l.check_at(b"a", 1100, true, true),
             Verdict::Refuse { .. }
         ));
     }
@@ -224,7 +272,7 @@ mod tests {
     #[test]
     fn without_nodelay_excess_is_delayed_to_the_rate() {
         let l = limiter("10r/s", 3, false, 100);
-        let v: Vec<Verdict> = (0..5).map(|_| l.check_at(b"a", 0, true)).collect();
+        let v: Vec<Verdict> = (0..5).map(|_| l.check_at(b"a", 0, true, true)).collect();
         assert_eq!(
             v[..4],
             [
@@ -240,39 +288,42 @@ mod tests {
     #[test]
     fn retry_after_is_when_one_more_would_pass() {
         let l = limiter("2r/s", 0, true, 100);
-        assert_eq!(l.check_at(b"a", 0, true), Verdict::Pass);
-        let Verdict::Refuse { retry_after } = l.check_at(b"a", 100, true) else {
+        assert_eq!(l.check_at(b"a", 0, true, true), Verdict::Pass);
+        let Verdict::Refuse { retry_after } = l.check_at(b"a", 100, true, true) else {
             panic!("refused")
         };
         assert_eq!(retry_after, Duration::from_millis(400));
         assert!(matches!(
-            l.check_at(b"a", 499, true),
+            l.check_at(b"a", 499, true, true),
             Verdict::Refuse { .. }
         ));
-        assert_eq!(l.check_at(b"a", 500, true), Verdict::Pass);
+        assert_eq!(l.check_at(b"a", 500, true, true), Verdict::Pass);
     }
 
     #[test]
     fn a_look_without_commit_counts_nothing() {
         let l = limiter("1r/s", 0, true, 100);
         for _ in 0..5 {
-            assert_eq!(l.check_at(b"a", 0, false), Verdict::Pass);
+            assert_eq!(l.check_at(b"a", 0, false, true), Verdict::Pass);
         }
-        assert_eq!(l.check_at(b"a", 0, true), Verdict::Pass);
-        assert!(matches!(l.check_at(b"a", 0, true), Verdict::Refuse { .. }));
+        assert_eq!(l.check_at(b"a", 0, true, true), Verdict::Pass);
+        assert!(matches!(
+            l.check_at(b"a", 0, true, true),
+            Verdict::Refuse { .. }
+        ));
     }
 
     #[test]
     fn the_table_is_bounded_and_keeps_recent_keys() {
         let l = limiter("1r/s", 0, true, 160);
         for i in 0..10_000u32 {
-            l.check_at(&i.to_be_bytes(), 0, true);
+            l.check_at(&i.to_be_bytes(), 0, true, true);
         }
         assert!(l.keys() <= 160, "{}", l.keys());
         assert!(l.stats.evicted.load(Ordering::Relaxed) >= 10_000 - 160);
         // the most recent key is still limited
         assert!(matches!(
-            l.check_at(&9_999u32.to_be_bytes(), 0, true),
+            l.check_at(&9_999u32.to_be_bytes(), 0, true, true),
             Verdict::Refuse { .. }
         ));
     }
@@ -291,7 +342,7 @@ mod tests {
                     (excess - (rate as i64 * 1000) * (now - last) as i64 / 1000 + 1000).max(0)
                 };
                 let want_pass = e <= (burst * 1000) as i64;
-                let got = l.check_at(b"k", now, true);
+                let got = l.check_at(b"k", now, true, true);
                 proptest::prop_assert_eq!(got == Verdict::Pass, want_pass);
                 if want_pass { excess = e; last = now; first = false; }
             }

@@ -377,7 +377,7 @@ impl Session {
         if let Some(ip) = ip.filter(|_| !self.cfg.login_limits.is_empty()) {
             let limits = &self.cfg.login_limits;
             let keys = vec![ip.to_string().into_bytes(); limits.len()];
-            let delay = match portico_limits::rate::check_all(limits, &keys) {
+            let delay = match portico_limits::rate::check_all(limits, &keys).await {
                 portico_limits::rate::Combined::Pass { delay } => delay,
                 portico_limits::rate::Combined::Refused { by, retry_after } => {
                     tracing::warn!(conn = self.conn.info.id, limit = %by.config.name, %ip,
