@@ -607,3 +607,75 @@ listen = ["127.0.0.1:{{port}}"]
         assert!(line.contains(&redis_port.to_string()), "{line}");
     }
 }
+
+/// An `mmdb` map: a GeoIP2-style database written by the test (Python's mmdb-writer)
+/// gives 127.0.0.2 the country DE and 127.0.0.3 US; one map sends DE to the eu app,
+/// another puts the raw country in a header.
+#[test]
+fn an_mmdb_map_routes_by_country() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("countries.mmdb");
+    let script = format!(
+        r#"
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+w = MMDBWriter(ip_version=6, database_type="GeoLite2-Country", ipv4_compatible=True)
+w.insert_network(IPSet(["127.0.0.2/32"]), {{"country": {{"iso_code": "DE", "geoname_id": 2921044}}}})
+w.insert_network(IPSet(["127.0.0.3/32"]), {{"country": {{"iso_code": "US", "geoname_id": 6252001}}}})
+w.to_db_file("{}")
+"#,
+        db.display()
+    );
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (eu, us) = (free_port(), free_port());
+    let _eu = gunicorn_tcp(eu, "eu", &[]);
+    let _us = gunicorn_tcp(us, "us", &[]);
+    let p = Portico::start(&format!(
+        r#"
+[maps.region]
+source = "$remote_addr"
+mmdb = "{db}"
+field = "country.iso_code"
+values = {{ "DE" = "eu", "FR" = "eu", "US" = "us" }}
+default = "us"
+[maps.country]
+source = "$remote_addr"
+mmdb = "{db}"
+field = "country.iso_code"
+default = "--"
+[maps.geoname]
+source = "$remote_addr"
+mmdb = "{db}"
+field = "country.geoname_id"
+[upstreams.app-eu]
+servers = [{{ addr = "127.0.0.1:{eu}" }}]
+[upstreams.app-us]
+servers = [{{ addr = "127.0.0.1:{us}" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app-$map_region"
+  response_headers = {{ set = {{ "X-Country" = "$map_country", "X-Geoname" = "$map_geoname" }} }}
+"#,
+        db = db.display()
+    ));
+    for (source, app, country, geoname) in [
+        ("127.0.0.2", "eu", "DE", "2921044"),
+        ("127.0.0.3", "us", "US", "6252001"),
+        ("127.0.0.1", "us", "--", ""),
+    ] {
+        let r = curl(&["--interface", source], &p.url("/echo"));
+        assert_eq!(r.json()["app"], app, "{source}");
+        assert_eq!(r.header("x-country"), Some(country), "{source}");
+        assert_eq!(r.header("x-geoname").unwrap_or(""), geoname, "{source}");
+    }
+}

@@ -33,18 +33,26 @@ pub struct MapConfig {
     /// of their text.
     pub regex: Vec<(String, String)>,
     pub default: String,
+    /// A MaxMind DB (GeoIP2/GeoLite2) and the path of the field read from the
+    /// source address's record; its value then goes through `exact`/`regex` if any.
+    pub mmdb: Option<(PathBuf, Vec<String>)>,
 }
 
 impl MapConfig {
-    /// Every value the map can give.
-    pub fn values(&self) -> std::collections::BTreeSet<&str> {
-        self.cidr
+    /// Every value the map can give; `None` when an mmdb field is used as it is.
+    pub fn values(&self) -> Option<std::collections::BTreeSet<&str>> {
+        if self.mmdb.is_some() && self.exact.is_empty() && self.regex.is_empty() {
+            return None;
+        }
+        let all = self
+            .cidr
             .iter()
             .map(|(_, v)| v.as_str())
             .chain(self.exact.iter().map(|(_, v)| v.as_str()))
             .chain(self.regex.iter().map(|(_, v)| v.as_str()))
             .chain([self.default.as_str()])
-            .collect()
+            .collect();
+        Some(all)
     }
 }
 

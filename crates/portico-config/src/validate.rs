@@ -345,12 +345,40 @@ fn validate_map(v: &mut Validator<'_>, p: &str, name: &str, m: &RawMap) -> Optio
             }
         },
     };
-    if m.mmdb.is_some() || m.field.is_some() {
-        v.err(
-            &format!("{p}.mmdb"),
-            "mmdb (GeoIP2 files) is not there yet: use cidr ranges",
-        );
-    }
+    let mmdb = match (&m.mmdb, &m.field) {
+        (None, None) => None,
+        (Some(f), Some(field)) => {
+            let path = resolve(&v.base(&format!("{p}.mmdb")), f);
+            if let Err(e) = std::fs::metadata(&path) {
+                v.err(
+                    &format!("{p}.mmdb"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+            let steps: Vec<String> = field.split('.').map(str::to_string).collect();
+            if steps.iter().any(String::is_empty) {
+                v.err(
+                    &format!("{p}.field"),
+                    format!("{field:?}: a path such as \"country.iso_code\""),
+                );
+            }
+            if !m.cidr.is_empty() {
+                v.err(p, "a map reads an mmdb file or cidr ranges, not both");
+            }
+            Some((path, steps))
+        }
+        (Some(_), None) => {
+            v.err(
+                &format!("{p}.field"),
+                "an mmdb map needs field = \"country.iso_code\" (a path into the record)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            v.err(&format!("{p}.mmdb"), "field goes with mmdb = \"FILE.mmdb\"");
+            None
+        }
+    };
     let mut cidr = Vec::new();
     for (range, value) in &m.cidr {
         match Cidr::parse(range) {
@@ -378,7 +406,7 @@ fn validate_map(v: &mut Validator<'_>, p: &str, name: &str, m: &RawMap) -> Optio
         }
     }
     let has_values = !exact.is_empty() || !regex.is_empty();
-    if !cidr.is_empty() && has_values {
+    if !cidr.is_empty() && has_values && mmdb.is_none() {
         v.err(
             p,
             "a map has cidr ranges (an address source) or values, not both",
@@ -391,6 +419,7 @@ fn validate_map(v: &mut Validator<'_>, p: &str, name: &str, m: &RawMap) -> Optio
         exact,
         regex,
         default: m.default.clone().unwrap_or_default(),
+        mmdb,
     })
 }
 
@@ -430,7 +459,7 @@ fn upstream_choices(t: &KeyTemplate, maps: &BTreeMap<String, MapConfig>) -> Opti
         match part {
             KeyPart::Literal(s) => names.iter_mut().for_each(|n| n.push_str(s)),
             KeyPart::Map(m) => {
-                let values = maps.get(m)?.values();
+                let values = maps.get(m)?.values()?;
                 names = names
                     .iter()
                     .flat_map(|n| values.iter().map(move |v| format!("{n}{v}")))
@@ -1593,7 +1622,7 @@ fn validate_route(
                     None => {
                         v.err(
                             &format!("{rp}.upstream"),
-                            "an upstream name may only use $map_NAME variables",
+                            "an upstream name may only use $map_NAME variables of maps whose values are listed (an mmdb map needs `values` mapping its field to names)",
                         );
                         return None;
                     }

@@ -130,7 +130,7 @@ impl Vars<'_> {
                 if let Some(m) = self.maps.and_then(|m| m.get(name)) {
                     let mut source = Vec::with_capacity(32);
                     self.render(&m.config.source, &mut source);
-                    out.extend_from_slice(m.lookup(&source).as_bytes());
+                    m.lookup_into(&source, out);
                 }
             }
             KeyPart::Capture(n) => {

@@ -1,7 +1,8 @@
-//! nginx's `map` and `geo`: `$map_NAME` is a value chosen by the request — from the
-//! address ranges its source falls in (the longest prefix wins), else an exact value,
-//! else the first matching `~regex`, else the default. The module renders the source
-//! (with its template engine) and asks [`Map::lookup`].
+//! nginx's `map` and `geo` (and the geoip2 module): `$map_NAME` is a value chosen by the
+//! request — from the address ranges its source falls in (the longest prefix wins), or
+//! a field of the source address's record in a MaxMind DB (the maxminddb crate), then an
+//! exact value, else the first matching `~regex`, else the default. The module renders
+//! the source (with its template engine) and asks [`Map::lookup`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -16,6 +17,8 @@ pub struct Map {
     cidr: Vec<(Cidr, String)>,
     exact: HashMap<Vec<u8>, String>,
     regex: Vec<(regex::bytes::Regex, String)>,
+    /// The opened MaxMind DB and the field path.
+    mmdb: Option<(maxminddb::Reader<Vec<u8>>, Vec<String>)>,
 }
 
 impl Map {
@@ -32,7 +35,16 @@ impl Map {
                     .map_err(|e| format!("maps.{}: {e}", config.name))
             })
             .collect::<Result<_, _>>()?;
+        let mmdb = match &config.mmdb {
+            Some((path, field)) => Some((
+                maxminddb::Reader::open_readfile(path)
+                    .map_err(|e| format!("maps.{}: {}: {e}", config.name, path.display()))?,
+                field.clone(),
+            )),
+            None => None,
+        };
         Ok(Self {
+            mmdb,
             config: config.clone(),
             cidr,
             exact: config
@@ -44,7 +56,28 @@ impl Map {
         })
     }
 
-    /// The value for a rendered source.
+    /// The value for a rendered source, appended to `out`.
+    pub fn lookup_into(&self, source: &[u8], out: &mut Vec<u8>) {
+        match &self.mmdb {
+            None => out.extend_from_slice(self.lookup(source).as_bytes()),
+            Some((reader, field)) => {
+                let found = std::str::from_utf8(source)
+                    .ok()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .and_then(|ip| field_of(reader, ip, field));
+                match found {
+                    // a field's value goes through the listed values, if any
+                    Some(v) if !(self.exact.is_empty() && self.regex.is_empty()) => {
+                        out.extend_from_slice(self.listed(v.as_bytes()).as_bytes())
+                    }
+                    Some(v) => out.extend_from_slice(v.as_bytes()),
+                    None => out.extend_from_slice(self.config.default.as_bytes()),
+                }
+            }
+        }
+    }
+
+    /// The value for a rendered source (maps without an mmdb file).
     pub fn lookup(&self, source: &[u8]) -> &str {
         if !self.cidr.is_empty() {
             let ip = std::str::from_utf8(source)
@@ -57,6 +90,11 @@ impl Map {
             }
             return &self.config.default;
         }
+        self.listed(source)
+    }
+
+    /// The exact, then regex values.
+    fn listed(&self, source: &[u8]) -> &str {
         if let Some(v) = self.exact.get(source) {
             return v;
         }
@@ -64,6 +102,25 @@ impl Map {
             .iter()
             .find(|(re, _)| re.is_match(source))
             .map_or(&self.config.default, |(_, v)| v)
+    }
+}
+
+/// The text at `field` (`country.iso_code`) in the record of `ip`.
+fn field_of(reader: &maxminddb::Reader<Vec<u8>>, ip: IpAddr, field: &[String]) -> Option<String> {
+    let record: serde_json::Value = reader.lookup(ip).ok()??;
+    let mut at = &record;
+    for step in field {
+        at = match at {
+            serde_json::Value::Object(m) => m.get(step)?,
+            serde_json::Value::Array(a) => a.get(step.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    match at {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        serde_json::Value::Bool(b) => Some(b.to_string()),
+        _ => None,
     }
 }
 
@@ -106,6 +163,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             default: "dflt".into(),
+            mmdb: None,
         })
         .unwrap()
     }
