@@ -679,3 +679,71 @@ listen = ["127.0.0.1:{{port}}"]
         assert_eq!(r.header("x-geoname").unwrap_or(""), geoname, "{source}");
     }
 }
+
+/// The htpasswd file is read again on reload: a user added appears, one removed goes;
+/// a file that no longer parses fails the reload and the running config keeps serving.
+#[test]
+fn the_htpasswd_file_is_read_again_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("htpasswd");
+    let line = |user: &str, pass: &str| {
+        let out = Command::new("htpasswd")
+            .args(["-nbm", user, pass])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    std::fs::write(&file, format!("{}\n", line("ann", "one"))).unwrap();
+    let config = format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = {{ status = 200, body = \"in\\n\" }}\n  basic_auth = {{ realm = \"r\", htpasswd = \"{}\" }}\n",
+        file.display()
+    );
+    let p = Portico::start(&config);
+    assert_eq!(curl(&["-u", "ann:one"], &p.url("/")).status, 200);
+    assert_eq!(curl(&["-u", "ben:two"], &p.url("/")).status, 401);
+    std::fs::write(&file, format!("{}\n", line("ben", "two"))).unwrap();
+    assert!(p.reload(&config));
+    assert_eq!(curl(&["-u", "ben:two"], &p.url("/")).status, 200);
+    assert_eq!(curl(&["-u", "ann:one"], &p.url("/")).status, 401);
+    std::fs::write(&file, "ben:plaintext-password\n").unwrap();
+    assert!(!p.reload(&config));
+    let refused = p.wait_log_line("reload refused");
+    assert!(refused.contains("htpasswd:1"), "{refused}");
+    assert_eq!(curl(&["-u", "ben:two"], &p.url("/")).status, 200);
+}
+
+/// h2 streams count one each under a conn limit: two slow requests multiplexed on one
+/// h2 connection, max 1 per address: one is served, the other refused.
+#[test]
+fn h2_streams_each_count_under_a_conn_limit() {
+    let b = both(
+        "[conn_limits.per_ip]\nkey = \"$remote_addr\"\nmax = 1\n",
+        "  conn_limit = [\"per_ip\"]",
+        "",
+        "",
+    );
+    let url = b.portico.url("/slow?secs=2");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "--parallel",
+            "--parallel-immediate",
+        ])
+        .args([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}\n",
+            &url,
+        ])
+        .args(["-o", "/dev/null", &url])
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    assert_eq!(lines, vec!["2 200", "2 503"], "{lines:?}");
+}
