@@ -431,3 +431,47 @@ auth_http = "https://auth.example/"
         assert!(err.lines().any(|l| l.starts_with(key)), "{key}: {err}");
     }
 }
+
+/// The signals an nginx operator sends out of habit never kill Portico: USR1 reopens
+/// the access log (logrotate's postrotate), USR2 and WINCH are logged and ignored, QUIT
+/// drains and exits as TERM does.
+#[test]
+fn nginx_operator_signals_never_kill_portico() {
+    let p = Portico::start(
+        "[log]\naccess_log = \"{dir}/access.log\"\n[[listeners]]\nlisten = [\"127.0.0.1:{port}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"up\\n\" }\n",
+    );
+    let log = p.dir.path().join("access.log");
+    let lines = |path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let until = |what: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !what() {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    assert_eq!(curl(&[], &p.url("/first")).status, 200);
+    until(&|| lines(&log) == 1);
+    // logrotate: move the file away, then USR1
+    let rotated = p.dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    p.proc.signal("USR1");
+    p.wait_log_line("SIGUSR1: reopening the access log");
+    assert_eq!(curl(&[], &p.url("/second")).status, 200);
+    until(&|| lines(&log) == 1);
+    assert!(std::fs::read_to_string(&log).unwrap().contains("/second"));
+    assert_eq!(lines(&rotated), 1, "the old file keeps only its line");
+    for (sig, line) in [("USR2", "SIGUSR2"), ("WINCH", "SIGWINCH ignored")] {
+        p.proc.signal(sig);
+        p.wait_log_line(line);
+        assert_eq!(curl(&[], &p.url("/")).status, 200, "alive after {sig}");
+    }
+    let mut p = p;
+    p.proc.signal("QUIT");
+    assert_eq!(p.proc.wait_exit(std::time::Duration::from_secs(10)), Some(0));
+    assert!(p.log_text().contains("SIGQUIT: draining"));
+}

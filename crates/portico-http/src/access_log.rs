@@ -16,7 +16,7 @@ const QUEUE: usize = 16 * 1024;
 /// Where access log lines go. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct AccessLog {
-    tx: Option<SyncSender<String>>,
+    tx: Option<SyncSender<Msg>>,
     json: bool,
     pub dropped: Arc<AtomicU64>,
 }
@@ -39,36 +39,67 @@ pub struct Entry<'a> {
     pub listener: &'a str,
 }
 
+/// What the writer thread is sent.
+enum Msg {
+    Line(String),
+    /// Open the file again (logrotate moved it away: SIGUSR1).
+    Reopen,
+}
+
+fn open_target(target: &AccessLogTarget) -> std::io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        AccessLogTarget::Off | AccessLogTarget::Stdout => Box::new(std::io::stdout()),
+        AccessLogTarget::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))?,
+        ),
+    })
+}
+
 impl AccessLog {
-    /// Opens `target` (a file is opened for appending, created if missing).
+    /// Opens `target` (a file is opened for appending, created if missing; an error
+    /// names the path).
     pub fn open(target: &AccessLogTarget, format: LogFormat) -> std::io::Result<Self> {
-        let mut out: Box<dyn Write + Send> = match target {
-            AccessLogTarget::Off => return Ok(Self::default()),
-            AccessLogTarget::Stdout => Box::new(std::io::stdout()),
-            AccessLogTarget::File(p) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            ),
-        };
-        let (tx, rx) = sync_channel::<String>(QUEUE);
+        if *target == AccessLogTarget::Off {
+            return Ok(Self::default());
+        }
+        let mut out = open_target(target)?;
+        let target = target.clone();
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
                 let mut buf = Vec::with_capacity(64 * 1024);
-                while let Ok(line) = rx.recv() {
-                    buf.extend_from_slice(line.as_bytes());
+                let write = |out: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>| {
+                    if out.write_all(buf).and_then(|_| out.flush()).is_err() {
+                        // Disk full or closed stdout: nothing better to do than go on.
+                    }
+                    buf.clear();
+                };
+                while let Ok(msg) = rx.recv() {
+                    let mut reopen = matches!(msg, Msg::Reopen);
+                    if let Msg::Line(line) = msg {
+                        buf.extend_from_slice(line.as_bytes());
+                    }
                     while let Ok(more) = rx.try_recv() {
-                        buf.extend_from_slice(more.as_bytes());
+                        match more {
+                            Msg::Line(l) => buf.extend_from_slice(l.as_bytes()),
+                            Msg::Reopen => reopen = true,
+                        }
                         if buf.len() > 60 * 1024 {
                             break;
                         }
                     }
-                    if out.write_all(&buf).and_then(|_| out.flush()).is_err() {
-                        // Disk full or closed stdout: nothing better to do than go on.
+                    write(&mut out, &mut buf);
+                    if reopen {
+                        match open_target(&target) {
+                            Ok(o) => out = o,
+                            Err(e) => eprintln!("portico: cannot reopen the access log: {e}"),
+                        }
                     }
-                    buf.clear();
                 }
             })?;
         Ok(Self {
@@ -82,6 +113,18 @@ impl AccessLog {
         self.tx.is_some()
     }
 
+    /// Opens the file again after the lines queued so far are written (SIGUSR1, after
+    /// logrotate moved it).
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.tx {
+            if let Err(TrySendError::Full(m)) = tx.try_send(Msg::Reopen) {
+                // the writer is behind: wait for it on a thread of its own
+                let tx = tx.clone();
+                std::thread::spawn(move || tx.send(m));
+            }
+        }
+    }
+
     pub fn log(&self, e: &Entry<'_>) {
         let Some(tx) = &self.tx else { return };
         let line = if self.json {
@@ -89,7 +132,7 @@ impl AccessLog {
         } else {
             combined_line(e)
         };
-        if let Err(TrySendError::Full(_)) = tx.try_send(line) {
+        if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -211,6 +211,8 @@ struct State {
     config: Config,
     upstreams: assemble::Upstreams,
     limiters: portico_limits::Limiters,
+    /// The running config's access log (SIGUSR1 reopens it).
+    access_log: Option<AccessLog>,
     listeners: Arc<ListenerSet>,
     status: Arc<StatusSource>,
 }
@@ -248,6 +250,7 @@ impl State {
             }
         }
         self.status.limits.store(Arc::new(limiters.clone()));
+        self.access_log = Some(shared.access_log.clone());
         self.limiters = limiters;
         self.upstreams = upstreams;
         self.config = config;
@@ -324,6 +327,7 @@ async fn serve(
         config: config.clone(),
         upstreams: assemble::Upstreams::default(),
         limiters: portico_limits::Limiters::default(),
+        access_log: None,
         listeners: Arc::clone(&listeners),
         status,
     };
@@ -331,6 +335,13 @@ async fn serve(
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    // The signals an nginx operator sends habitually must never kill Portico (their
+    // default action would): USR1 reopens the logs (logrotate), QUIT drains as TERM,
+    // USR2 and WINCH are logged and ignored.
+    let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
+    let mut quit = signal(SignalKind::quit()).context("cannot handle SIGQUIT")?;
+    let mut winch = signal(SignalKind::window_change()).context("cannot handle SIGWINCH")?;
     state.apply(config)?;
     let pid_file = state.config.runtime.pid_file.clone();
     if let Some(p) = &pid_file {
@@ -343,6 +354,17 @@ async fn serve(
             _ = hup.recv() => state.reload(),
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = quit.recv() => break "SIGQUIT",
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening the access log");
+                if let Some(log) = &state.access_log {
+                    log.reopen();
+                }
+            }
+            _ = usr2.recv() => tracing::warn!(
+                "SIGUSR2 (nginx's binary upgrade) is not supported yet: ignored, the process goes on"
+            ),
+            _ = winch.recv() => tracing::info!("SIGWINCH ignored (Portico has no worker processes to stop)"),
         }
     };
     let timeout = state.config.runtime.shutdown_timeout;
