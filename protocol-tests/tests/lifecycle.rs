@@ -472,6 +472,38 @@ fn nginx_operator_signals_never_kill_portico() {
     }
     let mut p = p;
     p.proc.signal("QUIT");
-    assert_eq!(p.proc.wait_exit(std::time::Duration::from_secs(10)), Some(0));
+    assert_eq!(
+        p.proc.wait_exit(std::time::Duration::from_secs(10)),
+        Some(0)
+    );
     assert!(p.log_text().contains("SIGQUIT: draining"));
+}
+
+/// Sizes as nginx users write them: `"1k"`, `"10m"` (or a plain number), in files and
+/// env vars; a size that is none is refused with its line.
+#[test]
+fn sizes_take_nginx_units() {
+    let p = Portico::start(
+        "[upstreams.app]\nservers = [{ addr = \"127.0.0.1:9\" }]\n[[listeners]]\nlisten = [\"127.0.0.1:{port}\"]\n[listeners.limits]\nmax_header_bytes = \"8k\"\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"ok\\n\" }\n  [[listeners.routes]]\n  path = \"/small/\"\n  max_body_bytes = \"1k\"\n  upstream = \"app\"\n",
+    );
+    let body = "x".repeat(2048);
+    assert_eq!(
+        curl(&["--data-binary", &body], &p.url("/small/x")).status,
+        413
+    );
+    let big_header = format!("X-Big: {}", "y".repeat(9000));
+    assert_eq!(curl(&["-H", &big_header], &p.url("/")).status, 431);
+    assert_eq!(curl(&[], &p.url("/")).status, 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("sizes.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nlisten = [\"127.0.0.1:8080\"]\n[listeners.limits]\nmax_body_bytes = \"10x\"\n",
+    )
+    .unwrap();
+    let (code, _out, err) = portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    assert!(err.contains("sizes.toml:4"), "{err}");
+    assert!(err.contains("invalid size \"10x\""), "{err}");
 }

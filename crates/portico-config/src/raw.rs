@@ -348,8 +348,8 @@ pub struct RawLimits {
     pub body_timeout: String,
     pub send_timeout: String,
     pub max_connections: usize,
-    pub max_header_bytes: usize,
-    pub max_body_bytes: u64,
+    pub max_header_bytes: Size,
+    pub max_body_bytes: Size,
     pub websocket_idle_timeout: String,
     pub websocket_max_lifetime: String,
     pub underscores_in_headers: bool,
@@ -363,8 +363,8 @@ impl Default for RawLimits {
             body_timeout: "60s".into(),
             send_timeout: "60s".into(),
             max_connections: 10_000,
-            max_header_bytes: 65_536,
-            max_body_bytes: 0,
+            max_header_bytes: Size(65_536),
+            max_body_bytes: Size(0),
             websocket_idle_timeout: "1h".into(),
             websocket_max_lifetime: "0s".into(),
             underscores_in_headers: false,
@@ -413,7 +413,7 @@ pub struct RawRoute {
     pub split_path_info: Option<String>,
     pub modifier1: Option<u8>,
     pub modifier2: Option<u8>,
-    pub max_body_bytes: Option<u64>,
+    pub max_body_bytes: Option<Size>,
     pub request_buffering: Option<bool>,
 }
 
@@ -438,7 +438,7 @@ pub struct RawRealIp {
 pub struct RawCompress {
     pub algorithms: Option<Vec<String>>,
     pub types: Option<Vec<String>>,
-    pub min_bytes: Option<u64>,
+    pub min_bytes: Option<Size>,
     pub levels: BTreeMap<String, i32>,
     /// `false` on a route turns the listener's compression off there.
     pub enabled: Option<bool>,
@@ -469,4 +469,69 @@ pub struct RawStatic {
     pub expires: Option<String>,
     pub precompressed: bool,
     pub index: Vec<String>,
+}
+
+/// A size in bytes, written as a number (`1048576`) or as nginx writes sizes: `512k`,
+/// `10m`, `1g` (powers of 1024; `K`, `M`, `G` too).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// ```
+    /// use portico_config::raw::Size;
+    /// assert_eq!(Size::parse("1048576"), Ok(1_048_576));
+    /// assert_eq!(Size::parse("512k"), Ok(512 * 1024));
+    /// assert_eq!(Size::parse("10m"), Ok(10 << 20));
+    /// assert_eq!(Size::parse("1G"), Ok(1 << 30));
+    /// assert!(Size::parse("10x").is_err());
+    /// assert!(Size::parse("m").is_err());
+    /// assert!(Size::parse("-1k").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        let (digits, unit) = match t.char_indices().last() {
+            Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], Some(c.to_ascii_lowercase())),
+            _ => (t, None),
+        };
+        let bad = || format!("invalid size {text:?}: a number of bytes, or 512k, 10m, 1g");
+        let n: u64 = digits.trim().parse().map_err(|_| bad())?;
+        let mult: u64 = match unit {
+            None => 1,
+            Some('k') => 1 << 10,
+            Some('m') => 1 << 20,
+            Some('g') => 1 << 30,
+            Some(_) => return Err(bad()),
+        };
+        n.checked_mul(mult).ok_or_else(bad)
+    }
+}
+
+impl Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: a number of bytes, or \"512k\", \"10m\", \"1g\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("invalid size {v}: sizes are not negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Size, E> {
+                Size::parse(v).map(Size).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

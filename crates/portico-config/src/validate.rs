@@ -933,8 +933,8 @@ fn validate_listener(
         body_timeout: v.duration(&format!("{lp}.body_timeout"), &l.limits.body_timeout),
         send_timeout: v.duration(&format!("{lp}.send_timeout"), &l.limits.send_timeout),
         max_connections: l.limits.max_connections,
-        max_header_bytes: l.limits.max_header_bytes,
-        max_body_bytes: l.limits.max_body_bytes,
+        max_header_bytes: usize::try_from(l.limits.max_header_bytes.0).unwrap_or(usize::MAX),
+        max_body_bytes: l.limits.max_body_bytes.0,
         websocket_idle_timeout: v.duration(
             &format!("{lp}.websocket_idle_timeout"),
             &l.limits.websocket_idle_timeout,
@@ -1757,7 +1757,7 @@ fn validate_route(
         name,
         methods,
         action,
-        max_body_bytes: r.max_body_bytes,
+        max_body_bytes: r.max_body_bytes.map(|s| s.0),
         request_headers: request_headers.unwrap_or_default(),
         response_headers: response_headers.unwrap_or_default(),
         rewrite,
@@ -1879,7 +1879,7 @@ fn compress(
     Some(Compress {
         algorithms,
         types: types.iter().map(|t| t.to_ascii_lowercase()).collect(),
-        min_bytes: raw.min_bytes.unwrap_or(256),
+        min_bytes: raw.min_bytes.map_or(256, |s| s.0),
         gzip_level: level(v, "gzip", 3, 1..=9) as u32,
         br_level: level(v, "br", 4, 0..=11) as u32,
         zstd_level: level(v, "zstd", 1, 1..=19),
