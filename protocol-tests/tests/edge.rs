@@ -590,9 +590,20 @@ listen = ["127.0.0.1:{{port}}"]
             curl(&["--interface", "127.0.0.2"], &p.url("/")).status
         })
         .collect();
-    assert_eq!(count(&statuses, 200), 10, "{statuses:?}");
-    assert_eq!(count(&statuses, 429), 6, "{statuses:?}");
-    assert_eq!(store(&a)["fallbacks"], 0);
+    // Exactly the burst, unless Redis was slower than the bound for some requests (a
+    // loaded CI machine): those were decided by the local tables, and are counted
+    let fallbacks =
+        store(&a)["fallbacks"].as_u64().unwrap() + store(&b)["fallbacks"].as_u64().unwrap();
+    let passed = count(&statuses, 200) as u64;
+    if fallbacks == 0 {
+        assert_eq!(passed, 10, "{statuses:?}");
+    } else {
+        assert!(
+            (10..=10 + fallbacks).contains(&passed),
+            "{statuses:?}, {fallbacks} fallbacks"
+        );
+    }
+    assert!(passed < 16, "not twice the burst: {statuses:?}");
 
     // Redis goes away: requests are still answered, by each process's own table
     redis.kill();

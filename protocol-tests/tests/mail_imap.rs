@@ -135,6 +135,11 @@ fn refusals_with_and_without_auth_wait() {
         })
         .collect();
     assert_eq!(attempts, vec!["1", "2"]);
+    // the refusal's log line says who and how (fail2ban reads it)
+    let line = s.portico.wait_log_line("login refused");
+    for part in ["client=127.0.0.1", "protocol=\"imap\"", "user=alice"] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
 
     // Without it, the session ends after the answer.
     let s = setup(&[], "", "");

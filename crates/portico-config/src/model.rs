@@ -186,6 +186,20 @@ pub enum Balance {
     LeastTime,
 }
 
+impl Balance {
+    /// The name the config uses (`round_robin`, …), for status pages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::IpHash => "ip_hash",
+            Balance::Hash => "hash",
+            Balance::RandomTwo => "random_two",
+            Balance::LeastTime => "least_time",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub name: String,

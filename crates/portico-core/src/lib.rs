@@ -29,6 +29,19 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 pub use listener::{worker_id, EndpointSpec, EndpointStats, ListenerSet, TlsMode};
+
+/// An optional value in a log line: the value, or `-` — never Rust's `Some(…)` /
+/// `None` in what an operator reads.
+pub struct OrDash<T>(pub Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
 pub use names::server_name_matches;
 pub use stream::Stream;
 pub use tls::{CertSpec, TlsInfo};

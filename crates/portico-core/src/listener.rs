@@ -27,6 +27,17 @@ pub enum TlsMode {
     StartTls(TlsAcceptor),
 }
 
+impl TlsMode {
+    /// How the config says it: off, on, starttls.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TlsMode::Off => "off",
+            TlsMode::Implicit(_) => "on",
+            TlsMode::StartTls(_) => "starttls",
+        }
+    }
+}
+
 impl std::fmt::Debug for TlsMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -286,7 +297,7 @@ impl ListenerSet {
                 };
                 r.state.store(Arc::new(EndpointState { spec, limit }));
             } else if let Some(b) = bound.remove(&addr) {
-                tracing::info!(listen = %addr, listener = %spec.name, tls = ?spec.tls, "listening");
+                tracing::info!(listen = %addr, listener = %spec.name, tls = spec.tls.name(), "listening");
                 let limit = Arc::new(Semaphore::new(spec.max_connections));
                 let state = Arc::new(ArcSwap::from_pointee(EndpointState { spec, limit }));
                 let stop = self.shutdown.child_token();
@@ -468,12 +479,12 @@ async fn handle(
             Ok(Ok(None)) => info.proxied = true,
             Ok(Err(e)) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(conn = info.id, peer = ?info.peer, error = %e, "connection closed");
+                tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), error = %e, "connection closed");
                 return;
             }
             Err(_) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(conn = info.id, peer = ?info.peer, "PROXY protocol header timed out");
+                tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), "PROXY protocol header timed out");
                 return;
             }
         }
@@ -490,12 +501,12 @@ async fn handle(
                 }
                 Ok(Err(e)) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(conn = info.id, peer = ?info.peer, error = %e, "TLS handshake failed");
+                    tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), error = %e, "TLS handshake failed");
                     return;
                 }
                 Err(_) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(conn = info.id, peer = ?info.peer, "TLS handshake timed out");
+                    tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), "TLS handshake timed out");
                     return;
                 }
             }

@@ -103,7 +103,7 @@ impl StatusSource {
                 (
                     u.name().to_string(),
                     json!({
-                        "balance": format!("{:?}", u.config.balance),
+                        "balance": u.config.balance.as_str(),
                         "tls": h.tls.as_ref().map(|t| json!({ "h2": t.h2 })),
                         "servers": servers,
                     }),

@@ -74,7 +74,7 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
             None => edge.access.allows_unknown(),
         };
         if !allowed {
-            tracing::warn!(client = ?client, %uri, "access forbidden by rule: 403");
+            tracing::warn!(client = %portico_core::OrDash(client), %uri, "access forbidden by rule: 403");
             return Admit::Refuse(error_response(StatusCode::FORBIDDEN));
         }
     }
@@ -105,7 +105,7 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
             Combined::Pass { delay: d } => delay = d,
             Combined::Refused { by, retry_after } => {
                 let c = &by.config;
-                log_at!(c.log_level, limit = %c.name, client = ?client, %uri,
+                log_at!(c.log_level, limit = %c.name, client = %portico_core::OrDash(client), %uri,
                     retry_after_ms = retry_after.as_millis() as u64,
                     "limiting requests: refused with {}", c.status);
                 let status =
@@ -119,7 +119,7 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
         }
         if !delay.is_zero() {
             if let Some(l) = edge.rate.first() {
-                log_at!(lower(l.config.log_level), client = ?client, %uri,
+                log_at!(lower(l.config.log_level), client = %portico_core::OrDash(client), %uri,
                     delay_ms = delay.as_millis() as u64, "limiting requests: delayed");
             }
         }
@@ -135,7 +135,7 @@ pub(crate) async fn check(edge: &Edge, ask: Asking<'_>, vars: &Vars<'_>) -> Admi
             Some(g) => guards.push(g),
             None => {
                 let c = &l.config;
-                log_at!(c.log_level, limit = %c.name, client = ?client, %uri,
+                log_at!(c.log_level, limit = %c.name, client = %portico_core::OrDash(client), %uri,
                     "limiting connections: {} in flight, refused with {}", c.max, c.status);
                 let status =
                     StatusCode::from_u16(c.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -178,7 +178,7 @@ async fn basic(
         r
     };
     let Some((user, password)) = credentials(headers) else {
-        tracing::info!(client = ?client, %uri, "no user/password was provided for basic authentication: 401");
+        tracing::info!(client = %portico_core::OrDash(client), %uri, "no user/password was provided for basic authentication: 401");
         return Err(challenge());
     };
     let ok = if b.users.is_quick(&user) {
@@ -193,7 +193,7 @@ async fn basic(
     if ok {
         return Ok(());
     }
-    tracing::warn!(client = ?client, %uri, user = %user, "basic authentication failed (unknown user or password mismatch): 401");
+    tracing::warn!(client = %portico_core::OrDash(client), %uri, user = %user, "basic authentication failed (unknown user or password mismatch): 401");
     Err(challenge())
 }
 

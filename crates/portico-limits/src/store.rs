@@ -19,7 +19,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use crate::rate::Verdict;
 
 /// The longest a request waits for Redis.
-pub const BOUND: Duration = Duration::from_millis(5);
+pub const BOUND: Duration = Duration::from_millis(20);
 /// At most one fallback log line per limit this often.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 

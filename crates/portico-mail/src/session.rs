@@ -427,7 +427,8 @@ impl Session {
                 wait,
                 error_code,
             }) => {
-                tracing::info!(conn = self.conn.info.id, user = %user_text, %status, "login refused");
+                tracing::warn!(conn = self.conn.info.id, client = %portico_core::OrDash(ip), protocol,
+                    user = %user_text, %status, "login refused");
                 if let Some(ip) = ip {
                     self.cfg.throttle.failed(ip);
                 }

@@ -139,6 +139,10 @@ fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Resul
         .status()
         .context("cannot run kill")?;
     anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+    println!(
+        "portico reload: sent SIGHUP to process {pid} (from {}); the outcome is in its log (\"configuration reloaded\" or \"reload refused\")",
+        pid_file.display()
+    );
     Ok(())
 }
 

@@ -159,7 +159,7 @@ async fn ask_values(server: &Server, cfg: &UpstreamConfig) {
                     .and_then(|v| v.trim().parse::<usize>().ok())
             };
             let max_conns = get("FCGI_MAX_CONNS");
-            tracing::info!(server = %server.addr(), ?max_conns, max_reqs = ?get("FCGI_MAX_REQS"),
+            tracing::info!(server = %server.addr(), max_conns = %portico_core::OrDash(max_conns), max_reqs = %portico_core::OrDash(get("FCGI_MAX_REQS")),
                 "FastCGI server limits (FCGI_GET_VALUES)");
             if let Some(n) = max_conns.filter(|&n| n > 0) {
                 if server.config.max_conns == 0 {
