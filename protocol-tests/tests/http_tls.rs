@@ -92,3 +92,53 @@ fn example_tls_h2_serves_h2_and_picks_sites_by_sni() {
     );
     assert_eq!(r.status, 200);
 }
+
+/// Plain HTTP sent to a TLS port gets nginx's answer (400 "The plain HTTP request was
+/// sent to HTTPS port") instead of a silent close, side by side with nginx.
+#[test]
+fn plain_http_to_a_tls_port_is_told_so_like_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cert(dir.path(), "localhost", &["localhost"]);
+    let (crt, key) = (
+        dir.path().join("localhost.crt"),
+        dir.path().join("localhost.key"),
+    );
+    let p = Portico::start(&format!(
+        "[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n  [[listeners.routes]]\n  path = \"/\"\n  return = {{ status = 200, body = \"ok\\n\" }}\n",
+        crt.display(),
+        key.display()
+    ));
+    let nginx_port = free_port();
+    let _nginx = nginx(
+        dir.path(),
+        &format!(
+            "http {{\n {temp}\n access_log off;\n server {{\n listen 127.0.0.1:{nginx_port} ssl;\n ssl_certificate {};\n ssl_certificate_key {};\n location / {{ return 200 \"ok\\n\"; }}\n }}\n}}",
+            crt.display(),
+            key.display(),
+            temp = nginx_http_temp(dir.path())
+        ),
+        nginx_port,
+    );
+    for port in [p.port, nginx_port] {
+        let (status, text) = raw_status(
+            ([127, 0, 0, 1], port).into(),
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        );
+        assert_eq!(status, 400, "{port}: {text}");
+        assert!(
+            text.contains("The plain HTTP request was sent to HTTPS port"),
+            "{port}: {text}"
+        );
+    }
+    // TLS clients are unaffected
+    let r = curl(
+        &[
+            "--cacert",
+            crt.to_str().unwrap(),
+            "--resolve",
+            &format!("localhost:{}:127.0.0.1", p.port),
+        ],
+        &format!("https://localhost:{}/", p.port),
+    );
+    assert_eq!(r.status, 200);
+}

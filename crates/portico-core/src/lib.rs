@@ -55,6 +55,13 @@ pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 /// finished (or cut short), so that shutdown can drain.
 pub trait Service: Send + Sync + 'static {
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture;
+
+    /// What to send a client that speaks plaintext to a TLS port before closing (nginx
+    /// answers HTTP with 400 "The plain HTTP request was sent to HTTPS port"); `None`:
+    /// close without a word.
+    fn plain_on_tls(&self) -> Option<&'static [u8]> {
+        None
+    }
 }
 
 /// Facts about one accepted connection.

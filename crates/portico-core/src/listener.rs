@@ -494,6 +494,24 @@ async fn handle(
         TlsMode::Off => {}
         TlsMode::StartTls(a) => starttls = Some(a.clone()),
         TlsMode::Implicit(acceptor) => {
+            // A TLS client speaks first with a handshake record (0x16); anything else
+            // is plaintext on a TLS port: the module may have a word for it.
+            if let (Stream::Tcp(tcp), Some(answer)) = (&stream, spec.service.plain_on_tls()) {
+                let mut first = [0u8; 1];
+                let peeked = tokio::time::timeout(deadline, tcp.peek(&mut first)).await;
+                if matches!(peeked, Ok(Ok(1))) && first[0] != 0x16 {
+                    stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer),
+                        "plaintext sent to a TLS port: answered and closed");
+                    let _ = tokio::time::timeout(deadline, async {
+                        use tokio::io::AsyncWriteExt;
+                        stream.write_all(answer).await?;
+                        stream.shutdown().await
+                    })
+                    .await;
+                    return;
+                }
+            }
             match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     info.tls = Some(tls::info_of(&tls));

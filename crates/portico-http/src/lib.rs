@@ -51,6 +51,9 @@ pub use proxy::HttpUpstream;
 
 use body::{ClientBody, HttpBody, Observed};
 
+/// nginx's answer to plain HTTP on an HTTPS port (its 497, sent as 400).
+const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nServer: portico\r\nContent-Type: text/html\r\nContent-Length: 220\r\nConnection: close\r\n\r\n<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
+
 /// The health probe for an upstream this module speaks to with `via`, when its
 /// `health` block names no `check`.
 pub fn default_health_check(via: portico_config::Via) -> portico_config::HealthCheck {
@@ -224,6 +227,10 @@ impl ConnState {
 }
 
 impl Service for HttpService {
+    fn plain_on_tls(&self) -> Option<&'static [u8]> {
+        Some(PLAIN_ON_TLS)
+    }
+
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
         Box::pin(async move {
             let Connection {
