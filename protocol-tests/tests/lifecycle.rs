@@ -507,3 +507,73 @@ fn sizes_take_nginx_units() {
     assert!(err.contains("sizes.toml:4"), "{err}");
     assert!(err.contains("invalid size \"10x\""), "{err}");
 }
+
+/// `portico check` refuses what `run` would: an access log that cannot be opened, a
+/// certificate file that holds no certificate, an htpasswd line it cannot use; a
+/// static root that is not there is a warning (run serves 404 there, as nginx).
+#[test]
+fn check_is_as_strict_as_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let listener = "[[listeners]]\nlisten = [\"127.0.0.1:8080\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"ok\" }\n";
+    let check = |cfg: &std::path::Path| {
+        let (code, _out, err) =
+            portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+        (code, err)
+    };
+    // the access log's directory does not exist
+    let cfg = write(
+        "log.toml",
+        &format!(
+            "[log]\naccess_log = \"{}/no/such/dir/access.log\"\n{listener}",
+            dir.path().display()
+        ),
+    );
+    let (code, err) = check(&cfg);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("cannot open the access log") && err.contains("no/such/dir/access.log"),
+        "{err}"
+    );
+    // a certificate file with no certificate in it
+    let bad_cert = write("bad.crt", "not a certificate\n");
+    let bad_key = write("bad.key", "not a key\n");
+    let cfg = write(
+        "tls.toml",
+        &format!(
+            "[[listeners]]\nlisten = [\"127.0.0.1:8443\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\n  [[listeners.routes]]\n  path = \"/\"\n  return = {{ status = 200, body = \"ok\" }}\n",
+            bad_cert.display(),
+            bad_key.display()
+        ),
+    );
+    let (code, err) = check(&cfg);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("bad.crt"), "{err}");
+    // an htpasswd line run would refuse
+    let htpasswd = write("htpasswd", "alice:plaintext\n");
+    let cfg = write(
+        "auth.toml",
+        &format!(
+            "[[listeners]]\nlisten = [\"127.0.0.1:8080\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = {{ status = 200, body = \"ok\" }}\n  basic_auth = {{ htpasswd = \"{}\" }}\n",
+            htpasswd.display()
+        ),
+    );
+    let (code, err) = check(&cfg);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("htpasswd:1"), "{err}");
+    // a static root that is not there: valid, with a warning
+    let cfg = write(
+        "static.toml",
+        "[[listeners]]\nlisten = [\"127.0.0.1:8080\"]\n  [[listeners.routes]]\n  path = \"/\"\n  static = { root = \"/no/such/root\" }\n",
+    );
+    let (code, err) = check(&cfg);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("/no/such/root"),
+        "{err}"
+    );
+}

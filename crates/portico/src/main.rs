@@ -94,6 +94,12 @@ fn check(given: &[PathBuf], explain: bool) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            // as strict as `run`: open and build everything run would, bind nothing
+            if let Err(e) = build_everything(&loaded.config) {
+                eprintln!("{e:#}");
+                eprintln!("portico: configuration from {from} is invalid: `run` would refuse it");
+                return ExitCode::FAILURE;
+            }
             eprintln!("portico: configuration from {from} is valid");
             ExitCode::SUCCESS
         }
@@ -108,6 +114,48 @@ fn check(given: &[PathBuf], explain: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What `run` does with a config short of binding its addresses: upstreams (TLS files),
+/// limits and maps (mmdb files), the access log, every listener's routes (htpasswd
+/// files) and TLS certificates. Prints a warning for a static root that is not a
+/// directory (run serves 404 there, as nginx).
+fn build_everything(config: &Config) -> anyhow::Result<()> {
+    for l in &config.listeners {
+        for r in &l.routes {
+            if let portico_config::RouteAction::Static(s) = &r.action {
+                if !s.root.is_dir() {
+                    eprintln!(
+                        "warning: listener {} route {}: static root {} is not a directory (requests will get 404)",
+                        l.name,
+                        r.path,
+                        s.root.display()
+                    );
+                }
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a runtime")?;
+    rt.block_on(async {
+        let upstreams = assemble::Upstreams::build(config, &assemble::Upstreams::default(), 1)
+            .map_err(anyhow::Error::msg)?;
+        let limiters =
+            portico_limits::Limiters::build(config, &portico_limits::Limiters::default())
+                .map_err(anyhow::Error::msg)?;
+        let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
+            .context("cannot open the access log")?;
+        let listeners = Arc::new(ListenerSet::new(1).context("cannot start a worker thread")?);
+        let shared = Shared {
+            access_log,
+            status: Arc::new(StatusSource::new(listeners, Arc::new(Metrics::default()))),
+            drain: config.runtime.shutdown_timeout,
+        };
+        assemble::endpoints(config, &upstreams, &limiters, &shared).map_err(anyhow::Error::msg)?;
+        Ok(())
+    })
 }
 
 fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Result<()> {
