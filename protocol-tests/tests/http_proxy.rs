@@ -205,9 +205,15 @@ listen = ["127.0.0.1:{{port}}"]
 "#,
         sock.display()
     ));
-    let r = curl(&[], &p.url("/dead/x"));
+    let r = curl(&[], &p.url("/dead/x?q=1"));
     assert_eq!(r.status, 502);
     assert!(r.text().contains("502 Bad Gateway"));
+    // the log line says which request failed, not only which server
+    let line = p.wait_log_line("connect failed");
+    assert!(
+        line.contains("uri=/dead/x?q=1") && line.contains("upstream=dead"),
+        "{line}"
+    );
     let r = curl(&[], &p.url("/slow?secs=3"));
     assert_eq!(r.status, 504);
     assert!(r.text().contains("504 Gateway Timeout"));

@@ -233,6 +233,8 @@ pub type UpstreamAddr = Option<String>;
 pub(crate) struct Tries<'a> {
     upstream: &'a portico_upstream::Upstream,
     client_ip: Option<IpAddr>,
+    /// The request's URI, for log lines.
+    uri: &'a http::Uri,
     key: Option<&'a [u8]>,
     /// Servers (by index) tried so far.
     pub tried: Vec<usize>,
@@ -250,10 +252,12 @@ impl<'a> Tries<'a> {
         upstream: &'a portico_upstream::Upstream,
         client_ip: Option<IpAddr>,
         key: Option<&'a [u8]>,
+        uri: &'a http::Uri,
     ) -> Self {
         Self {
             upstream,
             client_ip,
+            uri,
             key,
             tried: Vec::new(),
             panicked: false,
@@ -291,7 +295,8 @@ impl<'a> Tries<'a> {
             Ok(p) => p,
             Err(NoServer::NoneAvailable) => {
                 if self.tried.is_empty() {
-                    tracing::error!(upstream = %name, "no live upstreams");
+                    tracing::error!(upstream = %name, client = %portico_core::OrDash(self.client_ip),
+                        uri = %self.uri, "no live upstreams");
                 }
                 return None;
             }
@@ -344,7 +349,8 @@ pub async fn forward(
     let empty_body = body.is_end_stream();
     let retry_after_send = empty_body && is_idempotent(&parts.method);
     let mut body = Some(body);
-    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref());
+    let uri = parts.uri.clone();
+    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref(), &uri);
     let mut resends = 0;
 
     while let Some((pick, addr)) = tries.next().await {
@@ -375,7 +381,7 @@ pub async fn forward(
                     s
                 }
                 Err(e) => {
-                    tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
+                    tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, error = %e, "connect failed");
                     let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
                     tries.last_status = if timed_out {
                         StatusCode::GATEWAY_TIMEOUT
@@ -434,7 +440,7 @@ pub async fn forward(
                     && tries.left()
                     && tries.another_exists()
                 {
-                    tracing::warn!(upstream = %cfg.name, server = %addr, status,
+                    tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, status,
                         "upstream answered {status}: trying the next server");
                     pick.failure();
                     continue;
@@ -451,7 +457,7 @@ pub async fn forward(
                     // The client's body failed, not the server: do not blame it.
                     return (error_response(status), Some(addr));
                 }
-                tracing::warn!(upstream = %cfg.name, server = %addr, error = %err, "upstream request failed");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, error = %err, "upstream request failed");
                 if let Some(req) = unsent {
                     // The connection died before the request left Portico: resend it,
                     // body and all, without blaming the server.
@@ -471,7 +477,7 @@ pub async fn forward(
                 }
             }
             Err(what) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, "upstream timed out {what}");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, "upstream timed out {what}");
                 pick.failure();
                 tries.last_status = StatusCode::GATEWAY_TIMEOUT;
                 if !(retry_after_send && policy.timeout) {
@@ -749,17 +755,18 @@ pub async fn forward_upgrade(
         parts.headers.insert(header::UPGRADE, u);
     }
     let mut on_client = Some(on_client);
-    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref());
+    let uri = parts.uri.clone();
+    let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref(), &uri);
     while let Some((pick, addr)) = tries.next().await {
         let opened = open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), false).await;
         let (mut send, exchange) = match opened {
             Ok(Sender::H1 { send, exchange }) => (send, exchange),
             Ok(Sender::H2(_)) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, "an upgrade needs HTTP/1.1, the server chose h2");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, "an upgrade needs HTTP/1.1, the server chose h2");
                 break;
             }
             Err(e) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "connect failed");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, error = %e, "connect failed");
                 pick.failure();
                 if cfg.next_upstream.error {
                     continue;
@@ -832,14 +839,14 @@ pub async fn forward_upgrade(
                 return (resp, Some(addr), None);
             }
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, error = %e, "upstream upgrade request failed");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, error = %e, "upstream upgrade request failed");
                 pick.failure();
                 if !cfg.next_upstream.error {
                     break;
                 }
             }
             Err(_) => {
-                tracing::warn!(upstream = %cfg.name, server = %addr, "upstream timed out answering the upgrade");
+                tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, "upstream timed out answering the upgrade");
                 pick.failure();
                 tries.last_status = StatusCode::GATEWAY_TIMEOUT;
                 if !cfg.next_upstream.timeout {

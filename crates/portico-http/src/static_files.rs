@@ -45,7 +45,7 @@ pub async fn serve(
     };
     let mut meta = match std::fs::metadata(&file_path) {
         Ok(m) => m,
-        Err(e) => return io_error(e),
+        Err(e) => return io_error(e, &file_path),
     };
     if meta.is_dir() {
         if !path.ends_with('/') {
@@ -147,7 +147,7 @@ pub async fn serve(
     } else {
         match open_range(&file_path, start, len) {
             Ok(b) => b,
-            Err(e) => return io_error(e),
+            Err(e) => return io_error(e, &file_path),
         }
     };
     let mut r = Response::new(body);
@@ -232,14 +232,22 @@ pub(crate) fn join_root(root: &Path, path: &str) -> PathBuf {
 /// The answer for a file that cannot be opened, as nginx's: missing, not a directory on
 /// the way, or a name over the file system's limit (ENAMETOOLONG: a client's doing, not
 /// a server error) are 404; no permission is 403.
-fn io_error(e: std::io::Error) -> Response<HttpBody> {
+fn io_error(e: std::io::Error, file: &std::path::Path) -> Response<HttpBody> {
     match e.kind() {
         std::io::ErrorKind::NotFound
         | std::io::ErrorKind::NotADirectory
-        | std::io::ErrorKind::InvalidFilename => error_response(StatusCode::NOT_FOUND),
-        std::io::ErrorKind::PermissionDenied => error_response(StatusCode::FORBIDDEN),
+        | std::io::ErrorKind::InvalidFilename => {
+            // nginx logs these at error ("open() … failed (2: No such file or
+            // directory)"); at debug here: scanners make them the commonest line
+            tracing::debug!(file = %file.display(), "static file not found: 404");
+            error_response(StatusCode::NOT_FOUND)
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(file = %file.display(), "static file not readable: 403");
+            error_response(StatusCode::FORBIDDEN)
+        }
         _ => {
-            tracing::error!(error = %e, "static file error");
+            tracing::error!(file = %file.display(), error = %e, "static file error");
             error_response(StatusCode::INTERNAL_SERVER_ERROR)
         }
     }

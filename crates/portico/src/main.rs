@@ -344,10 +344,23 @@ async fn serve(
     config: Config,
     log_level: Option<LogLevelHandle>,
 ) -> anyhow::Result<()> {
-    let listen: Vec<String> = config
-        .listeners
-        .iter()
-        .flat_map(|l| l.listen.iter().map(|a| format!("{} {a}", l.protocol)))
+    // one entry per bound address (virtual hosts share one), with their names
+    let mut listen: Vec<(String, Vec<&str>)> = Vec::new();
+    for l in &config.listeners {
+        for a in &l.listen {
+            let addr = format!("{} {a}", l.protocol);
+            match listen.iter_mut().find(|(x, _)| *x == addr) {
+                Some((_, names)) => names.push(&l.name),
+                None => listen.push((addr, vec![&l.name])),
+            }
+        }
+    }
+    let listen: Vec<String> = listen
+        .into_iter()
+        .map(|(addr, names)| match names.len() {
+            1 => addr,
+            _ => format!("{addr} ({})", names.join(", ")),
+        })
         .collect();
     if files.is_empty() {
         tracing::info!(

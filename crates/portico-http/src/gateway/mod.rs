@@ -277,6 +277,7 @@ pub async fn forward(
         &upstream,
         client.peer.map(|p| p.ip()),
         client.hash_key.as_deref(),
+        &parts.uri,
     );
     while let Some((pick, addr)) = tries.next().await {
         let started = std::time::Instant::now();
