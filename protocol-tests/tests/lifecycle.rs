@@ -577,3 +577,25 @@ fn check_is_as_strict_as_run() {
         "{err}"
     );
 }
+
+/// A misspelt key or upstream name gets a "did you mean".
+#[test]
+fn check_suggests_the_key_or_name_meant() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("typo.toml");
+    std::fs::write(
+        &cfg,
+        "[upstreams.backend]\nservers = [{ addr = \"127.0.0.1:9\" }]\n[[listeners]]\nlisten = [\"127.0.0.1:8080\"]\n  [[listeners.routes]]\n  path = \"/\"\n  upstream = \"backnd\"\n  [[listeners.routes]]\n  path = \"/x/\"\n  upstream = \"backend\"\n  max_body_byte = 10\n",
+    )
+    .unwrap();
+    let (code, _out, err) = portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no upstream named \"backnd\" (did you mean \"backend\"?)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown key \"max_body_byte\" (did you mean \"max_body_bytes\"?)"),
+        "{err}"
+    );
+}

@@ -238,6 +238,36 @@ fn deserialize_all(layers: &Layers, errors: &mut Vec<ConfigError>) -> Option<Raw
     None
 }
 
+/// The candidate nearest to `word` by edit distance, if it is near enough to be what
+/// was meant (at most a third of the word's length, at least one edit).
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance (insert, delete, substitute: one each).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 fn describe(e: &figment::Error) -> (String, String) {
     use figment::error::Kind;
     let mut path = e.path.join(".");
@@ -250,10 +280,16 @@ fn describe(e: &figment::Error) -> (String, String) {
                     format!("{path}.{field}")
                 };
             }
-            format!(
-                "unknown key {field:?}; expected one of: {}",
-                expected.join(", ")
-            )
+            match closest(field, expected.iter().copied()) {
+                Some(near) => format!(
+                    "unknown key {field:?} (did you mean {near:?}?); expected one of: {}",
+                    expected.join(", ")
+                ),
+                None => format!(
+                    "unknown key {field:?}; expected one of: {}",
+                    expected.join(", ")
+                ),
+            }
         }
         Kind::InvalidType(actual, expected) => {
             format!("invalid type: found {actual}, expected {expected}")

@@ -471,6 +471,14 @@ fn upstream_choices(t: &KeyTemplate, maps: &BTreeMap<String, MapConfig>) -> Opti
     Some(names)
 }
 
+/// "no upstream named …", with the nearest name when one is near.
+fn no_upstream(name: &str, upstreams: &BTreeMap<String, UpstreamConfig>) -> String {
+    match crate::closest(name, upstreams.keys().map(String::as_str)) {
+        Some(near) => format!("no upstream named {name:?} (did you mean {near:?}?)"),
+        None => format!("no upstream named {name:?}"),
+    }
+}
+
 /// An HTTP token (RFC 9110 §5.6.2): what a header name is.
 fn is_token(n: &str) -> bool {
     !n.is_empty()
@@ -1098,7 +1106,7 @@ fn validate_listener(
     };
     if let Some(u) = &l.upstream {
         if !upstreams.contains_key(u) {
-            v.err(&format!("{p}.upstream"), format!("no upstream named {u:?}"));
+            v.err(&format!("{p}.upstream"), no_upstream(u, upstreams));
         }
     }
     let mail = validate_mail(v, &format!("{p}.mail"), protocol, l.mail.as_ref());
@@ -1380,10 +1388,7 @@ fn validate_route(
             return None;
         };
         if !upstreams.contains_key(up) {
-            v.err(
-                &format!("{k}.upstream"),
-                format!("no upstream named {up:?}"),
-            );
+            v.err(&format!("{k}.upstream"), no_upstream(up, upstreams));
         }
         let uri = a.uri.clone().unwrap_or_else(|| "/".into());
         if !uri.starts_with('/') || uri.bytes().any(|b| b <= b' ' || b == 0x7f) {
@@ -1633,7 +1638,7 @@ fn validate_route(
                     let why = if by.is_some() {
                         format!("{u:?} can be {c:?}, but no upstream has that name")
                     } else {
-                        format!("no upstream named {u:?}")
+                        no_upstream(u, upstreams)
                     };
                     v.err(&format!("{rp}.upstream"), why);
                 }
