@@ -599,3 +599,31 @@ fn check_suggests_the_key_or_name_meant() {
         "{err}"
     );
 }
+
+/// A container user overrides one listener's address and one route's root with env
+/// vars that index into the lists, without copying the file.
+#[test]
+fn env_vars_override_one_listener_and_one_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), "from the env root\n").unwrap();
+    let cfg = dir.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        "[[listeners]]\nname = \"web\"\nlisten = [\"127.0.0.1:1\"]\n  [[listeners.routes]]\n  path = \"/\"\n  static = { root = \"/nonexistent\" }\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut cmd = std::process::Command::new(portico_bin());
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
+        .env_remove("PORTICO_BIN")
+        .env("PORTICO_LISTENERS__0__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PORTICO_LISTENERS__0__ROUTES__0__STATIC__ROOT", &www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut p = Proc::spawn("portico", &mut cmd);
+    wait_tcp(([127, 0, 0, 1], port).into(), &mut p.child, "portico");
+    let r = curl(&[], &format!("http://127.0.0.1:{port}/"));
+    assert_eq!((r.status, r.text().as_str()), (200, "from the env root\n"));
+}

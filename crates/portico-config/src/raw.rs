@@ -244,6 +244,8 @@ impl Default for RawHealth {
 #[serde(deny_unknown_fields, default)]
 pub struct RawListener {
     pub name: Option<String>,
+    /// A list, or one address as a string.
+    #[serde(deserialize_with = "one_or_many")]
     pub listen: Vec<String>,
     pub protocol: Option<String>,
     pub server_names: Vec<String>,
@@ -534,4 +536,19 @@ impl<'de> Deserialize<'de> for Size {
         }
         d.deserialize_any(V)
     }
+}
+
+/// A list of strings, or one string for a list of one (`listen = "127.0.0.1:80"`, or
+/// one address from an env var).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }

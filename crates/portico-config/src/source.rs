@@ -331,8 +331,15 @@ impl Provider for FileLayer<'_> {
     }
 }
 
-/// The `PORTICO_` variables, `__` nesting: `PORTICO_LOG__LEVEL=debug` sets `log.level`.
-struct EnvLayer(Vec<(String, String)>);
+/// The `PORTICO_` variables, `__` nesting: `PORTICO_LOG__LEVEL=debug` sets `log.level`,
+/// and a number reaches into a list: `PORTICO_LISTENERS__0__LISTEN` sets the first
+/// listener's `listen`. `base` is what the files say, so that a list an index reaches
+/// into is given whole (figment replaces lists): its other elements are the files'
+/// values, tags and all, so their origins stay the files'.
+struct EnvLayer {
+    vars: Vec<(String, String)>,
+    base: Dict,
+}
 
 fn env_var_name(keys: &[&str]) -> String {
     let keys: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
@@ -345,8 +352,9 @@ impl Provider for EnvLayer {
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        let mut dict = Dict::new();
-        for (name, raw) in &self.0 {
+        let mut root = Value::from(Dict::new());
+        let base = Value::from(self.base.clone());
+        for (name, raw) in &self.vars {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
@@ -355,28 +363,70 @@ impl Provider for EnvLayer {
                 continue;
             }
             let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
-            insert_nested(&mut dict, &keys, value);
+            set_in(&mut root, Some(&base), &keys, value)
+                .map_err(|e| figment::Error::from(format!("env {name}: {e}")))?;
         }
+        let Value::Dict(_, dict) = root else {
+            return Ok(Map::new());
+        };
         Ok(Map::from([(Profile::Default, dict)]))
     }
 }
 
-fn insert_nested(dict: &mut Dict, keys: &[String], value: Value) {
-    match keys {
-        [] => {}
-        [last] => {
-            dict.insert(last.clone(), value);
+/// Sets `keys` in `v` to `value`. A list is entered by index (one past its end adds an
+/// element); a list the files have is copied whole first (`base`).
+fn set_in(
+    v: &mut Value,
+    base: Option<&Value>,
+    keys: &[String],
+    value: Value,
+) -> Result<(), String> {
+    let Some((k, rest)) = keys.split_first() else {
+        return Ok(());
+    };
+    match v {
+        Value::Array(_, a) => {
+            let i: usize = k
+                .parse()
+                .map_err(|_| format!("{k:?} is not an index into a list"))?;
+            if i > a.len() {
+                return Err(format!(
+                    "the list has {} element(s): index {i} is past its end",
+                    a.len()
+                ));
+            }
+            if i == a.len() {
+                a.push(Value::from(Dict::new()));
+            }
+            if rest.is_empty() {
+                a[i] = value;
+                return Ok(());
+            }
+            // a copy of the files' element: no base needed below it
+            set_in(&mut a[i], None, rest, value)
         }
-        [first, rest @ ..] => {
-            let entry = dict
-                .entry(first.clone())
-                .or_insert_with(|| Value::from(Dict::new()));
-            if !matches!(entry, Value::Dict(..)) {
+        Value::Dict(_, d) => {
+            if rest.is_empty() {
+                d.insert(k.clone(), value);
+                return Ok(());
+            }
+            let base_child = match base {
+                Some(Value::Dict(_, b)) => b.get(k),
+                _ => None,
+            };
+            let entry = d.entry(k.clone()).or_insert_with(|| match base_child {
+                // given whole: figment replaces lists
+                Some(Value::Array(_, a)) => Value::from(a.clone()),
+                _ => Value::from(Dict::new()),
+            });
+            if !matches!(entry, Value::Dict(..) | Value::Array(..)) {
                 *entry = Value::from(Dict::new());
             }
-            if let Value::Dict(_, d) = entry {
-                insert_nested(d, rest, value);
-            }
+            set_in(entry, base_child, rest, value)
+        }
+        other => {
+            *other = Value::from(Dict::new());
+            set_in(other, None, keys, value)
         }
     }
 }
@@ -418,7 +468,13 @@ impl Layers {
         for f in files {
             figment = figment.merge(FileLayer(f));
         }
-        figment = figment.merge(EnvLayer(env));
+        // what the files say, with their tags (an error there is reported by the full
+        // extract below)
+        let base: Dict = Provider::data(&figment)
+            .ok()
+            .and_then(|mut m| m.remove(&Profile::Default))
+            .unwrap_or_default();
+        figment = figment.merge(EnvLayer { vars: env, base });
         let merged: Dict = figment.extract().map_err(|e| ConfigError {
             location: "config".into(),
             key: e.path.join("."),

@@ -521,3 +521,69 @@ listen = ["127.0.0.1:8080"]
         "/b/x → /b/y does not match its rule again: {text:#?}"
     );
 }
+
+#[test]
+fn env_vars_reach_into_lists_by_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = format!(
+        "{BASE}\n[[listeners]]\nname = \"admin\"\nlisten = [\"127.0.0.1:9090\"]\n  [[listeners.routes]]\n  path = \"/\"\n  static = {{ root = \"/srv\" }}\n"
+    );
+    let f = write(&dir, "a.toml", &two);
+    let env = vec![
+        (
+            "PORTICO_LISTENERS__0__LISTEN".to_string(),
+            "127.0.0.1:9999".to_string(),
+        ),
+        (
+            "PORTICO_LISTENERS__1__ROUTES__0__STATIC__ROOT".to_string(),
+            "/data/www".to_string(),
+        ),
+        (
+            "PORTICO_UPSTREAMS__APP__SERVERS__1__WEIGHT".to_string(),
+            "7".to_string(),
+        ),
+    ];
+    let loaded = load(std::slice::from_ref(&f), env).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.listeners.len(), 2, "the other listener stays");
+    assert_eq!(
+        c.listeners[0].listen,
+        vec![ListenAddr::Tcp("127.0.0.1:9999".parse().unwrap())]
+    );
+    assert_eq!(c.listeners[0].name, "web", "the element's other keys stay");
+    assert_eq!(c.listeners[1].listen.len(), 1);
+    match &c.listeners[1].routes[0].action {
+        RouteAction::Static(s) => assert_eq!(s.root, PathBuf::from("/data/www")),
+        other => panic!("{other:?}"),
+    }
+    let servers = &c.upstreams["app"].servers;
+    assert_eq!((servers[0].weight, servers[1].weight), (3, 7));
+    // origins: the env var for what it set, the file's line for the rest
+    let explain = loaded.explain();
+    let origin = |key: &str| explain.iter().find(|(k, _, _)| k == key).unwrap().2.clone();
+    assert_eq!(
+        origin("listeners.0.listen.0"),
+        Origin::Env("PORTICO_LISTENERS__0__LISTEN".into())
+    );
+    assert!(
+        matches!(
+            origin("listeners.0.name"),
+            Origin::File { line: Some(6), .. }
+        ),
+        "{:?}",
+        origin("listeners.0.name")
+    );
+    // past the end of a list: an error naming the variable
+    let env = vec![(
+        "PORTICO_LISTENERS__5__LISTEN".to_string(),
+        "127.0.0.1:1".to_string(),
+    )];
+    let errs = load(&[f], env).unwrap_err();
+    assert!(
+        errs.iter().any(
+            |e| e.to_string().contains("env PORTICO_LISTENERS__5__LISTEN")
+                && e.to_string().contains("past its end")
+        ),
+        "{errs:?}"
+    );
+}
