@@ -92,7 +92,12 @@ impl Loaded {
         };
         let mut out = Vec::new();
         walk_leaves(&value, String::new(), &mut |path, v| {
-            out.push((path.clone(), render_value(v), self.layers.origin(&path)));
+            let origin = self.layers.origin(&path);
+            // an optional key nobody set does not apply: not listed
+            if matches!(v, Value::Empty(..)) && origin == Origin::Default {
+                return;
+            }
+            out.push((path.clone(), render_value(v), origin));
         });
         out
     }
@@ -103,9 +108,11 @@ fn render_value(v: &Value) -> String {
         Value::String(_, s) => format!("{s:?}"),
         Value::Char(_, c) => format!("{c:?}"),
         Value::Bool(_, b) => b.to_string(),
-        Value::Num(_, n) => match n.to_f64() {
-            Some(f) if n.to_i128().is_none() => f.to_string(),
-            _ => n.to_i128().map(|i| i.to_string()).unwrap_or_default(),
+        Value::Num(_, n) => match (n.to_i128(), n.to_u128(), n.to_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (None, Some(u), _) => u.to_string(),
+            (None, None, Some(f)) => f.to_string(),
+            _ => String::new(),
         },
         Value::Empty(..) => "none".into(),
         Value::Array(_, a) if a.is_empty() => "[]".into(),

@@ -507,7 +507,14 @@ impl Layers {
                         cur = d;
                     }
                 }
-                None => break,
+                // below a scalar (`listen = "addr"` read as a list of one): the
+                // scalar's origin
+                None if matches!(value, Some(v) if !matches!(v, Value::Dict(..) | Value::Array(..))) => {
+                    break
+                }
+                // no layer set this key: its value is the default (not the table's
+                // line, not the list's variable)
+                None => return Origin::Default,
             }
         }
         let Some(value) = value else {

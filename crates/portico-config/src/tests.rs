@@ -573,6 +573,15 @@ fn env_vars_reach_into_lists_by_index() {
         "{:?}",
         origin("listeners.0.name")
     );
+    // integers are shown, defaults are credited to the defaults (not the table's line),
+    // optional keys nobody set are not listed
+    let entry = |key: &str| explain.iter().find(|(k, _, _)| k == key).cloned();
+    let max = entry("listeners.0.limits.max_connections").unwrap();
+    assert_eq!((max.1.as_str(), max.2), ("10000", Origin::Default));
+    let weight = entry("upstreams.app.servers.0.weight").unwrap();
+    assert_eq!(weight.1, "3");
+    assert!(entry("listeners.0.routes.0.modifier1").is_none());
+    assert!(entry("admin").is_none());
     // past the end of a list: an error naming the variable
     let env = vec![(
         "PORTICO_LISTENERS__5__LISTEN".to_string(),
