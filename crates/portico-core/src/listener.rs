@@ -312,12 +312,15 @@ impl ListenerSet {
                         shutdown: self.shutdown.clone(),
                         next_id: Arc::clone(&self.next_id),
                     };
-                    worker.spawn(async move {
+                    // tracked: `shutdown` returns only once every accept loop has
+                    // dropped its socket (the kernel accepts nothing more)
+                    let tracker = self.tracker.clone();
+                    worker.spawn(tracker.track_future(async move {
                         match socket.register() {
                             Ok(l) => accept_loop(l, ctx).await,
                             Err(e) => tracing::error!(listen = %ctx.addr, error = %e, "cannot register listener"),
                         }
-                    });
+                    }));
                 }
                 running.insert(addr, Running { state, stop, stats });
             }
