@@ -78,9 +78,9 @@ fn example_tls_h2_serves_h2_and_picks_sites_by_sni() {
     );
     assert_eq!(r.status, 200);
 
-    // plain HTTP to a TLS port is refused, Portico stays up
+    // plain HTTP to a TLS port is told so (nginx's 400), Portico stays up
     let (status, _) = raw_status(p.addr(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-    assert_eq!(status, 0);
+    assert_eq!(status, 400);
     let r = curl(
         &[
             "--cacert",
