@@ -53,11 +53,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # uwsgi from pip compiles its C core (≈25 s once) and needs no --plugin.
-py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi aiosmtpd h2 brotli zstandard grpcio bcrypt mmdb-writer)
+py_pkgs=(flask gunicorn uvicorn websockets flup uwsgi aiosmtpd h2 brotli zstandard grpcio bcrypt mmdb-writer prometheus-client)
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
-if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup, aiosmtpd, h2, brotli, zstandard, grpc, bcrypt, mmdb_writer' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
+if ! { "$venv/bin/python" -c 'import flask, gunicorn, uvicorn, websockets, flup, aiosmtpd, h2, brotli, zstandard, grpc, bcrypt, mmdb_writer, prometheus_client' 2>/dev/null && [ -x "$venv/bin/uwsgi" ]; }; then
   echo "install.sh: pip install ${py_pkgs[*]}"
   "$venv/bin/pip" install -q "${py_pkgs[@]}"
 fi

@@ -627,3 +627,53 @@ fn env_vars_override_one_listener_and_one_route() {
     let r = curl(&[], &format!("http://127.0.0.1:{port}/"));
     assert_eq!((r.status, r.text().as_str()), (200, "from the env root\n"));
 }
+
+/// /metrics as a Prometheus server reads it: parsed by the prometheus-client package's
+/// own text parser, with the families an operator alerts on.
+#[test]
+fn metrics_parse_with_a_prometheus_parser() {
+    let p = Portico::start(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rate_limits.r]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\n[[listeners]]\nlisten = [\"127.0.0.1:{port}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"ok\\n\" }\n  rate_limit = [\"r\"]\n",
+    );
+    for _ in 0..3 {
+        curl(&[], &p.url("/"));
+    }
+    let script = format!(
+        r#"
+import urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen("http://127.0.0.1:{}/metrics").read().decode()
+for f in text_string_to_metric_families(text):
+    for s in f.samples:
+        labels = ",".join(f"{{k}}={{v}}" for k, v in sorted(s.labels.items()))
+        print(f"{{s.name}}|{{labels}}|{{s.value:g}}")
+"#,
+        p.admin_port
+    );
+    let out = std::process::Command::new(venv_bin("python"))
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "portico_build_info|version=",
+        "portico_start_time_seconds||",
+        "portico_reloads_total||0",
+        "portico_reloads_failed_total||0",
+        "portico_access_log_dropped_total||0",
+        "portico_rate_limit_requests_total|limit=r,outcome=passed|1",
+        "portico_rate_limit_requests_total|limit=r,outcome=refused|2",
+        "portico_http_responses_total|class=2xx,listener=listener0|1",
+        "portico_http_responses_total|class=4xx,listener=listener0|2",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(want)),
+            "{want} in:\n{text}"
+        );
+    }
+}

@@ -109,6 +109,12 @@ impl AccessLog {
         })
     }
 
+    /// Counts dropped lines into `counter` (one counter across reloads).
+    pub fn counting_into(mut self, counter: Arc<AtomicU64>) -> Self {
+        self.dropped = counter;
+        self
+    }
+
     pub fn is_on(&self) -> bool {
         self.tx.is_some()
     }

@@ -27,6 +27,11 @@ pub struct StatusSource {
     pub started: Instant,
     pub reloads: AtomicU64,
     pub failed_reloads: AtomicU64,
+    /// Access-log lines dropped because the writer could not keep up (every access log
+    /// of the process's life counts here).
+    pub access_log_dropped: Arc<AtomicU64>,
+    /// When the process started, for `portico_start_time_seconds`.
+    pub started_at: std::time::SystemTime,
 }
 
 impl StatusSource {
@@ -39,6 +44,8 @@ impl StatusSource {
             started: Instant::now(),
             reloads: AtomicU64::new(0),
             failed_reloads: AtomicU64::new(0),
+            access_log_dropped: Arc::default(),
+            started_at: std::time::SystemTime::now(),
         }
     }
 
@@ -154,6 +161,7 @@ impl StatusSource {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "reloads": self.reloads.load(Ordering::Relaxed),
             "failed_reloads": self.failed_reloads.load(Ordering::Relaxed),
+            "access_log_dropped": self.access_log_dropped.load(Ordering::Relaxed),
             "connections_open": self.listeners.open_connections(),
             "listeners": listeners,
             "http": http,
@@ -322,6 +330,38 @@ impl StatusSource {
             "counter",
             "Successful configuration reloads.",
             vec![(String::new(), self.reloads.load(Ordering::Relaxed))],
+        );
+        family(
+            "portico_reloads_failed_total",
+            "counter",
+            "Reloads refused (the running config kept serving).",
+            vec![(String::new(), self.failed_reloads.load(Ordering::Relaxed))],
+        );
+        family(
+            "portico_access_log_dropped_total",
+            "counter",
+            "Access-log lines dropped because the writer could not keep up.",
+            vec![(
+                String::new(),
+                self.access_log_dropped.load(Ordering::Relaxed),
+            )],
+        );
+        family(
+            "portico_build_info",
+            "gauge",
+            "Always 1; the version is a label.",
+            vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
+        );
+        family(
+            "portico_start_time_seconds",
+            "gauge",
+            "When the process started, in seconds since the Unix epoch.",
+            vec![(
+                String::new(),
+                self.started_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )],
         );
         out.replace("{}", "")
     }

@@ -272,7 +272,8 @@ struct State {
 impl State {
     fn shared(&self, config: &Config) -> anyhow::Result<Shared> {
         let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
-            .context("cannot open the access log")?;
+            .context("cannot open the access log")?
+            .counting_into(Arc::clone(&self.status.access_log_dropped));
         Ok(Shared {
             access_log,
             status: Arc::clone(&self.status),
