@@ -670,6 +670,8 @@ for f in text_string_to_metric_families(text):
         "portico_rate_limit_requests_total|limit=r,outcome=refused|2",
         "portico_http_responses_total|class=2xx,listener=listener0|1",
         "portico_http_responses_total|class=4xx,listener=listener0|2",
+        "portico_http_responses_by_code_total|code=200,listener=listener0|1",
+        "portico_http_responses_by_code_total|code=429,listener=listener0|2",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(want)),

@@ -226,6 +226,24 @@ impl StatusSource {
             "HTTP responses by status class.",
             rows,
         );
+        let mut rows = Vec::new();
+        for (name, s) in &sites {
+            for (i, c) in s.by_status.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    rows.push((
+                        format!("listener=\"{}\",code=\"{}\"", esc(name), i + 100),
+                        n,
+                    ));
+                }
+            }
+        }
+        family(
+            "portico_http_responses_by_code_total",
+            "counter",
+            "HTTP responses by status code (codes seen so far).",
+            rows,
+        );
         family(
             "portico_http_response_bytes_total",
             "counter",

@@ -65,12 +65,25 @@ pub fn default_health_check(via: portico_config::Via) -> portico_config::HealthC
 }
 
 /// Request counters per listener, kept across reloads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SiteStats {
     pub requests: AtomicU64,
     /// Responses by class: 1xx … 5xx.
     pub by_class: [AtomicU64; 5],
+    /// Responses by status, 100 to 599 (index: status − 100).
+    pub by_status: Box<[AtomicU64]>,
     pub bytes_sent: AtomicU64,
+}
+
+impl Default for SiteStats {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            by_class: Default::default(),
+            by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            bytes_sent: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Counters that outlive a reload, keyed by listener name.
@@ -503,6 +516,13 @@ impl HttpService {
         site.stats.requests.fetch_add(1, Ordering::Relaxed);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         site.stats.by_class[class].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = site
+            .stats
+            .by_status
+            .get(usize::from(status).wrapping_sub(100))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
 
         let (parts, body) = resp.into_parts();
         let stall_conn = Arc::clone(&conn);
