@@ -632,12 +632,15 @@ fn env_vars_override_one_listener_and_one_route() {
 /// own text parser, with the families an operator alerts on.
 #[test]
 fn metrics_parse_with_a_prometheus_parser() {
-    let p = Portico::start(
-        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rate_limits.r]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\n[[listeners]]\nlisten = [\"127.0.0.1:{port}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = { status = 200, body = \"ok\\n\" }\n  rate_limit = [\"r\"]\n",
-    );
+    let backend = Recorder::start(ok_answer);
+    let p = Portico::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:{{admin}}\"\n[rate_limits.r]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\n[upstreams.app]\nservers = [{{ addr = \"{}\" }}]\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n  [[listeners.routes]]\n  path = \"/\"\n  return = {{ status = 200, body = \"ok\\n\" }}\n  rate_limit = [\"r\"]\n  [[listeners.routes]]\n  path = \"/app/\"\n  upstream = \"app\"\n",
+        backend.addr()
+    ));
     for _ in 0..3 {
         curl(&[], &p.url("/"));
     }
+    assert_eq!(curl(&[], &p.url("/app/x")).status, 200);
     let script = format!(
         r#"
 import urllib.request
@@ -668,10 +671,15 @@ for f in text_string_to_metric_families(text):
         "portico_access_log_dropped_total||0",
         "portico_rate_limit_requests_total|limit=r,outcome=passed|1",
         "portico_rate_limit_requests_total|limit=r,outcome=refused|2",
-        "portico_http_responses_total|class=2xx,listener=listener0|1",
+        "portico_http_responses_total|class=2xx,listener=listener0|2",
         "portico_http_responses_total|class=4xx,listener=listener0|2",
-        "portico_http_responses_by_code_total|code=200,listener=listener0|1",
+        "portico_http_responses_by_code_total|code=200,listener=listener0|2",
         "portico_http_responses_by_code_total|code=429,listener=listener0|2",
+        "portico_http_request_duration_seconds_count|listener=listener0|4",
+        "portico_http_request_duration_seconds_bucket|le=+Inf,listener=listener0|4",
+        "portico_http_request_duration_seconds_bucket|le=10,listener=listener0|4",
+        "portico_upstream_response_seconds_count|server=",
+        "portico_upstream_requests_total|server=",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(want)),

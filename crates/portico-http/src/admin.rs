@@ -173,13 +173,13 @@ impl StatusSource {
 
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>| {
+        fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>) {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} {kind}");
             for (labels, v) in rows {
                 let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
-        };
+        }
         let listeners = self.listeners.stats();
         let l = |f: &dyn Fn(&portico_core::EndpointStats) -> u64| {
             listeners
@@ -193,18 +193,21 @@ impl StatusSource {
                 .collect::<Vec<_>>()
         };
         family(
+            &mut out,
             "portico_connections_accepted_total",
             "counter",
             "Connections accepted.",
             l(&|s| s.accepted.load(Ordering::Relaxed)),
         );
         family(
+            &mut out,
             "portico_connections_active",
             "gauge",
             "Connections open now.",
             l(&|s| s.active.load(Ordering::Relaxed) as u64),
         );
         family(
+            &mut out,
             "portico_handshake_failures_total",
             "counter",
             "Connections closed during the PROXY header or TLS handshake.",
@@ -221,6 +224,7 @@ impl StatusSource {
             }
         }
         family(
+            &mut out,
             "portico_http_responses_total",
             "counter",
             "HTTP responses by status class.",
@@ -239,12 +243,14 @@ impl StatusSource {
             }
         }
         family(
+            &mut out,
             "portico_http_responses_by_code_total",
             "counter",
             "HTTP responses by status code (codes seen so far).",
             rows,
         );
         family(
+            &mut out,
             "portico_http_response_bytes_total",
             "counter",
             "HTTP response body bytes sent.",
@@ -276,28 +282,79 @@ impl StatusSource {
             rows
         };
         family(
+            &mut out,
             "portico_upstream_server_up",
             "gauge",
             "1 when the server takes requests, 0 when unavailable or draining.",
             servers(&|s| u64::from(s.state() == portico_upstream::ServerState::Up)),
         );
         family(
+            &mut out,
             "portico_upstream_requests_total",
             "counter",
             "Requests sent to the server.",
             servers(&|s| s.stats.requests.load(Ordering::Relaxed)),
         );
         family(
+            &mut out,
             "portico_upstream_failures_total",
             "counter",
             "Requests that failed on the server (connect error, timeout).",
             servers(&|s| s.stats.failures.load(Ordering::Relaxed)),
         );
         family(
+            &mut out,
             "portico_upstream_active",
             "gauge",
             "Requests in flight on the server.",
             servers(&|s| s.stats.active.load(Ordering::Relaxed) as u64),
+        );
+        // histograms: name_bucket{…,le}, name_sum, name_count
+        fn histogram(
+            out: &mut String,
+            name: &str,
+            help: &str,
+            rows: Vec<(String, &portico_core::histogram::Histogram)>,
+        ) {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (labels, h) in rows {
+                let (buckets, count, sum) = h.snapshot();
+                for (le, n) in buckets {
+                    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+                let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+            }
+        }
+        histogram(
+            &mut out,
+            "portico_http_request_duration_seconds",
+            "From the request head to the last byte of the answer, per listener.",
+            sites
+                .iter()
+                .map(|(n, s)| (format!("listener=\"{}\"", esc(n)), &s.duration))
+                .collect(),
+        );
+        let mut rows = Vec::new();
+        for u in ups.iter() {
+            for s in &u.servers {
+                rows.push((
+                    format!(
+                        "upstream=\"{}\",server=\"{}\"",
+                        esc(u.name()),
+                        esc(&s.addr().to_string())
+                    ),
+                    &s.stats.response_time,
+                ));
+            }
+        }
+        histogram(
+            &mut out,
+            "portico_upstream_response_seconds",
+            "Time to the upstream's response header, per server.",
+            rows,
         );
         let lim = self.limits.load();
         let mut rows = Vec::new();
@@ -314,12 +371,14 @@ impl StatusSource {
             }
         }
         family(
+            &mut out,
             "portico_rate_limit_requests_total",
             "counter",
             "Requests a rate limit let through at once, delayed, or refused.",
             rows,
         );
         family(
+            &mut out,
             "portico_rate_limit_keys",
             "gauge",
             "Keys a rate limit tracks now.",
@@ -338,24 +397,28 @@ impl StatusSource {
             }
         }
         family(
+            &mut out,
             "portico_conn_limit_requests_total",
             "counter",
             "Requests a conn limit let through or refused.",
             rows,
         );
         family(
+            &mut out,
             "portico_reloads_total",
             "counter",
             "Successful configuration reloads.",
             vec![(String::new(), self.reloads.load(Ordering::Relaxed))],
         );
         family(
+            &mut out,
             "portico_reloads_failed_total",
             "counter",
             "Reloads refused (the running config kept serving).",
             vec![(String::new(), self.failed_reloads.load(Ordering::Relaxed))],
         );
         family(
+            &mut out,
             "portico_access_log_dropped_total",
             "counter",
             "Access-log lines dropped because the writer could not keep up.",
@@ -365,12 +428,14 @@ impl StatusSource {
             )],
         );
         family(
+            &mut out,
             "portico_build_info",
             "gauge",
             "Always 1; the version is a label.",
             vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
         );
         family(
+            &mut out,
             "portico_start_time_seconds",
             "gauge",
             "When the process started, in seconds since the Unix epoch.",

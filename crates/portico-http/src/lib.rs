@@ -73,6 +73,8 @@ pub struct SiteStats {
     /// Responses by status, 100 to 599 (index: status − 100).
     pub by_status: Box<[AtomicU64]>,
     pub bytes_sent: AtomicU64,
+    /// From the request head to the last byte of the answer (or the client gone).
+    pub duration: portico_core::histogram::Histogram,
 }
 
 impl Default for SiteStats {
@@ -82,6 +84,7 @@ impl Default for SiteStats {
             by_class: Default::default(),
             by_status: (100..600).map(|_| AtomicU64::new(0)).collect(),
             bytes_sent: AtomicU64::new(0),
+            duration: Default::default(),
         }
     }
 }
@@ -531,6 +534,7 @@ impl HttpService {
         let site_name = site.name.clone();
         let body = Observed::new(body, move |bytes, _complete| {
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            stats.duration.observe(started.elapsed());
             if let Some(f) = log_fields {
                 log.log(&access_log::Entry {
                     remote: peer.ip,

@@ -92,6 +92,8 @@ pub struct ServerStats {
     pub unavailable: AtomicU64,
     /// Moving average of the time to the response header, in microseconds (least_time).
     pub ewma_us: AtomicU64,
+    /// Time to the response header (/metrics).
+    pub response_time: portico_core::histogram::Histogram,
 }
 
 /// What the active checker knows about a server.
@@ -537,6 +539,7 @@ impl Pick {
     /// feeds `least_time`.
     pub fn record_latency(&self, took: std::time::Duration) {
         select::record_latency(&self.server, took);
+        self.server.stats.response_time.observe(took);
     }
 
     /// The request got an answer the module counts as healthy.
