@@ -680,6 +680,9 @@ for f in text_string_to_metric_families(text):
         "portico_http_request_duration_seconds_bucket|le=10,listener=listener0|4",
         "portico_upstream_response_seconds_count|server=",
         "portico_upstream_requests_total|server=",
+        "process_resident_memory_bytes||",
+        "process_open_fds||",
+        "process_cpu_seconds_total||",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(want)),

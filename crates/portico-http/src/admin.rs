@@ -434,6 +434,28 @@ impl StatusSource {
             "Always 1; the version is a label.",
             vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
         );
+        let process = process_facts();
+        family(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory (from /proc/self/statm).",
+            vec![(String::new(), process.rss_bytes)],
+        );
+        family(
+            &mut out,
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors (connections, listeners, files).",
+            vec![(String::new(), process.open_fds)],
+        );
+        family(
+            &mut out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time, in whole seconds (from /proc/self/stat).",
+            vec![(String::new(), process.cpu_seconds)],
+        );
         family(
             &mut out,
             "portico_start_time_seconds",
@@ -447,6 +469,41 @@ impl StatusSource {
             )],
         );
         out.replace("{}", "")
+    }
+}
+
+/// What /proc says of this process (zeros where it cannot be read).
+struct ProcessFacts {
+    rss_bytes: u64,
+    open_fds: u64,
+    cpu_seconds: u64,
+}
+
+fn process_facts() -> ProcessFacts {
+    let page = 4096;
+    let rss_bytes = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * page);
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
+    // utime and stime, fields 14 and 15, after the parenthesised command name
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(") ")?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    ProcessFacts {
+        rss_bytes,
+        open_fds,
+        // the kernel's USER_HZ is 100 on every Linux Portico runs on
+        cpu_seconds: ticks / 100,
     }
 }
 
