@@ -441,7 +441,7 @@ fn sessions_and_logins_per_client_address_are_limited() {
     let s = setup(
         &[],
         "rate_limit = [\"logins\"]\nconn_limit = [\"sessions\"]",
-        "[rate_limits.logins]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 1\nnodelay = true\n[conn_limits.sessions]\nkey = \"$remote_addr\"\nmax = 1\n",
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rate_limits.logins]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 1\nnodelay = true\n[conn_limits.sessions]\nkey = \"$remote_addr\"\nmax = 1\n",
     );
     let mut first = LineClient::connect(s.portico.port);
     assert_eq!(first.line(), "* OK IMAP4 ready");
@@ -476,4 +476,16 @@ fn sessions_and_logins_per_client_address_are_limited() {
     assert!(refused.starts_with("c1 NO"), "{refused}");
     assert!(refused.contains("Too many logins"), "{refused}");
     assert_eq!(auth_requests(&s).len(), 2);
+    // the outcomes in /metrics
+    let metrics = curl(
+        &[],
+        &format!("http://127.0.0.1:{}/metrics", s.portico.admin_port),
+    )
+    .text();
+    for (outcome, n) in [("accepted", 2), ("limited", 1), ("refused", 0)] {
+        let line = format!(
+            "portico_mail_logins_total{{listener=\"imap\",protocol=\"imap\",outcome=\"{outcome}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    }
 }

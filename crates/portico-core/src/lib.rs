@@ -11,6 +11,7 @@
 //! upstream choice in `portico-upstream`, config parsing in `portico-config`.
 
 pub mod base64;
+pub mod counters;
 pub mod histogram;
 mod listener;
 mod names;

@@ -434,6 +434,10 @@ impl StatusSource {
             "Always 1; the version is a label.",
             vec![(format!("version=\"{}\"", env!("CARGO_PKG_VERSION")), 1)],
         );
+        // what other modules registered (mail logins, …)
+        for (name, help, rows) in portico_core::counters::global().snapshot() {
+            family(&mut out, name, "counter", help, rows);
+        }
         let process = process_facts();
         family(
             &mut out,

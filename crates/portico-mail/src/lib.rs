@@ -53,6 +53,8 @@ pub struct MailSettings {
     pub login_limits: Vec<Arc<portico_limits::rate::RateLimiter>>,
     /// `conn_limit`: sessions per client address.
     pub session_limits: Vec<Arc<portico_limits::conn::ConnLimiter>>,
+    /// Login outcomes for /metrics.
+    pub logins: LoginCounters,
     /// A PROXY protocol v2 header with the client's address first on backend connections.
     pub backend_proxy_protocol: bool,
     /// TLS towards backends (`None`: plain).
@@ -118,6 +120,7 @@ impl MailSettings {
             backend_auth: m.backend_auth.clone(),
             auth_headers: m.auth_http_headers.clone(),
             throttle: session::Throttle::new(m.max_login_failures, m.login_failure_window),
+            logins: LoginCounters::new(&l.name, l.protocol),
             login_limits: l
                 .rate_limit
                 .iter()
@@ -148,6 +151,35 @@ impl MailSettings {
             idle_timeout: m.proxy_timeout,
             drain,
         })
+    }
+}
+
+/// `portico_mail_logins_total{listener,protocol,outcome}`: accepted (the backend took
+/// the session), refused (by the auth server), limited (rate limit or failed-login
+/// throttle), failed (auth server or backend unreachable, or an answer unusable).
+#[derive(Debug, Clone)]
+pub struct LoginCounters {
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
+    pub refused: Arc<std::sync::atomic::AtomicU64>,
+    pub limited: Arc<std::sync::atomic::AtomicU64>,
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl LoginCounters {
+    fn new(listener: &str, protocol: Protocol) -> Self {
+        let c = |outcome: &str| {
+            portico_core::counters::global().counter(
+                "portico_mail_logins_total",
+                "Mail logins by outcome: accepted, refused (auth server), limited (rate limit, throttle), failed (auth server or backend unreachable).",
+                format!("listener=\"{listener}\",protocol=\"{protocol}\",outcome=\"{outcome}\""),
+            )
+        };
+        Self {
+            accepted: c("accepted"),
+            refused: c("refused"),
+            limited: c("limited"),
+            failed: c("failed"),
+        }
     }
 }
 

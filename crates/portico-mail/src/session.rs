@@ -366,6 +366,7 @@ impl Session {
         let ip = self.client_ip();
         if let Some(ip) = ip.filter(|ip| self.cfg.throttle.is_blocked(*ip)) {
             tracing::warn!(conn = self.conn.info.id, %ip, "login refused: too many failed logins from this address");
+            self.count(|c| &c.limited);
             return Outcome::Refused {
                 session: self,
                 status: "Too many failed logins, try again later".into(),
@@ -383,6 +384,7 @@ impl Session {
                     tracing::warn!(conn = self.conn.info.id, limit = %by.config.name, %ip,
                         retry_after_ms = retry_after.as_millis() as u64,
                         "login refused: rate limit");
+                    self.count(|c| &c.limited);
                     return Outcome::Refused {
                         session: self,
                         status: "Too many logins, try again later".into(),
@@ -420,6 +422,7 @@ impl Session {
         let (server, user, pass) = match answer {
             Err(e) => {
                 tracing::error!(conn = self.conn.info.id, user = %user_text, error = %e, "auth_http lookup failed");
+                self.count(|c| &c.failed);
                 return Outcome::Failed(self);
             }
             Ok(AuthAnswer::Refused {
@@ -429,6 +432,7 @@ impl Session {
             }) => {
                 tracing::warn!(conn = self.conn.info.id, client = %portico_core::OrDash(ip), protocol,
                     user = %user_text, %status, "login refused");
+                self.count(|c| &c.refused);
                 if let Some(ip) = ip {
                     self.cfg.throttle.failed(ip);
                 }
@@ -447,6 +451,7 @@ impl Session {
         if creds.is_challenge() && pass.is_none() {
             tracing::error!(conn = self.conn.info.id, user = %user_text, method = creds.method,
                 "the auth server sent no Auth-Pass: a digest cannot log in to the backend");
+            self.count(|c| &c.failed);
             return Outcome::Failed(self);
         }
         let creds = Credentials {
@@ -466,16 +471,25 @@ impl Session {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(conn = self.conn.info.id, user = %user_text, error = %e, "backend unreachable");
+                self.count(|c| &c.failed);
                 return Outcome::Failed(self);
             }
         };
         tracing::info!(conn = self.conn.info.id, user = %user_text, "login accepted");
+        self.count(|c| &c.accepted);
         Outcome::Backend(BackendSession {
             session: self,
             stream,
             creds,
             pick,
         })
+    }
+
+    fn count(
+        &self,
+        which: impl Fn(&crate::LoginCounters) -> &std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) {
+        which(&self.cfg.logins).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// With `backend_tls = "on"`: TLS from the first byte (after a PROXY header).
