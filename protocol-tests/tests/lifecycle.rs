@@ -679,6 +679,8 @@ for f in text_string_to_metric_families(text):
         "portico_http_request_duration_seconds_bucket|le=+Inf,listener=listener0|4",
         "portico_http_request_duration_seconds_bucket|le=10,listener=listener0|4",
         "portico_upstream_response_seconds_count|server=",
+        "portico_http_route_duration_seconds_count|listener=listener0,route=/|3",
+        "portico_http_route_duration_seconds_count|listener=listener0,route=/app/|1",
         "portico_upstream_requests_total|server=",
         "process_resident_memory_bytes||",
         "process_open_fds||",

@@ -337,6 +337,21 @@ impl StatusSource {
                 .map(|(n, s)| (format!("listener=\"{}\"", esc(n)), &s.duration))
                 .collect(),
         );
+        let routes = self.metrics.routes();
+        histogram(
+            &mut out,
+            "portico_http_route_duration_seconds",
+            "Request head to the answer's last byte, per route (as written in the config).",
+            routes
+                .iter()
+                .map(|((l, r), h)| {
+                    (
+                        format!("listener=\"{}\",route=\"{}\"", esc(l), esc(r)),
+                        &**h,
+                    )
+                })
+                .collect(),
+        );
         let mut rows = Vec::new();
         for u in ups.iter() {
             for s in &u.servers {

@@ -93,9 +93,27 @@ impl Default for SiteStats {
 #[derive(Debug, Default)]
 pub struct Metrics {
     sites: Mutex<BTreeMap<String, Arc<SiteStats>>>,
+    /// Request durations per (listener, route as written), kept across reloads.
+    routes: Mutex<BTreeMap<(String, String), Arc<portico_core::histogram::Histogram>>>,
 }
 
+/// A route's request-duration histogram.
+pub(crate) type RouteTimer = Arc<portico_core::histogram::Histogram>;
+
 impl Metrics {
+    pub(crate) fn route(&self, listener: &str, route: &str) -> RouteTimer {
+        let mut r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            r.entry((listener.to_string(), route.to_string()))
+                .or_default(),
+        )
+    }
+
+    pub fn routes(&self) -> Vec<((String, String), RouteTimer)> {
+        let r = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        r.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect()
+    }
+
     pub fn site(&self, name: &str) -> Arc<SiteStats> {
         let mut sites = self.sites.lock().unwrap_or_else(|p| p.into_inner());
         Arc::clone(sites.entry(name.to_string()).or_default())
@@ -141,7 +159,9 @@ impl Site {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
-            SiteKind::Routes(Box::new(route::Routes::compile(l, upstreams, limiters)?))
+            SiteKind::Routes(Box::new(route::Routes::compile(
+                l, upstreams, limiters, metrics,
+            )?))
         };
         Ok(Self {
             name: l.name.clone(),
@@ -499,6 +519,7 @@ impl HttpService {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         });
+        let mut route_timer: Option<RouteTimer> = None;
         let (resp, upstream) = match (refused, host) {
             (Some(r), _) => {
                 let mut resp = error_response(r.status);
@@ -507,7 +528,11 @@ impl HttpService {
                 (resp, None)
             }
             (None, Err(status)) => (error_response(status), None),
-            (None, Ok(host)) => self.dispatch(req, &site, &conn, &peer, host).await,
+            (None, Ok(host)) => {
+                let (resp, upstream, timer) = self.dispatch(req, &site, &conn, &peer, host).await;
+                route_timer = timer;
+                (resp, upstream)
+            }
         };
         if let Some(i) = h1_index {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -534,7 +559,11 @@ impl HttpService {
         let site_name = site.name.clone();
         let body = Observed::new(body, move |bytes, _complete| {
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-            stats.duration.observe(started.elapsed());
+            let took = started.elapsed();
+            stats.duration.observe(took);
+            if let Some(t) = &route_timer {
+                t.observe(took);
+            }
             if let Some(f) = log_fields {
                 log.log(&access_log::Entry {
                     remote: peer.ip,
@@ -575,7 +604,7 @@ impl HttpService {
         conn: &ConnState,
         peer: &Peer,
         host: Option<HeaderValue>,
-    ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+    ) -> (Response<HttpBody>, proxy::UpstreamAddr, Option<RouteTimer>) {
         let mut req = req.map(body::InBody::Client);
         if !site.limits.underscores_in_headers {
             drop_underscored(req.headers_mut());
@@ -584,10 +613,10 @@ impl HttpService {
             SiteKind::Routes(r) => r,
             kind => {
                 let Ok(path) = path::normalize(req.uri().path()) else {
-                    return (error_response(StatusCode::BAD_REQUEST), None);
+                    return (error_response(StatusCode::BAD_REQUEST), None, None);
                 };
                 let admin = matches!(kind, SiteKind::Admin);
-                return (admin::serve(&self.shared.status, &path, admin), None);
+                return (admin::serve(&self.shared.status, &path, admin), None, None);
             }
         };
         // what an error page needs of the request once it has gone on (only where a
@@ -604,10 +633,12 @@ impl HttpService {
             host: host.as_ref(),
         };
         let out = self.run(req, Entry::client(), routes, &at).await;
-        match saved {
+        let timer = out.route.map(|i| Arc::clone(&routes.routes[i].timer));
+        let (resp, upstream) = match saved {
             Some(saved) => self.error_page(out, saved, routes, &at).await,
             None => (out.resp, out.upstream),
-        }
+        };
+        (resp, upstream, timer)
     }
 
     /// nginx's `error_page`: an answer with a status that has a page (Portico's own, or

@@ -77,6 +77,8 @@ pub(crate) struct CompiledRoute {
     /// `upstream = "app-$map_region"`: the name's template and the upstreams it can be
     /// (`content` holds the first).
     pub choose: Option<(KeyTemplate, UpstreamTable)>,
+    /// This route's request durations (/metrics), kept across reloads by its name.
+    pub timer: crate::RouteTimer,
 }
 
 /// The upstreams a map-chosen name can be, by name.
@@ -131,6 +133,7 @@ impl Routes {
         l: &ListenerConfig,
         upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
         limiters: &portico_limits::Limiters,
+        metrics: &crate::Metrics,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for r in &l.routes {
@@ -213,6 +216,7 @@ impl Routes {
                 internal: r.internal,
                 error_pages: r.error_pages.clone(),
                 cookies: r.cookies.clone(),
+                timer: metrics.route(&l.name, &r.path),
                 choose: match &r.action {
                     RouteAction::Proxy(p) => match &p.upstream_by {
                         Some(t) => Some((
