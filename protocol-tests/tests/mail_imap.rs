@@ -482,9 +482,15 @@ fn sessions_and_logins_per_client_address_are_limited() {
         &format!("http://127.0.0.1:{}/metrics", s.portico.admin_port),
     )
     .text();
-    for (outcome, n) in [("accepted", 2), ("limited", 1), ("refused", 0)] {
+    for (family, outcome, n) in [
+        ("logins", "accepted", 2),
+        ("logins", "limited", 1),
+        ("logins", "refused", 0),
+        ("auth_lookups", "ok", 2),
+        ("auth_lookups", "error", 0),
+    ] {
         let line = format!(
-            "portico_mail_logins_total{{listener=\"imap\",protocol=\"imap\",outcome=\"{outcome}\"}} {n}"
+            "portico_mail_{family}_total{{listener=\"imap\",protocol=\"imap\",outcome=\"{outcome}\"}} {n}"
         );
         assert!(metrics.contains(&line), "{line} in:\n{metrics}");
     }

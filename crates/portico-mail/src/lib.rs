@@ -163,6 +163,11 @@ pub struct LoginCounters {
     pub refused: Arc<std::sync::atomic::AtomicU64>,
     pub limited: Arc<std::sync::atomic::AtomicU64>,
     pub failed: Arc<std::sync::atomic::AtomicU64>,
+    /// `portico_mail_auth_lookups_total{…,outcome}`: the auth_http server's answers —
+    /// ok, refused, error (unreachable, timed out, unusable).
+    pub lookup_ok: Arc<std::sync::atomic::AtomicU64>,
+    pub lookup_refused: Arc<std::sync::atomic::AtomicU64>,
+    pub lookup_error: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoginCounters {
@@ -174,11 +179,21 @@ impl LoginCounters {
                 format!("listener=\"{listener}\",protocol=\"{protocol}\",outcome=\"{outcome}\""),
             )
         };
+        let lookup = |outcome: &str| {
+            portico_core::counters::global().counter(
+                "portico_mail_auth_lookups_total",
+                "auth_http lookups by outcome: ok, refused, error (unreachable, timed out, unusable answer).",
+                format!("listener=\"{listener}\",protocol=\"{protocol}\",outcome=\"{outcome}\""),
+            )
+        };
         Self {
             accepted: c("accepted"),
             refused: c("refused"),
             limited: c("limited"),
             failed: c("failed"),
+            lookup_ok: lookup("ok"),
+            lookup_refused: lookup("refused"),
+            lookup_error: lookup("error"),
         }
     }
 }

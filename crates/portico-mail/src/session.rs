@@ -418,6 +418,11 @@ impl Session {
             ..extra
         };
         let answer = self.cfg.auth.lookup(&request, self.cfg.auth_timeout).await;
+        self.count(|c| match &answer {
+            Ok(AuthAnswer::Ok { .. }) => &c.lookup_ok,
+            Ok(AuthAnswer::Refused { .. }) => &c.lookup_refused,
+            Err(_) => &c.lookup_error,
+        });
         let user_text = String::from_utf8_lossy(&creds.user).into_owned();
         let (server, user, pass) = match answer {
             Err(e) => {
