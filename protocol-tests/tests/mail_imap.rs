@@ -443,6 +443,17 @@ fn sessions_and_logins_per_client_address_are_limited() {
         "rate_limit = [\"logins\"]\nconn_limit = [\"sessions\"]",
         "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[rate_limits.logins]\nkey = \"$remote_addr\"\nrate = \"1r/m\"\nburst = 1\nnodelay = true\n[conn_limits.sessions]\nkey = \"$remote_addr\"\nmax = 1\n",
     );
+    // the start-up readiness probe held a session place for a moment: wait until it
+    // is given back
+    let status = format!("http://127.0.0.1:{}/status", s.portico.admin_port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while curl(&[], &status).json()["conn_limits"]["sessions"]["keys_in_flight"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe's session never ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mut first = LineClient::connect(s.portico.port);
     assert_eq!(first.line(), "* OK IMAP4 ready");
     let mut second = LineClient::connect(s.portico.port);

@@ -408,11 +408,17 @@ async fn serve(
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let mut quit = signal(SignalKind::quit()).context("cannot handle SIGQUIT")?;
     let mut winch = signal(SignalKind::window_change()).context("cannot handle SIGWINCH")?;
-    state.apply(config)?;
-    let pid_file = state.config.runtime.pid_file.clone();
+    // The pid file first: once a port answers, `portico reload` finds the process.
+    let pid_file = config.runtime.pid_file.clone();
     if let Some(p) = &pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write pid file {}", p.display()))?;
+    }
+    if let Err(e) = state.apply(config) {
+        if let Some(p) = &pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
     }
     tracing::info!("ready");
     let which = loop {
