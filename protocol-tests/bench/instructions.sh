@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Benchmark, not a test: instructions per proxied GET, counted by valgrind's callgrind,
+# which gives the same count on every run (wrk figures on a shared VM do not). Portico
+# (one worker) fronts an nginx answering `return 200`; one keep-alive client sends
+# N1 then N2 GETs in two runs; (I(N1) − I(N2)) / (N1 − N2) is the cost of one request,
+# start-up and shutdown cancelled out.
+#
+#   bash protocol-tests/bench/instructions.sh [N1] [N2]
+#
+# Needs: cargo build --release -p portico; valgrind; nginx.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source protocol-tests/bench/lib.sh
+n1=${1:-2500}
+n2=${2:-500}
+bench_start
+backend=18851; port=18852
+mkdir -p "$tmp/nginx/logs"
+cat > "$tmp/nginx.conf" <<NGX
+$(nginx_head "$tmp/nginx" 1)
+events {}
+http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$backend; location / { return 200 "ok\n"; } } }
+NGX
+nginx -c "$tmp/nginx.conf" -p "$tmp/nginx" &
+{
+  portico_head 1
+  printf '[upstreams.app]\nservers = [{ addr = "127.0.0.1:%s" }]\n[[listeners]]\nlisten = ["127.0.0.1:%s"]\n  [[listeners.routes]]\n  path = "/"\n  upstream = "app"\n' "$backend" "$port"
+} > "$tmp/portico.toml"
+count() { # requests -> instructions
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$1" "$bin" --config "$tmp/portico.toml" \
+    2>"$tmp/vg.$1.log" &
+  local pid=$!
+  for _ in $(seq 1 400); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  python3 - "$port" "$1" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/x"); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  grep -h '^summary:' "$tmp"/cg."$1"* | awk '{s += $2} END {print s}'
+}
+i1=$(count "$n1"); i2=$(count "$n2")
+echo "instructions: $n1 GETs $i1, $n2 GETs $i2"
+echo "per proxied GET: $(( (i1 - i2) / (n1 - n2) ))"
