@@ -45,3 +45,24 @@ PY
 i1=$(count "$n1"); i2=$(count "$n2")
 echo "instructions: $n1 GETs $i1, $n2 GETs $i2"
 echo "per proxied GET: $(( (i1 - i2) / (n1 - n2) ))"
+# where they go (TOP=N): the inclusive cost of the calls callgrind_annotate lists, the
+# difference of the two runs per request (nested calls are counted in their callers too)
+if [ -n "${TOP:-}" ]; then
+  for n in "$n1" "$n2"; do
+    callgrind_annotate --inclusive=no --threshold=100 "$tmp"/cg."$n"* 2>/dev/null \
+      | awk '/^ *[0-9,]+ / {gsub(",", "", $1); c=$1; $1=""; sub(/^ *\([^)]*\) */, ""); print c "\t" $0}' > "$tmp/top.$n"
+  done
+  python3 - "$tmp/top.$n1" "$tmp/top.$n2" "$((n1 - n2))" "$TOP" <<'PY'
+import sys
+def load(p):
+    d = {}
+    for line in open(p):
+        c, _, f = line.rstrip("\n").partition("\t")
+        d[f.strip()] = d.get(f.strip(), 0) + int(c)
+    return d
+a, b, n, top = load(sys.argv[1]), load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+diff = sorted(((a[f] - b.get(f, 0)) / n, f) for f in a)
+for per, f in reversed(diff[-top:]):
+    print(f"{per:8.0f}  {f[:110]}")
+PY
+fi
