@@ -194,3 +194,63 @@ def unicode_path(rest):
         json.dumps({"rest": rest, "args": request.args.to_dict(flat=False)}),
         mimetype="application/json",
     )
+
+
+COUNT_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "portico-cache-test")
+
+
+def bump(name):
+    """Counts requests per name in a file (shared by every worker process)."""
+    import fcntl
+
+    os.makedirs(COUNT_DIR, exist_ok=True)
+    with open(os.path.join(COUNT_DIR, name), "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        n = int(f.read() or "0") + 1
+        f.seek(0)
+        f.truncate()
+        f.write(str(n))
+        return n
+
+
+@app.route("/cached/<tag>", methods=["GET", "HEAD", "POST"])
+def cached(tag):
+    """For the cache tests: counts the requests that reach the app (file TAG under
+    COUNT_DIR; 304s count in TAG.304) and answers as the query says: cc (Cache-Control),
+    etag (an ETag, 304 to a matching If-None-Match), lm (a Last-Modified), vary, cookie,
+    status, sleep (ms), size (body bytes), expires (seconds from now)."""
+    q = request.args
+    if q.get("sleep"):
+        time.sleep(int(q["sleep"]) / 1000)
+    etag = q.get("etag")
+    if etag and request.headers.get("If-None-Match") == f'"{etag}"':
+        n = bump(tag + ".304")
+        resp = Response(status=304)
+        resp.headers["ETag"] = f'"{etag}"'
+        if q.get("cc"):
+            resp.headers["Cache-Control"] = q["cc"]
+        resp.headers["X-Revalidations"] = str(n)
+        return resp
+    n = bump(tag)
+    size = int(q.get("size", "0"))
+    body = f"count={n} tag={tag} ae={request.headers.get('Accept-Encoding', '')}\n"
+    if size:
+        body = (body * (size // len(body) + 1))[:size]
+    resp = Response(body, status=int(q.get("status", "200")), mimetype="text/plain")
+    if q.get("cc"):
+        resp.headers["Cache-Control"] = q["cc"]
+    if etag:
+        resp.headers["ETag"] = f'"{etag}"'
+    if q.get("lm"):
+        resp.headers["Last-Modified"] = q["lm"]
+    if q.get("vary"):
+        resp.headers["Vary"] = q["vary"]
+    if q.get("cookie"):
+        resp.set_cookie("session", "abc")
+    if q.get("expires"):
+        from email.utils import formatdate
+
+        resp.headers["Expires"] = formatdate(time.time() + int(q["expires"]), usegmt=True)
+    resp.headers["X-Count"] = str(n)
+    return resp

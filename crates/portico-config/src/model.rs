@@ -18,6 +18,54 @@ pub struct Config {
     pub rate_limits: BTreeMap<String, RateLimitConfig>,
     pub conn_limits: BTreeMap<String, ConnLimitConfig>,
     pub maps: BTreeMap<String, MapConfig>,
+    pub caches: BTreeMap<String, CacheZoneConfig>,
+}
+
+/// `[caches.NAME]`: a response cache zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheZoneConfig {
+    pub name: String,
+    /// Bytes the memory tier holds.
+    pub memory: u64,
+    /// The disk tier: directory and bound in bytes.
+    pub disk: Option<(PathBuf, u64)>,
+}
+
+/// Why a stale object may be served instead of the upstream's answer (nginx's
+/// `proxy_cache_use_stale`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UseStale {
+    /// The upstream could not be reached or broke (Portico's own 502).
+    pub error: bool,
+    /// The upstream timed out (Portico's own 504).
+    pub timeout: bool,
+    /// Another request is refreshing the object.
+    pub updating: bool,
+    /// The upstream answered one of these statuses.
+    pub statuses: Vec<u16>,
+}
+
+/// A route's `cache` sub-table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteCache {
+    pub zone: String,
+    pub key: KeyTemplate,
+    /// Freshness per status (`None`: any) when the upstream gives none.
+    pub valid: Vec<(Option<u16>, Duration)>,
+    pub use_stale: UseStale,
+    pub background_update: bool,
+    pub lock: bool,
+    pub lock_timeout: Duration,
+    /// Any rendering non-empty and not "0": not looked up, not stored.
+    pub bypass: Vec<KeyTemplate>,
+    /// Any rendering non-empty and not "0": not stored (still looked up).
+    pub no_store: Vec<KeyTemplate>,
+    /// Methods looked up and stored (uppercase; GET and HEAD by default).
+    pub methods: Vec<String>,
+    pub store_with_cookies: bool,
+    pub store_authorized: bool,
+    pub status_header: Option<String>,
+    pub max_object: u64,
 }
 
 /// `[maps.NAME]`: nginx's map and geo. `$map_NAME` is the value for the request.
@@ -527,6 +575,8 @@ pub struct Route {
     pub basic_auth: Option<BasicAuth>,
     /// nginx auth_request: a subrequest decides.
     pub auth_request: Option<AuthRequest>,
+    /// The response cache (proxy, uwsgi and FastCGI routes).
+    pub cache: Option<RouteCache>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -825,6 +875,8 @@ pub enum KeyPart {
     Capture(u8),
     /// `$map_NAME`: the value `[maps.NAME]` gives this request.
     Map(String),
+    /// `$upstream_cache_status`: HIT, MISS, … on a cached route (empty elsewhere).
+    CacheStatus,
 }
 
 /// The nginx variables a uwsgi/FastCGI `params` value may use on top of the hash-key ones.
@@ -885,10 +937,12 @@ impl KeyTemplate {
         if t.parts.is_empty() {
             return Err("an empty hash_key hashes every request alike".into());
         }
-        if t.parts
-            .iter()
-            .any(|p| matches!(p, KeyPart::Gateway(_) | KeyPart::Capture(_)))
-        {
+        if t.parts.iter().any(|p| {
+            matches!(
+                p,
+                KeyPart::Gateway(_) | KeyPart::Capture(_) | KeyPart::CacheStatus
+            )
+        }) {
             return Err(
                 "hash_key takes $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME or $cookie_NAME".into(),
             );
@@ -936,6 +990,7 @@ impl KeyTemplate {
                 "host" => KeyPart::Host,
                 "remote_addr" => KeyPart::RemoteAddr,
                 "user" => KeyPart::User,
+                "upstream_cache_status" => KeyPart::CacheStatus,
                 n if n.starts_with("http_") && n.len() > 5 => {
                     KeyPart::Header(n[5..].replace('_', "-").to_ascii_lowercase())
                 }
@@ -951,7 +1006,7 @@ impl KeyTemplate {
                     Some((_, v)) => KeyPart::Gateway(*v),
                     None => {
                         return Err(format!(
-                            "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME or a gateway variable ($request_method, $document_root, $fastcgi_script_name, …)"
+                            "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME, $map_NAME, $upstream_cache_status or a gateway variable ($request_method, $document_root, $fastcgi_script_name, …)"
                         ))
                     }
                 },

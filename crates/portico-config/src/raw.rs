@@ -19,6 +19,43 @@ pub struct RawConfig {
     pub rate_limits: BTreeMap<String, RawRateLimit>,
     pub conn_limits: BTreeMap<String, RawConnLimit>,
     pub maps: BTreeMap<String, RawMap>,
+    pub caches: BTreeMap<String, RawCacheZone>,
+}
+
+/// `[caches.NAME]`: a response cache zone (nginx proxy_cache_path).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCacheZone {
+    pub memory: Option<Size>,
+    pub disk: Option<RawCacheDisk>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCacheDisk {
+    pub path: Option<String>,
+    pub max: Option<Size>,
+}
+
+/// A route's `cache` sub-table (nginx proxy_cache, uwsgi_cache, fastcgi_cache and their
+/// `_valid`, `_use_stale`, `_lock`, `_bypass`, `_no_cache`, `_methods` directives).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouteCache {
+    pub zone: Option<String>,
+    pub key: Option<String>,
+    pub valid: BTreeMap<String, String>,
+    pub use_stale: Vec<String>,
+    pub background_update: bool,
+    pub lock: bool,
+    pub lock_timeout: Option<String>,
+    pub bypass: Vec<String>,
+    pub no_store: Vec<String>,
+    pub methods: Option<Vec<String>>,
+    pub store_with_cookies: bool,
+    pub store_authorized: bool,
+    pub status_header: Option<String>,
+    pub max_object: Option<Size>,
 }
 
 /// `[maps.NAME]` (nginx map / geo).
@@ -405,6 +442,7 @@ pub struct RawRoute {
     pub access: Vec<String>,
     pub basic_auth: Option<RawBasicAuth>,
     pub auth_request: Option<RawAuthRequest>,
+    pub cache: Option<RawRouteCache>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]
@@ -474,7 +512,8 @@ pub struct RawStatic {
 }
 
 /// A size in bytes, written as a number (`1048576`) or as nginx writes sizes: `512k`,
-/// `10m`, `1g` (powers of 1024; `K`, `M`, `G` too).
+/// `10m`, `1g` (powers of 1024; `K`, `M`, `G` too, and `KiB`, `MiB`, `GiB`, `MB`, …
+/// which mean the same powers of 1024).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Size(pub u64);
 
@@ -485,17 +524,31 @@ impl Size {
     /// assert_eq!(Size::parse("512k"), Ok(512 * 1024));
     /// assert_eq!(Size::parse("10m"), Ok(10 << 20));
     /// assert_eq!(Size::parse("1G"), Ok(1 << 30));
+    /// assert_eq!(Size::parse("256MiB"), Ok(256 << 20));
+    /// assert_eq!(Size::parse("10 GB"), Ok(10 << 30));
+    /// assert_eq!(Size::parse("8kib"), Ok(8 << 10));
     /// assert!(Size::parse("10x").is_err());
     /// assert!(Size::parse("m").is_err());
     /// assert!(Size::parse("-1k").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<u64, String> {
-        let t = text.trim();
+        let mut t = text.trim();
+        for suffix in ["ib", "iB", "IB", "Ib", "b", "B"] {
+            match t.strip_suffix(suffix) {
+                Some(rest) if rest.ends_with(|c: char| "kKmMgG".contains(c)) => {
+                    t = rest;
+                    break;
+                }
+                _ => {}
+            }
+        }
         let (digits, unit) = match t.char_indices().last() {
             Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], Some(c.to_ascii_lowercase())),
             _ => (t, None),
         };
-        let bad = || format!("invalid size {text:?}: a number of bytes, or 512k, 10m, 1g");
+        let bad = || {
+            format!("invalid size {text:?}: a number of bytes, or 512k, 10m, 1g (or 512KiB, 10MiB, 1GiB)")
+        };
         let n: u64 = digits.trim().parse().map_err(|_| bad())?;
         let mult: u64 = match unit {
             None => 1,

@@ -280,8 +280,17 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
                 .map(|c| (name.clone(), c))
         })
         .collect();
+    let caches: BTreeMap<String, CacheZoneConfig> = raw
+        .caches
+        .iter()
+        .filter_map(|(name, c)| {
+            validate_cache_zone(&mut v, &format!("caches.{name}"), name, c)
+                .map(|c| (name.clone(), c))
+        })
+        .collect();
     let known = Known {
         maps: &maps,
+        caches: &raw.caches,
         upstreams: &upstreams,
         rate_limits: &raw.rate_limits,
         conn_limits: &raw.conn_limits,
@@ -315,6 +324,7 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
             rate_limits,
             conn_limits,
             maps,
+            caches,
         })
     } else {
         Err(v.errors)
@@ -489,6 +499,7 @@ fn is_token(n: &str) -> bool {
 /// What routes may name: upstreams and limits.
 struct Known<'a> {
     maps: &'a BTreeMap<String, MapConfig>,
+    caches: &'a BTreeMap<String, RawCacheZone>,
     upstreams: &'a BTreeMap<String, UpstreamConfig>,
     rate_limits: &'a BTreeMap<String, RawRateLimit>,
     conn_limits: &'a BTreeMap<String, RawConnLimit>,
@@ -535,6 +546,228 @@ fn refusal_status(v: &mut Validator<'_>, k: &str, given: Option<u16>, default: u
         v.err(k, "a refusal status is from 400 to 599");
     }
     s
+}
+
+fn validate_cache_zone(
+    v: &mut Validator<'_>,
+    p: &str,
+    name: &str,
+    c: &RawCacheZone,
+) -> Option<CacheZoneConfig> {
+    let memory = c.memory.map_or(64 << 20, |s| s.0);
+    if memory == 0 {
+        v.err(
+            &format!("{p}.memory"),
+            "a zone needs some memory (e.g. \"256MiB\")",
+        );
+    }
+    let disk = c.disk.as_ref().and_then(|d| {
+        let k = format!("{p}.disk");
+        let Some(path) = &d.path else {
+            v.err(&k, "a disk tier needs path = \"DIR\" (and max = \"10GiB\")");
+            return None;
+        };
+        let path = resolve(&v.base(&format!("{k}.path")), path);
+        let max = match d.max {
+            Some(m) if m.0 > 0 => m.0,
+            Some(_) => {
+                v.err(
+                    &format!("{k}.max"),
+                    "a disk tier's max is more than 0 bytes",
+                );
+                0
+            }
+            None => {
+                v.err(
+                    &format!("{k}.max"),
+                    "a disk tier needs max = \"10GiB\" (its bound)",
+                );
+                0
+            }
+        };
+        Some((path, max))
+    });
+    Some(CacheZoneConfig {
+        name: name.to_string(),
+        memory,
+        disk,
+    })
+}
+
+/// The statuses `use_stale = ["http_NNN"]` may name (nginx's, plus any 5xx written
+/// out), and `http_5xx` for all of 500..=599.
+fn use_stale(v: &mut Validator<'_>, k: &str, raw: &[String]) -> UseStale {
+    let mut u = UseStale::default();
+    for (i, item) in raw.iter().enumerate() {
+        match item.as_str() {
+            "error" | "invalid_header" => u.error = true,
+            "timeout" => u.timeout = true,
+            "updating" => u.updating = true,
+            "http_5xx" => u.statuses.extend(500..=599),
+            other => match other
+                .strip_prefix("http_")
+                .and_then(|n| n.parse::<u16>().ok())
+                .filter(|n| (400..=599).contains(n))
+            {
+                Some(n) => u.statuses.push(n),
+                None => v.err(
+                    &format!("{k}.{i}"),
+                    format!(
+                        "{other:?}: use_stale takes error, timeout, updating, http_500, http_502, http_503, http_504, http_403, http_404, http_429 or http_5xx"
+                    ),
+                ),
+            },
+        }
+    }
+    u
+}
+
+fn route_cache(
+    v: &mut Validator<'_>,
+    k: &str,
+    c: &RawRouteCache,
+    known: &Known<'_>,
+) -> Option<RouteCache> {
+    let zone = match &c.zone {
+        Some(z) if known.caches.contains_key(z) => z.clone(),
+        Some(z) => {
+            let hint = match crate::closest(z, known.caches.keys().map(String::as_str)) {
+                Some(n) => format!(" (did you mean {n:?}?)"),
+                None => String::new(),
+            };
+            v.err(&format!("{k}.zone"), format!("no [caches.{z}]{hint}"));
+            return None;
+        }
+        None => {
+            v.err(
+                &format!("{k}.zone"),
+                "a route's cache needs zone = \"NAME\" ([caches.NAME])",
+            );
+            return None;
+        }
+    };
+    let template =
+        |v: &mut Validator<'_>, key: &str, text: &str| match KeyTemplate::parse_value(text) {
+            Ok(t) if t.max_capture() > 0 => {
+                // captures are per route: allowed (the route is known when the key renders)
+                Some(t)
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                v.err(key, e);
+                None
+            }
+        };
+    let key_text = c.key.as_deref().unwrap_or("$scheme$host$request_uri");
+    let key = template(v, &format!("{k}.key"), key_text);
+    if key.as_ref().is_some_and(|t| t.parts.is_empty()) {
+        v.err(
+            &format!("{k}.key"),
+            "an empty key makes every request one object",
+        );
+    }
+    if key
+        .as_ref()
+        .is_some_and(|t| t.parts.contains(&KeyPart::CacheStatus))
+    {
+        v.err(
+            &format!("{k}.key"),
+            "$upstream_cache_status is not known before the lookup",
+        );
+    }
+    let mut valid = Vec::new();
+    for (statuses, d) in &c.valid {
+        let vk = format!("{k}.valid.{statuses}");
+        let d = v.duration(&vk, d);
+        for s in statuses.split_whitespace() {
+            if s == "any" {
+                valid.push((None, d));
+                continue;
+            }
+            match s.parse::<u16>() {
+                Ok(n) if (200..=599).contains(&n) => valid.push((Some(n), d)),
+                _ => v.err(&vk, format!("{s:?}: a status (200 to 599) or \"any\"")),
+            }
+        }
+    }
+    let lock_timeout = c
+        .lock_timeout
+        .as_deref()
+        .map_or(Duration::from_secs(5), |t| {
+            v.duration(&format!("{k}.lock_timeout"), t)
+        });
+    let conditions = |v: &mut Validator<'_>, name: &str, raw: &[String]| -> Vec<KeyTemplate> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, t)| template(v, &format!("{k}.{name}.{i}"), t))
+            .collect()
+    };
+    let bypass = conditions(v, "bypass", &c.bypass);
+    let no_store = conditions(v, "no_store", &c.no_store);
+    let methods = match &c.methods {
+        None => vec!["GET".to_string(), "HEAD".to_string()],
+        Some(m) => {
+            let mut out = Vec::new();
+            for (i, name) in m.iter().enumerate() {
+                let up = name.to_ascii_uppercase();
+                if !["GET", "HEAD", "POST"].contains(&up.as_str()) {
+                    v.err(
+                        &format!("{k}.methods.{i}"),
+                        format!("{name:?}: a cache stores GET, HEAD or POST answers"),
+                    );
+                }
+                out.push(up);
+            }
+            if out.iter().any(|m| m == "GET") && !out.iter().any(|m| m == "HEAD") {
+                out.push("HEAD".into());
+            }
+            out
+        }
+    };
+    let status_header = c.status_header.clone().filter(|h| {
+        let ok = is_token(h);
+        if !ok {
+            v.err(
+                &format!("{k}.status_header"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+        ok
+    });
+    let max_object = c.max_object.map_or(8 << 20, |s| s.0);
+    let zone_memory = known
+        .caches
+        .get(&zone)
+        .and_then(|z| z.memory)
+        .map_or(64 << 20, |s| s.0);
+    let zone_disk = known
+        .caches
+        .get(&zone)
+        .and_then(|z| z.disk.as_ref())
+        .and_then(|d| d.max)
+        .map_or(0, |s| s.0);
+    if max_object > zone_memory.max(zone_disk) {
+        v.err(
+            &format!("{k}.max_object"),
+            format!("max_object ({max_object} bytes) is larger than [caches.{zone}] can hold"),
+        );
+    }
+    Some(RouteCache {
+        zone,
+        key: key?,
+        valid,
+        use_stale: use_stale(v, &format!("{k}.use_stale"), &c.use_stale),
+        background_update: c.background_update,
+        lock: c.lock,
+        lock_timeout,
+        bypass,
+        no_store,
+        methods,
+        store_with_cookies: c.store_with_cookies,
+        store_authorized: c.store_authorized,
+        status_header,
+        max_object,
+    })
 }
 
 fn validate_rate_limit(
@@ -1415,6 +1648,10 @@ fn validate_route(
                 .collect(),
         })
     });
+    let cache = r
+        .cache
+        .as_ref()
+        .and_then(|c| route_cache(v, &format!("{rp}.cache"), c, known));
     let matcher = route_match(v, rp, r)?;
     let captures = match &matcher {
         RouteMatch::Regex { captures, .. } => *captures,
@@ -1756,6 +1993,12 @@ fn validate_route(
             })
         }
     };
+    if cache.is_some() && !matches!(action, RouteAction::Proxy(_)) {
+        v.err(
+            &format!("{rp}.cache"),
+            "cache applies to routes with an upstream (via http, uwsgi or fastcgi)",
+        );
+    }
     Some(Route {
         path: describe(&matcher, name.as_deref()),
         matcher,
@@ -1775,6 +2018,7 @@ fn validate_route(
         access,
         basic_auth,
         auth_request,
+        cache,
         error_pages: ErrorPages {
             pages: own_error_pages,
             intercept: r.intercept_errors.unwrap_or(false),

@@ -23,6 +23,8 @@ pub struct StatusSource {
     pub upstreams: ArcSwap<Vec<Arc<UpstreamHandle>>>,
     /// The rate and conn limits of the running config.
     pub limits: ArcSwap<portico_limits::Limiters>,
+    /// The cache zones of the running config.
+    pub caches: ArcSwap<portico_cache::Zones>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     pub reloads: AtomicU64,
@@ -40,6 +42,7 @@ impl StatusSource {
             listeners,
             upstreams: ArcSwap::from_pointee(Vec::new()),
             limits: ArcSwap::from_pointee(portico_limits::Limiters::default()),
+            caches: ArcSwap::from_pointee(portico_cache::Zones::default()),
             metrics,
             started: Instant::now(),
             reloads: AtomicU64::new(0),
@@ -168,18 +171,111 @@ impl StatusSource {
             "upstreams": upstreams,
             "rate_limits": rate,
             "conn_limits": conn,
+            "caches": self.caches_json(),
         })
+    }
+
+    fn caches_json(&self) -> serde_json::Value {
+        let zones = self.caches.load();
+        let map: serde_json::Map<String, serde_json::Value> = zones
+            .zones
+            .iter()
+            .map(|(name, z)| {
+                let u = z.usage();
+                let st = &z.stats;
+                let lookups: serde_json::Map<String, serde_json::Value> =
+                    portico_cache::CacheStatus::ALL
+                        .iter()
+                        .map(|s| (s.as_str().to_ascii_lowercase(), json!(st.lookups(*s))))
+                        .collect();
+                let disk = z.disk.as_ref().map(|d| {
+                    json!({
+                        "path": d.root().display().to_string(),
+                        "bytes": u.disk_bytes,
+                        "max_bytes": d.max(),
+                        "objects": u.disk_objects,
+                        "evictions": d.evictions.load(Ordering::Relaxed),
+                        "torn": d.torn.load(Ordering::Relaxed),
+                        "write_errors": d.write_errors.load(Ordering::Relaxed),
+                    })
+                });
+                (
+                    name.clone(),
+                    json!({
+                        "memory": {
+                            "bytes": u.memory_bytes,
+                            "max_bytes": z.settings.memory,
+                            "entries": u.memory_entries,
+                            "evictions": st.memory_evictions.load(Ordering::Relaxed),
+                        },
+                        "disk": disk,
+                        "lookups": lookups,
+                        "stores": st.stores.load(Ordering::Relaxed),
+                        "stored_bytes": st.stored_bytes.load(Ordering::Relaxed),
+                        "not_stored": st.not_stored.load(Ordering::Relaxed),
+                        "purged": st.purged.load(Ordering::Relaxed),
+                    }),
+                )
+            })
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    fn cache_metrics(&self, out: &mut String) {
+        let zones = self.caches.load();
+        if zones.zones.is_empty() {
+            return;
+        }
+        let mut lookups = Vec::new();
+        let (mut bytes, mut max, mut entries, mut evictions) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut stores, mut stored_bytes) = (Vec::new(), Vec::new());
+        for (name, z) in &zones.zones {
+            let zone = esc(name);
+            for s in portico_cache::CacheStatus::ALL {
+                lookups.push((
+                    format!("zone=\"{zone}\",status=\"{}\"", s.as_str()),
+                    z.stats.lookups(s),
+                ));
+            }
+            let u = z.usage();
+            let mem = format!("zone=\"{zone}\",tier=\"memory\"");
+            bytes.push((mem.clone(), u.memory_bytes));
+            max.push((mem.clone(), z.settings.memory));
+            entries.push((mem.clone(), u.memory_entries));
+            evictions.push((mem, z.stats.memory_evictions.load(Ordering::Relaxed)));
+            if let Some(d) = &z.disk {
+                let disk = format!("zone=\"{zone}\",tier=\"disk\"");
+                bytes.push((disk.clone(), u.disk_bytes));
+                max.push((disk.clone(), d.max()));
+                entries.push((disk.clone(), u.disk_objects));
+                evictions.push((disk, d.evictions.load(Ordering::Relaxed)));
+            }
+            stores.push((
+                format!("zone=\"{zone}\""),
+                z.stats.stores.load(Ordering::Relaxed),
+            ));
+            stored_bytes.push((
+                format!("zone=\"{zone}\""),
+                z.stats.stored_bytes.load(Ordering::Relaxed),
+            ));
+        }
+        let rows = [
+            ("portico_cache_requests_total", "counter", "Requests on cached routes, by cache status (HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS).", lookups),
+            ("portico_cache_bytes", "gauge", "Bytes a cache zone holds, per tier.", bytes),
+            ("portico_cache_max_bytes", "gauge", "The bound of a cache zone's tier, in bytes.", max),
+            ("portico_cache_entries", "gauge", "Entries (objects and Vary markers) a zone's tier holds.", entries),
+            ("portico_cache_evictions_total", "counter", "Objects evicted to stay within a tier's bound.", evictions),
+            ("portico_cache_stores_total", "counter", "Objects stored.", stores),
+            ("portico_cache_stored_bytes_total", "counter", "Body bytes of the objects stored.", stored_bytes),
+        ];
+        for (name, kind, help, r) in rows {
+            family(out, name, kind, help, r);
+        }
     }
 
     pub fn metrics_text(&self) -> String {
         let mut out = String::new();
-        fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>) {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            for (labels, v) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
         let listeners = self.listeners.stats();
         let l = |f: &dyn Fn(&portico_core::EndpointStats) -> u64| {
             listeners
@@ -487,7 +583,16 @@ impl StatusSource {
                     .map_or(0, |d| d.as_secs()),
             )],
         );
+        self.cache_metrics(&mut out);
         out.replace("{}", "")
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, u64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in rows {
+        let _ = writeln!(out, "{name}{{{labels}}} {v}");
     }
 }
 
@@ -555,7 +660,16 @@ const WELCOME: &str = "<!DOCTYPE html>
 ";
 
 /// Serves the admin paths, or (for `admin = false`) the welcome page and /status.
-pub fn serve(status: &StatusSource, path: &str, admin: bool) -> Response<HttpBody> {
+pub fn serve(
+    status: &StatusSource,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    admin: bool,
+) -> Response<HttpBody> {
+    if let (Some(zone), true) = (path.strip_prefix("/cache/"), admin) {
+        return purge(status, method, zone, query);
+    }
     match (path, admin) {
         ("/status", _) => {
             let body = serde_json::to_string_pretty(&status.status_json()).unwrap_or_default();
@@ -570,4 +684,62 @@ pub fn serve(status: &StatusSource, path: &str, admin: bool) -> Response<HttpBod
         ("/", false) => text(StatusCode::OK, "text/html", WELCOME.into()),
         _ => error_response(StatusCode::NOT_FOUND),
     }
+}
+
+/// `DELETE /cache/ZONE?key=K` (K the rendered key, percent-encoded) or `?prefix=P`:
+/// 200 with `{"purged": N}`, 404 when nothing matched.
+fn purge(
+    status: &StatusSource,
+    method: &http::Method,
+    zone: &str,
+    query: Option<&str>,
+) -> Response<HttpBody> {
+    if method != http::Method::DELETE {
+        let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED);
+        r.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("DELETE"));
+        return r;
+    }
+    let zones = status.caches.load();
+    let Some(z) = zones.zones.get(zone) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "application/json",
+            format!(
+                "{}\n",
+                json!({ "error": format!("no cache zone {zone:?}") })
+            ),
+        );
+    };
+    let mut key = None;
+    let mut prefix = None;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*k {
+            "key" => key = Some(v.into_owned()),
+            "prefix" => prefix = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let purged = match (key, prefix) {
+        (Some(k), None) => z.purge_key(&k),
+        (None, Some(p)) => z.purge_prefix(&p),
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "application/json",
+                format!("{}\n", json!({ "error": "give key=KEY or prefix=PREFIX" })),
+            )
+        }
+    };
+    tracing::info!(zone, purged, "cache purge");
+    let code = if purged == 0 {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
+    text(
+        code,
+        "application/json",
+        format!("{}\n", json!({ "purged": purged })),
+    )
 }

@@ -588,3 +588,68 @@ mod tests {
         assert_eq!(at, vec![0, 1, 2]);
     }
 }
+
+pin_project! {
+    /// A response body on its way to the client and, piece by piece, into the cache:
+    /// the object is stored when the body has ended whole; an error or a client gone
+    /// before the end (the body dropped) leaves nothing stored.
+    pub struct Filling {
+        #[pin]
+        inner: HttpBody,
+        filler: Option<portico_cache::Filler>,
+    }
+}
+
+impl Filling {
+    pub fn new(inner: HttpBody, filler: portico_cache::Filler) -> Self {
+        let mut filler = Some(filler);
+        if inner.is_end_stream() {
+            // nothing will be polled: an empty body is complete now
+            if let Some(f) = filler.take() {
+                f.finish();
+            }
+        }
+        Self { inner, filler }
+    }
+}
+
+impl Body for Filling {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let (Some(d), Some(filler)) = (f.data_ref(), this.filler.as_mut()) {
+                    filler.push(d);
+                }
+                // a consumer may stop at is_end_stream without polling for the end
+                if this.inner.is_end_stream() {
+                    if let Some(f) = this.filler.take() {
+                        f.finish();
+                    }
+                }
+            }
+            Some(Err(_)) => *this.filler = None,
+            None => {
+                if let Some(f) = this.filler.take() {
+                    f.finish();
+                }
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -12,7 +12,9 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+mod cache;
 mod compress;
+mod conditional;
 mod cookies;
 mod edge;
 mod errors;
@@ -154,13 +156,14 @@ impl Site {
         l: &ListenerConfig,
         upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
         limiters: &portico_limits::Limiters,
+        caches: &portico_cache::Zones,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
             SiteKind::Routes(Box::new(route::Routes::compile(
-                l, upstreams, limiters, metrics,
+                l, upstreams, limiters, caches, metrics,
             )?))
         };
         Ok(Self {
@@ -600,7 +603,7 @@ impl HttpService {
     async fn dispatch(
         &self,
         req: Request<Incoming>,
-        site: &Site,
+        site: &Arc<Site>,
         conn: &ConnState,
         peer: &Peer,
         host: Option<HeaderValue>,
@@ -616,7 +619,14 @@ impl HttpService {
                     return (error_response(StatusCode::BAD_REQUEST), None, None);
                 };
                 let admin = matches!(kind, SiteKind::Admin);
-                return (admin::serve(&self.shared.status, &path, admin), None, None);
+                let resp = admin::serve(
+                    &self.shared.status,
+                    req.method(),
+                    &path,
+                    req.uri().query(),
+                    admin,
+                );
+                return (resp, None, None);
             }
         };
         // what an error page needs of the request once it has gone on (only where a
@@ -825,8 +835,8 @@ impl HttpService {
             }
         }
         // the header rules' values come from the request: rendered before it goes on
-        let response_values =
-            (!route.response_headers.is_empty()).then(|| route.response_headers.render(&vars));
+        let response_values = (!route.response_headers.is_empty() && !route.late_response_headers)
+            .then(|| route.response_headers.render(&vars));
         let request_values =
             (!route.request_headers.is_empty()).then(|| route.request_headers.render(&vars));
         let cookie_values =
@@ -869,6 +879,17 @@ impl HttpService {
                 req.headers().get(header::ACCEPT_ENCODING).cloned(),
             )
         });
+        let cache_plan = route
+            .cache
+            .as_ref()
+            .and_then(|c| c.plan(&vars, req.method(), req.headers()));
+        // `$upstream_cache_status` in a response header: rendered once the cache has
+        // answered, from a copy of the request head
+        let late = route.late_response_headers.then(|| Saved {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        });
         drop(vars);
         let (mut resp, upstream) = match returned {
             Some(resp) => (resp, None),
@@ -885,21 +906,26 @@ impl HttpService {
                 if http && (at_uri.changed || route.upstream_path.is_some()) {
                     set_upstream_target(&mut req, route, path, args);
                 }
-                self.content(
-                    req,
+                let src = Source {
+                    site,
+                    route_index: index,
                     route,
                     path,
                     args,
-                    site,
-                    conn,
                     peer,
-                    host.cloned(),
+                    local: conn.local,
+                    tls: conn.tls,
+                    host: host.cloned(),
                     hash_key,
-                    on_upgrade,
-                    captures.as_ref(),
+                    captures: captures.as_ref(),
                     chosen,
-                )
-                .await
+                };
+                match (&route.cache, cache_plan) {
+                    (Some(c), Some(plan)) if on_upgrade.is_none() => {
+                        cache::serve(c, plan, req, &src).await
+                    }
+                    _ => self.content(req, src, conn, on_upgrade).await,
+                }
             }
         };
         // proxy_redirect default: the app's own address in a redirect points back here
@@ -968,6 +994,19 @@ impl HttpService {
             }
         }
         // header filter: the route's response headers
+        let response_values = match late {
+            Some(saved) => {
+                let status = resp.extensions().get::<cache::Status>().map(|s| s.0);
+                let mut r = Request::new(body::InBody::Empty);
+                *r.method_mut() = saved.method;
+                *r.headers_mut() = saved.headers;
+                let ctx = at.req(&r, &saved.uri);
+                let mut vars = ctx.vars(path, args, captures.as_ref());
+                vars.cache_status = status.map(portico_cache::CacheStatus::as_str);
+                Some(route.response_headers.render(&vars))
+            }
+            None => response_values,
+        };
         if let Some(values) = response_values {
             let set = route.response_headers.applies_to(resp.status());
             route
@@ -1140,119 +1179,227 @@ impl HttpService {
         }
     }
 
-    /// The content phase: a static file, or the request forwarded to an upstream over
-    /// HTTP or a gateway.
-    #[allow(clippy::too_many_arguments)]
+    /// The content phase: a static file, a WebSocket tunnel, or the request forwarded
+    /// to an upstream over HTTP or a gateway.
     async fn content(
         &self,
         req: Request<body::InBody>,
-        route: &route::CompiledRoute,
-        path: &str,
-        args: Option<&str>,
-        site: &Site,
+        src: Source<'_>,
         conn: &ConnState,
-        peer: &Peer,
-        host: Option<HeaderValue>,
-        hash_key: Option<Vec<u8>>,
         on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        captures: Option<&vars::Captures>,
-        chosen: Option<Arc<HttpUpstream>>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let route = src.route;
         if let route::Content::Static(cfg) = &route.content {
-            let resp =
-                static_files::serve(cfg, req.method(), path, req.uri().query(), req.headers())
-                    .await;
+            let resp = static_files::serve(
+                cfg,
+                req.method(),
+                src.path,
+                req.uri().query(),
+                req.headers(),
+            )
+            .await;
             return (resp, None);
         }
-        let limit = route.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if limit > 0 && declared.is_some_and(|n| n > limit) {
-            return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
+        let (route::Content::Proxy(up), Some(on_upgrade)) = (&route.content, on_upgrade) else {
+            return fetch(req, src).await;
+        };
+        let up = src.chosen.as_ref().unwrap_or(up);
+        let (parts, _body) = req.into_parts();
+        let client = src.client_side();
+        let limits = portico_websocket::TunnelLimits {
+            idle: src.site.limits.websocket_idle_timeout,
+            max_lifetime: src.site.limits.websocket_max_lifetime,
+            drain: self
+                .shared
+                .drain
+                .saturating_sub(std::time::Duration::from_millis(500)),
+        };
+        let (resp, addr, tunnel) = proxy::forward_upgrade(
+            up,
+            parts,
+            &client,
+            on_upgrade,
+            limits,
+            conn.shutdown.clone(),
+        )
+        .await;
+        if let Some(t) = tunnel {
+            let handle = tokio::spawn(t);
+            conn.tunnels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle);
         }
-        match &route.content {
-            route::Content::Gateway(g) => {
-                let (parts, body) = req.into_parts();
-                let client = gateway::Client {
-                    path,
-                    host: host.as_ref(),
-                    peer: peer.addr,
-                    local: conn.local,
-                    tls: conn.tls,
-                    server_name: site.server_names.first().map_or("", String::as_str),
-                    hash_key,
-                    max_body_bytes: limit,
-                    body_timeout: site.limits.body_timeout,
-                    underscores: site.limits.underscores_in_headers,
-                    captures,
-                    args,
-                    maps: &site.maps,
-                };
-                gateway::forward(g, parts, body, client).await
-            }
-            route::Content::Static(_) | route::Content::Return(_) | route::Content::Empty => {
-                (error_response(StatusCode::NOT_FOUND), None)
-            }
-            route::Content::Proxy(up) => {
-                let up = chosen.as_ref().unwrap_or(up);
-                let (parts, body) = req.into_parts();
-                let client = proxy::ClientSide {
-                    peer_ip: peer.ip,
-                    peer_value: peer.value.clone(),
-                    tls: conn.tls,
-                    host: host.or_else(|| default_host(site, conn.local)),
-                    hash_key,
-                };
-                if let Some(on_upgrade) = on_upgrade {
-                    let limits = portico_websocket::TunnelLimits {
-                        idle: site.limits.websocket_idle_timeout,
-                        max_lifetime: site.limits.websocket_max_lifetime,
-                        drain: self
-                            .shared
-                            .drain
-                            .saturating_sub(std::time::Duration::from_millis(500)),
-                    };
-                    let (resp, addr, tunnel) = proxy::forward_upgrade(
-                        up,
-                        parts,
-                        &client,
-                        on_upgrade,
-                        limits,
-                        conn.shutdown.clone(),
-                    )
-                    .await;
-                    if let Some(t) = tunnel {
-                        let handle = tokio::spawn(t);
-                        conn.tunnels
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(handle);
+        (resp, addr)
+    }
+}
+
+/// Where the content phase takes a request: the route and the facts of the request
+/// its upstream (HTTP, uwsgi or FastCGI) needs.
+struct Source<'a> {
+    site: &'a Arc<Site>,
+    route_index: usize,
+    route: &'a route::CompiledRoute,
+    path: &'a str,
+    args: Option<&'a str>,
+    peer: &'a Peer,
+    local: Option<std::net::SocketAddr>,
+    tls: bool,
+    host: Option<HeaderValue>,
+    hash_key: Option<Vec<u8>>,
+    captures: Option<&'a vars::Captures>,
+    chosen: Option<Arc<HttpUpstream>>,
+}
+
+impl Source<'_> {
+    fn client_side(&self) -> proxy::ClientSide {
+        proxy::ClientSide {
+            peer_ip: self.peer.ip,
+            peer_value: self.peer.value.clone(),
+            tls: self.tls,
+            host: self
+                .host
+                .clone()
+                .or_else(|| default_host(self.site, self.local)),
+            hash_key: self.hash_key.clone(),
+        }
+    }
+
+    /// The same source, owned (for a fetch that outlives the request).
+    fn to_owned(&self) -> OwnedSource {
+        OwnedSource {
+            site: Arc::clone(self.site),
+            route_index: self.route_index,
+            path: self.path.to_string(),
+            args: self.args.map(str::to_string),
+            peer: self.peer.clone(),
+            local: self.local,
+            tls: self.tls,
+            host: self.host.clone(),
+            hash_key: self.hash_key.clone(),
+            captures: self.captures.cloned(),
+            chosen: self.chosen.clone(),
+        }
+    }
+}
+
+struct OwnedSource {
+    site: Arc<Site>,
+    route_index: usize,
+    path: String,
+    args: Option<String>,
+    peer: Peer,
+    local: Option<std::net::SocketAddr>,
+    tls: bool,
+    host: Option<HeaderValue>,
+    hash_key: Option<Vec<u8>>,
+    captures: Option<vars::Captures>,
+    chosen: Option<Arc<HttpUpstream>>,
+}
+
+impl OwnedSource {
+    async fn fetch(self, req: Request<body::InBody>) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let SiteKind::Routes(routes) = &self.site.kind else {
+            return (error_response(StatusCode::NOT_FOUND), None);
+        };
+        let Some(route) = routes.routes.get(self.route_index) else {
+            return (error_response(StatusCode::NOT_FOUND), None);
+        };
+        let src = Source {
+            site: &self.site,
+            route_index: self.route_index,
+            route,
+            path: &self.path,
+            args: self.args.as_deref(),
+            peer: &self.peer,
+            local: self.local,
+            tls: self.tls,
+            host: self.host.clone(),
+            hash_key: self.hash_key.clone(),
+            captures: self.captures.as_ref(),
+            chosen: self.chosen.clone(),
+        };
+        fetch(req, src).await
+    }
+}
+
+impl cache::Fetch for Source<'_> {
+    async fn fetch(&self, req: Request<body::InBody>) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+        let src = Source {
+            host: self.host.clone(),
+            hash_key: self.hash_key.clone(),
+            chosen: self.chosen.clone(),
+            ..*self
+        };
+        fetch(req, src).await
+    }
+
+    fn detach(&self) -> Option<cache::Detached> {
+        let owned = self.to_owned();
+        Some(Box::new(move |req| Box::pin(owned.fetch(req))))
+    }
+}
+
+/// Sends a request to the route's upstream, over HTTP or a gateway (uwsgi, FastCGI).
+async fn fetch(
+    req: Request<body::InBody>,
+    src: Source<'_>,
+) -> (Response<HttpBody>, proxy::UpstreamAddr) {
+    let (route, site) = (src.route, src.site);
+    let limit = route.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if limit > 0 && declared.is_some_and(|n| n > limit) {
+        return (error_response(StatusCode::PAYLOAD_TOO_LARGE), None);
+    }
+    match &route.content {
+        route::Content::Gateway(g) => {
+            let (parts, body) = req.into_parts();
+            let client = gateway::Client {
+                path: src.path,
+                host: src.host.as_ref(),
+                peer: src.peer.addr,
+                local: src.local,
+                tls: src.tls,
+                server_name: site.server_names.first().map_or("", String::as_str),
+                hash_key: src.hash_key,
+                max_body_bytes: limit,
+                body_timeout: site.limits.body_timeout,
+                underscores: site.limits.underscores_in_headers,
+                captures: src.captures,
+                args: src.args,
+                maps: &site.maps,
+            };
+            gateway::forward(g, parts, body, client).await
+        }
+        route::Content::Static(_) | route::Content::Return(_) | route::Content::Empty => {
+            (error_response(StatusCode::NOT_FOUND), None)
+        }
+        route::Content::Proxy(up) => {
+            let up = src.chosen.as_ref().unwrap_or(up);
+            let client = src.client_side();
+            let (mut parts, body) = req.into_parts();
+            let body = if body.is_end_stream() {
+                body::empty()
+            } else if route.request_buffering {
+                // The whole body first, then an upstream connection: a slow client
+                // holds no app worker (nginx's proxy_request_buffering on).
+                let limited = ClientBody::new(body, limit, site.limits.body_timeout).boxed();
+                match spool::Spool::read(limited).await {
+                    Ok(s) => {
+                        parts.headers.remove(header::TRANSFER_ENCODING);
+                        parts.headers.insert(header::CONTENT_LENGTH, s.len.into());
+                        s.into_body()
                     }
-                    return (resp, addr);
+                    Err(status) => return (error_response(status), None),
                 }
-                let mut parts = parts;
-                let body = if body.is_end_stream() {
-                    body::empty()
-                } else if route.request_buffering {
-                    // The whole body first, then an upstream connection: a slow client
-                    // holds no app worker (nginx's proxy_request_buffering on).
-                    let limited = ClientBody::new(body, limit, site.limits.body_timeout).boxed();
-                    match spool::Spool::read(limited).await {
-                        Ok(s) => {
-                            parts.headers.remove(header::TRANSFER_ENCODING);
-                            parts.headers.insert(header::CONTENT_LENGTH, s.len.into());
-                            s.into_body()
-                        }
-                        Err(status) => return (error_response(status), None),
-                    }
-                } else {
-                    ClientBody::new(body, limit, site.limits.body_timeout).boxed()
-                };
-                proxy::forward(up, Request::from_parts(parts, body), &client).await
-            }
+            } else {
+                ClientBody::new(body, limit, site.limits.body_timeout).boxed()
+            };
+            proxy::forward(up, Request::from_parts(parts, body), &client).await
         }
     }
 }
@@ -1295,6 +1442,7 @@ impl<'a> ReqCtx<'a> {
             captures,
             args,
             maps: Some(&self.site.maps),
+            cache_status: None,
         }
     }
 
@@ -1314,7 +1462,7 @@ impl<'a> ReqCtx<'a> {
 /// Where a request is served: the site (listener), the connection, the client, the
 /// Host it asked for. Shared by the client's request and the internal ones it leads to.
 struct Ctx<'a> {
-    site: &'a Site,
+    site: &'a Arc<Site>,
     conn: &'a ConnState,
     peer: &'a Peer,
     host: Option<&'a HeaderValue>,
@@ -1422,6 +1570,7 @@ fn unconditional(mut headers: http::HeaderMap) -> http::HeaderMap {
 
 /// The client of one request: the connection's peer, or with `real_ip` the address a
 /// trusted proxy in front reported.
+#[derive(Clone)]
 struct Peer {
     addr: Option<std::net::SocketAddr>,
     ip: Option<IpAddr>,

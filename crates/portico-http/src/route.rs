@@ -74,6 +74,11 @@ pub(crate) struct CompiledRoute {
     pub cookies: portico_config::CookieRules,
     /// The access phase: allow/deny, then the limits.
     pub edge: Edge,
+    /// The response cache, on proxy and gateway routes.
+    pub cache: Option<crate::cache::CompiledCache>,
+    /// The response header rules use `$upstream_cache_status`: rendered after the
+    /// content phase.
+    pub late_response_headers: bool,
     /// `upstream = "app-$map_region"`: the name's template and the upstreams it can be
     /// (`content` holds the first).
     pub choose: Option<(KeyTemplate, UpstreamTable)>,
@@ -133,6 +138,7 @@ impl Routes {
         l: &ListenerConfig,
         upstreams: &BTreeMap<String, Arc<HttpUpstream>>,
         limiters: &portico_limits::Limiters,
+        caches: &portico_cache::Zones,
         metrics: &crate::Metrics,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
@@ -209,7 +215,18 @@ impl Routes {
                 }
                 _ => None,
             };
+            let cache = match &r.cache {
+                Some(c) => Some(crate::cache::CompiledCache::compile(c, caches)?),
+                None => None,
+            };
+            let late_response_headers = cache.is_some()
+                && r.response_headers
+                    .set
+                    .iter()
+                    .any(|(_, t)| t.parts.contains(&portico_config::KeyPart::CacheStatus));
             routes.push(CompiledRoute {
+                cache,
+                late_response_headers,
                 redirect_to,
                 compress: r.compress.clone(),
                 charset: r.charset.clone(),

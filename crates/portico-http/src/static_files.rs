@@ -18,6 +18,7 @@ use portico_config::StaticConfig;
 use std::io::{Read, Seek};
 
 use crate::body::{empty, HttpBody};
+use crate::conditional::{not_modified, requested_range, RangeResult};
 use crate::errors::{error_response, SERVER_NAME};
 
 /// Serves `path` (normalized, starting with `/`) from `cfg.root`.
@@ -111,7 +112,7 @@ pub async fn serve(
         expires_headers(e, &mut base);
     }
 
-    if not_modified(headers, &etag, secs) {
+    if not_modified(headers, Some(&etag), Some(secs)) {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.headers_mut() = base;
@@ -120,11 +121,8 @@ pub async fn serve(
 
     base.insert(header::CONTENT_TYPE, HeaderValue::from_static(file_type));
 
-    let range = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|_| if_range_matches(headers, &etag, &last_modified));
-    let (status, start, len) = match range.map(|r| parse_range(r, size)) {
+    let range = requested_range(headers, size, Some(&etag), Some(&last_modified));
+    let (status, start, len) = match range {
         None | Some(RangeResult::Ignore) => (StatusCode::OK, 0, size),
         Some(RangeResult::Unsatisfiable) => {
             let mut r = error_response(StatusCode::RANGE_NOT_SATISFIABLE);
@@ -308,82 +306,6 @@ impl http_body::Body for FileBody {
     }
 }
 
-fn not_modified(h: &HeaderMap, etag: &str, mtime_secs: u64) -> bool {
-    if let Some(inm) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm
-            .split(',')
-            .map(|t| t.trim().trim_start_matches("W/"))
-            .any(|t| t == "*" || t == etag);
-    }
-    if let Some(ims) = h
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    {
-        let ims = ims
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        return mtime_secs <= ims;
-    }
-    false
-}
-
-fn if_range_matches(h: &HeaderMap, etag: &str, last_modified: &str) -> bool {
-    match h.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-        None => true,
-        Some(v) => v == etag || v == last_modified,
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeResult {
-    /// Serve the whole file (no usable range, or several ranges).
-    Ignore,
-    Unsatisfiable,
-    /// Inclusive byte positions.
-    Range(u64, u64),
-}
-
-fn parse_range(v: &str, size: u64) -> RangeResult {
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return RangeResult::Ignore;
-    };
-    if spec.contains(',') {
-        return RangeResult::Ignore;
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return RangeResult::Ignore;
-    };
-    let (a, b) = (a.trim(), b.trim());
-    let parse = |s: &str| s.parse::<u64>().ok();
-    match (a.is_empty(), b.is_empty()) {
-        (true, true) => RangeResult::Ignore,
-        (true, false) => match parse(b) {
-            Some(0) => RangeResult::Unsatisfiable,
-            Some(n) if size > 0 => RangeResult::Range(size.saturating_sub(n), size - 1),
-            Some(_) => RangeResult::Unsatisfiable,
-            None => RangeResult::Ignore,
-        },
-        (false, _) => {
-            let Some(start) = parse(a) else {
-                return RangeResult::Ignore;
-            };
-            let end = if b.is_empty() {
-                Some(u64::MAX)
-            } else {
-                parse(b)
-            };
-            match end {
-                None => RangeResult::Ignore,
-                Some(end) if end < start => RangeResult::Ignore,
-                Some(_) if start >= size => RangeResult::Unsatisfiable,
-                Some(end) => RangeResult::Range(start, end.min(size - 1)),
-            }
-        }
-    }
-}
-
 /// Content-Type by file extension (the common part of nginx's mime.types).
 pub fn content_type(path: &Path) -> &'static str {
     let ext = path
@@ -428,20 +350,6 @@ pub fn content_type(path: &Path) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeResult::Range(0, 9));
-        assert_eq!(parse_range("bytes=90-", 100), RangeResult::Range(90, 99));
-        assert_eq!(parse_range("bytes=-10", 100), RangeResult::Range(90, 99));
-        assert_eq!(parse_range("bytes=-200", 100), RangeResult::Range(0, 99));
-        assert_eq!(parse_range("bytes=50-500", 100), RangeResult::Range(50, 99));
-        assert_eq!(parse_range("bytes=100-", 100), RangeResult::Unsatisfiable);
-        assert_eq!(parse_range("bytes=-0", 100), RangeResult::Unsatisfiable);
-        assert_eq!(parse_range("bytes=9-1", 100), RangeResult::Ignore);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeResult::Ignore);
-        assert_eq!(parse_range("items=0-1", 100), RangeResult::Ignore);
-    }
 
     #[test]
     fn types() {

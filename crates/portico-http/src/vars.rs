@@ -68,6 +68,8 @@ pub struct Vars<'a> {
     pub args: Option<&'a str>,
     /// The `[maps]` for `$map_NAME`.
     pub maps: Option<&'a portico_limits::maps::Maps>,
+    /// `$upstream_cache_status`, once the cache has answered.
+    pub cache_status: Option<&'static str>,
 }
 
 impl Vars<'_> {
@@ -119,6 +121,9 @@ impl Vars<'_> {
             KeyPart::Host => out.extend_from_slice(self.host().as_bytes()),
             KeyPart::RemoteAddr => out.extend_from_slice(&self.remote_addr()),
             KeyPart::User => {}
+            KeyPart::CacheStatus => {
+                out.extend_from_slice(self.cache_status.unwrap_or("").as_bytes())
+            }
             KeyPart::Header(name) => out.extend_from_slice(&self.header_joined(name)),
             KeyPart::Cookie(name) => {
                 if let Some(v) = crate::proxy::cookie(self.headers, name) {

@@ -101,6 +101,7 @@ pub fn endpoints(
     config: &Config,
     upstreams: &Upstreams,
     limiters: &portico_limits::Limiters,
+    caches: &portico_cache::Zones,
     shared: &Shared,
 ) -> Result<Vec<EndpointSpec>, String> {
     let mut by_addr: Vec<(ListenAddr, Vec<&ListenerConfig>)> = Vec::new();
@@ -130,7 +131,7 @@ pub fn endpoints(
             Protocol::Http => {
                 let sites = listeners
                     .iter()
-                    .map(|l| Site::new(l, &upstreams.http, limiters, metrics))
+                    .map(|l| Site::new(l, &upstreams.http, limiters, caches, metrics))
                     .collect::<Result<Vec<_>, _>>()?;
                 Arc::new(HttpService::new(sites, shared.clone()))
             }
@@ -197,4 +198,17 @@ pub fn endpoints(
         });
     }
     Ok(specs)
+}
+
+/// The cache zones `config` defines, as the cache crate takes them.
+pub fn cache_zones(config: &Config) -> Vec<portico_cache::ZoneSettings> {
+    config
+        .caches
+        .values()
+        .map(|c| portico_cache::ZoneSettings {
+            name: c.name.clone(),
+            memory: c.memory,
+            disk: c.disk.clone(),
+        })
+        .collect()
 }

@@ -145,6 +145,21 @@ fn build_everything(config: &Config) -> anyhow::Result<()> {
         let limiters =
             portico_limits::Limiters::build(config, &portico_limits::Limiters::default())
                 .map_err(anyhow::Error::msg)?;
+        // the disk tiers are not opened (nor created) by a check: their paths are checked
+        let mut zones = assemble::cache_zones(config);
+        for z in &mut zones {
+            if let Some((path, _)) = z.disk.take() {
+                if path.exists() && !path.is_dir() {
+                    anyhow::bail!(
+                        "caches.{}.disk.path: {} is not a directory",
+                        z.name,
+                        path.display()
+                    );
+                }
+            }
+        }
+        let caches = portico_cache::Zones::build(zones, &portico_cache::Zones::default())
+            .map_err(anyhow::Error::msg)?;
         let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
             .context("cannot open the access log")?;
         let listeners = Arc::new(ListenerSet::new(1).context("cannot start a worker thread")?);
@@ -153,7 +168,8 @@ fn build_everything(config: &Config) -> anyhow::Result<()> {
             status: Arc::new(StatusSource::new(listeners, Arc::new(Metrics::default()))),
             drain: config.runtime.shutdown_timeout,
         };
-        assemble::endpoints(config, &upstreams, &limiters, &shared).map_err(anyhow::Error::msg)?;
+        assemble::endpoints(config, &upstreams, &limiters, &caches, &shared)
+            .map_err(anyhow::Error::msg)?;
         Ok(())
     })
 }
@@ -263,6 +279,7 @@ struct State {
     config: Config,
     upstreams: assemble::Upstreams,
     limiters: portico_limits::Limiters,
+    caches: portico_cache::Zones,
     /// The running config's access log (SIGUSR1 reopens it).
     access_log: Option<AccessLog>,
     listeners: Arc<ListenerSet>,
@@ -288,8 +305,10 @@ impl State {
                 .map_err(anyhow::Error::msg)?;
         let limiters =
             portico_limits::Limiters::build(&config, &self.limiters).map_err(anyhow::Error::msg)?;
+        let caches = portico_cache::Zones::build(assemble::cache_zones(&config), &self.caches)
+            .map_err(anyhow::Error::msg)?;
         let shared = self.shared(&config)?;
-        let specs = assemble::endpoints(&config, &upstreams, &limiters, &shared)
+        let specs = assemble::endpoints(&config, &upstreams, &limiters, &caches, &shared)
             .map_err(anyhow::Error::msg)?;
         self.listeners
             .apply(specs)
@@ -303,6 +322,8 @@ impl State {
             }
         }
         self.status.limits.store(Arc::new(limiters.clone()));
+        self.status.caches.store(Arc::new(caches.clone()));
+        self.caches = caches;
         self.access_log = Some(shared.access_log.clone());
         self.limiters = limiters;
         self.upstreams = upstreams;
@@ -393,6 +414,7 @@ async fn serve(
         config: config.clone(),
         upstreams: assemble::Upstreams::default(),
         limiters: portico_limits::Limiters::default(),
+        caches: portico_cache::Zones::default(),
         access_log: None,
         listeners: Arc::clone(&listeners),
         status,

@@ -159,6 +159,7 @@ mod tests {
             captures: None,
             args: None,
             maps: None,
+            cache_status: None,
         }
     }
 

@@ -215,6 +215,7 @@ pub async fn forward(
         captures: client.captures,
         args: client.args,
         maps: Some(client.maps),
+        cache_status: None,
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;
