@@ -499,13 +499,15 @@ impl std::fmt::Debug for Filler {
 }
 
 impl Filler {
-    /// A filler for `meta`'s response; `None` when its declared length is over `max`.
-    pub fn new(zone: Arc<Zone>, meta: Meta, max: u64, guard: Option<FillGuard>) -> Option<Self> {
-        let expected = meta
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+    /// A filler for `meta`'s response, whose body is `expected` bytes long when its
+    /// Content-Length said so; `None` when that is over `max`.
+    pub fn new(
+        zone: Arc<Zone>,
+        meta: Meta,
+        expected: Option<u64>,
+        max: u64,
+        guard: Option<FillGuard>,
+    ) -> Option<Self> {
         if expected.is_some_and(|n| n > max) {
             zone.stats.not_stored.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -531,6 +533,12 @@ impl Filler {
             return;
         }
         self.body.extend_from_slice(data);
+    }
+
+    /// Whether the body has all the bytes its Content-Length declared (a consumer that
+    /// knows the length may stop before the body reports its end).
+    pub fn is_complete(&self) -> bool {
+        self.meta.is_some() && self.expected == Some(self.body.len() as u64)
     }
 
     fn abandon(&mut self) {

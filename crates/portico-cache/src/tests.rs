@@ -181,7 +181,14 @@ async fn one_fill_per_key_and_waiters_wake() {
     };
     assert!(z.is_filling("k"));
     let waiter = tokio::spawn(wait_fill(rx, Duration::from_secs(30)));
-    let mut f = Filler::new(Arc::clone(&z), meta("k", Vec::new()), 100, Some(guard)).unwrap();
+    let mut f = Filler::new(
+        Arc::clone(&z),
+        meta("k", Vec::new()),
+        None,
+        100,
+        Some(guard),
+    )
+    .unwrap();
     f.push(b"hello");
     f.finish();
     assert!(waiter.await.unwrap(), "woken when the fill ended");
@@ -203,18 +210,20 @@ async fn one_fill_per_key_and_waiters_wake() {
 #[tokio::test]
 async fn fillers_store_only_complete_bodies_within_bounds() {
     let z = zone(1 << 20, None);
-    let mut big = Filler::new(Arc::clone(&z), meta("big", Vec::new()), 4, None).unwrap();
+    let mut big = Filler::new(Arc::clone(&z), meta("big", Vec::new()), None, 4, None).unwrap();
     big.push(b"12345");
     assert!(big.finish().is_none());
-    let mut declared = meta("short", Vec::new());
-    declared
-        .headers
-        .insert("content-length", HeaderValue::from_static("10"));
-    let mut short = Filler::new(Arc::clone(&z), declared.clone(), 100, None).unwrap();
+    let declared = meta("short", Vec::new());
+    let mut short = Filler::new(Arc::clone(&z), declared.clone(), Some(10), 100, None).unwrap();
     short.push(b"123");
+    assert!(!short.is_complete());
     assert!(short.finish().is_none(), "cut short");
-    assert!(Filler::new(Arc::clone(&z), declared, 5, None).is_none());
-    let dropped = Filler::new(Arc::clone(&z), meta("dropped", Vec::new()), 100, None);
+    assert!(Filler::new(Arc::clone(&z), declared.clone(), Some(10), 5, None).is_none());
+    let mut whole = Filler::new(Arc::clone(&z), declared, Some(3), 100, None).unwrap();
+    whole.push(b"abc");
+    assert!(whole.is_complete());
+    assert!(whole.finish().is_some());
+    let dropped = Filler::new(Arc::clone(&z), meta("dropped", Vec::new()), None, 100, None);
     drop(dropped);
     assert!(z.lookup("dropped", &HeaderMap::new()).await.is_none());
     assert_eq!(z.stats.not_stored.load(Ordering::Relaxed), 3);

@@ -636,7 +636,7 @@ fn route_cache(
                 None => String::new(),
             };
             v.err(&format!("{k}.zone"), format!("no [caches.{z}]{hint}"));
-            return None;
+            String::new()
         }
         None => {
             v.err(
@@ -746,7 +746,7 @@ fn route_cache(
         .and_then(|z| z.disk.as_ref())
         .and_then(|d| d.max)
         .map_or(0, |s| s.0);
-    if max_object > zone_memory.max(zone_disk) {
+    if known.caches.contains_key(&zone) && max_object > zone_memory.max(zone_disk) {
         v.err(
             &format!("{k}.max_object"),
             format!("max_object ({max_object} bytes) is larger than [caches.{zone}] can hold"),
@@ -1993,7 +1993,7 @@ fn validate_route(
             })
         }
     };
-    if cache.is_some() && !matches!(action, RouteAction::Proxy(_)) {
+    if r.cache.is_some() && !matches!(action, RouteAction::Proxy(_)) {
         v.err(
             &format!("{rp}.cache"),
             "cache applies to routes with an upstream (via http, uwsgi or fastcgi)",

@@ -628,8 +628,10 @@ impl Body for Filling {
                 if let (Some(d), Some(filler)) = (f.data_ref(), this.filler.as_mut()) {
                     filler.push(d);
                 }
-                // a consumer may stop at is_end_stream without polling for the end
-                if this.inner.is_end_stream() {
+                // a consumer may stop at is_end_stream, or once it has the bytes the
+                // Content-Length promised, without polling for the end
+                let complete = this.filler.as_ref().is_some_and(|f| f.is_complete());
+                if complete || this.inner.is_end_stream() {
                     if let Some(f) = this.filler.take() {
                         f.finish();
                     }

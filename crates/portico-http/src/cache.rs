@@ -388,6 +388,11 @@ where
         .iter()
         .map(|n| (n.clone(), portico_cache::vary_value(client, n)))
         .collect();
+    let expected = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let meta = Meta {
         key: key.to_string(),
         status: status.as_u16(),
@@ -396,7 +401,7 @@ where
         vary,
         upstream: up.clone(),
     };
-    match Filler::new(Arc::clone(zone), meta, s.max_object, guard) {
+    match Filler::new(Arc::clone(zone), meta, expected, s.max_object, guard) {
         Some(filler) => {
             let (parts, body) = resp.into_parts();
             let body = body::Filling::new(body, filler).boxed();

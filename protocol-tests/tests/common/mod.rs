@@ -133,6 +133,13 @@ impl Proc {
         panic!("{} did not exit within {within:?}", self.name);
     }
 
+    /// SIGTERM, then waits for the exit (gunicorn's and uWSGI's masters stop their
+    /// workers first; a SIGKILLed master leaves them serving).
+    pub fn stop(&mut self) {
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(15));
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -525,6 +532,19 @@ pub fn portico_cmd(args: &[&str], cwd: &Path) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `portico check` on `config` (written as bad.toml in a temp dir) fails, and its
+/// stderr names every one of `needles`.
+pub fn check_errors(config: &str, needles: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let (code, _out, err) = portico_cmd(&["check", "--config", cfg.to_str().unwrap()], dir.path());
+    assert_ne!(code, 0, "check passed:\n{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle:?} in:\n{err}");
+    }
 }
 
 /// nginx (Debian's) with `conf` as its http{} body etc.; `conf` is the whole file
