@@ -697,6 +697,69 @@ fn the_same_statuses_as_nginx_proxy_cache() {
     }
 }
 
+/// On a route that compresses, a hit is compressed once per stored object and coding
+/// (then served as stored), not per hit; a client without Accept-Encoding gets the
+/// upstream's bytes; purging the key purges its compressed forms too.
+#[test]
+fn hits_are_compressed_once_per_object() {
+    let app = free_port();
+    let _g = gunicorn_tcp(app, "cache", &[]);
+    let p = cached(
+        app,
+        "",
+        "    valid = { \"200\" = \"10m\" }\n  [listeners.routes.compress]\n  algorithms = [\"gzip\", \"br\"]\n  types = [\"text/plain\"]\n  min_bytes = 0\n",
+    );
+    let t = tag("gzip");
+    let url = p.url(&format!("/cached/{t}?size=5000"));
+    let plain = curl(&[], &url);
+    assert_eq!((status(&plain), plain.body.len()), ("MISS", 5000));
+    let stores = |p: &Portico| {
+        curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json()["caches"]["main"]
+            ["stores"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(stores(&p), 1);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = curl(&["-H", "Accept-Encoding: gzip"], &url);
+        assert_eq!((r.status, status(&r)), (200, "HIT"));
+        assert_eq!(r.header("content-encoding"), Some("gzip"));
+        assert!(r
+            .headers_named("vary")
+            .iter()
+            .any(|v| v.contains("Accept-Encoding")));
+        assert!(r.body.len() < 1000, "compressed: {} bytes", r.body.len());
+        seen.push(r.body);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "the same stored bytes"
+    );
+    assert_eq!(stores(&p), 2, "the gzip form stored once");
+    let br = curl(&["-H", "Accept-Encoding: br", "--compressed"], &url);
+    assert_eq!(
+        (br.header("content-encoding"), br.body.clone()),
+        (Some("br"), plain.body.clone())
+    );
+    let unzipped = curl(&["--compressed", "-H", "Accept-Encoding: gzip"], &url);
+    assert_eq!(unzipped.body, plain.body);
+    let identity = curl(&[], &url);
+    assert_eq!(identity.header("content-encoding"), None);
+    assert_eq!(identity.body, plain.body);
+    assert_eq!(app_count(&t), 1);
+    let key = format!("http127.0.0.1/cached/{t}%3Fsize%3D5000");
+    let r = curl(
+        &["-X", "DELETE"],
+        &format!("http://127.0.0.1:{}/cache/main?key={key}", p.admin_port),
+    );
+    assert_eq!(
+        r.json()["purged"].as_u64(),
+        Some(3),
+        "the object, its gzip and br forms"
+    );
+}
+
 /// What `portico check` says of bad cache settings.
 #[test]
 fn config_checks() {

@@ -438,9 +438,13 @@ impl Zone {
             .contains_key(&key_id(key))
     }
 
-    /// Removes every object stored under `key` (all its variants); how many.
+    /// Removes every object stored under `key` (all its variants, and what is derived
+    /// from them under `key` + NUL + …, such as its compressed forms); how many.
     pub fn purge_key(&self, key: &str) -> u64 {
-        self.purge(|k| k == key)
+        self.purge(|k| {
+            k.strip_prefix(key)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('\0'))
+        })
     }
 
     /// Removes every object whose key starts with `prefix`; how many.

@@ -20,6 +20,7 @@ use http_body_util::BodyExt;
 use portico_cache::{freshness, CacheStatus, Filler, Lock, Meta, Object, Zone};
 
 use crate::body::{self, HttpBody};
+use crate::compress;
 use crate::conditional::{not_modified, requested_range, RangeResult};
 use crate::errors::{self, error_response};
 use crate::proxy::UpstreamAddr;
@@ -32,11 +33,14 @@ pub(crate) struct CompiledCache {
     policy: portico_cache::Policy,
     status_header: Option<HeaderName>,
     methods: Vec<Method>,
+    /// The route's compression: hits are compressed once per stored object.
+    compress: Option<portico_config::Compress>,
 }
 
 impl CompiledCache {
     pub fn compile(
         cfg: &portico_config::RouteCache,
+        compress: Option<&portico_config::Compress>,
         zones: &portico_cache::Zones,
     ) -> Result<Self, String> {
         let zone = zones
@@ -60,6 +64,7 @@ impl CompiledCache {
                 .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
                 .collect(),
             cfg: cfg.clone(),
+            compress: compress.cloned(),
         })
     }
 
@@ -141,14 +146,14 @@ pub(crate) async fn serve(
         return miss(c, plan, req, source).await;
     };
     if stale.meta.times.is_fresh(now) {
-        return c.hit(&stale, &req, CacheStatus::Hit);
+        return c.hit(&stale, &req, CacheStatus::Hit).await;
     }
     // stale: served while someone else refreshes it, or refreshed by this request
     let t = &stale.meta.times;
     let may_update =
         !t.must_revalidate && (c.cfg.use_stale.updating || t.may_serve_while_revalidating(now));
     if may_update && zone.is_filling(&plan.key) {
-        return c.hit(&stale, &req, CacheStatus::Updating);
+        return c.hit(&stale, &req, CacheStatus::Updating).await;
     }
     if may_update && c.cfg.background_update {
         if let (Lock::Leader(guard), Some(detached)) = (zone.lock(&plan.key), source.detach()) {
@@ -176,7 +181,7 @@ pub(crate) async fn serve(
                 }
             });
         }
-        return c.hit(&stale, &req, CacheStatus::Updating);
+        return c.hit(&stale, &req, CacheStatus::Updating).await;
     }
     let mut guard = None;
     if c.cfg.lock {
@@ -184,12 +189,12 @@ pub(crate) async fn serve(
             Lock::Leader(g) => guard = Some(g),
             Lock::Wait(rx) => {
                 if may_update {
-                    return c.hit(&stale, &req, CacheStatus::Updating);
+                    return c.hit(&stale, &req, CacheStatus::Updating).await;
                 }
                 portico_cache::wait_fill(rx, c.cfg.lock_timeout).await;
                 if let Some(o) = zone.lookup(&plan.key, req.headers()).await {
                     if o.meta.times.is_fresh(now_ms()) {
-                        return c.hit(&o, &req, CacheStatus::Hit);
+                        return c.hit(&o, &req, CacheStatus::Hit).await;
                     }
                 }
             }
@@ -214,7 +219,7 @@ async fn miss(
                 portico_cache::wait_fill(rx, c.cfg.lock_timeout).await;
                 if let Some(o) = c.zone.lookup(&plan.key, req.headers()).await {
                     if o.meta.times.is_fresh(now_ms()) {
-                        return c.hit(&o, &req, CacheStatus::Hit);
+                        return c.hit(&o, &req, CacheStatus::Hit).await;
                     }
                 }
             }
@@ -264,8 +269,8 @@ async fn go_upstream(
         headers: &client,
     };
     match fetched {
-        Fetched::Revalidated(o) => c.answer(&o, &client_req, CacheStatus::Revalidated),
-        Fetched::UseStale(o) => c.answer(&o, &client_req, CacheStatus::Stale),
+        Fetched::Revalidated(o) => c.answer(&o, &client_req, CacheStatus::Revalidated).await,
+        Fetched::UseStale(o) => c.answer(&o, &client_req, CacheStatus::Stale).await,
         Fetched::Stored((resp, up)) | Fetched::Passed((resp, up)) => {
             c.zone.stats.count(miss_status);
             let resp = answer_fresh(resp, &client_req);
@@ -506,7 +511,7 @@ fn answer_fresh(resp: Response<HttpBody>, client: &ClientHead<'_>) -> Response<H
 }
 
 impl CompiledCache {
-    fn hit(
+    async fn hit(
         &self,
         o: &Object,
         req: &Request<body::InBody>,
@@ -516,12 +521,12 @@ impl CompiledCache {
             method: req.method(),
             headers: req.headers(),
         };
-        self.answer(o, &head, status)
+        self.answer(o, &head, status).await
     }
 
     /// An answer from a stored object: its status and headers with Age, the client's
     /// conditionals (304) and range (206, 416) answered, no body for HEAD.
-    fn answer(
+    async fn answer(
         &self,
         o: &Object,
         req: &ClientHead<'_>,
@@ -565,7 +570,22 @@ impl CompiledCache {
                     }
                     return (self.mark(r, status), o.meta.upstream.clone());
                 }
-                Some(RangeResult::Ignore) | None => {}
+                Some(RangeResult::Ignore) | None => {
+                    if let Some(encoded) = self.compressed(o, req).await {
+                        let mut headers = encoded.meta.headers.clone();
+                        headers.insert(
+                            header::AGE,
+                            HeaderValue::from(o.meta.times.age_secs(now_ms())),
+                        );
+                        headers.insert(
+                            header::CONTENT_LENGTH,
+                            HeaderValue::from(encoded.body.len()),
+                        );
+                        let mut r = Response::new(body::full(encoded.body.clone()));
+                        *r.headers_mut() = headers;
+                        return (self.mark(r, status), o.meta.upstream.clone());
+                    }
+                }
             }
             headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         }
@@ -579,6 +599,63 @@ impl CompiledCache {
         *r.status_mut() = code;
         *r.headers_mut() = headers;
         (self.mark(r, status), o.meta.upstream.clone())
+    }
+
+    /// The object encoded for this client when the route compresses and the client
+    /// accepts a coding: compressed once per stored object and coding, then stored
+    /// beside it (a refreshed object has another identity, so a stale encoding is never
+    /// served), not per hit.
+    async fn compressed(&self, o: &Object, req: &ClientHead<'_>) -> Option<Arc<Object>> {
+        let cfg = self.compress.as_ref()?;
+        let accept = req.headers.get(header::ACCEPT_ENCODING);
+        let status = StatusCode::from_u16(o.meta.status).ok()?;
+        let mut probe = o.meta.headers.clone();
+        probe.insert(header::CONTENT_LENGTH, HeaderValue::from(o.body.len()));
+        let compress::Decision::Encode(coding) =
+            compress::decide(cfg, req.method, accept, status, &probe)
+        else {
+            return None;
+        };
+        let key = format!(
+            "{}\0{}:{}:{}",
+            o.meta.key,
+            o.meta.times.response_ms,
+            o.body.len(),
+            coding.token()
+        );
+        let none = HeaderMap::new();
+        if let Some(found) = self.zone.lookup(&key, &none).await {
+            return Some(found);
+        }
+        let (cfg2, body) = (cfg.clone(), o.body.clone());
+        let encoded = if body.len() > 64 * 1024 {
+            tokio::task::spawn_blocking(move || compress::encode_whole(coding, &cfg2, &body))
+                .await
+                .ok()?
+        } else {
+            compress::encode_whole(coding, &cfg2, &body)
+        };
+        let encoded = match encoded {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(coding = coding.token(), error = %e, "cache: cannot compress a stored object");
+                return None;
+            }
+        };
+        let mut headers = o.meta.headers.clone();
+        compress::encoded_headers(&mut headers, coding);
+        let meta = Meta {
+            key,
+            status: o.meta.status,
+            headers,
+            times: o.meta.times,
+            vary: Vec::new(),
+            upstream: o.meta.upstream.clone(),
+        };
+        Some(self.zone.insert(Object {
+            meta,
+            body: encoded.into(),
+        }))
     }
 
     /// Notes the status on the response (and in the status header, when configured).

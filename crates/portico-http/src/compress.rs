@@ -87,15 +87,27 @@ fn type_listed(content_type: &str, types: &[String]) -> bool {
     })
 }
 
-/// Compresses `resp` when `cfg`, the request and the response allow it.
-pub fn filter(
+/// What the compression filter makes of one answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Not compressible (encoded already, HEAD, 204/206/304, no-transform, a type not
+    /// listed, shorter than `min_bytes`): left as it is.
+    Leave,
+    /// Compressible, but the client accepts none of the codings: only
+    /// `Vary: Accept-Encoding` is added.
+    VaryOnly,
+    Encode(Coding),
+}
+
+/// Whether `cfg` compresses an answer with `status` and `h` to a `method` request whose
+/// Accept-Encoding is `accept`, and how.
+pub fn decide(
     cfg: &Compress,
     method: &Method,
     accept: Option<&HeaderValue>,
-    resp: Response<HttpBody>,
-) -> Response<HttpBody> {
-    let h = resp.headers();
-    let status = resp.status();
+    status: StatusCode,
+    h: &HeaderMap,
+) -> Decision {
     let eligible = *method != Method::HEAD
         && !matches!(
             status,
@@ -113,16 +125,60 @@ pub fn filter(
             .is_some_and(|ct| type_listed(ct, &cfg.types))
         && declared_len(h).is_none_or(|n| n >= cfg.min_bytes);
     if !eligible {
-        return resp;
+        return Decision::Leave;
     }
-    let (mut parts, body) = resp.into_parts();
-    append_vary(&mut parts.headers);
-    let coding = accept
+    accept
         .and_then(|a| a.to_str().ok())
-        .and_then(|a| choose(a, &cfg.algorithms));
-    let Some(coding) = coding else {
-        return Response::from_parts(parts, body);
+        .and_then(|a| choose(a, &cfg.algorithms))
+        .map_or(Decision::VaryOnly, Decision::Encode)
+}
+
+/// The headers of an answer encoded with `coding`: Content-Encoding, Vary, no
+/// Content-Length, a weak ETag (as nginx does).
+pub fn encoded_headers(h: &mut HeaderMap, coding: Coding) {
+    append_vary(h);
+    h.remove(header::CONTENT_LENGTH);
+    h.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static(coding.token()),
+    );
+    if let Some(tag) = h.get(header::ETAG) {
+        if !tag.as_bytes().starts_with(b"W/") {
+            let mut weak = b"W/".to_vec();
+            weak.extend_from_slice(tag.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&weak) {
+                h.insert(header::ETAG, v);
+            }
+        }
+    }
+}
+
+/// A whole body encoded with `coding` (a stored object, compressed once).
+pub fn encode_whole(coding: Coding, cfg: &Compress, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut e = Encoder::new(coding, cfg)?;
+    e.write(data)?;
+    let mut out = e.take();
+    out.extend_from_slice(&e.finish()?);
+    Ok(out)
+}
+
+/// Compresses `resp` when `cfg`, the request and the response allow it.
+pub fn filter(
+    cfg: &Compress,
+    method: &Method,
+    accept: Option<&HeaderValue>,
+    resp: Response<HttpBody>,
+) -> Response<HttpBody> {
+    let coding = match decide(cfg, method, accept, resp.status(), resp.headers()) {
+        Decision::Leave => return resp,
+        Decision::VaryOnly => {
+            let (mut parts, body) = resp.into_parts();
+            append_vary(&mut parts.headers);
+            return Response::from_parts(parts, body);
+        }
+        Decision::Encode(c) => c,
     };
+    let (mut parts, body) = resp.into_parts();
     let sse = parts
         .headers
         .get(header::CONTENT_TYPE)
@@ -135,20 +191,7 @@ pub fn filter(
             return Response::from_parts(parts, body);
         }
     };
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.insert(
-        header::CONTENT_ENCODING,
-        HeaderValue::from_static(coding.token()),
-    );
-    if let Some(tag) = parts.headers.get(header::ETAG) {
-        if !tag.as_bytes().starts_with(b"W/") {
-            let mut weak = b"W/".to_vec();
-            weak.extend_from_slice(tag.as_bytes());
-            if let Ok(v) = HeaderValue::from_bytes(&weak) {
-                parts.headers.insert(header::ETAG, v);
-            }
-        }
-    }
+    encoded_headers(&mut parts.headers, coding);
     let body = Compressed {
         inner: body,
         encoder: Some(encoder),

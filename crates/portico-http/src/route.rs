@@ -216,7 +216,11 @@ impl Routes {
                 _ => None,
             };
             let cache = match &r.cache {
-                Some(c) => Some(crate::cache::CompiledCache::compile(c, caches)?),
+                Some(c) => Some(crate::cache::CompiledCache::compile(
+                    c,
+                    r.compress.as_ref(),
+                    caches,
+                )?),
                 None => None,
             };
             let late_response_headers = cache.is_some()
