@@ -286,9 +286,29 @@ pub fn refresh_headers(stored: &mut HeaderMap, not_modified: &HeaderMap) {
         }
         stored.remove(name);
         for v in not_modified.get_all(name) {
-            stored.append(name.clone(), v.clone());
+            stored.append(name.clone(), owned_value(v));
         }
     }
+}
+
+/// A copy of `v` in its own allocation: a value parsed from a response may share the
+/// connection's whole read buffer, which a stored object must not keep alive.
+pub fn owned_value(v: &http::HeaderValue) -> http::HeaderValue {
+    let mut copy =
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(v.as_bytes()))
+            .unwrap_or_else(|_| v.clone());
+    copy.set_sensitive(v.is_sensitive());
+    copy
+}
+
+/// `h` with every value copied out of the buffers it was parsed from (see
+/// [`owned_value`]).
+pub fn owned_headers(h: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(h.len());
+    for (n, v) in h {
+        out.append(n.clone(), owned_value(v));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -418,7 +418,7 @@ where
 
 /// The upstream's headers as stored: all but the per-answer ones a hit makes anew.
 fn stored_headers(h: &HeaderMap) -> HeaderMap {
-    let mut out = h.clone();
+    let mut out = freshness::owned_headers(h);
     for name in [
         header::CONTENT_LENGTH,
         header::AGE,
