@@ -7,6 +7,9 @@
 #
 #   bash protocol-tests/bench/instructions.sh [N1] [N2]
 #
+# CACHE=1: the route caches (valid 200 = 10m): every GET after the first is a cache
+# hit, so the figure is the cost of a hit.
+#
 # Needs: cargo build --release -p portico; valgrind; nginx.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +28,10 @@ NGX
 nginx -c "$tmp/nginx.conf" -p "$tmp/nginx" &
 {
   portico_head 1
+  [ -n "${CACHE:-}" ] && printf '[caches.main]\nmemory = "64MiB"\n'
   printf '[upstreams.app]\nservers = [{ addr = "127.0.0.1:%s" }]\n[[listeners]]\nlisten = ["127.0.0.1:%s"]\n  [[listeners.routes]]\n  path = "/"\n  upstream = "app"\n' "$backend" "$port"
+  [ -n "${CACHE:-}" ] && printf '    [listeners.routes.cache]\n    zone = "main"\n    valid = { "200" = "10m" }\n'
+  true
 } > "$tmp/portico.toml"
 count() { # requests -> instructions
   valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$1" "$bin" --config "$tmp/portico.toml" \
