@@ -83,7 +83,7 @@ fn rss_kib() -> u64 {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() {
+async fn main() -> std::io::Result<()> {
     let urls = 100_000;
     let body = 1000;
     let weight = u64::from(object("http://shop.example/item/00000".into(), body).weight());
@@ -93,8 +93,7 @@ async fn main() {
             name: "bench".into(),
             memory: bound,
             disk: None,
-        })
-        .unwrap();
+        })?;
         let mut lru: lru::LruCache<String, ()> = lru::LruCache::unbounded();
         let lru_cap = (bound / weight) as usize;
         let mut zipf = Zipf::new(urls);
@@ -133,8 +132,7 @@ async fn main() {
         name: "mem".into(),
         memory: 1 << 30,
         disk: None,
-    })
-    .unwrap();
+    })?;
     let count = 100_000;
     let before = rss_kib();
     for i in 0..count {
@@ -147,4 +145,5 @@ async fn main() {
         (after - before) * 1024 / count,
         usage.memory_bytes / count
     );
+    Ok(())
 }
