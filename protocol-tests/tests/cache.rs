@@ -799,3 +799,44 @@ listen = ["127.0.0.1:0"]
         ],
     );
 }
+
+/// The example config/cached-flask.toml (every key of SPEC.md's cache section) in
+/// front of gunicorn: MISS then HIT, the session cookie bypasses, a 404 is kept for
+/// its `valid` minute, the disk tier is written, purge by prefix.
+#[test]
+fn the_example_config_caches_flask() {
+    let app = free_port();
+    let _g = gunicorn_tcp(app, "cache", &[]);
+    let store = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("config/cached-flask.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{app}"))
+        .replace("127.0.0.1:8080", "127.0.0.1:{port}")
+        .replace("127.0.0.1:9901", "127.0.0.1:{admin}")
+        .replace("/var/cache/portico", &store.path().display().to_string());
+    let p = Portico::start(&text);
+    let t = tag("example");
+    let url = p.url(&format!("/cached/{t}"));
+    assert_eq!(status(&curl(&[], &url)), "MISS");
+    assert_eq!(status(&curl(&[], &url)), "HIT");
+    assert_eq!(status(&curl(&["-b", "sessionid=s1"], &url)), "BYPASS");
+    let missing = tag("missing");
+    let url404 = p.url(&format!("/cached/{missing}?status=404"));
+    assert_eq!(curl(&[], &url404).status, 404);
+    let again = curl(&[], &url404);
+    assert_eq!((again.status, status(&again)), (404, "HIT"));
+    assert_eq!(app_count(&t), 2);
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(
+        s["caches"]["main"]["disk"]["path"].as_str(),
+        Some(store.path().display().to_string().as_str())
+    );
+    let r = curl(
+        &["-X", "DELETE"],
+        &format!(
+            "http://127.0.0.1:{}/cache/main?prefix=http127.0.0.1/cached/",
+            p.admin_port
+        ),
+    );
+    assert_eq!(r.json()["purged"].as_u64(), Some(2));
+}
