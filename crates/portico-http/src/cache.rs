@@ -30,7 +30,8 @@ use crate::vars::Vars;
 pub(crate) struct CompiledCache {
     pub zone: Arc<Zone>,
     pub cfg: portico_config::RouteCache,
-    policy: portico_cache::Policy,
+    /// What a fetch needs, shared with background refreshes.
+    settings: Arc<Settings>,
     status_header: Option<HeaderName>,
     methods: Vec<Method>,
     /// The route's compression: hits are compressed once per stored object.
@@ -50,10 +51,14 @@ impl CompiledCache {
             .ok_or_else(|| format!("no cache zone named {:?}", cfg.zone))?;
         Ok(Self {
             zone,
-            policy: portico_cache::Policy {
-                valid: cfg.valid.clone(),
-                store_with_cookies: cfg.store_with_cookies,
-            },
+            settings: Arc::new(Settings {
+                policy: portico_cache::Policy {
+                    valid: cfg.valid.clone(),
+                    store_with_cookies: cfg.store_with_cookies,
+                },
+                use_stale: cfg.use_stale.clone(),
+                max_object: cfg.max_object,
+            }),
             status_header: match &cfg.status_header {
                 Some(h) => Some(HeaderName::from_bytes(h.as_bytes()).map_err(|e| e.to_string())?),
                 None => None,
@@ -159,7 +164,7 @@ pub(crate) async fn serve(
         if let (Lock::Leader(guard), Some(detached)) = (zone.lock(&plan.key), source.detach()) {
             let refresh = refresh_request(&req, Some(&stale));
             let (c2, key, stale2) = (Arc::clone(zone), plan.key.clone(), Arc::clone(&stale));
-            let settings = Settings::of(c);
+            let settings = Arc::clone(&c.settings);
             let headers = req.headers().clone();
             tokio::spawn(async move {
                 let fetched = fetch_and_store(
@@ -251,9 +256,8 @@ async fn go_upstream(
         add_validators(upstream_req.headers_mut(), o);
     }
     let head_only = method == Method::HEAD;
-    let settings = Settings::of(c);
     let fetched = fetch_and_store(
-        &settings,
+        &c.settings,
         &c.zone,
         &plan.key,
         plan.no_store || head_only,
@@ -279,22 +283,12 @@ async fn go_upstream(
     }
 }
 
-/// What a cache fetch needs of the route's settings, owned (a background refresh
-/// outlives the request).
+/// What a cache fetch needs of the route's settings (a background refresh outlives
+/// the request: it holds them by `Arc`).
 struct Settings {
     policy: portico_cache::Policy,
     use_stale: portico_config::UseStale,
     max_object: u64,
-}
-
-impl Settings {
-    fn of(c: &CompiledCache) -> Self {
-        Self {
-            policy: c.policy.clone(),
-            use_stale: c.cfg.use_stale.clone(),
-            max_object: c.cfg.max_object,
-        }
-    }
 }
 
 enum Fetched {
