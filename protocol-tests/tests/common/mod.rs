@@ -287,11 +287,19 @@ impl Portico {
             .stdout(logf.try_clone().unwrap())
             .stderr(logf);
         let mut proc = Proc::spawn("portico", &mut cmd);
-        wait_tcp(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            &mut proc.child,
-            "portico",
-        );
+        // an early exit shows Portico's own reason (the log goes with the temp dir)
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_tcp(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                &mut proc.child,
+                "portico",
+            )
+        }));
+        if let Err(e) = started {
+            let log = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!("portico's log:\n{log}");
+            std::panic::resume_unwind(e);
+        }
         if config.contains("{admin}") {
             wait_tcp(
                 SocketAddr::from(([127, 0, 0, 1], admin_port)),
