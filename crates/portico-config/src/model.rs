@@ -157,6 +157,8 @@ pub struct Runtime {
     pub workers: usize,
     pub shutdown_timeout: Duration,
     pub pid_file: Option<PathBuf>,
+    /// How long `portico upgrade` waits for the new binary to report ready.
+    pub upgrade_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -117,6 +117,7 @@ pub struct RawRuntime {
     pub workers: usize,
     pub shutdown_timeout: String,
     pub pid_file: Option<String>,
+    pub upgrade_timeout: String,
 }
 
 impl Default for RawRuntime {
@@ -125,6 +126,7 @@ impl Default for RawRuntime {
             workers: 0,
             shutdown_timeout: "30s".into(),
             pid_file: None,
+            upgrade_timeout: "30s".into(),
         }
     }
 }

@@ -205,6 +205,7 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
             .pid_file
             .as_ref()
             .map(|p| resolve(&v.base("runtime.pid_file"), p)),
+        upgrade_timeout: v.duration("runtime.upgrade_timeout", &raw.runtime.upgrade_timeout),
     };
 
     let level = raw.log.level.to_ascii_lowercase();

@@ -12,6 +12,7 @@
 
 pub mod base64;
 pub mod counters;
+mod handover;
 pub mod histogram;
 mod listener;
 mod names;
@@ -30,6 +31,7 @@ use portico_config::ListenAddr;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use handover::Inherited;
 pub use listener::{worker_id, EndpointSpec, EndpointStats, ListenerSet, TlsMode};
 
 /// An optional value in a log line: the value, or `-` — never Rust's `Some(…)` /

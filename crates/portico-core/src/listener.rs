@@ -79,10 +79,12 @@ struct Running {
     state: Arc<ArcSwap<EndpointState>>,
     stop: CancellationToken,
     stats: Arc<EndpointStats>,
+    /// Duplicates of the endpoint's sockets, for [`ListenerSet::handover`].
+    sockets: Vec<StdBound>,
 }
 
 /// A bound socket, before a worker registers it with its runtime.
-enum StdBound {
+pub(crate) enum StdBound {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
 }
@@ -93,6 +95,13 @@ enum Bound {
 }
 
 impl StdBound {
+    fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            StdBound::Tcp(l) => StdBound::Tcp(l.try_clone()?),
+            StdBound::Unix(l) => StdBound::Unix(l.try_clone()?),
+        })
+    }
+
     /// Registers the socket with the current (worker) runtime.
     fn register(self) -> io::Result<Bound> {
         Ok(match self {
@@ -121,6 +130,8 @@ pub struct ListenerSet {
     /// Stops the worker runtimes when the set is dropped.
     workers_stop: CancellationToken,
     running: Mutex<HashMap<ListenAddr, Running>>,
+    /// Sockets received at start, not yet claimed by an endpoint.
+    inherited: Mutex<Vec<(ListenAddr, StdBound)>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     next_id: Arc<AtomicU64>,
@@ -250,6 +261,7 @@ impl ListenerSet {
             workers: handles,
             workers_stop,
             running: Mutex::new(HashMap::new()),
+            inherited: Mutex::new(Vec::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             next_id: Arc::new(AtomicU64::new(1)),
@@ -260,15 +272,36 @@ impl ListenerSet {
         self.workers.len()
     }
 
+    /// Sockets received at start (systemd, or an upgrade's old process): the next
+    /// [`apply`](Self::apply) serves each listener whose address one of them is bound to
+    /// on it instead of binding, and closes the ones no listener claims.
+    pub fn adopt(&self, inherited: crate::Inherited) {
+        let mut mine = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
+        mine.extend(inherited.sockets);
+    }
+
+    /// Duplicates of every listening socket, for a new process to serve on
+    /// (`portico upgrade`); this process goes on accepting on them until it drains.
+    pub fn handover(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for r in running.values() {
+            out.extend(crate::handover::duplicates(&r.sockets)?);
+        }
+        Ok(out)
+    }
+
     /// Makes the running endpoints match `specs`: running addresses get the new service
     /// and TLS settings for new connections, new addresses are bound, addresses no longer
     /// listed stop accepting (their open connections go on). If any new address cannot be
     /// bound, nothing changes and the error names the address.
     pub fn apply(&self, specs: Vec<EndpointSpec>) -> Result<(), (ListenAddr, io::Error)> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inherited = self.inherited.lock().unwrap_or_else(|p| p.into_inner());
         let mut bound = Vec::new();
         for spec in &specs {
-            if !running.contains_key(&spec.addr) {
+            if !running.contains_key(&spec.addr) && !inherited.iter().any(|(a, _)| *a == spec.addr)
+            {
                 let v6only = v6_only(&spec.addr, &specs);
                 let b = bind(&spec.addr, self.workers.len(), v6only)
                     .map_err(|e| (spec.addr.clone(), e))?;
@@ -286,6 +319,14 @@ impl ListenerSet {
             keep
         });
         let mut bound: HashMap<ListenAddr, Vec<StdBound>> = bound.into_iter().collect();
+        for (addr, socket) in std::mem::take(&mut *inherited) {
+            if wanted.contains(&addr) && !running.contains_key(&addr) {
+                bound.entry(addr).or_default().push(socket);
+            } else {
+                tracing::warn!(listen = %addr, "an inherited socket matches no listener of the config: closed");
+            }
+        }
+        drop(inherited);
         for spec in specs {
             let addr = spec.addr.clone();
             if let Some(r) = running.get(&addr) {
@@ -297,12 +338,21 @@ impl ListenerSet {
                 };
                 r.state.store(Arc::new(EndpointState { spec, limit }));
             } else if let Some(b) = bound.remove(&addr) {
+                let sockets = match duplicate_all(&b) {
+                    Ok(d) => d,
+                    Err(e) => return Err((addr, e)),
+                };
+                let b = match spread(b, self.workers.len()) {
+                    Ok(b) => b,
+                    Err(e) => return Err((addr, e)),
+                };
                 tracing::info!(listen = %addr, listener = %spec.name, tls = spec.tls.name(), "listening");
                 let limit = Arc::new(Semaphore::new(spec.max_connections));
                 let state = Arc::new(ArcSwap::from_pointee(EndpointState { spec, limit }));
                 let stop = self.shutdown.child_token();
                 let stats = Arc::new(EndpointStats::default());
-                for (socket, worker) in b.into_iter().zip(&self.workers) {
+                for (worker, socket) in b {
+                    let worker = &self.workers[worker];
                     let ctx = AcceptCtx {
                         addr: addr.clone(),
                         state: Arc::clone(&state),
@@ -322,7 +372,15 @@ impl ListenerSet {
                         }
                     }));
                 }
-                running.insert(addr, Running { state, stop, stats });
+                running.insert(
+                    addr,
+                    Running {
+                        state,
+                        stop,
+                        stats,
+                        sockets,
+                    },
+                );
             }
         }
         Ok(())
@@ -353,11 +411,24 @@ impl ListenerSet {
     /// Stops accepting, tells every connection to finish, and waits up to `timeout`.
     /// Returns whether every connection finished in time.
     pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.drain(timeout, true).await
+    }
+
+    /// As [`shutdown`](Self::shutdown), after [`handover`](Self::handover): the new
+    /// process serves on the same sockets, so Unix socket files stay where they are.
+    pub async fn shutdown_handed_over(&self, timeout: Duration) -> bool {
+        self.drain(timeout, false).await
+    }
+
+    async fn drain(&self, timeout: Duration, remove_socket_files: bool) -> bool {
         {
-            let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-            for (addr, r) in running.iter() {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            for (addr, r) in running.iter_mut() {
                 r.stop.cancel();
-                remove_socket_file(addr);
+                r.sockets.clear();
+                if remove_socket_files {
+                    remove_socket_file(addr);
+                }
             }
         }
         self.shutdown.cancel();
@@ -366,6 +437,32 @@ impl ListenerSet {
             .await
             .is_ok()
     }
+}
+
+fn duplicate_all(sockets: &[StdBound]) -> io::Result<Vec<StdBound>> {
+    sockets.iter().map(StdBound::try_clone).collect()
+}
+
+/// Which worker serves which socket: each socket goes to one worker, round robin; with
+/// fewer sockets than workers (one from systemd, or an old process with fewer workers),
+/// the workers share them, so every worker accepts and no socket goes unserved.
+fn spread(sockets: Vec<StdBound>, workers: usize) -> io::Result<Vec<(usize, StdBound)>> {
+    let workers = workers.max(1);
+    let n = sockets.len();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(n.max(workers));
+    for w in n..workers {
+        out.push((w, sockets[w % n].try_clone()?));
+    }
+    out.extend(
+        sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (i % workers, s)),
+    );
+    Ok(out)
 }
 
 fn remove_socket_file(addr: &ListenAddr) {

@@ -4,18 +4,22 @@
 //! ([`assemble`]), hands them to the listener core (portico-core) and waits for signals.
 
 mod assemble;
+mod notify;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use portico_config::{Config, Loaded};
-use portico_core::ListenerSet;
+use portico_core::{Inherited, ListenerSet};
 use portico_http::{AccessLog, Metrics, Shared, StatusSource};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +51,16 @@ enum Command {
         #[arg(long)]
         pid_file: Option<PathBuf>,
     },
+    /// Replace the running Portico by a new binary without dropping a connection
+    /// (SIGUSR2 via runtime.pid_file); waits until the new process is ready.
+    Upgrade {
+        /// The pid file; defaults to runtime.pid_file from the config.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// The binary to start; defaults to the path the running process was started from.
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,14 +74,43 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run => match run(&cli.config) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("portico: {e:#}");
-                ExitCode::FAILURE
+        Command::Upgrade { pid_file, binary } => {
+            match upgrade_command(&cli.config, pid_file, binary) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portico upgrade: {e:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
+        Command::Run => {
+            // before any thread: both read and clear environment variables
+            let (inherited, warnings) = Inherited::from_env();
+            let start = Start {
+                inherited,
+                warnings,
+                notifier: notify::Notifier::from_env(),
+                invocation: upgrade::Invocation::current(),
+            };
+            match run(&cli.config, start) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err((e, notifier)) => {
+                    eprintln!("portico: {e:#}");
+                    notifier.failed(&format!("{e:#}"));
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// What the process brought from its start: sockets handed over (systemd, or the old
+/// process of an upgrade), who wants to hear it is ready, how it was invoked.
+struct Start {
+    inherited: Inherited,
+    warnings: Vec<String>,
+    notifier: notify::Notifier,
+    invocation: upgrade::Invocation,
 }
 
 fn load(given: &[PathBuf]) -> Result<(Vec<PathBuf>, Loaded), Vec<portico_config::ConfigError>> {
@@ -174,35 +217,47 @@ fn build_everything(config: &Config) -> anyhow::Result<()> {
     })
 }
 
-fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Result<()> {
-    let pid_file = match pid_file {
-        Some(p) => p,
-        None => {
-            let (_, loaded) = load(given).map_err(|errs| {
-                anyhow::anyhow!(errs
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n"))
-            })?;
-            loaded
-                .config
+/// The pid file a command talks through (`--pid-file`, or runtime.pid_file), and the
+/// config when it could be loaded.
+fn pid_file_of(
+    given: &[PathBuf],
+    pid_file: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, Option<Config>)> {
+    let loaded = load(given).map_err(|errs| {
+        anyhow::anyhow!(errs
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"))
+    });
+    match (pid_file, loaded) {
+        (Some(p), loaded) => Ok((p, loaded.ok().map(|(_, l)| l.config))),
+        (None, loaded) => {
+            let config = loaded?.1.config;
+            let p = config
                 .runtime
                 .pid_file
-                .context("no --pid-file given and runtime.pid_file is not set")?
+                .clone()
+                .context("no --pid-file given and runtime.pid_file is not set")?;
+            Ok((p, Some(config)))
         }
-    };
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("cannot read {}", pid_file.display()))?;
-    let pid: u32 = pid
-        .trim()
-        .parse()
-        .with_context(|| format!("{} does not hold a pid", pid_file.display()))?;
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .context("cannot run kill")?;
-    anyhow::ensure!(status.success(), "kill -HUP {pid} failed");
+    }
+}
+
+fn upgrade_command(
+    given: &[PathBuf],
+    pid_file: Option<PathBuf>,
+    binary: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (pid_file, config) = pid_file_of(given, pid_file)?;
+    // the running process gives up after its upgrade_timeout; leave it room to say so
+    let timeout = config.map_or(Duration::from_secs(30), |c| c.runtime.upgrade_timeout);
+    upgrade::command(&pid_file, binary, timeout + Duration::from_secs(15))
+}
+
+fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let (pid_file, _) = pid_file_of(given, pid_file)?;
+    let pid = upgrade::signal_pid_file(&pid_file, nix::sys::signal::Signal::SIGHUP)?;
     println!(
         "portico reload: sent SIGHUP to process {pid} (from {}); the outcome is in its log (\"configuration reloaded\" or \"reload refused\")",
         pid_file.display()
@@ -244,18 +299,28 @@ fn init_logging(config: &Config) -> Option<LogLevelHandle> {
     (!is_pinned).then_some(handle)
 }
 
-fn run(given: &[PathBuf]) -> anyhow::Result<()> {
+fn run(given: &[PathBuf], start: Start) -> Result<(), (anyhow::Error, notify::Notifier)> {
     let (files, loaded) = match load(given) {
         Ok(l) => l,
         Err(errors) => {
             for e in &errors {
                 eprintln!("{e}");
             }
-            anyhow::bail!("configuration is invalid ({} error(s))", errors.len());
+            // the old process of an upgrade reports the first one as the reason
+            let first = errors.first().map(|e| e.to_string()).unwrap_or_default();
+            start.notifier.failed(&format!(
+                "configuration is invalid ({} error(s)); the first: {first}",
+                errors.len()
+            ));
+            let e = anyhow::anyhow!("configuration is invalid ({} error(s))", errors.len());
+            return Err((e, notify::Notifier::default()));
         }
     };
     let config = loaded.config;
     let log_level = init_logging(&config);
+    for w in &start.warnings {
+        tracing::warn!("{w}");
+    }
     // Each proxied connection holds two descriptors (more with tunnels): use every
     // descriptor the hard limit allows, as nginx's worker_rlimit_nofile would.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -266,11 +331,56 @@ fn run(given: &[PathBuf]) -> anyhow::Result<()> {
     if config.runtime.workers > 0 {
         rt.worker_threads(config.runtime.workers);
     }
-    let rt = rt
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    rt.block_on(serve(files, config, log_level))
+    let rt = match rt.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Err((
+                anyhow::Error::new(e).context("cannot start the runtime"),
+                start.notifier,
+            ))
+        }
+    };
+    let notifier = start.notifier;
+    let rest = (start.inherited, start.invocation);
+    rt.block_on(serve(files, config, log_level, rest, &notifier))
+        .map_err(|e| (e, notifier))
+}
+
+/// Why the main loop ended.
+enum Stop {
+    Signal(&'static str),
+    /// A new process serves on our sockets: drain without removing socket files.
+    HandedOver,
+}
+
+/// Writes the pid file (whole, or not at all).
+fn write_pid_file(p: &std::path::Path) -> anyhow::Result<()> {
+    upgrade::write_atomically(p, &format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write pid file {}", p.display()))
+}
+
+/// Removes the pid file if it still names this process (after an upgrade it names the
+/// new one).
+fn remove_pid_file(p: &std::path::Path) {
+    let mine = std::fs::read_to_string(p).is_ok_and(|t| t.trim() == std::process::id().to_string());
+    if mine {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// The outcome of a pending upgrade (never, when none is pending).
+async fn upgrade_outcome(
+    pending: &mut Option<(
+        tokio::task::JoinHandle<Result<u32, String>>,
+        CancellationToken,
+    )>,
+) -> Result<u32, String> {
+    match pending {
+        Some((task, _)) => task
+            .await
+            .unwrap_or_else(|e| Err(format!("the upgrade task failed: {e}"))),
+        None => std::future::pending().await,
+    }
 }
 
 struct State {
@@ -365,6 +475,8 @@ async fn serve(
     files: Vec<PathBuf>,
     config: Config,
     log_level: Option<LogLevelHandle>,
+    (inherited, invocation): (Inherited, upgrade::Invocation),
+    notifier: &notify::Notifier,
 ) -> anyhow::Result<()> {
     // one entry per bound address (virtual hosts share one), with their names
     let mut listen: Vec<(String, Vec<&str>)> = Vec::new();
@@ -386,6 +498,7 @@ async fn serve(
         .collect();
     if files.is_empty() {
         tracing::info!(
+            pid = std::process::id(),
             "portico {} starting on the embedded default config (no config file found): {}",
             env!("CARGO_PKG_VERSION"),
             listen.join(", ")
@@ -393,6 +506,7 @@ async fn serve(
     } else {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         tracing::info!(
+            pid = std::process::id(),
             "portico {} starting with config {}: {}",
             env!("CARGO_PKG_VERSION"),
             names.join(", "),
@@ -404,6 +518,14 @@ async fn serve(
         n => n,
     };
     let listeners = Arc::new(ListenerSet::new(workers).context("cannot start worker threads")?);
+    if !inherited.is_empty() {
+        tracing::info!(
+            "{} inherited listening socket(s): {}",
+            inherited.len(),
+            inherited.addresses().join(", ")
+        );
+        listeners.adopt(inherited);
+    }
     let status = Arc::new(StatusSource::new(
         Arc::clone(&listeners),
         Arc::new(Metrics::default()),
@@ -425,49 +547,105 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     // The signals an nginx operator sends habitually must never kill Portico (their
     // default action would): USR1 reopens the logs (logrotate), QUIT drains as TERM,
-    // USR2 and WINCH are logged and ignored.
+    // USR2 upgrades the binary, WINCH is logged and ignored.
     let mut usr1 = signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?;
     let mut usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
     let mut quit = signal(SignalKind::quit()).context("cannot handle SIGQUIT")?;
     let mut winch = signal(SignalKind::window_change()).context("cannot handle SIGWINCH")?;
-    // The pid file first: once a port answers, `portico reload` finds the process.
+    // The pid file first: once a port answers, `portico reload` finds the process. A
+    // process started by an upgrade writes it once ready: until then the old one is
+    // the one to signal.
     let pid_file = config.runtime.pid_file.clone();
-    if let Some(p) = &pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write pid file {}", p.display()))?;
+    if let (Some(p), false) = (&pid_file, notifier.is_upgrade()) {
+        write_pid_file(p)?;
     }
     if let Err(e) = state.apply(config) {
         if let Some(p) = &pid_file {
-            let _ = std::fs::remove_file(p);
+            remove_pid_file(p);
         }
         return Err(e);
     }
+    if let (Some(p), true) = (&pid_file, notifier.is_upgrade()) {
+        write_pid_file(p)?;
+    }
     tracing::info!("ready");
-    let which = loop {
+    notifier.ready();
+    let mut pending = None;
+    let stop = loop {
         tokio::select! {
-            _ = hup.recv() => state.reload(),
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = quit.recv() => break "SIGQUIT",
+            _ = hup.recv() => {
+                notifier.reloading();
+                state.reload();
+                notifier.reloaded();
+            }
+            _ = term.recv() => break Stop::Signal("SIGTERM"),
+            _ = int.recv() => break Stop::Signal("SIGINT"),
+            _ = quit.recv() => break Stop::Signal("SIGQUIT"),
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening the access log");
                 if let Some(log) = &state.access_log {
                     log.reopen();
                 }
             }
-            _ = usr2.recv() => tracing::warn!(
-                "SIGUSR2 (nginx's binary upgrade) is not supported yet: ignored, the process goes on"
-            ),
+            _ = usr2.recv() => {
+                if pending.is_some() {
+                    tracing::warn!("SIGUSR2: an upgrade is already in progress; ignored");
+                    continue;
+                }
+                let binary = upgrade::take_request(pid_file.as_deref())
+                    .unwrap_or_else(|| invocation.binary.clone());
+                tracing::info!(binary = %binary.display(), "SIGUSR2: upgrading the binary");
+                let cancel = CancellationToken::new();
+                let task = tokio::spawn({
+                    let (listeners, inv, cancel) = (Arc::clone(&listeners), invocation.clone(), cancel.clone());
+                    let systemd = notifier.systemd_socket().map(str::to_string);
+                    let timeout = state.config.runtime.upgrade_timeout;
+                    async move {
+                        upgrade::start_new(&listeners, &inv, &binary, systemd.as_deref(), timeout, cancel).await
+                    }
+                });
+                pending = Some((task, cancel));
+            }
+            outcome = upgrade_outcome(&mut pending) => {
+                pending = None;
+                upgrade::write_result(pid_file.as_deref(), &outcome);
+                match outcome {
+                    Ok(pid) => {
+                        tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one stops accepting");
+                        break Stop::HandedOver;
+                    }
+                    Err(reason) => tracing::error!("upgrade failed, this process keeps serving: {reason}"),
+                }
+            }
             _ = winch.recv() => tracing::info!("SIGWINCH ignored (Portico has no worker processes to stop)"),
         }
     };
+    if let Some((task, cancel)) = pending.take() {
+        // stopping while a new binary starts: it is stopped too
+        cancel.cancel();
+        let outcome = task
+            .await
+            .unwrap_or_else(|e| Err(format!("the upgrade task failed: {e}")));
+        upgrade::write_result(pid_file.as_deref(), &outcome);
+    }
     let timeout = state.config.runtime.shutdown_timeout;
+    let which = match stop {
+        Stop::Signal(s) => s,
+        Stop::HandedOver => "upgrade",
+    };
     tracing::info!(
         open = listeners.open_connections(),
         ?timeout,
         "{which}: draining"
     );
-    if listeners.shutdown(timeout).await {
+    let drained = match stop {
+        Stop::Signal(_) => {
+            notifier.stopping();
+            listeners.shutdown(timeout).await
+        }
+        Stop::HandedOver => listeners.shutdown_handed_over(timeout).await,
+    };
+    if drained {
         tracing::info!("all connections finished; exiting");
     } else {
         tracing::warn!(
@@ -476,7 +654,7 @@ async fn serve(
         );
     }
     if let Some(p) = &pid_file {
-        let _ = std::fs::remove_file(p);
+        remove_pid_file(p);
     }
     Ok(())
 }
