@@ -6,70 +6,9 @@
 mod common;
 
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
-
-fn ws_echo(port: u16) -> Proc {
-    let mut cmd = Command::new(venv_bin("python"));
-    cmd.arg(apps_dir().join("ws_echo.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut p = Proc::spawn("ws_echo", &mut cmd);
-    wait_tcp(([127, 0, 0, 1], port).into(), &mut p.child, "ws_echo");
-    p
-}
-
-fn client(url: &str, scenario: &str) -> serde_json::Value {
-    let out = Command::new(venv_bin("python"))
-        .arg(apps_dir().join("ws_client.py"))
-        .args([url, scenario])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let last = text
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no output: {}", String::from_utf8_lossy(&out.stderr)));
-    serde_json::from_str(last).unwrap()
-}
-
-/// A client run in the background: its first line says the socket is open.
-struct Interactive {
-    child: std::process::Child,
-    out: BufReader<std::process::ChildStdout>,
-}
-
-impl Interactive {
-    fn start(url: &str, scenario: &str) -> Self {
-        let mut child = Command::new(venv_bin("python"))
-            .arg(apps_dir().join("ws_client.py"))
-            .args([url, scenario])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut first = String::new();
-        out.read_line(&mut first).unwrap();
-        assert!(first.contains("\"open\""), "{first}");
-        Interactive { child, out }
-    }
-
-    fn go_on(&mut self) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn result(mut self) -> serde_json::Value {
-        let mut rest = String::new();
-        self.out.read_to_string(&mut rest).unwrap();
-        let _ = self.child.wait();
-        serde_json::from_str(rest.lines().last().unwrap_or("null")).unwrap()
-    }
-}
 
 fn ws_config(ws_port: u16, extra: &str) -> String {
     format!(
@@ -90,7 +29,7 @@ fn messages_and_close_codes_pass_through() {
     let ws_port = free_port();
     let _ws = ws_echo(ws_port);
     let p = Portico::start(&ws_config(ws_port, ""));
-    let r = client(&format!("ws://127.0.0.1:{}/chat?room=1", p.port), "echo");
+    let r = ws_client(&format!("ws://127.0.0.1:{}/chat?room=1", p.port), "echo");
     assert_eq!(r["text"], "héllo");
     assert_eq!(r["binary"], "00ff62696e617279");
     assert_eq!(r["big_ok"], true, "4 MiB message");
@@ -110,7 +49,7 @@ fn a_backend_dying_mid_stream_closes_the_client_promptly() {
         ws_port,
         "[admin]\nlisten = \"127.0.0.1:{admin}\"",
     ));
-    let waiting = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
+    let waiting = WsInteractive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
     ws.kill();
     let r = waiting.result();
     assert!(
@@ -132,7 +71,7 @@ fn open_sockets_survive_a_reload() {
     let ws_port = free_port();
     let _ws = ws_echo(ws_port);
     let p = Portico::start(&ws_config(ws_port, ""));
-    let mut open = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "hold_and_echo");
+    let mut open = WsInteractive::start(&format!("ws://127.0.0.1:{}/", p.port), "hold_and_echo");
     assert!(p.reload(&ws_config(
         ws_port,
         "[log]\nlevel = \"info\"\naccess_log = \"off\""
@@ -147,7 +86,7 @@ fn sigterm_drains_then_says_going_away() {
     let ws_port = free_port();
     let _ws = ws_echo(ws_port);
     let mut p = Portico::start(&ws_config(ws_port, "[runtime]\nshutdown_timeout = \"1s\""));
-    let waiting = Interactive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
+    let waiting = WsInteractive::start(&format!("ws://127.0.0.1:{}/", p.port), "wait_for_close");
     p.proc.signal("TERM");
     let r = waiting.result();
     assert_eq!(r["code"], 1001, "{r}");
@@ -159,7 +98,7 @@ fn a_thousand_sockets_at_once() {
     let ws_port = free_port();
     let _ws = ws_echo(ws_port);
     let p = Portico::start(&ws_config(ws_port, ""));
-    let r = client(&format!("ws://127.0.0.1:{}/", p.port), "many:1000");
+    let r = ws_client(&format!("ws://127.0.0.1:{}/", p.port), "many:1000");
     assert_eq!(r["ok"], 1000);
 }
 
@@ -229,7 +168,7 @@ fn uvicorn_asgi_websockets_too() {
     let app = free_port();
     let _app = uvicorn_tcp(app);
     let p = Portico::start(&proxy_config(&format!("127.0.0.1:{app}"), ""));
-    let mut open = Interactive::start(&format!("ws://127.0.0.1:{}/ws", p.port), "hold_and_echo");
+    let mut open = WsInteractive::start(&format!("ws://127.0.0.1:{}/ws", p.port), "hold_and_echo");
     open.go_on();
     let r = open.result();
     assert_eq!(

@@ -463,6 +463,10 @@ pub fn raw_status(addr: SocketAddr, raw: &[u8]) -> (u16, String) {
 pub struct KeepAlive {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// Requests sent on this connection.
+    pub used: usize,
+    /// The server said `Connection: close` (a [`Load::retrying`] client reconnects).
+    pub closed: bool,
 }
 
 impl KeepAlive {
@@ -472,14 +476,25 @@ impl KeepAlive {
         Ok(Self {
             reader: BufReader::new(s.try_clone()?),
             writer: s,
+            used: 0,
+            closed: false,
         })
+    }
+
+    /// Whether `e` says the server closed the connection before answering at all.
+    pub fn closed_before_answer(e: &std::io::Error) -> bool {
+        use std::io::ErrorKind::*;
+        matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe)
     }
 
     /// GET `path`; returns (status, body, server closes after).
     pub fn get(&mut self, path: &str) -> std::io::Result<(u16, Vec<u8>, bool)> {
+        self.used += 1;
         write!(self.writer, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")?;
         let mut line = String::new();
-        self.reader.read_line(&mut line)?;
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -619,6 +634,31 @@ impl Load {
         threads: usize,
         reconnect_every: Option<usize>,
     ) -> Self {
+        Self::spawn(addr, path, threads, reconnect_every, false)
+    }
+
+    /// As [`start`](Self::start), with the clients behaving as HTTP clients do when a
+    /// server closes kept-alive connections (a draining process): after a response with
+    /// `Connection: close` they connect again, and a request on a reused connection that
+    /// is closed before any byte of an answer is sent once more on a new connection
+    /// (RFC 9112 §9.3.1: a GET may be retried). Anything else is a failure: a refused
+    /// connection, an error on a new connection, a status other than 200.
+    pub fn retrying(
+        addr: SocketAddr,
+        path: &str,
+        threads: usize,
+        reconnect_every: Option<usize>,
+    ) -> Self {
+        Self::spawn(addr, path, threads, reconnect_every, true)
+    }
+
+    fn spawn(
+        addr: SocketAddr,
+        path: &str,
+        threads: usize,
+        reconnect_every: Option<usize>,
+        retry: bool,
+    ) -> Self {
         use std::sync::atomic::Ordering;
         let load = Load {
             stop: Default::default(),
@@ -631,22 +671,40 @@ impl Load {
             let (stop, ok, failures) = (load.stop.clone(), load.ok.clone(), load.failures.clone());
             let path = path.to_string();
             handles.push(std::thread::spawn(move || {
+                let fail = |what: String| failures.lock().unwrap().push((Instant::now(), what));
                 let mut conn = KeepAlive::connect(addr).unwrap();
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
-                    if let Some(every) = reconnect_every.filter(|_| t > 0) {
-                        if n % every == 0 {
-                            conn = KeepAlive::connect(addr).unwrap();
+                    let reconnect = reconnect_every.is_some_and(|every| t > 0 && n % every == 0);
+                    if reconnect || conn.closed {
+                        match KeepAlive::connect(addr) {
+                            Ok(c) => conn = c,
+                            Err(e) => {
+                                fail(format!("connect: {e}"));
+                                std::thread::sleep(Duration::from_millis(5));
+                                continue;
+                            }
                         }
                     }
-                    let sent = Instant::now();
-                    match conn.get(&path) {
-                        Ok((200, _, _)) => {
+                    let mut got = conn.get(&path);
+                    if retry && conn.used > 1 {
+                        if let Err(e) = &got {
+                            if KeepAlive::closed_before_answer(e) {
+                                got = KeepAlive::connect(addr).and_then(|c| {
+                                    conn = c;
+                                    conn.get(&path)
+                                });
+                            }
+                        }
+                    }
+                    match got {
+                        Ok((200, _, close)) => {
                             ok.fetch_add(1, Ordering::Relaxed);
+                            conn.closed |= close && retry;
                         }
                         other => {
-                            failures.lock().unwrap().push((sent, format!("{other:?}")));
+                            fail(format!("{other:?}"));
                             // a refused connection is not retried in a hot loop
                             if other.is_err() {
                                 std::thread::sleep(Duration::from_millis(5));
@@ -1416,4 +1474,67 @@ pub fn venv_python_ok(script: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The `websockets` package's echo server (apps/ws_echo.py) on `port`.
+pub fn ws_echo(port: u16) -> Proc {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("ws_echo.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("ws_echo", &mut cmd);
+    wait_tcp(([127, 0, 0, 1], port).into(), &mut p.child, "ws_echo");
+    p
+}
+
+/// Runs one ws_client.py scenario against `url`; its JSON report.
+pub fn ws_client(url: &str, scenario: &str) -> serde_json::Value {
+    let out = Command::new(venv_bin("python"))
+        .arg(apps_dir().join("ws_client.py"))
+        .args([url, scenario])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text
+        .lines()
+        .last()
+        .unwrap_or_else(|| panic!("no output: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(last).unwrap()
+}
+
+/// A client run in the background: its first line says the socket is open.
+pub struct WsInteractive {
+    child: std::process::Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl WsInteractive {
+    pub fn start(url: &str, scenario: &str) -> Self {
+        let mut child = Command::new(venv_bin("python"))
+            .arg(apps_dir().join("ws_client.py"))
+            .args([url, scenario])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.contains("\"open\""), "{first}");
+        WsInteractive { child, out }
+    }
+
+    pub fn go_on(&mut self) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn result(mut self) -> serde_json::Value {
+        let mut rest = String::new();
+        self.out.read_to_string(&mut rest).unwrap();
+        let _ = self.child.wait();
+        serde_json::from_str(rest.lines().last().unwrap_or("null")).unwrap()
+    }
 }
