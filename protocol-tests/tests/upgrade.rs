@@ -71,6 +71,8 @@ const RUNTIME: &str = "[runtime]\npid_file = \"{dir}/portico.pid\"\nshutdown_tim
 fn web_config(sock: &Path) -> String {
     format!(
         r#"{RUNTIME}
+[admin]
+listen = "127.0.0.1:{{admin}}"
 [upstreams.app]
 servers = [{{ addr = "unix:{}" }}]
 [[listeners]]
@@ -132,6 +134,9 @@ fn three_upgrades_under_load_drop_nothing() {
         old = new;
     }
     load.finish();
+    // the admin listener was handed over with the others: the new process answers there
+    let status = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(status["pid"].as_u64(), Some(u64::from(old)), "{status}");
     let log = p.log_text();
     assert_eq!(log.matches("upgrade: draining").count(), 3, "{log}");
     assert_eq!(
@@ -391,4 +396,77 @@ fn systemd_units_verify() {
     // warnings about the unit files themselves (not the host's other units)
     let ours: Vec<&str> = err.lines().filter(|l| l.contains("portico.")).collect();
     assert!(ours.is_empty(), "{ours:#?}");
+}
+
+/// SIGUSR2 right after SIGHUP (an upgrade during a reload): the reload is applied, the
+/// upgrade follows, and the new process serves the reloaded config and reloads itself.
+/// A new binary that never reports ready is stopped after `upgrade_timeout`.
+#[test]
+fn an_upgrade_during_a_reload_and_a_binary_that_never_gets_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "hup", &[]);
+    let base = web_config(&sock).replace(
+        "shutdown_timeout = \"20s\"",
+        "shutdown_timeout = \"20s\"\nupgrade_timeout = \"3s\"",
+    );
+    let p = Portico::start(&base);
+    let pid_file = p.dir.path().join("portico.pid");
+    let _last = LastOne(pid_file.clone());
+
+    // a binary that starts and never says READY: stopped at the timeout
+    let hang = p.dir.path().join("hanging-portico");
+    let hang_pid = p.dir.path().join("hang.pid");
+    std::fs::write(
+        &hang,
+        format!(
+            "#!/bin/sh\necho $$ > {}\nexec sleep 600\n",
+            hang_pid.display()
+        ),
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["+x", hang.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let (code, _, err) = upgrade(&p, &["--binary", hang.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not ready within 3s"), "{err}");
+    wait_gone(pid_in(&hang_pid), Duration::from_secs(10));
+    assert_eq!(pid_in(&pid_file), p.proc.pid());
+
+    // HUP then USR2 at once
+    let with_static = format!(
+        "{base}\n  [[listeners.routes]]\n  path = \"/files/\"\n  static = {{ root = \"{}\" }}\n",
+        p.dir.path().display()
+    )
+    .replace("{port}", &p.port.to_string())
+    .replace("{admin}", &p.admin_port.to_string())
+    .replace("{dir}", &p.dir.path().display().to_string());
+    for d in ["files", "other"] {
+        std::fs::create_dir_all(p.dir.path().join(d)).unwrap();
+        std::fs::write(p.dir.path().join(d).join("hello.txt"), "reloaded\n").unwrap();
+    }
+    std::fs::write(&p.config, &with_static).unwrap();
+    p.proc.signal("HUP");
+    let (code, out, err) = upgrade(&p, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r = curl(&[], &p.url("/files/hello.txt"));
+    assert_eq!((r.status, r.text().as_str()), (200, "reloaded\n"));
+    // and the new process reloads as the old one did (through the pid file)
+    std::fs::write(&p.config, with_static.replace("/files/", "/other/")).unwrap();
+    let (code, out, err) = portico_cmd(
+        &["reload", "--config", p.config.to_str().unwrap()],
+        p.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("process {}", pid_in(&pid_file))),
+        "{out}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&[], &p.url("/other/hello.txt")).status != 200 {
+        assert!(Instant::now() < deadline, "{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

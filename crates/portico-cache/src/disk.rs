@@ -121,8 +121,10 @@ impl Disk {
         if size > self.max {
             return;
         }
+        // the writer's pid first: during a binary upgrade two processes share the tier
         let tmp = self.root.join("tmp").join(format!(
-            "{id:032x}.{}",
+            "{}-{id:032x}.{}",
+            std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
         let dest = self.path_of(id);
@@ -227,14 +229,29 @@ impl Disk {
     }
 }
 
-/// Indexes the files an earlier run left; removes temp files and anything unreadable.
+/// Whether a temp file (`PID-ID.SEQ`) is being written by another process that still
+/// runs — the old process of a binary upgrade, draining — rather than left by a crash.
+fn written_by_another_live_process(name: &str) -> bool {
+    let Some(pid) = name
+        .split_once('-')
+        .and_then(|(p, _)| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Indexes the files an earlier run left; removes temp files (but those another live
+/// process is writing) and anything unreadable.
 fn scan(disk: std::sync::Weak<Disk>) {
     let Some(root) = disk.upgrade().map(|d| d.root.clone()) else {
         return;
     };
     if let Ok(tmp) = fs::read_dir(root.join("tmp")) {
         for e in tmp.flatten() {
-            let _ = fs::remove_file(e.path());
+            if !written_by_another_live_process(&e.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(e.path());
+            }
         }
     }
     let Ok(dirs) = fs::read_dir(&root) else {

@@ -161,6 +161,7 @@ impl StatusSource {
         json!({
             "server": SERVER_NAME,
             "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
             "uptime_seconds": self.started.elapsed().as_secs(),
             "reloads": self.reloads.load(Ordering::Relaxed),
             "failed_reloads": self.failed_reloads.load(Ordering::Relaxed),
