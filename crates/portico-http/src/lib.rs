@@ -251,6 +251,8 @@ struct ConnState {
     guard: Arc<framing::GuardCtl>,
     /// HTTP/1 requests so far on this connection (the guard's index of the next one).
     h1_requests: AtomicU64,
+    /// The connection speaks h2 (it carried an h2 request).
+    h2: std::sync::atomic::AtomicBool,
     /// h2 streams whose client stopped taking data for send_timeout (their upstream
     /// side is gone; the stream itself only ends with the connection).
     stalled: AtomicUsize,
@@ -295,6 +297,7 @@ impl Service for HttpService {
                 start: Instant::now(),
                 guard: Arc::default(),
                 h1_requests: AtomicU64::new(0),
+                h2: Default::default(),
                 stalled: AtomicUsize::new(0),
                 stall: tokio::sync::Notify::new(),
             });
@@ -331,6 +334,12 @@ impl Service for HttpService {
             let conn = builder.serve_connection_with_upgrades(io, svc);
             tokio::pin!(conn);
             let mut closing = false;
+            // Draining (SIGTERM, an upgrade): an HTTP/1 connection is not closed at once
+            // — a client may be sending its next request on it right now, and would see
+            // the connection reset. For DRAIN_GRACE each answer says `Connection: close`
+            // and ends it; what is still open and idle then is closed. h2 gets GOAWAY
+            // at once (its clients retry what the GOAWAY names as unprocessed).
+            let mut drain_deadline = None;
             loop {
                 let idle_deadline = state.start
                     + std::time::Duration::from_millis(state.last_done_ms.load(Ordering::Relaxed))
@@ -342,7 +351,15 @@ impl Service for HttpService {
                         }
                         break;
                     }
-                    _ = shutdown.cancelled(), if !closing => {
+                    _ = shutdown.cancelled(), if !closing && drain_deadline.is_none() => {
+                        if state.h2.load(Ordering::Relaxed) {
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                        } else {
+                            drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE.min(limits.idle_timeout));
+                        }
+                    }
+                    _ = sleep_until_some(drain_deadline), if !closing => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
@@ -380,6 +397,18 @@ impl Service for HttpService {
                 let _ = t.await;
             }
         })
+    }
+}
+
+/// How long a draining HTTP/1 connection may still carry a request (answered with
+/// `Connection: close`) before it is closed; at most the listener's idle timeout.
+const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sleeps until `deadline`; never without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -492,6 +521,9 @@ impl HttpService {
         let time = SystemTime::now();
         let h2 = req.version() == Version::HTTP_2;
         let h1_index = (!h2).then(|| conn.h1_requests.fetch_add(1, Ordering::Relaxed));
+        if h2 {
+            conn.h2.store(true, Ordering::Relaxed);
+        }
         let refused = h1_index.and_then(|i| conn.guard.refusal(i));
         let connect = req.method() == http::Method::CONNECT;
         let host = request_host(&req);
@@ -523,7 +555,7 @@ impl HttpService {
                 .map(str::to_string),
         });
         let mut route_timer: Option<RouteTimer> = None;
-        let (resp, upstream) = match (refused, host) {
+        let (mut resp, upstream) = match (refused, host) {
             (Some(r), _) => {
                 let mut resp = error_response(r.status);
                 resp.headers_mut()
@@ -541,6 +573,12 @@ impl HttpService {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && resp.status().is_success());
             conn.guard.decided(i, switched);
+            if conn.shutdown.is_cancelled() && !switched {
+                // draining: this answer ends the connection, and says so, so the client
+                // sends its next request on a new one (to the process that serves now)
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
         }
 
         let status = resp.status().as_u16();
