@@ -282,8 +282,8 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 /// listening socket passed as descriptors 3 and 4 (`LISTEN_FDS`, `LISTEN_PID` the
 /// process's own, as systemd sets them), matched to the config's listeners by address
 /// whatever their order. A client that connected before Portico started is served
-/// (its connection waited in the socket's backlog), and Portico's readiness, reload
-/// and stop reach `NOTIFY_SOCKET`.
+/// (its connection waited in the socket's backlog), and Portico's readiness, reload,
+/// upgrade (`MAINPID=`) and stop reach `NOTIFY_SOCKET`.
 #[test]
 fn socket_activation_and_sd_notify() {
     use command_fds::{CommandFdExt, FdMapping};
@@ -368,10 +368,40 @@ fn socket_activation_and_sd_notify() {
     assert!(msg.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{msg}");
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1\n");
-    p.signal("TERM");
+
+    // an upgrade under systemd: the new process names itself the unit's main process,
+    // on the sockets systemd passed; the old one drains without a word to systemd
+    p.signal("USR2");
     let n = notify.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    let new: u32 = msg
+        .strip_prefix("MAINPID=")
+        .and_then(|m| m.strip_suffix("\nREADY=1\n"))
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{msg:?}"));
+    assert_ne!(new, p.pid());
+    let _last = {
+        let f = dir.path().join("new.pid");
+        std::fs::write(&f, new.to_string()).unwrap();
+        LastOne(f)
+    };
     assert_eq!(p.wait_exit(Duration::from_secs(20)), Some(0));
+    let r = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "activated\n");
+    Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status()
+        .unwrap();
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"STOPPING=1\n",
+        "the first word after MAINPID is the new one's"
+    );
+    wait_gone(new, Duration::from_secs(20));
 }
 
 /// The unit files in dist/systemd pass `systemd-analyze verify` (ExecStart pointed at
