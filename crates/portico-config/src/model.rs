@@ -167,7 +167,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AccessLogTarget {
     Stdout,
     Off,
@@ -179,8 +179,64 @@ pub struct Log {
     pub level: String,
     pub format: LogFormat,
     pub access_log: AccessLogTarget,
-    /// `combined` (nginx) or `json`.
-    pub access_log_format: LogFormat,
+    /// `combined` (nginx), `json`, or a `log.formats` name.
+    pub access_log_format: AccessFormat,
+    /// The process log's second destination, besides stderr.
+    pub file: Option<ProcessLog>,
+}
+
+/// How an access log line is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessFormat {
+    /// nginx's `combined`.
+    Combined,
+    /// One JSON object per line with Portico's fields.
+    Json,
+    /// A `log.formats` template.
+    Template(LogTemplate),
+}
+
+/// A named `log.formats` template (nginx log_format).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogTemplate {
+    pub name: String,
+    pub template: KeyTemplate,
+    pub escape: LogEscape,
+}
+
+/// How variable values are escaped in a log line (nginx's `escape=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogEscape {
+    /// `"`, `\` and bytes outside printable ASCII as `\xHH`.
+    Default,
+    /// As inside a JSON string.
+    Json,
+    None,
+}
+
+/// Where the process log also goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProcessLog {
+    File(PathBuf),
+    /// RFC 5424 datagrams to a local syslog socket (`syslog:unix:/dev/log`).
+    SyslogUnix(PathBuf),
+    /// RFC 5424 over UDP (`syslog:udp:127.0.0.1:514`).
+    SyslogUdp(SocketAddr),
+}
+
+/// A route's own access log.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RouteAccessLog {
+    /// The global `log.access_log`.
+    #[default]
+    Inherit,
+    Off,
+    To {
+        target: AccessLogTarget,
+        format: AccessFormat,
+        /// Written only when this renders to something other than "" and "0".
+        condition: Option<KeyTemplate>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -579,6 +635,7 @@ pub struct Route {
     pub auth_request: Option<AuthRequest>,
     /// The response cache (proxy, uwsgi and FastCGI routes).
     pub cache: Option<RouteCache>,
+    pub access_log: RouteAccessLog,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -879,7 +936,48 @@ pub enum KeyPart {
     Map(String),
     /// `$upstream_cache_status`: HIT, MISS, … on a cached route (empty elsewhere).
     CacheStatus,
+    /// A fact known once the response is done; only in `log.formats` templates.
+    Log(LogVar),
 }
+
+/// The variables only a log format has: what the response was and took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogVar {
+    /// `$request`: `METHOD URI PROTOCOL`, as sent.
+    Request,
+    Status,
+    BodyBytesSent,
+    /// `$bytes_sent`: the body and the response head.
+    BytesSent,
+    /// Seconds with milliseconds, from the first byte read to the last sent.
+    RequestTime,
+    UpstreamResponseTime,
+    UpstreamAddr,
+    UpstreamStatus,
+    TimeLocal,
+    TimeIso8601,
+    /// Seconds since the epoch with milliseconds.
+    Msec,
+    /// The connection's serial number.
+    Connection,
+    Pid,
+}
+
+const LOG_VARS: [(&str, LogVar); 13] = [
+    ("request", LogVar::Request),
+    ("status", LogVar::Status),
+    ("body_bytes_sent", LogVar::BodyBytesSent),
+    ("bytes_sent", LogVar::BytesSent),
+    ("request_time", LogVar::RequestTime),
+    ("upstream_response_time", LogVar::UpstreamResponseTime),
+    ("upstream_addr", LogVar::UpstreamAddr),
+    ("upstream_status", LogVar::UpstreamStatus),
+    ("time_local", LogVar::TimeLocal),
+    ("time_iso8601", LogVar::TimeIso8601),
+    ("msec", LogVar::Msec),
+    ("connection", LogVar::Connection),
+    ("pid", LogVar::Pid),
+];
 
 /// The nginx variables a uwsgi/FastCGI `params` value may use on top of the hash-key ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -955,6 +1053,16 @@ impl KeyTemplate {
     /// Parses a template such as a uwsgi/FastCGI `params` value: any text (empty too)
     /// with nginx variables, `$name` or `${name}`.
     pub fn parse_value(s: &str) -> Result<Self, String> {
+        Self::parse_with(s, false)
+    }
+
+    /// Parses a `log.formats` template: the variables of [`parse_value`](Self::parse_value)
+    /// and the log's own ([`LogVar`]: `$status`, `$request_time`, `$time_local` …).
+    pub fn parse_log(s: &str) -> Result<Self, String> {
+        Self::parse_with(s, true)
+    }
+
+    fn parse_with(s: &str, log: bool) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = s;
         while let Some(at) = rest.find('$') {
@@ -1006,6 +1114,16 @@ impl KeyTemplate {
                 }
                 n => match GATEWAY_VARS.iter().find(|(name, _)| *name == n) {
                     Some((_, v)) => KeyPart::Gateway(*v),
+                    None if LOG_VARS.iter().any(|(name, _)| *name == n) => {
+                        match LOG_VARS.iter().find(|(name, _)| *name == n && log) {
+                            Some((_, v)) => KeyPart::Log(*v),
+                            None => {
+                                return Err(format!(
+                                    "${n} is known once the response is done: only log formats (log.formats) take it"
+                                ))
+                            }
+                        }
+                    }
                     None => {
                         return Err(format!(
                             "unknown variable ${n}: use $request_uri, $uri, $args, $host, $remote_addr, $user, $http_NAME, $cookie_NAME, $map_NAME, $upstream_cache_status or a gateway variable ($request_method, $document_root, $fastcgi_script_name, …)"

@@ -138,6 +138,46 @@ pub struct RawLog {
     pub format: String,
     pub access_log: String,
     pub access_log_format: String,
+    /// Named access log formats (nginx log_format).
+    pub formats: BTreeMap<String, RawLogFormat>,
+    /// The process log, besides stderr: a file, or `syslog:unix:PATH` / `syslog:udp:HOST:PORT`.
+    pub file: Option<String>,
+}
+
+/// A `log.formats` entry: a template (nginx's default escaping), or one with `escape`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawLogFormat {
+    Template(String),
+    Full(RawLogFormatFull),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogFormatFull {
+    pub template: String,
+    /// default (nginx: `"`, `\` and non-printable bytes as \xHH), json or none.
+    pub escape: Option<String>,
+}
+
+/// A route's `access_log`: "off", or where and how.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawRouteAccessLog {
+    Word(String),
+    To(RawRouteAccessLogTo),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteAccessLogTo {
+    /// A file, or "stdout"; the global `log.access_log` when left out.
+    pub path: Option<String>,
+    /// combined, json or a `log.formats` name; the global format when left out.
+    pub format: Option<String>,
+    /// Log only when this renders to something other than "" or "0" (nginx's `if=`).
+    #[serde(rename = "if")]
+    pub condition: Option<String>,
 }
 
 impl Default for RawLog {
@@ -147,6 +187,8 @@ impl Default for RawLog {
             format: "text".into(),
             access_log: "stdout".into(),
             access_log_format: "combined".into(),
+            formats: BTreeMap::new(),
+            file: None,
         }
     }
 }
@@ -445,6 +487,7 @@ pub struct RawRoute {
     pub basic_auth: Option<RawBasicAuth>,
     pub auth_request: Option<RawAuthRequest>,
     pub cache: Option<RawRouteCache>,
+    pub access_log: Option<RawRouteAccessLog>,
     pub upstream: Option<String>,
     pub via: Option<String>,
     #[serde(rename = "static")]

@@ -222,28 +222,69 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
     let format = v
         .one_of("log.format", &raw.log.format, &formats)
         .unwrap_or(LogFormat::Text);
-    let access_formats = [("combined", LogFormat::Text), ("json", LogFormat::Json)];
-    let access_log_format = v
-        .one_of(
-            "log.access_log_format",
-            &raw.log.access_log_format,
-            &access_formats,
-        )
-        .unwrap_or(LogFormat::Text);
-    let access_log = match raw.log.access_log.as_str() {
-        "stdout" => AccessLogTarget::Stdout,
-        "off" => AccessLogTarget::Off,
-        "" => {
-            v.err("log.access_log", "expected stdout, off or a file path");
-            AccessLogTarget::Off
+    let mut log_formats = BTreeMap::new();
+    for (name, f) in &raw.log.formats {
+        let p = format!("log.formats.{name}");
+        if ["combined", "json", "off"].contains(&name.as_str()) {
+            v.err(
+                &p,
+                format!("{name:?} is a built-in format: give yours another name"),
+            );
+            continue;
         }
-        p => AccessLogTarget::File(resolve(&v.base("log.access_log"), p)),
-    };
+        let (text, escape, tp) = match f {
+            RawLogFormat::Template(t) => (t, None, p.clone()),
+            RawLogFormat::Full(full) => (
+                &full.template,
+                full.escape.as_deref(),
+                format!("{p}.template"),
+            ),
+        };
+        let escapes = [
+            ("default", LogEscape::Default),
+            ("json", LogEscape::Json),
+            ("none", LogEscape::None),
+        ];
+        let escape = match escape {
+            None => LogEscape::Default,
+            Some(e) => v
+                .one_of(&format!("{p}.escape"), e, &escapes)
+                .unwrap_or(LogEscape::Default),
+        };
+        match KeyTemplate::parse_log(text) {
+            Ok(template) => {
+                log_formats.insert(
+                    name.clone(),
+                    LogTemplate {
+                        name: name.clone(),
+                        template,
+                        escape,
+                    },
+                );
+            }
+            Err(e) => v.err(&tp, e),
+        }
+    }
+    let access_log_format = access_format(
+        &mut v,
+        "log.access_log_format",
+        &raw.log.access_log_format,
+        &log_formats,
+    )
+    .unwrap_or(AccessFormat::Combined);
+    let access_log = access_target(&mut v, "log.access_log", &raw.log.access_log)
+        .unwrap_or(AccessLogTarget::Off);
+    let file = raw
+        .log
+        .file
+        .as_deref()
+        .and_then(|f| process_log(&mut v, "log.file", f));
     let log = Log {
         level,
         format,
         access_log,
         access_log_format,
+        file,
     };
 
     let admin =
@@ -290,6 +331,8 @@ pub(crate) fn validate(raw: &RawConfig, layers: &Layers) -> Result<Config, Vec<C
         })
         .collect();
     let known = Known {
+        log: &log,
+        log_formats: &log_formats,
         maps: &maps,
         caches: &raw.caches,
         upstreams: &upstreams,
@@ -498,7 +541,129 @@ fn is_token(n: &str) -> bool {
 }
 
 /// What routes may name: upstreams and limits.
+/// `log.access_log` or a route's `path`: stdout, off, or a file (relative to the file
+/// that says it).
+fn access_target(v: &mut Validator<'_>, p: &str, s: &str) -> Option<AccessLogTarget> {
+    Some(match s {
+        "stdout" => AccessLogTarget::Stdout,
+        "off" => AccessLogTarget::Off,
+        "" => {
+            v.err(p, "expected stdout, off or a file path");
+            return None;
+        }
+        path => AccessLogTarget::File(resolve(&v.base(p), path)),
+    })
+}
+
+/// `combined`, `json`, or a name of `log.formats` (with a "did you mean").
+fn access_format(
+    v: &mut Validator<'_>,
+    p: &str,
+    s: &str,
+    formats: &BTreeMap<String, LogTemplate>,
+) -> Option<AccessFormat> {
+    match s {
+        "combined" => Some(AccessFormat::Combined),
+        "json" => Some(AccessFormat::Json),
+        name => match formats.get(name) {
+            Some(t) => Some(AccessFormat::Template(t.clone())),
+            None => {
+                let mut names: Vec<&str> = vec!["combined", "json"];
+                names.extend(formats.keys().map(String::as_str));
+                let hint = crate::closest(name, names.into_iter())
+                    .map(|c| format!(" (did you mean {c:?}?)"))
+                    .unwrap_or_default();
+                v.err(
+                    p,
+                    format!(
+                        "unknown format {name:?}{hint}: expected combined, json or a name of [log.formats]"
+                    ),
+                );
+                None
+            }
+        },
+    }
+}
+
+/// `log.file`: a path, `syslog:unix:PATH` or `syslog:udp:HOST:PORT`.
+fn process_log(v: &mut Validator<'_>, p: &str, s: &str) -> Option<ProcessLog> {
+    if let Some(rest) = s.strip_prefix("syslog:") {
+        if let Some(path) = rest.strip_prefix("unix:") {
+            return Some(ProcessLog::SyslogUnix(PathBuf::from(path)));
+        }
+        if let Some(addr) = rest.strip_prefix("udp:") {
+            match addr.parse::<std::net::SocketAddr>() {
+                Ok(a) => return Some(ProcessLog::SyslogUdp(a)),
+                Err(_) => {
+                    v.err(
+                        p,
+                        format!("{addr:?} is not IP:PORT (syslog:udp:127.0.0.1:514)"),
+                    );
+                    return None;
+                }
+            }
+        }
+        v.err(
+            p,
+            "expected syslog:unix:/dev/log or syslog:udp:IP:PORT after \"syslog:\"",
+        );
+        return None;
+    }
+    if s.is_empty() {
+        v.err(
+            p,
+            "expected a file path, syslog:unix:PATH or syslog:udp:IP:PORT",
+        );
+        return None;
+    }
+    Some(ProcessLog::File(resolve(&v.base(p), s)))
+}
+
+fn route_access_log(
+    v: &mut Validator<'_>,
+    p: &str,
+    raw: &RawRouteAccessLog,
+    known: &Known<'_>,
+) -> RouteAccessLog {
+    match raw {
+        RawRouteAccessLog::Word(w) if w == "off" => RouteAccessLog::Off,
+        RawRouteAccessLog::Word(w) => {
+            v.err(
+                p,
+                format!("{w:?}: expected \"off\" or {{ path, format, if }}"),
+            );
+            RouteAccessLog::Inherit
+        }
+        RawRouteAccessLog::To(to) => {
+            let target = match &to.path {
+                Some(path) => access_target(v, &format!("{p}.path"), path),
+                None => Some(known.log.access_log.clone()),
+            };
+            let format = match &to.format {
+                Some(f) => access_format(v, &format!("{p}.format"), f, known.log_formats),
+                None => Some(known.log.access_log_format.clone()),
+            };
+            let condition = to.condition.as_ref().and_then(|c| {
+                KeyTemplate::parse_log(c)
+                    .map_err(|e| v.err(&format!("{p}.if"), e))
+                    .ok()
+            });
+            match (target, format) {
+                (Some(AccessLogTarget::Off), _) => RouteAccessLog::Off,
+                (Some(target), Some(format)) => RouteAccessLog::To {
+                    target,
+                    format,
+                    condition,
+                },
+                _ => RouteAccessLog::Inherit,
+            }
+        }
+    }
+}
+
 struct Known<'a> {
+    log: &'a Log,
+    log_formats: &'a BTreeMap<String, LogTemplate>,
     maps: &'a BTreeMap<String, MapConfig>,
     caches: &'a BTreeMap<String, RawCacheZone>,
     upstreams: &'a BTreeMap<String, UpstreamConfig>,
@@ -1653,6 +1818,11 @@ fn validate_route(
         .cache
         .as_ref()
         .and_then(|c| route_cache(v, &format!("{rp}.cache"), c, known));
+    let access_log = r
+        .access_log
+        .as_ref()
+        .map(|a| route_access_log(v, &format!("{rp}.access_log"), a, known))
+        .unwrap_or_default();
     let matcher = route_match(v, rp, r)?;
     let captures = match &matcher {
         RouteMatch::Regex { captures, .. } => *captures,
@@ -2020,6 +2190,7 @@ fn validate_route(
         basic_auth,
         auth_request,
         cache,
+        access_log,
         error_pages: ErrorPages {
             pages: own_error_pages,
             intercept: r.intercept_errors.unwrap_or(false),

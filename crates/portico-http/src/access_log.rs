@@ -1,24 +1,97 @@
-//! The access log: nginx "combined" lines or JSON objects, written by a background
-//! thread so request handling never blocks on the disk. The queue is bounded: when the
-//! writer cannot keep up, lines are dropped and counted, never buffered without limit.
+//! The access log: nginx "combined" lines, JSON objects, or `log.formats` templates,
+//! written by a background thread per destination so request handling never blocks on
+//! the disk. The queue is bounded: when the writer cannot keep up, lines are dropped and
+//! counted, never buffered without limit.
+//!
+//! A template is rendered in two steps: what the request says (`$remote_addr`,
+//! `$http_user_agent`, `$map_NAME` …) while routing still has it ([`AccessLog::pending`]),
+//! what the response was and took (`$status`, `$body_bytes_sent`, `$request_time` …) when
+//! its body is done ([`AccessLog::log`]).
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use portico_config::{AccessLogTarget, LogFormat};
+use portico_config::{AccessFormat, AccessLogTarget, KeyPart, KeyTemplate, LogEscape, LogVar};
+
+use crate::vars::Vars;
 
 const QUEUE: usize = 16 * 1024;
 
-/// Where access log lines go. Cheap to clone.
+/// One destination's writer thread. Cheap to clone.
+#[derive(Clone, Default)]
+struct Writer {
+    tx: Option<SyncSender<Msg>>,
+}
+
+/// Where and how lines are written: a destination's writer, a format, and a condition.
+/// Cheap to clone; the default writes nothing.
 #[derive(Clone, Default)]
 pub struct AccessLog {
-    tx: Option<SyncSender<Msg>>,
-    json: bool,
-    pub dropped: Arc<AtomicU64>,
+    writer: Writer,
+    format: Arc<Option<AccessFormat>>,
+    condition: Option<Arc<KeyTemplate>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The destinations of one config generation: one writer thread per file (or stdout),
+/// shared by every log that names it; [`Writers::reopen`] reopens them all (SIGUSR1).
+#[derive(Clone, Default)]
+pub struct Writers {
+    open: Arc<Mutex<HashMap<AccessLogTarget, Writer>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Writers {
+    /// Lines dropped by any writer are counted into `dropped` (one counter across reloads).
+    pub fn new(dropped: Arc<AtomicU64>) -> Self {
+        Self {
+            open: Arc::default(),
+            dropped,
+        }
+    }
+
+    /// A log to `target` in `format`, written only when `condition` (if any) renders to
+    /// something other than "" and "0". Opens the destination on first use (a file is
+    /// opened for appending, created if missing; an error names the path).
+    pub fn log(
+        &self,
+        target: &AccessLogTarget,
+        format: &AccessFormat,
+        condition: Option<&KeyTemplate>,
+    ) -> std::io::Result<AccessLog> {
+        if *target == AccessLogTarget::Off {
+            return Ok(AccessLog::default());
+        }
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let writer = match open.get(target) {
+            Some(w) => w.clone(),
+            None => {
+                let w = Writer::start(target)?;
+                open.insert(target.clone(), w.clone());
+                w
+            }
+        };
+        Ok(AccessLog {
+            writer,
+            format: Arc::new(Some(format.clone())),
+            condition: condition.map(|c| Arc::new(c.clone())),
+            dropped: Arc::clone(&self.dropped),
+        })
+    }
+
+    /// Opens every file again after the lines queued so far are written (SIGUSR1, after
+    /// logrotate moved them).
+    pub fn reopen(&self) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for w in open.values() {
+            w.reopen();
+        }
+    }
 }
 
 /// One finished request.
@@ -31,12 +104,31 @@ pub struct Entry<'a> {
     pub version: &'a str,
     pub status: u16,
     pub bytes: u64,
+    /// The response head's size (status line and headers), for `$bytes_sent`.
+    pub head_bytes: u64,
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub host: Option<&'a str>,
     pub duration: Duration,
     pub upstream: Option<&'a str>,
     pub listener: &'a str,
+    pub conn: u64,
+    pub cache_status: Option<&'static str>,
+}
+
+/// A template's request-time part, rendered while the request is at hand.
+#[derive(Debug, Default)]
+pub struct Pending {
+    line: Vec<Seg>,
+    condition: Option<Vec<Seg>>,
+}
+
+#[derive(Debug)]
+enum Seg {
+    /// Rendered (and escaped) already.
+    Text(Vec<u8>),
+    /// Known once the response is done.
+    Late(KeyPart),
 }
 
 /// What the writer thread is sent.
@@ -59,13 +151,8 @@ fn open_target(target: &AccessLogTarget) -> std::io::Result<Box<dyn Write + Send
     })
 }
 
-impl AccessLog {
-    /// Opens `target` (a file is opened for appending, created if missing; an error
-    /// names the path).
-    pub fn open(target: &AccessLogTarget, format: LogFormat) -> std::io::Result<Self> {
-        if *target == AccessLogTarget::Off {
-            return Ok(Self::default());
-        }
+impl Writer {
+    fn start(target: &AccessLogTarget) -> std::io::Result<Self> {
         let mut out = open_target(target)?;
         let target = target.clone();
         let (tx, rx) = sync_channel::<Msg>(QUEUE);
@@ -102,26 +189,10 @@ impl AccessLog {
                     }
                 }
             })?;
-        Ok(Self {
-            tx: Some(tx),
-            json: format == LogFormat::Json,
-            dropped: Arc::default(),
-        })
+        Ok(Self { tx: Some(tx) })
     }
 
-    /// Counts dropped lines into `counter` (one counter across reloads).
-    pub fn counting_into(mut self, counter: Arc<AtomicU64>) -> Self {
-        self.dropped = counter;
-        self
-    }
-
-    pub fn is_on(&self) -> bool {
-        self.tx.is_some()
-    }
-
-    /// Opens the file again after the lines queued so far are written (SIGUSR1, after
-    /// logrotate moved it).
-    pub fn reopen(&self) {
+    fn reopen(&self) {
         if let Some(tx) = &self.tx {
             if let Err(TrySendError::Full(m)) = tx.try_send(Msg::Reopen) {
                 // the writer is behind: wait for it on a thread of its own
@@ -130,16 +201,183 @@ impl AccessLog {
             }
         }
     }
+}
 
-    pub fn log(&self, e: &Entry<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let line = if self.json {
-            json_line(e)
-        } else {
-            combined_line(e)
+impl AccessLog {
+    /// A log to `target` in `format` with a writer of its own (tests, `check`).
+    pub fn open(target: &AccessLogTarget, format: &AccessFormat) -> std::io::Result<Self> {
+        Writers::default().log(target, format, None)
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.writer.tx.is_some()
+    }
+
+    /// The request-time part of a template format or condition (None for the built-in
+    /// formats without a condition: they need nothing of the request but [`Entry`]).
+    pub fn pending(&self, vars: &Vars<'_>) -> Option<Pending> {
+        if !self.is_on() {
+            return None;
+        }
+        let line = match self.format.as_ref() {
+            Some(AccessFormat::Template(t)) => early(&t.template, t.escape, vars),
+            _ => Vec::new(),
+        };
+        let condition = self
+            .condition
+            .as_ref()
+            .map(|c| early(c, LogEscape::None, vars));
+        (!line.is_empty() || condition.is_some()).then_some(Pending { line, condition })
+    }
+
+    pub fn log(&self, e: &Entry<'_>, pending: Option<&Pending>) {
+        let Some(tx) = &self.writer.tx else { return };
+        if let Some(cond) = pending.and_then(|p| p.condition.as_ref()) {
+            let mut v = Vec::new();
+            late(cond, LogEscape::None, e, &mut v);
+            if v.is_empty() || v == b"0" || v == b"-" {
+                return;
+            }
+        }
+        let line = match self.format.as_ref() {
+            Some(AccessFormat::Json) => json_line(e),
+            Some(AccessFormat::Template(t)) => {
+                let mut out = Vec::with_capacity(256);
+                match pending.filter(|p| !p.line.is_empty()) {
+                    Some(p) => late(&p.line, t.escape, e, &mut out),
+                    // a request that never reached a route: what the entry knows
+                    None => {
+                        let segs: Vec<Seg> =
+                            t.template.parts.iter().cloned().map(Seg::Late).collect();
+                        late(&segs, t.escape, e, &mut out);
+                    }
+                }
+                out.push(b'\n');
+                String::from_utf8_lossy(&out).into_owned()
+            }
+            _ => combined_line(e),
         };
         if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a variable is only known once the response is done.
+fn is_late(part: &KeyPart) -> bool {
+    matches!(part, KeyPart::Log(_) | KeyPart::CacheStatus)
+}
+
+fn early(t: &KeyTemplate, esc: LogEscape, vars: &Vars<'_>) -> Vec<Seg> {
+    let mut out: Vec<Seg> = Vec::with_capacity(t.parts.len());
+    for part in &t.parts {
+        if is_late(part) {
+            out.push(Seg::Late(part.clone()));
+            continue;
+        }
+        let mut text = Vec::new();
+        match part {
+            KeyPart::Literal(l) => text.extend_from_slice(l.as_bytes()),
+            _ => {
+                let mut v = Vec::new();
+                vars.render_part(part, &mut v);
+                escaped(&v, esc, &mut text);
+            }
+        }
+        match out.last_mut() {
+            Some(Seg::Text(prev)) => prev.extend_from_slice(&text),
+            _ => out.push(Seg::Text(text)),
+        }
+    }
+    out
+}
+
+fn late(segs: &[Seg], esc: LogEscape, e: &Entry<'_>, out: &mut Vec<u8>) {
+    for s in segs {
+        match s {
+            Seg::Text(t) => out.extend_from_slice(t),
+            Seg::Late(KeyPart::Literal(l)) => out.extend_from_slice(l.as_bytes()),
+            Seg::Late(part) => {
+                let v = entry_value(part, e);
+                escaped(v.as_bytes(), esc, out);
+            }
+        }
+    }
+}
+
+/// A variable's value from what the entry knows (the response's facts; for a request
+/// that never reached a route, the request's as well).
+fn entry_value(part: &KeyPart, e: &Entry<'_>) -> String {
+    let secs = |d: Duration| format!("{}.{:03}", d.as_secs(), d.subsec_millis());
+    match part {
+        KeyPart::Log(v) => match v {
+            LogVar::Request => format!("{} {} {}", e.method, e.uri, e.version),
+            LogVar::Status => e.status.to_string(),
+            LogVar::BodyBytesSent => e.bytes.to_string(),
+            LogVar::BytesSent => (e.bytes + e.head_bytes).to_string(),
+            LogVar::RequestTime => secs(e.duration),
+            LogVar::UpstreamResponseTime => {
+                e.upstream.map(|_| secs(e.duration)).unwrap_or_default()
+            }
+            LogVar::UpstreamAddr => e.upstream.unwrap_or_default().to_string(),
+            LogVar::UpstreamStatus => e.upstream.map(|_| e.status.to_string()).unwrap_or_default(),
+            LogVar::TimeLocal => time_local(e.time),
+            LogVar::TimeIso8601 => time_iso8601(e.time),
+            LogVar::Msec => {
+                let d = e
+                    .time
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                secs(d)
+            }
+            LogVar::Connection => e.conn.to_string(),
+            LogVar::Pid => std::process::id().to_string(),
+        },
+        KeyPart::CacheStatus => e.cache_status.unwrap_or_default().to_string(),
+        KeyPart::RemoteAddr => e.remote.map(|r| r.to_string()).unwrap_or_default(),
+        KeyPart::RequestUri => e.uri.to_string(),
+        KeyPart::Uri => e.uri.split('?').next().unwrap_or("").to_string(),
+        KeyPart::Host => e.host.unwrap_or_default().to_string(),
+        KeyPart::Header(h) if h == "referer" => e.referer.unwrap_or_default().to_string(),
+        KeyPart::Header(h) if h == "user-agent" => e.user_agent.unwrap_or_default().to_string(),
+        KeyPart::Gateway(portico_config::GatewayVar::RequestMethod) => e.method.to_string(),
+        KeyPart::Gateway(portico_config::GatewayVar::ServerProtocol) => e.version.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// A variable's value in a line: escaped as the format says; empty is `-` (nginx's
+/// "not found"), but in JSON, where it is `""`.
+fn escaped(v: &[u8], esc: LogEscape, out: &mut Vec<u8>) {
+    if v.is_empty() {
+        if esc != LogEscape::Json {
+            out.push(b'-');
+        }
+        return;
+    }
+    match esc {
+        LogEscape::None => out.extend_from_slice(v),
+        LogEscape::Default => {
+            for &b in v {
+                match b {
+                    b'"' | b'\\' => out.extend_from_slice(format!("\\x{b:02X}").as_bytes()),
+                    0x20..=0x7e => out.push(b),
+                    _ => out.extend_from_slice(format!("\\x{b:02X}").as_bytes()),
+                }
+            }
+        }
+        LogEscape::Json => {
+            for &b in v {
+                match b {
+                    b'"' => out.extend_from_slice(b"\\\""),
+                    b'\\' => out.extend_from_slice(b"\\\\"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    b'\t' => out.extend_from_slice(b"\\t"),
+                    0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+                    _ => out.push(b),
+                }
+            }
         }
     }
 }
@@ -150,15 +388,9 @@ fn dash(s: Option<&str>) -> &str {
 
 /// Escapes `"` and `\` and non-printable bytes as nginx does (`\xHH`).
 fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'"' | b'\\' => out.push_str(&format!("\\x{b:02X}")),
-            0x20..=0x7e => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02X}")),
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(s.len());
+    escaped(s.as_bytes(), LogEscape::Default, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
@@ -219,6 +451,22 @@ pub fn time_local(t: SystemTime) -> String {
     )
 }
 
+/// `2026-11-21T23:43:24+00:00` (UTC).
+pub fn time_iso8601(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{y}-{m:02}-{d:02}T{:02}:{:02}:{:02}+00:00",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -263,10 +511,73 @@ mod tests {
             duration: Duration::ZERO,
             upstream: None,
             listener: "web",
+            conn: 7,
+            head_bytes: 100,
+            cache_status: None,
         };
         assert_eq!(
             combined_line(&e),
             "127.0.0.1 - - [01/Jan/1970:00:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n"
         );
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            remote: Some("127.0.0.2".parse().unwrap()),
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_304_604_250),
+            method: "GET",
+            uri: "/a?b=1",
+            version: "HTTP/1.1",
+            status: 404,
+            bytes: 12,
+            head_bytes: 100,
+            referer: None,
+            user_agent: Some("ua \"x\""),
+            host: Some("example.org"),
+            duration: Duration::from_millis(1234),
+            upstream: Some("127.0.0.1:9000"),
+            listener: "web",
+            conn: 7,
+            cache_status: Some("HIT"),
+        }
+    }
+
+    fn template(t: &str, escape: LogEscape) -> AccessFormat {
+        AccessFormat::Template(portico_config::LogTemplate {
+            name: "t".into(),
+            template: KeyTemplate::parse_log(t).unwrap(),
+            escape,
+        })
+    }
+
+    /// A request that never reached a route: the whole line from what the entry knows.
+    #[test]
+    fn a_template_from_the_entry_alone() {
+        let f = template(
+            "$remote_addr [$time_local] \"$request\" $status $body_bytes_sent $bytes_sent \"$http_referer\" \"$http_user_agent\" $request_time $upstream_addr $upstream_status $upstream_cache_status $connection $msec $time_iso8601",
+            LogEscape::Default,
+        );
+        let mut out = Vec::new();
+        let AccessFormat::Template(t) = &f else {
+            unreachable!()
+        };
+        let segs: Vec<Seg> = t.template.parts.iter().cloned().map(Seg::Late).collect();
+        late(&segs, t.escape, &entry(), &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "127.0.0.2 [21/Nov/2026:23:43:24 +0000] \"GET /a?b=1 HTTP/1.1\" 404 12 112 \"-\" \"ua \\x22x\\x22\" 1.234 127.0.0.1:9000 404 HIT 7 1795304604.250 2026-11-21T23:43:24+00:00"
+        );
+    }
+
+    #[test]
+    fn json_escaping_and_empty_values() {
+        let mut out = Vec::new();
+        escaped(b"a\"b\\c\nd\x01", LogEscape::Json, &mut out);
+        assert_eq!(out, b"a\\\"b\\\\c\\nd\\u0001");
+        let mut empty = Vec::new();
+        escaped(b"", LogEscape::Json, &mut empty);
+        assert!(empty.is_empty(), "JSON: an empty value is \"\"");
+        escaped(b"", LogEscape::Default, &mut empty);
+        assert_eq!(empty, b"-");
     }
 }

@@ -148,9 +148,15 @@ pub struct Site {
     real_ip: Option<portico_config::RealIp>,
     /// `[maps]`, for `$map_NAME`.
     maps: Arc<portico_limits::maps::Maps>,
+    /// Some route has an access log of its own (or `off`).
+    route_logs: bool,
 }
 
 impl Site {
+    fn has_route_logs(&self) -> bool {
+        self.route_logs
+    }
+
     /// Compiles `l`; `upstreams` must hold every upstream its routes name.
     pub fn new(
         l: &ListenerConfig,
@@ -158,15 +164,21 @@ impl Site {
         limiters: &portico_limits::Limiters,
         caches: &portico_cache::Zones,
         metrics: &Metrics,
+        logs: &access_log::Writers,
     ) -> Result<Self, String> {
         let kind = if l.routes.is_empty() {
             SiteKind::Welcome
         } else {
             SiteKind::Routes(Box::new(route::Routes::compile(
-                l, upstreams, limiters, caches, metrics,
+                l, upstreams, limiters, caches, metrics, logs,
             )?))
         };
+        let route_logs = l
+            .routes
+            .iter()
+            .any(|r| r.access_log != portico_config::RouteAccessLog::Inherit);
         Ok(Self {
+            route_logs,
             name: l.name.clone(),
             server_names: l.server_names.clone(),
             limits: l.limits.clone(),
@@ -187,6 +199,7 @@ impl Site {
             stats: metrics.site("admin"),
             real_ip: None,
             maps: Arc::default(),
+            route_logs: false,
         }
     }
 }
@@ -195,6 +208,8 @@ impl Site {
 #[derive(Clone)]
 pub struct Shared {
     pub access_log: AccessLog,
+    /// The generation's log destinations (routes' own logs open theirs here).
+    pub logs: access_log::Writers,
     pub status: Arc<StatusSource>,
     /// How long open tunnels (WebSocket) may go on after shutdown begins.
     pub drain: std::time::Duration,
@@ -233,6 +248,8 @@ impl HttpService {
 
 /// Per-connection facts and the state the idle timer needs.
 struct ConnState {
+    /// The connection's serial number (`$connection`).
+    id: u64,
     peer: Option<std::net::SocketAddr>,
     local: Option<std::net::SocketAddr>,
     peer_ip: Option<IpAddr>,
@@ -282,6 +299,7 @@ impl Service for HttpService {
             } = conn;
             let limits = self.sites[0].limits.clone();
             let state = Arc::new(ConnState {
+                id: info.id,
                 peer: info.peer,
                 local: info.local,
                 peer_ip: info.peer.map(|p| p.ip()),
@@ -537,7 +555,8 @@ impl HttpService {
             Err(_) => &self.sites[0],
         });
         let peer = Peer::of(&conn, &site, req.headers());
-        let log_fields = self.shared.access_log.is_on().then(|| LogFields {
+        let may_log = self.shared.access_log.is_on() || site.has_route_logs();
+        let log_fields = may_log.then(|| LogFields {
             method: req.method().to_string(),
             uri: req
                 .uri()
@@ -593,9 +612,25 @@ impl HttpService {
             c.fetch_add(1, Ordering::Relaxed);
         }
 
+        // the log the route chose (its own, or off), with what the request gave it
+        let (log, pending) = match resp.extensions_mut().remove::<RouteLog>() {
+            Some(r) => (r.log, r.pending),
+            None => (self.shared.access_log.clone(), None),
+        };
+        let cache_status = resp
+            .extensions()
+            .get::<cache::Status>()
+            .map(|s| s.0.as_str());
         let (parts, body) = resp.into_parts();
+        // the head as it goes out: status line, headers, blank line
+        let head_bytes = 17
+            + parts
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>() as u64;
+        let conn_id = conn.id;
         let stall_conn = Arc::clone(&conn);
-        let log = self.shared.access_log.clone();
         let stats = Arc::clone(&site.stats);
         let site_name = site.name.clone();
         let body = Observed::new(body, move |bytes, _complete| {
@@ -605,22 +640,28 @@ impl HttpService {
             if let Some(t) = &route_timer {
                 t.observe(took);
             }
-            if let Some(f) = log_fields {
-                log.log(&access_log::Entry {
-                    remote: peer.ip,
-                    time,
-                    method: &f.method,
-                    uri: &f.uri,
-                    version: f.version,
-                    status,
-                    bytes,
-                    referer: f.referer.as_deref(),
-                    user_agent: f.user_agent.as_deref(),
-                    host: f.host.as_deref(),
-                    duration: started.elapsed(),
-                    upstream: upstream.as_deref(),
-                    listener: &site_name,
-                });
+            if let Some(f) = log_fields.filter(|_| log.is_on()) {
+                log.log(
+                    &access_log::Entry {
+                        remote: peer.ip,
+                        time,
+                        method: &f.method,
+                        uri: &f.uri,
+                        version: f.version,
+                        status,
+                        bytes,
+                        referer: f.referer.as_deref(),
+                        user_agent: f.user_agent.as_deref(),
+                        host: f.host.as_deref(),
+                        duration: started.elapsed(),
+                        upstream: upstream.as_deref(),
+                        listener: &site_name,
+                        conn: conn_id,
+                        head_bytes,
+                        cache_status,
+                    },
+                    pending.as_deref(),
+                );
             }
             conn.finish();
         });
@@ -769,10 +810,20 @@ impl HttpService {
     ) -> Outcome {
         let (site, conn, peer) = (at.site, at.conn, at.peer);
         let host = at.host;
-        let answer = |resp, route| Outcome {
-            resp,
-            upstream: None,
-            route,
+        // an answer before the content phase goes to the route's log (with what the
+        // entry knows: the request's part is not rendered yet)
+        let answer = |mut resp: Response<HttpBody>, route: Option<usize>| {
+            if let Some(log) = route.and_then(|i| routes.routes[i].access_log.as_ref()) {
+                resp.extensions_mut().insert(RouteLog {
+                    log: log.clone(),
+                    pending: None,
+                });
+            }
+            Outcome {
+                resp,
+                upstream: None,
+                route,
+            }
         };
         let mut req = req;
         let on_upgrade =
@@ -842,6 +893,8 @@ impl HttpService {
         }
         let ctx = at.req(&req, &uri);
         let vars = ctx.vars(path, args, captures.as_ref());
+        let route_log = route.access_log.as_ref().unwrap_or(&self.shared.access_log);
+        let log_pending = route_log.pending(&vars).map(Arc::new);
         let mut held = Vec::new();
         let mut auth_headers = Vec::new();
         if !route.edge.is_empty() {
@@ -1058,6 +1111,12 @@ impl HttpService {
         // body filter: compression
         if let Some((cfg, method, accept)) = compress_for {
             resp = compress::filter(cfg, &method, accept.as_ref(), resp);
+        }
+        if route.access_log.is_some() || log_pending.is_some() {
+            resp.extensions_mut().insert(RouteLog {
+                log: route_log.clone(),
+                pending: log_pending,
+            });
         }
         Outcome {
             resp: hold(resp, held),
@@ -1553,6 +1612,14 @@ impl Entry {
 
 /// What the pipeline answered, from which upstream, on which route (whose error pages
 /// apply; none: the listener's).
+/// The access log a routed request is written to (the route's own, or the global one
+/// with a template's request-time part), carried to `handle` in the response.
+#[derive(Clone)]
+struct RouteLog {
+    log: AccessLog,
+    pending: Option<Arc<access_log::Pending>>,
+}
+
 struct Outcome {
     resp: Response<HttpBody>,
     upstream: proxy::UpstreamAddr,

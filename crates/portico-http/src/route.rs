@@ -84,6 +84,8 @@ pub(crate) struct CompiledRoute {
     pub choose: Option<(KeyTemplate, UpstreamTable)>,
     /// This route's request durations (/metrics), kept across reloads by its name.
     pub timer: crate::RouteTimer,
+    /// Its own access log (`off` is a log that writes nothing); None: the global one.
+    pub access_log: Option<crate::AccessLog>,
 }
 
 /// The upstreams a map-chosen name can be, by name.
@@ -140,9 +142,21 @@ impl Routes {
         limiters: &portico_limits::Limiters,
         caches: &portico_cache::Zones,
         metrics: &crate::Metrics,
+        logs: &crate::access_log::Writers,
     ) -> Result<Self, String> {
         let mut routes = Vec::new();
         for r in &l.routes {
+            let access_log = match &r.access_log {
+                portico_config::RouteAccessLog::Inherit => None,
+                portico_config::RouteAccessLog::Off => Some(crate::AccessLog::default()),
+                portico_config::RouteAccessLog::To {
+                    target,
+                    format,
+                    condition,
+                } => Some(logs.log(target, format, condition.as_ref()).map_err(|e| {
+                    format!("listener {} route {}: access_log: {e}", l.name, r.path)
+                })?),
+            };
             let content = match &r.action {
                 RouteAction::Static(s) => Content::Static(s.clone()),
                 RouteAction::Return(ret) => Content::Return(ret.clone()),
@@ -229,6 +243,7 @@ impl Routes {
                     .iter()
                     .any(|(_, t)| t.parts.contains(&portico_config::KeyPart::CacheStatus));
             routes.push(CompiledRoute {
+                access_log,
                 cache,
                 late_response_headers,
                 redirect_to,

@@ -120,7 +120,9 @@ impl Vars<'_> {
             KeyPart::Args => out.extend_from_slice(self.args().as_bytes()),
             KeyPart::Host => out.extend_from_slice(self.host().as_bytes()),
             KeyPart::RemoteAddr => out.extend_from_slice(&self.remote_addr()),
-            KeyPart::User => {}
+            // $user is the mail module's; log variables are rendered by the access log from
+            // the finished response
+            KeyPart::User | KeyPart::Log(_) => {}
             KeyPart::CacheStatus => {
                 out.extend_from_slice(self.cache_status.unwrap_or("").as_bytes())
             }

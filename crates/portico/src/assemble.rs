@@ -131,7 +131,7 @@ pub fn endpoints(
             Protocol::Http => {
                 let sites = listeners
                     .iter()
-                    .map(|l| Site::new(l, &upstreams.http, limiters, caches, metrics))
+                    .map(|l| Site::new(l, &upstreams.http, limiters, caches, metrics, &shared.logs))
                     .collect::<Result<Vec<_>, _>>()?;
                 Arc::new(HttpService::new(sites, shared.clone()))
             }

@@ -4,6 +4,7 @@
 //! ([`assemble`]), hands them to the listener core (portico-core) and waits for signals.
 
 mod assemble;
+mod logging;
 mod notify;
 mod upgrade;
 
@@ -203,11 +204,11 @@ fn build_everything(config: &Config) -> anyhow::Result<()> {
         }
         let caches = portico_cache::Zones::build(zones, &portico_cache::Zones::default())
             .map_err(anyhow::Error::msg)?;
-        let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
-            .context("cannot open the access log")?;
+        let (logs, access_log) = open_logs(config, Arc::default())?;
         let listeners = Arc::new(ListenerSet::new(1).context("cannot start a worker thread")?);
         let shared = Shared {
             access_log,
+            logs,
             status: Arc::new(StatusSource::new(listeners, Arc::new(Metrics::default()))),
             drain: config.runtime.shutdown_timeout,
         };
@@ -265,38 +266,17 @@ fn reload_command(given: &[PathBuf], pid_file: Option<PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
-/// Changes the log level on reload (unless `PORTICO_LOG` pins it).
-type LogLevelHandle =
-    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
-
-fn init_logging(config: &Config) -> Option<LogLevelHandle> {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let pinned = tracing_subscriber::EnvFilter::try_from_env(portico_config::LOG_FILTER_VAR).ok();
-    let is_pinned = pinned.is_some();
-    let filter = pinned.unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&config.log.level));
-    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
-    let json = config.log.format == portico_config::LogFormat::Json;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(json.then(|| {
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-        }))
-        .with((!json).then(|| {
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(ansi)
-        }))
-        .try_init();
-    std::panic::set_hook(Box::new(|info| {
-        tracing::error!(panic = %info, "a task panicked; its connection was closed, the process goes on");
-    }));
-    (!is_pinned).then_some(handle)
+/// The access log destinations of a config and its global log; lines dropped by a
+/// writer that cannot keep up are counted into `dropped`.
+fn open_logs(
+    config: &Config,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+) -> anyhow::Result<(portico_http::access_log::Writers, AccessLog)> {
+    let logs = portico_http::access_log::Writers::new(dropped);
+    let global = logs
+        .log(&config.log.access_log, &config.log.access_log_format, None)
+        .context("cannot open the access log")?;
+    Ok((logs, global))
 }
 
 fn run(given: &[PathBuf], start: Start) -> Result<(), (anyhow::Error, notify::Notifier)> {
@@ -317,7 +297,10 @@ fn run(given: &[PathBuf], start: Start) -> Result<(), (anyhow::Error, notify::No
         }
     };
     let config = loaded.config;
-    let log_level = init_logging(&config);
+    let logging = match logging::init(&config) {
+        Ok(l) => l,
+        Err(e) => return Err((e, start.notifier)),
+    };
     for w in &start.warnings {
         tracing::warn!("{w}");
     }
@@ -342,7 +325,7 @@ fn run(given: &[PathBuf], start: Start) -> Result<(), (anyhow::Error, notify::No
     };
     let notifier = start.notifier;
     let rest = (start.inherited, start.invocation);
-    rt.block_on(serve(files, config, log_level, rest, &notifier))
+    rt.block_on(serve(files, config, logging, rest, &notifier))
         .map_err(|e| (e, notifier))
 }
 
@@ -385,24 +368,23 @@ async fn upgrade_outcome(
 
 struct State {
     files: Vec<PathBuf>,
-    log_level: Option<LogLevelHandle>,
+    logging: logging::Logging,
     config: Config,
     upstreams: assemble::Upstreams,
     limiters: portico_limits::Limiters,
     caches: portico_cache::Zones,
-    /// The running config's access log (SIGUSR1 reopens it).
-    access_log: Option<AccessLog>,
+    /// The running config's access log destinations (SIGUSR1 reopens them).
+    logs: Option<portico_http::access_log::Writers>,
     listeners: Arc<ListenerSet>,
     status: Arc<StatusSource>,
 }
 
 impl State {
     fn shared(&self, config: &Config) -> anyhow::Result<Shared> {
-        let access_log = AccessLog::open(&config.log.access_log, config.log.access_log_format)
-            .context("cannot open the access log")?
-            .counting_into(Arc::clone(&self.status.access_log_dropped));
+        let (logs, access_log) = open_logs(config, Arc::clone(&self.status.access_log_dropped))?;
         Ok(Shared {
             access_log,
+            logs,
             status: Arc::clone(&self.status),
             drain: config.runtime.shutdown_timeout,
         })
@@ -426,7 +408,7 @@ impl State {
         self.status
             .upstreams
             .store(Arc::new(upstreams.shared.values().cloned().collect()));
-        if let Some(h) = &self.log_level {
+        if let Some(h) = &self.logging.level {
             if config.log.level != self.config.log.level {
                 let _ = h.reload(tracing_subscriber::EnvFilter::new(&config.log.level));
             }
@@ -434,7 +416,7 @@ impl State {
         self.status.limits.store(Arc::new(limiters.clone()));
         self.status.caches.store(Arc::new(caches.clone()));
         self.caches = caches;
-        self.access_log = Some(shared.access_log.clone());
+        self.logs = Some(shared.logs.clone());
         self.limiters = limiters;
         self.upstreams = upstreams;
         self.config = config;
@@ -448,6 +430,9 @@ impl State {
             Ok(l) => {
                 if l.config.runtime.workers != self.config.runtime.workers {
                     tracing::warn!("runtime.workers changes take effect at the next start");
+                }
+                if l.config.log.file != self.logging.destination {
+                    tracing::warn!("log.file changes take effect at the next start (or upgrade)");
                 }
                 self.apply(l.config)
             }
@@ -474,7 +459,7 @@ impl State {
 async fn serve(
     files: Vec<PathBuf>,
     config: Config,
-    log_level: Option<LogLevelHandle>,
+    logging: logging::Logging,
     (inherited, invocation): (Inherited, upgrade::Invocation),
     notifier: &notify::Notifier,
 ) -> anyhow::Result<()> {
@@ -532,12 +517,12 @@ async fn serve(
     ));
     let mut state = State {
         files,
-        log_level,
+        logging,
         config: config.clone(),
         upstreams: assemble::Upstreams::default(),
         limiters: portico_limits::Limiters::default(),
         caches: portico_cache::Zones::default(),
-        access_log: None,
+        logs: None,
         listeners: Arc::clone(&listeners),
         status,
     };
@@ -582,10 +567,11 @@ async fn serve(
             _ = int.recv() => break Stop::Signal("SIGINT"),
             _ = quit.recv() => break Stop::Signal("SIGQUIT"),
             _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening the access log");
-                if let Some(log) = &state.access_log {
-                    log.reopen();
+                tracing::info!("SIGUSR1: reopening the log files");
+                if let Some(logs) = &state.logs {
+                    logs.reopen();
                 }
+                state.logging.reopen();
             }
             _ = usr2.recv() => {
                 if pending.is_some() {
