@@ -460,7 +460,7 @@ fn nginx_operator_signals_never_kill_portico() {
     let rotated = p.dir.path().join("access.log.1");
     std::fs::rename(&log, &rotated).unwrap();
     p.proc.signal("USR1");
-    p.wait_log_line("SIGUSR1: reopening the log files");
+    p.wait_log_line("SIGUSR1: log files reopened");
     assert_eq!(curl(&[], &p.url("/second")).status, 200);
     until(&|| lines(&log) == 1);
     assert!(std::fs::read_to_string(&log).unwrap().contains("/second"));

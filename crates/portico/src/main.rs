@@ -567,11 +567,12 @@ async fn serve(
             _ = int.recv() => break Stop::Signal("SIGINT"),
             _ = quit.recv() => break Stop::Signal("SIGQUIT"),
             _ = usr1.recv() => {
-                tracing::info!("SIGUSR1: reopening the log files");
                 if let Some(logs) = &state.logs {
                     logs.reopen();
                 }
                 state.logging.reopen();
+                // after the reopen: the first line of the new process log file
+                tracing::info!("SIGUSR1: log files reopened");
             }
             _ = usr2.recv() => {
                 if pending.is_some() {
