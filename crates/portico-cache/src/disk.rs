@@ -229,27 +229,28 @@ impl Disk {
     }
 }
 
-/// Whether a temp file (`PID-ID.SEQ`) is being written by another process that still
-/// runs — the old process of a binary upgrade, draining — rather than left by a crash.
-fn written_by_another_live_process(name: &str) -> bool {
+/// Whether a temp file (`PID-ID.SEQ`) is being written by a process that runs — this
+/// one (a store racing the scan at start) or the old process of a binary upgrade,
+/// draining — rather than left by a crash.
+fn written_by_a_live_process(name: &str) -> bool {
     let Some(pid) = name
         .split_once('-')
         .and_then(|(p, _)| p.parse::<u32>().ok())
     else {
         return false;
     };
-    pid != std::process::id() && Path::new("/proc").join(pid.to_string()).exists()
+    pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
 }
 
-/// Indexes the files an earlier run left; removes temp files (but those another live
-/// process is writing) and anything unreadable.
+/// Indexes the files an earlier run left; removes temp files (but those a live process
+/// is writing) and anything unreadable.
 fn scan(disk: std::sync::Weak<Disk>) {
     let Some(root) = disk.upgrade().map(|d| d.root.clone()) else {
         return;
     };
     if let Ok(tmp) = fs::read_dir(root.join("tmp")) {
         for e in tmp.flatten() {
-            if !written_by_another_live_process(&e.file_name().to_string_lossy()) {
+            if !written_by_a_live_process(&e.file_name().to_string_lossy()) {
                 let _ = fs::remove_file(e.path());
             }
         }

@@ -549,6 +549,7 @@ pub struct MailConfig {
     pub max_login_failures: u32,
     pub login_failure_window: Duration,
     pub backend_proxy_protocol: bool,
+    pub pass_client_cert: bool,
     pub backend_tls: BackendTlsMode,
     pub backend_tls_ca: std::path::PathBuf,
     pub backend_tls_name: Option<String>,
@@ -566,10 +567,30 @@ pub enum BackendTlsMode {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    /// One or more certificates for the listener's names (RSA and ECDSA: the client's
+    /// signature algorithms choose).
+    pub certs: Vec<CertFiles>,
     /// ALPN protocols offered, most preferred first.
     pub alpn: Vec<String>,
+    /// TLS 1.3 only (else 1.2 and 1.3).
+    pub tls13_only: bool,
+    pub client_auth: Option<ClientAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A DER OCSP response to staple.
+    pub ocsp: Option<PathBuf>,
+}
+
+/// Client certificates checked against `ca`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    /// Without a certificate the handshake fails (else it goes on, unverified).
+    pub required: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -938,7 +959,42 @@ pub enum KeyPart {
     CacheStatus,
     /// A fact known once the response is done; only in `log.formats` templates.
     Log(LogVar),
+    /// A fact of the connection's TLS session (`$ssl_protocol`, `$ssl_client_s_dn` …);
+    /// empty on a plain connection.
+    Ssl(SslVar),
 }
+
+/// nginx's `$ssl_*` variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslVar {
+    Protocol,
+    Cipher,
+    ServerName,
+    /// SUCCESS with a verified client certificate, NONE without one.
+    ClientVerify,
+    ClientSDn,
+    ClientIDn,
+    ClientSerial,
+    ClientFingerprint,
+    /// PEM, its lines after the first starting with a tab (nginx's form; for headers use
+    /// the escaped one).
+    ClientCert,
+    /// PEM, percent-encoded.
+    ClientEscapedCert,
+}
+
+const SSL_VARS: [(&str, SslVar); 10] = [
+    ("ssl_protocol", SslVar::Protocol),
+    ("ssl_cipher", SslVar::Cipher),
+    ("ssl_server_name", SslVar::ServerName),
+    ("ssl_client_verify", SslVar::ClientVerify),
+    ("ssl_client_s_dn", SslVar::ClientSDn),
+    ("ssl_client_i_dn", SslVar::ClientIDn),
+    ("ssl_client_serial", SslVar::ClientSerial),
+    ("ssl_client_fingerprint", SslVar::ClientFingerprint),
+    ("ssl_client_cert", SslVar::ClientCert),
+    ("ssl_client_escaped_cert", SslVar::ClientEscapedCert),
+];
 
 /// The variables only a log format has: what the response was and took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1112,6 +1168,10 @@ impl KeyTemplate {
                     }
                     KeyPart::Map(name.to_string())
                 }
+                n if SSL_VARS.iter().any(|(name, _)| *name == n) => SSL_VARS
+                    .iter()
+                    .find(|(name, _)| *name == n)
+                    .map_or(KeyPart::Literal(String::new()), |(_, v)| KeyPart::Ssl(*v)),
                 n => match GATEWAY_VARS.iter().find(|(name, _)| *name == n) {
                     Some((_, v)) => KeyPart::Gateway(*v),
                     None if LOG_VARS.iter().any(|(name, _)| *name == n) => {

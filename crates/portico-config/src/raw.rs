@@ -382,6 +382,9 @@ pub struct RawMail {
     pub login_failure_window: String,
     /// Send a PROXY protocol v2 header with the client's address to backends.
     pub backend_proxy_protocol: bool,
+    /// Auth-SSL-Cert (the client certificate, URL-encoded PEM) to the auth server
+    /// (nginx's `auth_http_pass_client_cert`).
+    pub pass_client_cert: bool,
     /// TLS to backends: off, on (implicit), starttls.
     pub backend_tls: String,
     /// The CA bundle backend certificates are verified against.
@@ -408,6 +411,7 @@ impl Default for RawMail {
             max_login_failures: 0,
             login_failure_window: "5m".into(),
             backend_proxy_protocol: false,
+            pass_client_cert: false,
             backend_tls: "off".into(),
             backend_tls_ca: "/etc/ssl/certs/ca-certificates.crt".into(),
             backend_tls_name: None,
@@ -418,9 +422,33 @@ impl Default for RawMail {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
+    /// One certificate (or `certs` for several).
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    /// Several certificates for the same names (RSA and ECDSA), chosen per client.
+    pub certs: Vec<RawCert>,
+    pub alpn: Option<Vec<String>>,
+    /// "1.2" (the default: TLS 1.2 and 1.3) or "1.3".
+    pub min_version: Option<String>,
+    pub client_auth: Option<RawClientAuth>,
+    /// A DER OCSP response for `cert`, stapled (re-read on reload).
+    pub ocsp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCert {
     pub cert: String,
     pub key: String,
-    pub alpn: Option<Vec<String>>,
+    pub ocsp: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    pub ca: String,
+    /// required (the default) or optional.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

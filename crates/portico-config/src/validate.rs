@@ -661,6 +661,19 @@ fn route_access_log(
     }
 }
 
+/// A TLS file the listener names: it must be readable (relative to the config file).
+fn tls_file(v: &mut Validator<'_>, kp: &str, val: &str) -> PathBuf {
+    if val.is_empty() {
+        v.err(kp, "expected a file path");
+        return PathBuf::new();
+    }
+    let path = resolve(&v.base(kp), val);
+    if let Err(e) = std::fs::metadata(&path) {
+        v.err(kp, format!("cannot read {}: {e}", path.display()));
+    }
+    path
+}
+
 struct Known<'a> {
     log: &'a Log,
     log_formats: &'a BTreeMap<String, LogTemplate>,
@@ -1310,20 +1323,33 @@ fn validate_listener(
     }
     let tls = l.tls.as_ref().map(|t| {
         let tp = format!("{p}.tls");
-        let mut check_file = |key: &str, val: &str| -> PathBuf {
-            let kp = format!("{tp}.{key}");
-            if val.is_empty() {
-                v.err(&kp, format!("tls needs a {key} file"));
-                return PathBuf::new();
+        let file = |v: &mut Validator<'_>, key: &str, val: &str| tls_file(v, &format!("{tp}.{key}"), val);
+        let mut certs = Vec::new();
+        match (&t.cert, &t.key, t.certs.is_empty()) {
+            (Some(c), Some(k), true) => certs.push(CertFiles {
+                cert: file(v, "cert", c),
+                key: file(v, "key", k),
+                ocsp: t.ocsp.as_deref().map(|o| file(v, "ocsp", o)),
+            }),
+            (None, None, false) => {
+                for (i, c) in t.certs.iter().enumerate() {
+                    certs.push(CertFiles {
+                        cert: file(v, &format!("certs.{i}.cert"), &c.cert),
+                        key: file(v, &format!("certs.{i}.key"), &c.key),
+                        ocsp: c.ocsp.as_deref().map(|o| file(v, &format!("certs.{i}.ocsp"), o)),
+                    });
+                }
+                if t.ocsp.is_some() {
+                    v.err(&format!("{tp}.ocsp"), "with certs, each certificate names its own ocsp");
+                }
             }
-            let path = resolve(&v.base(&kp), val);
-            if let Err(e) = std::fs::metadata(&path) {
-                v.err(&kp, format!("cannot read {}: {e}", path.display()));
-            }
-            path
-        };
-        let cert = check_file("cert", &t.cert);
-        let key = check_file("key", &t.key);
+            (_, _, false) => v.err(
+                &format!("{tp}.certs"),
+                "give cert and key, or certs = [{ cert, key }, …], not both",
+            ),
+            (None, _, true) => v.err(&format!("{tp}.cert"), "tls needs a cert file (or certs)"),
+            (Some(_), None, true) => v.err(&format!("{tp}.key"), "tls needs a key file"),
+        }
         let alpn = t.alpn.clone().unwrap_or_else(|| {
             if protocol == Protocol::Http {
                 vec!["h2".into(), "http/1.1".into()]
@@ -1331,7 +1357,43 @@ fn validate_listener(
                 Vec::new()
             }
         });
-        TlsConfig { cert, key, alpn }
+        let tls13_only = match t.min_version.as_deref() {
+            None | Some("1.2") => false,
+            Some("1.3") => true,
+            Some(other) => {
+                let why = if ["1.0", "1.1"].contains(&other) {
+                    " (TLS 1.0 and 1.1 are not offered: rustls does not implement them; docs/http.md says what to do)"
+                } else {
+                    ""
+                };
+                v.err(
+                    &format!("{tp}.min_version"),
+                    format!("{other:?}: expected \"1.2\" or \"1.3\"{why}"),
+                );
+                false
+            }
+        };
+        let client_auth = t.client_auth.as_ref().map(|c| {
+            let ca = file(v, "client_auth.ca", &c.ca);
+            let required = match c.mode.as_deref() {
+                None | Some("required") => true,
+                Some("optional") => false,
+                Some(m) => {
+                    v.err(
+                        &format!("{tp}.client_auth.mode"),
+                        format!("{m:?}: expected \"required\" or \"optional\""),
+                    );
+                    true
+                }
+            };
+            ClientAuth { ca, required }
+        });
+        TlsConfig {
+            certs,
+            alpn,
+            tls13_only,
+            client_auth,
+        }
     });
     let lp = format!("{p}.limits");
     let limits = Limits {
@@ -1710,6 +1772,7 @@ fn validate_mail(
             &m.login_failure_window,
         ),
         backend_proxy_protocol: m.backend_proxy_protocol,
+        pass_client_cert: m.pass_client_cert,
         backend_tls: v
             .one_of(
                 &format!("{p}.backend_tls"),

@@ -48,7 +48,7 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
 }
 pub use names::server_name_matches;
 pub use stream::Stream;
-pub use tls::{CertSpec, TlsInfo};
+pub use tls::{CertSpec, ClientCert, TlsInfo};
 
 /// The future a service returns for one connection.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

@@ -211,8 +211,11 @@ fn certs(names: &[&str]) -> TestCerts {
         roots.add(ck.cert.der().clone()).unwrap();
         specs.push(CertSpec {
             names: vec![n.to_string()],
-            cert,
-            key,
+            files: vec![portico_config::CertFiles {
+                cert,
+                key,
+                ocsp: None,
+            }],
         });
     }
     TestCerts {
@@ -235,7 +238,8 @@ fn client(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
 #[tokio::test]
 async fn tls_picks_the_certificate_by_sni() {
     let c = certs(&["a.test", "b.test"]);
-    let acceptor = tls::build_acceptor(&c.specs, &["http/1.1".into()]).unwrap();
+    let acceptor =
+        tls::build_acceptor(&c.specs, &["http/1.1".into()], &tls::TlsOptions::default()).unwrap();
     let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "t");
@@ -259,7 +263,7 @@ async fn tls_picks_the_certificate_by_sni() {
 #[tokio::test]
 async fn starttls_upgrades_mid_session() {
     let c = certs(&["mail.test"]);
-    let acceptor = tls::build_acceptor(&c.specs, &[]).unwrap();
+    let acceptor = tls::build_acceptor(&c.specs, &[], &tls::TlsOptions::default()).unwrap();
     let set = ListenerSet::new(2).unwrap();
     let tcp = free_port();
     let mut s = spec(ListenAddr::Tcp(tcp), "m");
@@ -283,10 +287,14 @@ fn tls_errors_name_the_file() {
     let err = tls::build_acceptor(
         &[CertSpec {
             names: vec![],
-            cert: cert.clone(),
-            key: cert.clone(),
+            files: vec![portico_config::CertFiles {
+                cert: cert.clone(),
+                key: cert.clone(),
+                ocsp: None,
+            }],
         }],
         &[],
+        &tls::TlsOptions::default(),
     )
     .err()
     .unwrap();

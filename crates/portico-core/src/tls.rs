@@ -24,12 +24,19 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// One certificate and the server names it answers for (empty: default only).
+/// The certificates for a set of server names (empty: default only): one, or several
+/// for the same names (RSA and ECDSA), chosen by what the client can verify.
 #[derive(Debug, Clone)]
 pub struct CertSpec {
     pub names: Vec<String>,
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub files: Vec<portico_config::CertFiles>,
+}
+
+/// The handshake policy of an endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    pub tls13_only: bool,
+    pub client_auth: Option<portico_config::ClientAuth>,
 }
 
 /// What the client negotiated.
@@ -37,8 +44,25 @@ pub struct CertSpec {
 pub struct TlsInfo {
     pub sni: Option<String>,
     pub alpn: Option<Vec<u8>>,
+    /// `TLSv1.2`, `TLSv1.3` (nginx's `$ssl_protocol`).
     pub version: Option<String>,
+    /// The IANA name of the cipher suite (`$ssl_cipher`).
     pub cipher: Option<String>,
+    /// The client's certificate, verified against the listener's `client_auth.ca`.
+    pub client: Option<Arc<ClientCert>>,
+}
+
+/// A verified client certificate, as nginx's `$ssl_client_*` variables give it.
+#[derive(Debug, Clone, Default)]
+pub struct ClientCert {
+    /// RFC 2253 (`CN=alice,O=Example`).
+    pub subject: String,
+    pub issuer: String,
+    /// Hex, uppercase.
+    pub serial: String,
+    /// SHA-1 of the DER, hex, lowercase.
+    pub fingerprint: String,
+    pub pem: String,
 }
 
 fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -77,42 +101,121 @@ fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
 
 #[derive(Debug)]
 struct SniResolver {
-    /// In config order; the first is the default for unknown or missing SNI.
-    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+    /// In config order; the first is the default for unknown or missing SNI. Each
+    /// name set's keys: ECDSA and EdDSA before RSA.
+    certs: Vec<(Vec<String>, Vec<Arc<CertifiedKey>>)>,
 }
 
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(sni) = hello.server_name() {
+impl SniResolver {
+    fn names_for(&self, sni: Option<&str>) -> Option<&[Arc<CertifiedKey>]> {
+        if let Some(sni) = sni {
             // Exact names first, then wildcards, as nginx does.
             for exact in [true, false] {
-                for (names, key) in &self.certs {
+                for (names, keys) in &self.certs {
                     if names
                         .iter()
                         .any(|n| n.starts_with('*') != exact && server_name_matches(n, sni))
                     {
-                        return Some(Arc::clone(key));
+                        return Some(keys);
                     }
                 }
             }
         }
-        self.certs.first().map(|(_, k)| Arc::clone(k))
+        self.certs.first().map(|(_, k)| k.as_slice())
     }
 }
 
-/// Builds an acceptor serving `certs` by SNI and offering `alpn`.
-pub fn build_acceptor(certs: &[CertSpec], alpn: &[String]) -> Result<TlsAcceptor, TlsError> {
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let keys = self.names_for(hello.server_name())?;
+        // the first the client can verify (an RSA-only client gets the RSA one)
+        let offered = hello.signature_schemes();
+        keys.iter()
+            .find(|k| k.key.choose_scheme(offered).is_some())
+            .or_else(|| keys.first())
+            .cloned()
+    }
+}
+
+/// Reads the certificates of a PEM bundle.
+fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |e: &dyn std::fmt::Display| TlsError::Cert {
+        path: path.into(),
+        reason: e.to_string(),
+    };
+    CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))
+}
+
+/// Builds an acceptor serving `certs` by SNI (and by the client's signature algorithms
+/// among a name's certificates), offering `alpn`, under `opts`. OCSP responses are read
+/// here: a reload re-reads them.
+pub fn build_acceptor(
+    certs: &[CertSpec],
+    alpn: &[String],
+    opts: &TlsOptions,
+) -> Result<TlsAcceptor, TlsError> {
     let mut resolved = Vec::new();
     for c in certs {
-        resolved.push((c.names.clone(), load_key(&c.cert, &c.key)?));
+        let mut keys = Vec::new();
+        for f in &c.files {
+            let mut key = load_key(&f.cert, &f.key)?;
+            if let Some(ocsp) = &f.ocsp {
+                let der = std::fs::read(ocsp).map_err(|e| TlsError::Cert {
+                    path: ocsp.clone(),
+                    reason: format!("cannot read the OCSP response: {e}"),
+                })?;
+                if let Some(k) = Arc::get_mut(&mut key) {
+                    k.ocsp = Some(der);
+                }
+            }
+            keys.push(key);
+        }
+        keys.sort_by_key(|k| k.key.algorithm() == rustls::SignatureAlgorithm::RSA);
+        resolved.push((c.names.clone(), keys));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Setup(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { certs: resolved }));
+    let versions: &[&'static rustls::SupportedProtocolVersion] = if opts.tls13_only {
+        &[&rustls::version::TLS13]
+    } else {
+        &[&rustls::version::TLS12, &rustls::version::TLS13]
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(versions)
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match &opts.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in pem_certs(&auth.ca)? {
+                roots.add(c).map_err(|e| TlsError::Cert {
+                    path: auth.ca.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier.build().map_err(|e| TlsError::Cert {
+                path: auth.ca.clone(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: resolved }));
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // stateless resumption: ticket keys rotated every 6 hours (the ring ticketer)
+    config.ticketer =
+        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -257,9 +360,80 @@ pub(crate) fn info_of<IO>(s: &tokio_rustls::server::TlsStream<IO>) -> TlsInfo {
     TlsInfo {
         sni: conn.server_name().map(str::to_string),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-        version: conn.protocol_version().map(|v| format!("{v:?}")),
+        version: conn.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+            other => format!("{other:?}"),
+        }),
         cipher: conn
             .negotiated_cipher_suite()
-            .map(|c| format!("{:?}", c.suite())),
+            .and_then(|c| c.suite().as_str().map(str::to_string)),
+        client: conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|der| Arc::new(client_cert(der))),
     }
+}
+
+/// The facts nginx's `$ssl_client_*` give of a (verified) client certificate.
+fn client_cert(der: &CertificateDer<'_>) -> ClientCert {
+    let fingerprint = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let pem = {
+        let b64 = crate::base64::encode(der);
+        let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+        out
+    };
+    let mut c = ClientCert {
+        fingerprint,
+        pem,
+        ..ClientCert::default()
+    };
+    if let Ok((_, x)) = x509_parser::parse_x509_certificate(der) {
+        c.subject = rfc2253(x.subject());
+        c.issuer = rfc2253(x.issuer());
+        c.serial = x.raw_serial().iter().map(|b| format!("{b:02X}")).collect();
+    }
+    c
+}
+
+/// A name as RFC 2253 writes it (and nginx's `$ssl_client_s_dn`): the most specific
+/// part first, `,` between parts, `+` within one, special characters escaped.
+fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let reg = x509_parser::objects::oid_registry();
+    let mut rdns: Vec<String> = name
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|atv| {
+                    let key = x509_parser::objects::oid2sn(atv.attr_type(), reg)
+                        .map(str::to_string)
+                        .unwrap_or_else(|_| atv.attr_type().to_id_string());
+                    let value = atv.as_str().map(str::to_string).unwrap_or_default();
+                    let mut escaped = String::with_capacity(value.len());
+                    for (i, ch) in value.chars().enumerate() {
+                        let special = matches!(ch, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+                            || (i == 0 && matches!(ch, '#' | ' '))
+                            || (i + 1 == value.chars().count() && ch == ' ');
+                        if special {
+                            escaped.push('\\');
+                        }
+                        escaped.push(ch);
+                    }
+                    format!("{key}={escaped}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    rdns.reverse();
+    rdns.join(",")
 }

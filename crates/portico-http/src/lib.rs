@@ -250,6 +250,8 @@ impl HttpService {
 struct ConnState {
     /// The connection's serial number (`$connection`).
     id: u64,
+    /// The TLS session (`$ssl_*`).
+    tls_info: Option<Arc<portico_core::TlsInfo>>,
     peer: Option<std::net::SocketAddr>,
     local: Option<std::net::SocketAddr>,
     peer_ip: Option<IpAddr>,
@@ -300,6 +302,7 @@ impl Service for HttpService {
             let limits = self.sites[0].limits.clone();
             let state = Arc::new(ConnState {
                 id: info.id,
+                tls_info: info.tls.clone().map(Arc::new),
                 peer: info.peer,
                 local: info.local,
                 peer_ip: info.peer.map(|p| p.ip()),
@@ -1006,6 +1009,7 @@ impl HttpService {
                     peer,
                     local: conn.local,
                     tls: conn.tls,
+                    ssl: conn.tls_info.as_deref(),
                     host: host.cloned(),
                     hash_key,
                     captures: captures.as_ref(),
@@ -1342,6 +1346,7 @@ struct Source<'a> {
     peer: &'a Peer,
     local: Option<std::net::SocketAddr>,
     tls: bool,
+    ssl: Option<&'a portico_core::TlsInfo>,
     host: Option<HeaderValue>,
     hash_key: Option<Vec<u8>>,
     captures: Option<&'a vars::Captures>,
@@ -1372,6 +1377,7 @@ impl Source<'_> {
             peer: self.peer.clone(),
             local: self.local,
             tls: self.tls,
+            ssl: self.ssl.map(|t| Arc::new(t.clone())),
             host: self.host.clone(),
             hash_key: self.hash_key.clone(),
             captures: self.captures.cloned(),
@@ -1388,6 +1394,7 @@ struct OwnedSource {
     peer: Peer,
     local: Option<std::net::SocketAddr>,
     tls: bool,
+    ssl: Option<Arc<portico_core::TlsInfo>>,
     host: Option<HeaderValue>,
     hash_key: Option<Vec<u8>>,
     captures: Option<vars::Captures>,
@@ -1411,6 +1418,7 @@ impl OwnedSource {
             peer: &self.peer,
             local: self.local,
             tls: self.tls,
+            ssl: self.ssl.as_deref(),
             host: self.host.clone(),
             hash_key: self.hash_key.clone(),
             captures: self.captures.as_ref(),
@@ -1461,6 +1469,7 @@ async fn fetch(
                 peer: src.peer.addr,
                 local: src.local,
                 tls: src.tls,
+                ssl: src.ssl,
                 server_name: site.server_names.first().map_or("", String::as_str),
                 hash_key: src.hash_key,
                 max_body_bytes: limit,
@@ -1540,6 +1549,7 @@ impl<'a> ReqCtx<'a> {
             args,
             maps: Some(&self.site.maps),
             cache_status: None,
+            ssl: self.conn.tls_info.as_deref(),
         }
     }
 

@@ -70,9 +70,36 @@ pub struct Vars<'a> {
     pub maps: Option<&'a portico_limits::maps::Maps>,
     /// `$upstream_cache_status`, once the cache has answered.
     pub cache_status: Option<&'static str>,
+    /// The connection's TLS session, for `$ssl_*`.
+    pub ssl: Option<&'a portico_core::TlsInfo>,
 }
 
 impl Vars<'_> {
+    fn render_ssl(&self, v: portico_config::SslVar, out: &mut Vec<u8>) {
+        use portico_config::SslVar::*;
+        let Some(tls) = self.ssl else { return };
+        let client = tls.client.as_deref();
+        let text: std::borrow::Cow<'_, str> = match v {
+            Protocol => tls.version.as_deref().unwrap_or("").into(),
+            Cipher => tls.cipher.as_deref().unwrap_or("").into(),
+            ServerName => tls.sni.as_deref().unwrap_or("").into(),
+            ClientVerify => if client.is_some() { "SUCCESS" } else { "NONE" }.into(),
+            ClientSDn => client.map_or("", |c| c.subject.as_str()).into(),
+            ClientIDn => client.map_or("", |c| c.issuer.as_str()).into(),
+            ClientSerial => client.map_or("", |c| c.serial.as_str()).into(),
+            ClientFingerprint => client.map_or("", |c| c.fingerprint.as_str()).into(),
+            ClientCert => client
+                .map(|c| c.pem.trim_end().replace('\n', "\n\t"))
+                .unwrap_or_default()
+                .into(),
+            ClientEscapedCert => client
+                .map(|c| form_urlencoded_pem(&c.pem))
+                .unwrap_or_default()
+                .into(),
+        };
+        out.extend_from_slice(text.as_bytes());
+    }
+
     pub(crate) fn request_uri(&self) -> &str {
         self.uri
             .path_and_query()
@@ -123,6 +150,7 @@ impl Vars<'_> {
             // $user is the mail module's; log variables are rendered by the access log from
             // the finished response
             KeyPart::User | KeyPart::Log(_) => {}
+            KeyPart::Ssl(v) => self.render_ssl(*v, out),
             KeyPart::CacheStatus => {
                 out.extend_from_slice(self.cache_status.unwrap_or("").as_bytes())
             }
@@ -234,4 +262,18 @@ impl Vars<'_> {
         self.render(t, &mut out);
         HeaderValue::from_bytes(&out).ok()
     }
+}
+
+/// A PEM percent-encoded as nginx's `$ssl_client_escaped_cert` (every byte but
+/// unreserved ones).
+fn form_urlencoded_pem(pem: &str) -> String {
+    let mut out = String::with_capacity(pem.len() * 3 / 2);
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

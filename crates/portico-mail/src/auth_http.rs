@@ -74,6 +74,9 @@ pub struct AuthRequest {
     /// The addresses a PROXY protocol header gave: client and server (nginx's
     /// Proxy-Protocol-Addr/-Port/-Server-Addr/-Server-Port).
     pub proxy_protocol: Option<(SocketAddr, SocketAddr)>,
+    /// On a listener that verifies client certificates: the one the client gave (None:
+    /// none), and whether to pass it whole (Auth-SSL-Cert).
+    pub ssl_client: Option<(Option<std::sync::Arc<portico_core::ClientCert>>, bool)>,
 }
 
 /// The auth server's verdict.
@@ -149,6 +152,25 @@ pub fn encode_request(url: &AuthUrl, r: &AuthRequest) -> Vec<u8> {
     }
     if r.ssl {
         h.push_str("Auth-SSL: on\r\n");
+        // nginx's mail ssl module: what client certificate verification found
+        match &r.ssl_client {
+            Some((Some(c), pass)) => {
+                h.push_str("Auth-SSL-Verify: SUCCESS\r\n");
+                for (name, v) in [
+                    ("Auth-SSL-Subject", &c.subject),
+                    ("Auth-SSL-Issuer", &c.issuer),
+                    ("Auth-SSL-Serial", &c.serial),
+                    ("Auth-SSL-Fingerprint", &c.fingerprint),
+                ] {
+                    h.push_str(&format!("{name}: {}\r\n", escape(v.as_bytes())));
+                }
+                if *pass {
+                    h.push_str(&format!("Auth-SSL-Cert: {}\r\n", escape(c.pem.as_bytes())));
+                }
+            }
+            Some((None, _)) => h.push_str("Auth-SSL-Verify: NONE\r\n"),
+            None => {}
+        }
     }
     if let Some(ip) = r.client_ip {
         h.push_str(&format!("Client-IP: {ip}\r\n"));

@@ -57,6 +57,9 @@ pub struct MailSettings {
     pub logins: LoginCounters,
     /// A PROXY protocol v2 header with the client's address first on backend connections.
     pub backend_proxy_protocol: bool,
+    /// The listener verifies client certificates: the auth request says what it saw.
+    pub client_auth: bool,
+    pub pass_client_cert: bool,
     /// TLS towards backends (`None`: plain).
     pub backend_tls: Option<backend::BackendTls>,
     /// Longest command line before authentication.
@@ -132,6 +135,8 @@ impl MailSettings {
                 .map(|n| limiters.conn.get(n).cloned().ok_or_else(|| named(n)))
                 .collect::<Result<_, _>>()?,
             backend_proxy_protocol: m.backend_proxy_protocol,
+            client_auth: l.tls.as_ref().is_some_and(|t| t.client_auth.is_some()),
+            pass_client_cert: m.pass_client_cert,
             backend_tls: match m.backend_tls {
                 portico_config::BackendTlsMode::Off => None,
                 mode => Some(backend::BackendTls {

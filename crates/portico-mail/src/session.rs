@@ -405,6 +405,10 @@ impl Session {
             attempt: self.attempts,
             client_ip: self.client_ip(),
             ssl: self.is_tls(),
+            ssl_client: (self.cfg.client_auth && self.is_tls()).then(|| {
+                let cert = self.conn.info.tls.as_ref().and_then(|t| t.client.clone());
+                (cert, self.cfg.pass_client_cert)
+            }),
             salt: creds.salt.clone(),
             extra_headers: self.cfg.auth_headers.clone(),
             proxy_protocol: match (

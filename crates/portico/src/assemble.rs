@@ -144,15 +144,19 @@ pub fn endpoints(
             .filter_map(|l| {
                 l.tls.as_ref().map(|t| CertSpec {
                     names: l.server_names.clone(),
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
+                    files: t.certs.clone(),
                 })
             })
             .collect();
         let tls = match &first.tls {
             None => TlsMode::Off,
             Some(t) => {
-                let acceptor = tls::build_acceptor(&certs, &t.alpn).map_err(|e| e.to_string())?;
+                let opts = tls::TlsOptions {
+                    tls13_only: t.tls13_only,
+                    client_auth: t.client_auth.clone(),
+                };
+                let acceptor =
+                    tls::build_acceptor(&certs, &t.alpn, &opts).map_err(|e| e.to_string())?;
                 // Mail listeners with starttls on/only begin in plain text.
                 if first.protocol != Protocol::Http && first.starttls != StartTls::Off {
                     TlsMode::StartTls(acceptor)

@@ -160,6 +160,7 @@ mod tests {
             args: None,
             maps: None,
             cache_status: None,
+            ssl: None,
         }
     }
 

@@ -118,6 +118,7 @@ pub struct Client<'a> {
     pub peer: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
     pub tls: bool,
+    pub ssl: Option<&'a portico_core::TlsInfo>,
     pub server_name: &'a str,
     pub hash_key: Option<Vec<u8>>,
     pub max_body_bytes: u64,
@@ -216,6 +217,7 @@ pub async fn forward(
         args: client.args,
         maps: Some(client.maps),
         cache_status: None,
+        ssl: client.ssl,
     };
     let upstream = route.upstream.handle.load();
     let cfg = &upstream.config;
