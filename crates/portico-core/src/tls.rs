@@ -167,7 +167,8 @@ pub fn build_acceptor(
                     path: ocsp.clone(),
                     reason: format!("cannot read the OCSP response: {e}"),
                 })?;
-                if let Some(k) = Arc::get_mut(&mut key) {
+                // an empty file (a responder that had nothing yet) staples nothing
+                if let (Some(k), false) = (Arc::get_mut(&mut key), der.is_empty()) {
                     k.ocsp = Some(der);
                 }
             }
@@ -400,7 +401,13 @@ fn client_cert(der: &CertificateDer<'_>) -> ClientCert {
     if let Ok((_, x)) = x509_parser::parse_x509_certificate(der) {
         c.subject = rfc2253(x.subject());
         c.issuer = rfc2253(x.issuer());
-        c.serial = x.raw_serial().iter().map(|b| format!("{b:02X}")).collect();
+        // as OpenSSL prints it: without the sign byte DER may put first
+        let raw = x.raw_serial();
+        let start = raw
+            .iter()
+            .position(|b| *b != 0)
+            .unwrap_or(raw.len().saturating_sub(1));
+        c.serial = raw[start..].iter().map(|b| format!("{b:02X}")).collect();
     }
     c
 }
@@ -408,15 +415,28 @@ fn client_cert(der: &CertificateDer<'_>) -> ClientCert {
 /// A name as RFC 2253 writes it (and nginx's `$ssl_client_s_dn`): the most specific
 /// part first, `,` between parts, `+` within one, special characters escaped.
 fn rfc2253(name: &x509_parser::x509::X509Name<'_>) -> String {
-    let reg = x509_parser::objects::oid_registry();
     let mut rdns: Vec<String> = name
         .iter()
         .map(|rdn| {
             rdn.iter()
                 .map(|atv| {
-                    let key = x509_parser::objects::oid2sn(atv.attr_type(), reg)
-                        .map(str::to_string)
-                        .unwrap_or_else(|_| atv.attr_type().to_id_string());
+                    let oid = atv.attr_type().to_id_string();
+                    // OpenSSL's short names, as nginx prints them
+                    let key = match oid.as_str() {
+                        "2.5.4.3" => "CN",
+                        "2.5.4.6" => "C",
+                        "2.5.4.7" => "L",
+                        "2.5.4.8" => "ST",
+                        "2.5.4.9" => "street",
+                        "2.5.4.10" => "O",
+                        "2.5.4.11" => "OU",
+                        "2.5.4.5" => "serialNumber",
+                        "0.9.2342.19200300.100.1.25" => "DC",
+                        "0.9.2342.19200300.100.1.1" => "UID",
+                        "1.2.840.113549.1.9.1" => "emailAddress",
+                        _ => oid.as_str(),
+                    }
+                    .to_string();
                     let value = atv.as_str().map(str::to_string).unwrap_or_default();
                     let mut escaped = String::with_capacity(value.len());
                     for (i, ch) in value.chars().enumerate() {
