@@ -575,6 +575,20 @@ pub struct TlsConfig {
     /// TLS 1.3 only (else 1.2 and 1.3).
     pub tls13_only: bool,
     pub client_auth: Option<ClientAuth>,
+    /// Certificates from an ACME CA (then `certs` is empty: the stored or placeholder
+    /// certificate is chosen when the acceptor is built).
+    pub acme: Option<AcmeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    pub storage: PathBuf,
+    pub directory_ca: Option<PathBuf>,
+    pub renew_before: Duration,
+    pub check_every: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -433,6 +433,24 @@ pub struct RawTls {
     pub client_auth: Option<RawClientAuth>,
     /// A DER OCSP response for `cert`, stapled (re-read on reload).
     pub ocsp: Option<String>,
+    /// Certificates obtained and renewed from an ACME CA.
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    pub email: Option<String>,
+    pub domains: Vec<String>,
+    pub challenge: Option<String>,
+    pub storage: String,
+    /// A CA bundle for the directory's own HTTPS (a private CA, pebble).
+    pub directory_ca: Option<String>,
+    /// Renew when the certificate has less than this left (default 30d).
+    pub renew_before: Option<String>,
+    /// How often expiry is looked at (default 12h).
+    pub check_every: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

@@ -1347,7 +1347,8 @@ fn validate_listener(
                 &format!("{tp}.certs"),
                 "give cert and key, or certs = [{ cert, key }, …], not both",
             ),
-            (None, _, true) => v.err(&format!("{tp}.cert"), "tls needs a cert file (or certs)"),
+            (None, None, true) if t.acme.is_some() => {}
+            (None, _, true) => v.err(&format!("{tp}.cert"), "tls needs a cert file (or certs, or acme)"),
             (Some(_), None, true) => v.err(&format!("{tp}.key"), "tls needs a key file"),
         }
         let alpn = t.alpn.clone().unwrap_or_else(|| {
@@ -1388,11 +1389,56 @@ fn validate_listener(
             };
             ClientAuth { ca, required }
         });
+        let acme = t.acme.as_ref().map(|a| {
+            let ap = format!("{tp}.acme");
+            if !certs.is_empty() {
+                v.err(&ap, "acme obtains the certificate: give no cert/certs beside it");
+            }
+            match a.challenge.as_deref() {
+                None | Some("http-01") => {}
+                Some("tls-alpn-01") => v.err(
+                    &format!("{ap}.challenge"),
+                    "tls-alpn-01 is not implemented yet: use http-01 (a listener on port 80)",
+                ),
+                Some(c) => v.err(
+                    &format!("{ap}.challenge"),
+                    format!("{c:?}: expected \"http-01\""),
+                ),
+            }
+            if a.domains.is_empty() {
+                v.err(&format!("{ap}.domains"), "name at least one domain");
+            }
+            if !a.directory.starts_with("https://") && !a.directory.starts_with("http://") {
+                v.err(&format!("{ap}.directory"), "expected the directory's URL (https://…/directory)");
+            }
+            if a.storage.is_empty() {
+                v.err(&format!("{ap}.storage"), "expected a directory for the account and certificates");
+            }
+            AcmeConfig {
+                directory: a.directory.clone(),
+                email: a.email.clone(),
+                domains: a.domains.clone(),
+                storage: resolve(&v.base(&format!("{ap}.storage")), &a.storage),
+                directory_ca: a
+                    .directory_ca
+                    .as_deref()
+                    .map(|c| tls_file(v, &format!("{ap}.directory_ca"), c)),
+                renew_before: v.duration(
+                    &format!("{ap}.renew_before"),
+                    a.renew_before.as_deref().unwrap_or("30d"),
+                ),
+                check_every: v.duration(
+                    &format!("{ap}.check_every"),
+                    a.check_every.as_deref().unwrap_or("12h"),
+                ),
+            }
+        });
         TlsConfig {
             certs,
             alpn,
             tls13_only,
             client_auth,
+            acme,
         }
     });
     let lp = format!("{p}.limits");

@@ -165,6 +165,12 @@ impl StatusSource {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "reloads": self.reloads.load(Ordering::Relaxed),
             "failed_reloads": self.failed_reloads.load(Ordering::Relaxed),
+            "certificates": portico_acme::status().iter().map(|c| json!({
+                "domains": c.domains,
+                "not_after": c.not_after,
+                "renewals": c.renewals,
+                "last_error": c.last_error,
+            })).collect::<Vec<_>>(),
             "access_log_dropped": self.access_log_dropped.load(Ordering::Relaxed),
             "connections_open": self.listeners.open_connections(),
             "listeners": listeners,

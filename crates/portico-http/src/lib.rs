@@ -577,7 +577,22 @@ impl HttpService {
                 .map(str::to_string),
         });
         let mut route_timer: Option<RouteTimer> = None;
+        // an ACME CA validating a certificate this process orders (HTTP-01), on any
+        // listener, before the routes
+        let acme = refused
+            .is_none()
+            .then(|| portico_acme::answer_http01(req.uri().path()))
+            .flatten();
         let (mut resp, upstream) = match (refused, host) {
+            (None, _) if acme.is_some() => {
+                let body = acme.unwrap_or_default();
+                let mut resp = Response::new(body::full(bytes::Bytes::from(body)));
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                (resp, None)
+            }
             (Some(r), _) => {
                 let mut resp = error_response(r.status);
                 resp.headers_mut()

@@ -142,12 +142,18 @@ pub fn endpoints(
         let certs: Vec<CertSpec> = listeners
             .iter()
             .filter_map(|l| {
-                l.tls.as_ref().map(|t| CertSpec {
-                    names: l.server_names.clone(),
-                    files: t.certs.clone(),
+                l.tls.as_ref().map(|t| {
+                    let files = match &t.acme {
+                        Some(a) => portico_acme::current_files(a).map(|f| vec![f]),
+                        None => Ok(t.certs.clone()),
+                    }?;
+                    Ok::<_, String>(CertSpec {
+                        names: l.server_names.clone(),
+                        files,
+                    })
                 })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let tls = match &first.tls {
             None => TlsMode::Off,
             Some(t) => {
@@ -215,4 +221,19 @@ pub fn cache_zones(config: &Config) -> Vec<portico_cache::ZoneSettings> {
             disk: c.disk.clone(),
         })
         .collect()
+}
+
+/// The ACME blocks of a config's listeners, for the certificate manager.
+pub fn acme_blocks(config: &Config) -> Vec<portico_config::AcmeConfig> {
+    let mut out: Vec<portico_config::AcmeConfig> = Vec::new();
+    for a in config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref().and_then(|t| t.acme.clone()))
+    {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
 }

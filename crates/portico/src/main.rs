@@ -120,6 +120,7 @@ fn load(given: &[PathBuf]) -> Result<(Vec<PathBuf>, Loaded), Vec<portico_config:
 }
 
 fn check(given: &[PathBuf], explain: bool) -> ExitCode {
+    portico_acme::check_only();
     match load(given) {
         Ok((files, loaded)) => {
             if explain {
@@ -377,6 +378,8 @@ struct State {
     logs: Option<portico_http::access_log::Writers>,
     listeners: Arc<ListenerSet>,
     status: Arc<StatusSource>,
+    /// Obtains and renews ACME certificates; a new one makes the process reload.
+    acme: portico_acme::Manager,
 }
 
 impl State {
@@ -405,6 +408,7 @@ impl State {
         self.listeners
             .apply(specs)
             .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        self.acme.ensure(&assemble::acme_blocks(&config));
         self.status
             .upstreams
             .store(Arc::new(upstreams.shared.values().cloned().collect()));
@@ -515,6 +519,7 @@ async fn serve(
         Arc::clone(&listeners),
         Arc::new(Metrics::default()),
     ));
+    let (acme_tx, mut acme_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut state = State {
         files,
         logging,
@@ -525,6 +530,9 @@ async fn serve(
         logs: None,
         listeners: Arc::clone(&listeners),
         status,
+        acme: portico_acme::Manager::new(move || {
+            let _ = acme_tx.send(());
+        }),
     };
     // Signal handlers first: a SIGTERM during start-up must not kill us half-way.
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
@@ -558,6 +566,12 @@ async fn serve(
     let mut pending = None;
     let stop = loop {
         tokio::select! {
+            Some(()) = acme_rx.recv() => {
+                tracing::info!("a new ACME certificate: reloading to serve it");
+                notifier.reloading();
+                state.reload();
+                notifier.reloaded();
+            }
             _ = hup.recv() => {
                 notifier.reloading();
                 state.reload();
