@@ -3,7 +3,8 @@
 //! certificate at start, answers the HTTP-01 challenge on its port-80-style listener
 //! without a route for it, stores account and certificate (0600), serves the
 //! certificate — curl verifies it against pebble's root — keeps it across a restart
-//! without a new order, and renews it when `renew_before` says so.
+//! without a new order, and renews it when `renew_before` says so; and the same through
+//! TLS-ALPN-01 on the TLS port.
 
 mod common;
 
@@ -19,6 +20,7 @@ struct Pebble {
     acme_port: u16,
     mgmt_port: u16,
     http_port: u16,
+    tls_port: u16,
     ca: std::path::PathBuf,
 }
 
@@ -38,7 +40,8 @@ fn pebble(dir: &Path) -> Pebble {
         && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout pebble.key -out pebble.csr -subj /CN=localhost \
         && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext \
         && openssl x509 -req -in pebble.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out pebble.pem -days 2 -extfile ext");
-    let (acme_port, mgmt_port, http_port, dns_port, cts_port) = (
+    let (acme_port, mgmt_port, http_port, tls_port, dns_port, cts_port) = (
+        free_port(),
         free_port(),
         free_port(),
         free_port(),
@@ -50,7 +53,7 @@ fn pebble(dir: &Path) -> Pebble {
         format!(
             r#"{{"pebble": {{"listenAddress": "127.0.0.1:{acme_port}", "managementListenAddress": "127.0.0.1:{mgmt_port}", "certificate": "{d}/pebble.pem", "privateKey": "{d}/pebble.key", "httpPort": {http_port}, "tlsPort": {tls}, "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
             d = dir.display(),
-            tls = free_port()
+            tls = tls_port
         ),
     )
     .unwrap();
@@ -84,6 +87,7 @@ fn pebble(dir: &Path) -> Pebble {
         acme_port,
         mgmt_port,
         http_port,
+        tls_port,
         ca: dir.join("ca.pem"),
     }
 }
@@ -95,13 +99,13 @@ fn config(pb: &Pebble, storage: &Path, extra: &str) -> String {
 listen = "127.0.0.1:{{admin}}"
 [[listeners]]
 name = "plain"
-listen = ["127.0.0.1:{http}"]
+listen = ["127.0.0.1:{{port}}", "127.0.0.1:{http}"]
   [[listeners.routes]]
   path = "/"
   return = {{ status = 200, body = "plain\n" }}
 [[listeners]]
 name = "shop"
-listen = ["127.0.0.1:{{port}}"]
+listen = ["127.0.0.1:{tls}"]
 server_names = ["shop.test"]
   [listeners.tls]
   acme = {{ directory = "https://127.0.0.1:{acme}/dir", email = "ops@shop.test", domains = ["shop.test"], storage = "{s}", directory_ca = "{ca}"{extra} }}
@@ -110,6 +114,7 @@ server_names = ["shop.test"]
   return = {{ status = 200, body = "shop\n" }}
 "#,
         http = pb.http_port,
+        tls = pb.tls_port,
         acme = pb.acme_port,
         s = storage.display(),
         ca = pb.ca.display(),
@@ -150,7 +155,7 @@ fn certificates_from_pebble_issued_kept_and_renewed() {
     let pb = pebble(dir.path());
     let storage = dir.path().join("acme");
     let mut p = Portico::start(&config(&pb, &storage, ""));
-    let tls_port = p.port;
+    let tls_port = pb.tls_port;
     let c = cert_status(&p, |c| c["not_after"].is_u64());
     assert_eq!(c["renewals"], 1);
     assert!(c["last_error"].is_null(), "{c}");
@@ -186,7 +191,7 @@ fn certificates_from_pebble_issued_kept_and_renewed() {
     // a restart serves the stored certificate and orders nothing
     p.proc.stop();
     let p = Portico::start(&config(&pb, &storage, ""));
-    let tls_port = p.port;
+    let tls_port = pb.tls_port;
     let c = cert_status(&p, |c| c["not_after"].is_u64());
     assert_eq!(c["renewals"], 0, "{c}");
     assert_eq!(serial_served(tls_port, &root), first);
@@ -214,4 +219,35 @@ fn certificates_from_pebble_issued_kept_and_renewed() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// TLS-ALPN-01: the CA validates on the TLS listener's own port (an `acme-tls/1`
+/// handshake getting the challenge certificate); no HTTP request is made.
+#[test]
+fn a_certificate_through_tls_alpn_01() {
+    let dir = tempfile::tempdir().unwrap();
+    let pb = pebble(dir.path());
+    let storage = dir.path().join("acme");
+    let p = Portico::start(&config(&pb, &storage, ", challenge = \"tls-alpn-01\""));
+    let c = cert_status(&p, |c| c["not_after"].is_u64());
+    assert!(c["last_error"].is_null(), "{c}");
+    assert!(
+        !p.log_text().contains("acme-challenge"),
+        "no HTTP-01 request: {}",
+        p.log_text()
+    );
+    let root = dir.path().join("root.pem");
+    let out = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&pb.ca)
+        .arg(format!("https://127.0.0.1:{}/roots/0", pb.mgmt_port))
+        .output()
+        .unwrap();
+    std::fs::write(&root, &out.stdout).unwrap();
+    let resolve = format!("shop.test:{}:127.0.0.1", pb.tls_port);
+    let r = curl(
+        &["--cacert", root.to_str().unwrap(), "--resolve", &resolve],
+        &format!("https://shop.test:{}/", pb.tls_port),
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "shop\n"));
 }

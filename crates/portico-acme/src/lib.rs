@@ -284,6 +284,12 @@ async fn order(cfg: &AcmeConfig) -> Result<Option<u64>, String> {
         .await
         .map_err(|e| format!("new order: {e}"))?;
     let mut tokens = Vec::new();
+    let mut alpn_names = Vec::new();
+    let kind = if cfg.tls_alpn {
+        ChallengeType::TlsAlpn01
+    } else {
+        ChallengeType::Http01
+    };
     let result = async {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
@@ -294,14 +300,30 @@ async fn order(cfg: &AcmeConfig) -> Result<Option<u64>, String> {
                 other => return Err(format!("authorization is {other:?}")),
             }
             let mut ch = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or("the CA offers no http-01 challenge")?;
-            let key_auth = ch.key_authorization().as_str().to_string();
-            challenges()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(ch.token.clone(), key_auth);
-            tokens.push(ch.token.clone());
+                .challenge(kind.clone())
+                .ok_or_else(|| format!("the CA offers no {kind:?} challenge"))?;
+            let key_auth = ch.key_authorization();
+            if cfg.tls_alpn {
+                // RFC 8737: a self-signed certificate for the name carrying the key
+                // authorization's digest, served to `acme-tls/1` handshakes
+                let name = ch.identifier().to_string();
+                let mut params = rcgen::CertificateParams::new(vec![name.clone()])
+                    .map_err(|e| format!("challenge certificate: {e}"))?;
+                params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(
+                    key_auth.digest().as_ref(),
+                )];
+                let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+                let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+                portico_core::tls::set_alpn_challenge(&name, &cert.pem(), &key.serialize_pem())
+                    .map_err(|e| e.to_string())?;
+                alpn_names.push(name);
+            } else {
+                challenges()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ch.token.clone(), key_auth.as_str().to_string());
+                tokens.push(ch.token.clone());
+            }
             ch.set_ready()
                 .await
                 .map_err(|e| format!("challenge: {e}"))?;
@@ -332,6 +354,9 @@ async fn order(cfg: &AcmeConfig) -> Result<Option<u64>, String> {
         for t in &tokens {
             pending.remove(t);
         }
+    }
+    for name in &alpn_names {
+        portico_core::tls::clear_alpn_challenge(name);
     }
     let (key, chain) = result?;
     let dir = dir_of(cfg);

@@ -582,6 +582,8 @@ pub struct TlsConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AcmeConfig {
+    /// TLS-ALPN-01 on the TLS listener (else HTTP-01 on an HTTP listener).
+    pub tls_alpn: bool,
     pub directory: String,
     pub email: Option<String>,
     pub domains: Vec<String>,

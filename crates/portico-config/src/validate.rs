@@ -1394,17 +1394,17 @@ fn validate_listener(
             if !certs.is_empty() {
                 v.err(&ap, "acme obtains the certificate: give no cert/certs beside it");
             }
-            match a.challenge.as_deref() {
-                None | Some("http-01") => {}
-                Some("tls-alpn-01") => v.err(
-                    &format!("{ap}.challenge"),
-                    "tls-alpn-01 is not implemented yet: use http-01 (a listener on port 80)",
-                ),
-                Some(c) => v.err(
-                    &format!("{ap}.challenge"),
-                    format!("{c:?}: expected \"http-01\""),
-                ),
-            }
+            let tls_alpn = match a.challenge.as_deref() {
+                None | Some("http-01") => false,
+                Some("tls-alpn-01") => true,
+                Some(c) => {
+                    v.err(
+                        &format!("{ap}.challenge"),
+                        format!("{c:?}: expected \"http-01\" or \"tls-alpn-01\""),
+                    );
+                    false
+                }
+            };
             if a.domains.is_empty() {
                 v.err(&format!("{ap}.domains"), "name at least one domain");
             }
@@ -1415,6 +1415,7 @@ fn validate_listener(
                 v.err(&format!("{ap}.storage"), "expected a directory for the account and certificates");
             }
             AcmeConfig {
+                tls_alpn,
                 directory: a.directory.clone(),
                 email: a.email.clone(),
                 domains: a.domains.clone(),

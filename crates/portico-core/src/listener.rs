@@ -615,6 +615,11 @@ async fn handle(
             match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     info.tls = Some(tls::info_of(&tls));
+                    if info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(tls::ACME_TLS_ALPN)
+                    {
+                        // an ACME CA validating TLS-ALPN-01: the handshake was the answer
+                        return;
+                    }
                     stream = Stream::Tls(Box::new(tls));
                 }
                 Ok(Err(e)) => {

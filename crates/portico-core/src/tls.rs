@@ -37,6 +37,47 @@ pub struct CertSpec {
 pub struct TlsOptions {
     pub tls13_only: bool,
     pub client_auth: Option<portico_config::ClientAuth>,
+    /// Offer `acme-tls/1` (an ACME CA validating TLS-ALPN-01 challenges here).
+    pub acme_alpn: bool,
+}
+
+/// The ALPN protocol of RFC 8737's TLS-ALPN-01 validation handshakes.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// TLS-ALPN-01 challenge certificates by server name, while an ACME order waits for
+/// the CA to look (the resolver serves one to a handshake offering `acme-tls/1`).
+fn alpn_challenges(
+) -> &'static std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>> {
+    static C: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    > = std::sync::OnceLock::new();
+    C.get_or_init(Default::default)
+}
+
+/// Serves `cert_pem`/`key_pem` (a TLS-ALPN-01 challenge certificate) to `acme-tls/1`
+/// handshakes for `name`, until [`clear_alpn_challenge`].
+pub fn set_alpn_challenge(name: &str, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+    let bad = |e: &dyn std::fmt::Display| TlsError::Setup(format!("challenge certificate: {e}"));
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(&e))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| bad(&e))?;
+    alpn_challenges()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            name.to_ascii_lowercase(),
+            Arc::new(CertifiedKey::new(chain, signing)),
+        );
+    Ok(())
+}
+
+pub fn clear_alpn_challenge(name: &str) {
+    alpn_challenges()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&name.to_ascii_lowercase());
 }
 
 /// What the client negotiated.
@@ -127,6 +168,18 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // a validation handshake gets the challenge certificate or nothing
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return alpn_challenges()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&name)
+                .cloned();
+        }
         let keys = self.names_for(hello.server_name())?;
         // the first the client can verify (an RSA-only client gets the RSA one)
         let offered = hello.signature_schemes();
@@ -214,6 +267,10 @@ pub fn build_acceptor(
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: resolved }));
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    if opts.acme_alpn {
+        // last: no other client offers it
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     // stateless resumption: ticket keys rotated every 6 hours (the ring ticketer)
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;

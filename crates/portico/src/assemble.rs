@@ -160,6 +160,7 @@ pub fn endpoints(
                 let opts = tls::TlsOptions {
                     tls13_only: t.tls13_only,
                     client_auth: t.client_auth.clone(),
+                    acme_alpn: t.acme.as_ref().is_some_and(|a| a.tls_alpn),
                 };
                 let acceptor =
                     tls::build_acceptor(&certs, &t.alpn, &opts).map_err(|e| e.to_string())?;
