@@ -245,3 +245,27 @@ fn the_process_log_to_syslog_over_udp() {
         }
     }
 }
+
+/// syslog on a local Unix datagram socket (as /dev/log is): the same RFC 5424 lines.
+#[test]
+fn the_process_log_to_a_syslog_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _p = Portico::start(&format!(
+        "[log]\nfile = \"syslog:unix:{}\"\n[[listeners]]\nlisten = [\"127.0.0.1:{{port}}\"]\n",
+        path.display()
+    ));
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = sock.recv(&mut buf).unwrap();
+        let line = String::from_utf8_lossy(&buf[..n]).to_string();
+        if line.ends_with(" - - ready") {
+            assert!(line.starts_with("<30>1 "), "{line}");
+            assert!(line.contains(" portico "), "{line}");
+            break;
+        }
+    }
+}
