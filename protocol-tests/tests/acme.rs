@@ -92,6 +92,21 @@ fn pebble(dir: &Path) -> Pebble {
     }
 }
 
+impl Pebble {
+    /// pebble's issuing root, from its management interface, written to DIR/root.pem.
+    fn issuing_root(&self, dir: &Path) -> std::path::PathBuf {
+        let root = dir.join("root.pem");
+        let pem = run_ok(
+            Command::new("curl")
+                .args(["-s", "--cacert"])
+                .arg(&self.ca)
+                .arg(format!("https://127.0.0.1:{}/roots/0", self.mgmt_port)),
+        );
+        std::fs::write(&root, pem).unwrap();
+        root
+    }
+}
+
 fn config(pb: &Pebble, storage: &Path, extra: &str) -> String {
     format!(
         r#"
@@ -164,14 +179,7 @@ fn certificates_from_pebble_issued_kept_and_renewed() {
         "the CA asked Portico"
     );
     // pebble's issuing root, from its management interface
-    let root = dir.path().join("root.pem");
-    let out = Command::new("curl")
-        .args(["-s", "--cacert"])
-        .arg(&pb.ca)
-        .arg(format!("https://127.0.0.1:{}/roots/0", pb.mgmt_port))
-        .output()
-        .unwrap();
-    std::fs::write(&root, &out.stdout).unwrap();
+    let root = pb.issuing_root(dir.path());
     let resolve = format!("shop.test:{tls_port}:127.0.0.1");
     let r = curl(
         &["--cacert", root.to_str().unwrap(), "--resolve", &resolve],
@@ -236,14 +244,7 @@ fn a_certificate_through_tls_alpn_01() {
         "no HTTP-01 request: {}",
         p.log_text()
     );
-    let root = dir.path().join("root.pem");
-    let out = Command::new("curl")
-        .args(["-s", "--cacert"])
-        .arg(&pb.ca)
-        .arg(format!("https://127.0.0.1:{}/roots/0", pb.mgmt_port))
-        .output()
-        .unwrap();
-    std::fs::write(&root, &out.stdout).unwrap();
+    let root = pb.issuing_root(dir.path());
     let resolve = format!("shop.test:{}:127.0.0.1", pb.tls_port);
     let r = curl(
         &["--cacert", root.to_str().unwrap(), "--resolve", &resolve],

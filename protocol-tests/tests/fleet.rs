@@ -92,17 +92,12 @@ auth_http = "http://127.0.0.1:{auth_port}/auth"
     // IMAP from 127.0.0.3 (curl's own IMAP client): each login reaches the auth server
     // with the client's address, through either instance
     for _ in 0..2 {
-        let out = Command::new("curl")
-            .args(["-s", "--interface", "127.0.0.3", "--user", "alice:secret"])
-            .arg(format!("imap://127.0.0.1:{mail}/"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let listing = run_ok(
+            Command::new("curl")
+                .args(["-s", "--interface", "127.0.0.3", "--user", "alice:secret"])
+                .arg(format!("imap://127.0.0.1:{mail}/")),
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("INBOX"));
+        assert!(listing.contains("INBOX"));
     }
     let requests = read_jsonl(&auth_log);
     assert_eq!(requests.len(), 2, "{requests:?}");

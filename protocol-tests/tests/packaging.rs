@@ -31,13 +31,7 @@ fn the_deb() -> PathBuf {
 }
 
 fn dpkg_deb(args: &[&str]) -> String {
-    let out = Command::new("dpkg-deb").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "dpkg-deb {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(Command::new("dpkg-deb").args(args))
 }
 
 #[test]
@@ -92,16 +86,7 @@ fn the_deb_installs_the_binary_units_and_default_config() {
         !sections.contains(".debug_info"),
         "debug info in the shipped binary"
     );
-    let out = Command::new(&bin)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new(&bin).args(["check", "--config"]).arg(&config));
     let version = Command::new(&bin).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),

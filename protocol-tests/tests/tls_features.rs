@@ -13,17 +13,7 @@ use std::process::{Command, Stdio};
 
 /// Runs a shell command in `dir`; its stdout (panics with stderr on failure).
 fn sh(dir: &Path, cmd: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-c", cmd])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ok(Command::new("bash").args(["-c", cmd]).current_dir(dir))
 }
 
 /// A client CA, alice's certificate from it, and self-signed server certificates for

@@ -107,16 +107,7 @@ pub struct ClientCert {
 }
 
 fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Cert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert {
-            path: cert.into(),
-            reason: e.to_string(),
-        })?;
+    let chain = pem_certs(cert)?;
     if chain.is_empty() {
         return Err(TlsError::Cert {
             path: cert.into(),

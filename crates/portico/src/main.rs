@@ -427,8 +427,15 @@ impl State {
         Ok(())
     }
 
-    fn reload(&mut self) {
-        tracing::info!("SIGHUP: reloading configuration");
+    /// Reloads the config files (`why`: SIGHUP, a new ACME certificate), telling systemd.
+    fn reload(&mut self, why: &str, notifier: &notify::Notifier) {
+        tracing::info!("{why}: reloading configuration");
+        notifier.reloading();
+        self.reload_files();
+        notifier.reloaded();
+    }
+
+    fn reload_files(&mut self) {
         let loaded = portico_config::load(&self.files, portico_config::process_env());
         let result = match loaded {
             Ok(l) => {
@@ -566,17 +573,8 @@ async fn serve(
     let mut pending = None;
     let stop = loop {
         tokio::select! {
-            Some(()) = acme_rx.recv() => {
-                tracing::info!("a new ACME certificate: reloading to serve it");
-                notifier.reloading();
-                state.reload();
-                notifier.reloaded();
-            }
-            _ = hup.recv() => {
-                notifier.reloading();
-                state.reload();
-                notifier.reloaded();
-            }
+            Some(()) = acme_rx.recv() => state.reload("a new ACME certificate", notifier),
+            _ = hup.recv() => state.reload("SIGHUP", notifier),
             _ = term.recv() => break Stop::Signal("SIGTERM"),
             _ = int.recv() => break Stop::Signal("SIGINT"),
             _ = quit.recv() => break Stop::Signal("SIGQUIT"),

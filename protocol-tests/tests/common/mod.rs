@@ -1538,3 +1538,16 @@ impl WsInteractive {
         serde_json::from_str(rest.lines().last().unwrap_or("null")).unwrap()
     }
 }
+
+/// Runs `cmd` and returns its stdout; fails the test with its stderr when it fails.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
