@@ -177,13 +177,14 @@ fn freshness_comes_from_the_upstream_first() {
     }
     assert_eq!(twice("?status=404").0, 1, "valid 404 = 1m stores a 404");
     assert_eq!(twice("?status=404&cc=no-store").0, 2);
-    // max-age=1 and Expires in 1 s: stale after a second, EXPIRED, fetched again
-    for q in ["?cc=max-age=1", "?expires=1"] {
+    // max-age=2 and Expires in 3 s (Date and Expires have whole seconds: 2–3 s):
+    // stale once that has passed, EXPIRED, fetched again
+    for q in ["?cc=max-age=2", "?expires=3"] {
         let t = tag("expiry");
         let url = p.url(&format!("/cached/{t}{q}"));
         assert_eq!(status(&curl(&[], &url)), "MISS");
         assert_eq!(status(&curl(&[], &url)), "HIT");
-        std::thread::sleep(Duration::from_millis(2100)); // the object's lifetime passing
+        std::thread::sleep(Duration::from_millis(3100)); // the object's lifetime passing
         let again = curl(&[], &url);
         assert_eq!(status(&again), "EXPIRED", "{q}");
         assert_eq!(app_count(&t), 2, "{q}");

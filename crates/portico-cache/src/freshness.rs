@@ -235,14 +235,16 @@ pub fn storable(
     if (lifetime_ms == 0 || cc.no_cache) && !validator {
         return Err(NotStored::NoFreshness);
     }
-    // RFC 9111 §4.2.3, in whole seconds for the apparent age (Date has no finer grain)
+    // RFC 9111 §4.2.3. Date has whole seconds only: a Date of second X was made
+    // somewhere in [X, X+1), so the apparent age taken is its lower bound — a reply
+    // made at X.999 and received at X+1.001 is not a second old.
     let age_value_ms = headers
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(0)
         .saturating_mul(1000);
-    let apparent_ms = date_s.map_or(0, |d| now_s.saturating_sub(d) * 1000);
+    let apparent_ms = date_s.map_or(0, |d| response_ms.saturating_sub(d * 1000 + 999));
     let corrected_ms = age_value_ms + response_ms.saturating_sub(request_ms);
     Ok(Times {
         response_ms,
@@ -458,6 +460,35 @@ mod tests {
         )
         .unwrap();
         assert!(!must.may_serve_on_error(NOW + 2_000));
+    }
+
+    #[test]
+    fn a_date_in_whole_seconds_does_not_age_a_reply() {
+        let p = Policy::default();
+        // made at second X (perhaps X.999), received 2 ms into X+1
+        let made = NOW / 1000 * 1000;
+        let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(made));
+        let at = made + 1_002;
+        let t = storable(
+            &p,
+            200,
+            &headers(&[("cache-control", "max-age=1"), ("date", &date)]),
+            at,
+            at,
+        )
+        .unwrap();
+        assert_eq!(t.initial_age_ms, 3);
+        assert!(t.is_fresh(at + 900));
+        // a Date truly in the past still counts: 5 s old on arrival
+        let t = storable(
+            &p,
+            200,
+            &headers(&[("cache-control", "max-age=10"), ("date", &date)]),
+            made + 5_999,
+            made + 5_999,
+        )
+        .unwrap();
+        assert_eq!(t.initial_age_ms, 5_000);
     }
 
     #[test]
