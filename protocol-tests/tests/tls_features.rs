@@ -10,6 +10,7 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// Runs a shell command in `dir`; its stdout (panics with stderr on failure).
 fn sh(dir: &Path, cmd: &str) -> String {
@@ -193,6 +194,160 @@ listen = ["127.0.0.1:{{port}}"]
     assert!(s_client("-status").contains("OCSP response: no response sent"));
     std::fs::remove_file(d.join("ec.ocsp")).unwrap();
     assert!(!p.reload(&cfg), "a missing OCSP file is refused");
+}
+
+/// The OCSP entry of /status for the fetched certificate, once `ok` holds (bounded).
+fn ocsp_status(p: &Portico, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+        let o = s["ocsp"][0].clone();
+        if ok(&o) {
+            return o;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{o}\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ocsp = "fetch"`: the response comes from the responder the certificate names
+/// (openssl's responder), is verified and stapled without a reload; a responder down
+/// at start is retried; a response signed by a key the CA never delegated to is not
+/// stapled; a revoked certificate's response is stapled as the responder said; a
+/// certificate that names no responder, or a chain without its issuer, is refused.
+#[test]
+fn ocsp_responses_fetched_from_the_certificates_responder() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let responder_port = free_port();
+    sh(
+        d,
+        &format!(
+            r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -subj "/O=Example/CN=Test CA" -days 2 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ec.key -out ec.csr -subj "/CN=localhost" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:{responder_port}/\n' > leaf.ext
+openssl x509 -req -in ec.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out leaf.pem -days 2 -extfile leaf.ext 2>/dev/null
+cat leaf.pem ca.pem > chain.pem
+printf 'subjectAltName=DNS:localhost\n' > plain.ext
+openssl x509 -req -in ec.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out plain.pem -days 2 -extfile plain.ext 2>/dev/null
+cat plain.pem ca.pem > plain-chain.pem
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -out rogue.pem -subj "/CN=rogue" -days 2 2>/dev/null
+cp ca.pem signer.pem; cp ca.key signer.key
+serial=$(openssl x509 -in leaf.pem -noout -serial | cut -d= -f2)
+end=$(date -u -d '+2 day' +%y%m%d%H%M%SZ)
+printf 'V\t%s\t\t%s\tunknown\t/CN=localhost\n' "$end" "$serial" > index.txt
+printf 'R\t%s\t%s\t%s\tunknown\t/CN=localhost\n' "$end" "$(date -u +%y%m%d%H%M%SZ)" "$serial" > revoked.txt
+"#
+        ),
+    );
+    let config = |cert: &str| {
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:{{admin}}"
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [listeners.tls]
+  certs = [{{ cert = "{d}/{cert}", key = "{d}/ec.key", ocsp = "fetch" }}]
+  [[listeners.routes]]
+  path = "/"
+  return = {{ status = 200, body = "ok\n" }}
+"#,
+            d = d.display()
+        )
+    };
+    let s_client = |port: u16| {
+        sh(
+            d,
+            &format!("openssl s_client -connect 127.0.0.1:{port} -servername localhost -status </dev/null 2>&1 || true"),
+        )
+    };
+
+    // the responder is down at start: handshakes go on, unstapled, and it is retried
+    let p = Portico::start(&config("chain.pem"));
+    let o = ocsp_status(&p, |o| o["last_error"].is_string());
+    assert_eq!(
+        o["responder"],
+        format!("http://127.0.0.1:{responder_port}/"),
+        "{o}"
+    );
+    let before = s_client(p.port);
+    assert!(
+        before.contains("OCSP response: no response sent"),
+        "{before}"
+    );
+    assert!(
+        before.contains("Verify return code") || before.contains("CONNECTED"),
+        "{before}"
+    );
+
+    let _responder = ocsp_responder(responder_port, d);
+    let o = ocsp_status(&p, |o| o["status"] == "good");
+    assert!(o["next_update"].is_i64(), "{o}");
+    let after = s_client(p.port);
+    assert!(
+        after.contains("OCSP Response Status: successful"),
+        "{after}"
+    );
+    assert!(after.contains("Cert Status: good"), "{after}");
+    let requests = std::fs::read_to_string(d.join("requests")).unwrap();
+    assert!(
+        requests
+            .lines()
+            .all(|l| l.starts_with("application/ocsp-request ")),
+        "{requests}"
+    );
+    // the same response survives a reload (it is not fetched again for it)
+    let fetched = requests.lines().count();
+    assert!(p.reload(&config("chain.pem")));
+    assert!(s_client(p.port).contains("Cert Status: good"));
+    assert_eq!(
+        std::fs::read_to_string(d.join("requests"))
+            .unwrap()
+            .lines()
+            .count(),
+        fetched
+    );
+
+    // a response signed by a key the CA did not delegate to is not stapled
+    std::fs::copy(d.join("rogue.pem"), d.join("signer.pem")).unwrap();
+    std::fs::copy(d.join("rogue.key"), d.join("signer.key")).unwrap();
+    let second = Portico::start(&config("chain.pem"));
+    let o = ocsp_status(&second, |o| {
+        o["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("signature does not verify"))
+    });
+    assert!(o["status"].is_null(), "{o}");
+    assert!(s_client(second.port).contains("OCSP response: no response sent"));
+    // the CA's own answer again, now that the certificate is revoked: stapled as said
+    std::fs::copy(d.join("ca.pem"), d.join("signer.pem")).unwrap();
+    std::fs::copy(d.join("ca.key"), d.join("signer.key")).unwrap();
+    std::fs::copy(d.join("revoked.txt"), d.join("index.txt")).unwrap();
+    ocsp_status(&second, |o| o["status"] == "revoked");
+    assert!(s_client(second.port).contains("Cert Status: revoked"));
+    assert!(second.log_text().contains("REVOKED"));
+
+    // what cannot be fetched is refused at check, naming the file
+    let checked = |cert: &str| {
+        let port = free_port().to_string();
+        config(cert)
+            .replace("{admin}", &port)
+            .replace("{port}", &free_port().to_string())
+    };
+    check_errors(
+        &checked("plain-chain.pem"),
+        &["plain-chain.pem", "names no OCSP responder"],
+    );
+    check_errors(
+        &checked("leaf.pem"),
+        &["leaf.pem", "needs the issuer's certificate"],
+    );
 }
 
 /// min_version = "1.3" refuses TLS 1.2; tickets let a client resume its session.

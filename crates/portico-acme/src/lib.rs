@@ -15,6 +15,8 @@
 //! expiry and last error.
 //!
 //! The ACME protocol itself is the instant-acme crate's (async, tokio + rustls, ring).
+//!
+//! [`ocsp`] fetches the OCSP responses of `ocsp = "fetch"` certificates.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 use portico_config::{AcmeConfig, CertFiles};
+
+pub mod ocsp;
 
 /// Pending HTTP-01 answers: token → key authorization.
 fn challenges() -> &'static Mutex<HashMap<String, String>> {

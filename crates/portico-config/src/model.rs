@@ -597,8 +597,18 @@ pub struct AcmeConfig {
 pub struct CertFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
-    /// A DER OCSP response to staple.
-    pub ocsp: Option<PathBuf>,
+    /// The OCSP response to staple.
+    pub ocsp: Option<Ocsp>,
+}
+
+/// Where a certificate's stapled OCSP response comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ocsp {
+    /// A DER response in a file, re-read on reload.
+    File(PathBuf),
+    /// Fetched by Portico from the responder the certificate names (its Authority
+    /// Information Access), refreshed before it expires.
+    Fetch,
 }
 
 /// Client certificates checked against `ca`.

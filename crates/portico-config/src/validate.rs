@@ -1324,19 +1324,23 @@ fn validate_listener(
     let tls = l.tls.as_ref().map(|t| {
         let tp = format!("{p}.tls");
         let file = |v: &mut Validator<'_>, key: &str, val: &str| tls_file(v, &format!("{tp}.{key}"), val);
+        let ocsp = |v: &mut Validator<'_>, key: &str, val: &str| match val {
+            "fetch" => Ocsp::Fetch,
+            _ => Ocsp::File(tls_file(v, &format!("{tp}.{key}"), val)),
+        };
         let mut certs = Vec::new();
         match (&t.cert, &t.key, t.certs.is_empty()) {
             (Some(c), Some(k), true) => certs.push(CertFiles {
                 cert: file(v, "cert", c),
                 key: file(v, "key", k),
-                ocsp: t.ocsp.as_deref().map(|o| file(v, "ocsp", o)),
+                ocsp: t.ocsp.as_deref().map(|o| ocsp(v, "ocsp", o)),
             }),
             (None, None, false) => {
                 for (i, c) in t.certs.iter().enumerate() {
                     certs.push(CertFiles {
                         cert: file(v, &format!("certs.{i}.cert"), &c.cert),
                         key: file(v, &format!("certs.{i}.key"), &c.key),
-                        ocsp: c.ocsp.as_deref().map(|o| file(v, &format!("certs.{i}.ocsp"), o)),
+                        ocsp: c.ocsp.as_deref().map(|o| ocsp(v, &format!("certs.{i}.ocsp"), o)),
                     });
                 }
                 if t.ocsp.is_some() {

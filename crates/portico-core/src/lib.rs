@@ -16,6 +16,7 @@ mod handover;
 pub mod histogram;
 mod listener;
 mod names;
+pub mod ocsp;
 pub mod proxy_protocol;
 pub mod relay;
 mod stream;

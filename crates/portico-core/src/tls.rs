@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use portico_config::Ocsp;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -10,6 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::names::server_name_matches;
+use crate::ocsp::ocsp_request_for;
 
 /// Errors building a TLS acceptor; each names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,7 @@ pub struct ClientCert {
     pub pem: String,
 }
 
-fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+fn load_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain = pem_certs(cert)?;
     if chain.is_empty() {
         return Err(TlsError::Cert {
@@ -128,18 +131,64 @@ fn load_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
         path: key.into(),
         reason: e.to_string(),
     })?;
-    Ok(Arc::new(ck))
+    Ok(ck)
+}
+
+/// A certificate as served: swapped whole when a fetched OCSP response arrives.
+type KeySlot = Arc<ArcSwap<CertifiedKey>>;
+
+/// OCSP responses fetched from responders (`ocsp = "fetch"`), by the leaf
+/// certificate's DER, and the served slots of those certificates (weak: a reload's
+/// new acceptor registers its own, the old ones die with their acceptor).
+#[derive(Default)]
+struct Fetched {
+    staples: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    slots: Vec<(Vec<u8>, std::sync::Weak<ArcSwap<CertifiedKey>>)>,
+}
+
+fn fetched() -> &'static std::sync::Mutex<Fetched> {
+    static F: std::sync::OnceLock<std::sync::Mutex<Fetched>> = std::sync::OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+/// Staples `ocsp` (a verified DER OCSP response; `None`: nothing) to every served
+/// certificate whose leaf is `leaf`, now and in acceptors built later.
+pub fn set_fetched_staple(leaf: &[u8], ocsp: Option<Vec<u8>>) {
+    let mut f = fetched().lock().unwrap_or_else(|p| p.into_inner());
+    f.slots.retain(|(_, slot)| slot.strong_count() > 0);
+    for (l, slot) in &f.slots {
+        if let (true, Some(slot)) = (l == leaf, slot.upgrade()) {
+            let mut key = CertifiedKey::clone(&slot.load());
+            key.ocsp.clone_from(&ocsp);
+            slot.store(Arc::new(key));
+        }
+    }
+    match ocsp {
+        Some(der) => f.staples.insert(leaf.to_vec(), der),
+        None => f.staples.remove(leaf),
+    };
+}
+
+/// A slot for `key` whose staple is fetched: it starts with the response fetched so
+/// far, and [`set_fetched_staple`] updates it.
+fn fetched_slot(mut key: CertifiedKey) -> KeySlot {
+    let mut f = fetched().lock().unwrap_or_else(|p| p.into_inner());
+    let leaf = key.cert.first().map(|c| c.to_vec()).unwrap_or_default();
+    key.ocsp = f.staples.get(&leaf).cloned();
+    let slot = Arc::new(ArcSwap::from_pointee(key));
+    f.slots.push((leaf, Arc::downgrade(&slot)));
+    slot
 }
 
 #[derive(Debug)]
 struct SniResolver {
     /// In config order; the first is the default for unknown or missing SNI. Each
     /// name set's keys: ECDSA and EdDSA before RSA.
-    certs: Vec<(Vec<String>, Vec<Arc<CertifiedKey>>)>,
+    certs: Vec<(Vec<String>, Vec<KeySlot>)>,
 }
 
 impl SniResolver {
-    fn names_for(&self, sni: Option<&str>) -> Option<&[Arc<CertifiedKey>]> {
+    fn names_for(&self, sni: Option<&str>) -> Option<&[KeySlot]> {
         if let Some(sni) = sni {
             // Exact names first, then wildcards, as nginx does.
             for exact in [true, false] {
@@ -175,14 +224,14 @@ impl ResolvesServerCert for SniResolver {
         // the first the client can verify (an RSA-only client gets the RSA one)
         let offered = hello.signature_schemes();
         keys.iter()
+            .map(|k| k.load_full())
             .find(|k| k.key.choose_scheme(offered).is_some())
-            .or_else(|| keys.first())
-            .cloned()
+            .or_else(|| keys.first().map(|k| k.load_full()))
     }
 }
 
 /// Reads the certificates of a PEM bundle.
-fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let bad = |e: &dyn std::fmt::Display| TlsError::Cert {
         path: path.into(),
         reason: e.to_string(),
@@ -206,19 +255,25 @@ pub fn build_acceptor(
         let mut keys = Vec::new();
         for f in &c.files {
             let mut key = load_key(&f.cert, &f.key)?;
-            if let Some(ocsp) = &f.ocsp {
-                let der = std::fs::read(ocsp).map_err(|e| TlsError::Cert {
-                    path: ocsp.clone(),
-                    reason: format!("cannot read the OCSP response: {e}"),
-                })?;
-                // an empty file (a responder that had nothing yet) staples nothing
-                if let (Some(k), false) = (Arc::get_mut(&mut key), der.is_empty()) {
-                    k.ocsp = Some(der);
+            let slot = match &f.ocsp {
+                None => Arc::new(ArcSwap::from_pointee(key)),
+                Some(Ocsp::File(ocsp)) => {
+                    let der = std::fs::read(ocsp).map_err(|e| TlsError::Cert {
+                        path: ocsp.clone(),
+                        reason: format!("cannot read the OCSP response: {e}"),
+                    })?;
+                    // an empty file (a responder that had nothing yet) staples nothing
+                    key.ocsp = Some(der).filter(|d| !d.is_empty());
+                    Arc::new(ArcSwap::from_pointee(key))
                 }
-            }
-            keys.push(key);
+                Some(Ocsp::Fetch) => {
+                    ocsp_request_for(&f.cert)?;
+                    fetched_slot(key)
+                }
+            };
+            keys.push(slot);
         }
-        keys.sort_by_key(|k| k.key.algorithm() == rustls::SignatureAlgorithm::RSA);
+        keys.sort_by_key(|k| k.load().key.algorithm() == rustls::SignatureAlgorithm::RSA);
         resolved.push((c.names.clone(), keys));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

@@ -224,6 +224,23 @@ pub fn cache_zones(config: &Config) -> Vec<portico_cache::ZoneSettings> {
         .collect()
 }
 
+/// The certificate files whose OCSP staple is fetched (`ocsp = "fetch"`).
+pub fn ocsp_fetched(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for f in config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certs)
+        .filter(|f| f.ocsp == Some(portico_config::Ocsp::Fetch))
+    {
+        if !out.contains(&f.cert) {
+            out.push(f.cert.clone());
+        }
+    }
+    out
+}
+
 /// The ACME blocks of a config's listeners, for the certificate manager.
 pub fn acme_blocks(config: &Config) -> Vec<portico_config::AcmeConfig> {
     let mut out: Vec<portico_config::AcmeConfig> = Vec::new();

@@ -380,6 +380,8 @@ struct State {
     status: Arc<StatusSource>,
     /// Obtains and renews ACME certificates; a new one makes the process reload.
     acme: portico_acme::Manager,
+    /// Fetches the OCSP staples of `ocsp = "fetch"` certificates.
+    stapler: portico_acme::ocsp::Stapler,
 }
 
 impl State {
@@ -409,6 +411,7 @@ impl State {
             .apply(specs)
             .map_err(|(addr, e)| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         self.acme.ensure(&assemble::acme_blocks(&config));
+        self.stapler.ensure(&assemble::ocsp_fetched(&config));
         self.status
             .upstreams
             .store(Arc::new(upstreams.shared.values().cloned().collect()));
@@ -540,6 +543,7 @@ async fn serve(
         acme: portico_acme::Manager::new(move || {
             let _ = acme_tx.send(());
         }),
+        stapler: portico_acme::ocsp::Stapler::default(),
     };
     // Signal handlers first: a SIGTERM during start-up must not kill us half-way.
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;

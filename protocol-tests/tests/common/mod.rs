@@ -818,6 +818,21 @@ pub fn flup(bind: Bind<'_>) -> Proc {
     p
 }
 
+/// An OCSP responder on 127.0.0.1:`port` (openssl's responder behind a loopback HTTP
+/// front, apps/ocsp_responder.py) answering from `dir`'s index.txt, ca.pem and
+/// signer.pem/key; each request is a line in `dir`/requests.
+pub fn ocsp_responder(port: u16, dir: &Path) -> Proc {
+    let mut cmd = Command::new(venv_bin("python"));
+    cmd.arg(apps_dir().join("ocsp_responder.py"))
+        .arg(port.to_string())
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn("ocsp responder", &mut cmd);
+    wait_bind(&Bind::Tcp(port), &mut p, "ocsp responder");
+    p
+}
+
 /// The PHP scripts the php-fpm tests serve.
 pub fn php_root() -> PathBuf {
     apps_dir().join("php")
