@@ -273,7 +273,7 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
 
     std::fs::write(&p.config, good).unwrap();
     let (code, out, err) = upgrade(&p, &[]);
-    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(code, 0, "{out}{err}\n{}", p.log_text());
     assert_ne!(pid_in(&pid_file), p.proc.pid());
     load.finish();
 }

@@ -612,7 +612,9 @@ async fn handle(
                     return;
                 }
             }
-            match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+            // boxed: the handshake's state (rustls's buffers) lives only while it runs,
+            // not in every connection's task for its whole life
+            match tokio::time::timeout(deadline, Box::pin(acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => {
                     info.tls = Some(tls::info_of(&tls));
                     if info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(tls::ACME_TLS_ALPN)

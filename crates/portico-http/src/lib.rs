@@ -31,7 +31,9 @@ pub mod vars;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -331,10 +333,15 @@ impl Service for HttpService {
             ));
             let svc_state = Arc::clone(&state);
             let this = Arc::clone(&self);
+            // The request's future is boxed: hyper keeps a slot the size of the
+            // service's future for the connection's whole life, and the pipeline's
+            // state machine is ~18 KB — an idle keep-alive connection would hold it.
             let svc = hyper::service::service_fn(move |req| {
                 let this = Arc::clone(&this);
                 let state = Arc::clone(&svc_state);
-                async move { Ok::<_, Infallible>(this.handle(req, state).await) }
+                let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
+                    Box::pin(async move { Ok::<_, Infallible>(this.handle(req, state).await) });
+                fut
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

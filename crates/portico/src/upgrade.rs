@@ -163,6 +163,13 @@ pub async fn start_new(
         tokio::select! {
             status = child.wait() => {
                 let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                // what it said just before it exited may still wait in the socket
+                while let Ok(len) = sock.try_recv(&mut buf) {
+                    let msg = String::from_utf8_lossy(&buf[..len]);
+                    if let Some(r) = msg.lines().find_map(|l| l.strip_prefix("STATUS=")) {
+                        said = Some(r.to_string());
+                    }
+                }
                 break match said {
                     Some(r) => format!("the new process exited ({status}) before it was ready: {r}"),
                     None => format!("the new process exited ({status}) before it was ready"),
