@@ -31,9 +31,7 @@ pub mod vars;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -339,9 +337,7 @@ impl Service for HttpService {
             let svc = hyper::service::service_fn(move |req| {
                 let this = Arc::clone(&this);
                 let state = Arc::clone(&svc_state);
-                let fut: Pin<Box<dyn Future<Output = Result<_, Infallible>> + Send>> =
-                    Box::pin(async move { Ok::<_, Infallible>(this.handle(req, state).await) });
-                fut
+                async move { Ok::<_, Infallible>(this.handle(req, state).await) }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder
@@ -749,7 +745,7 @@ impl HttpService {
         let out = self.run(req, Entry::client(), routes, &at).await;
         let timer = out.route.map(|i| Arc::clone(&routes.routes[i].timer));
         let (resp, upstream) = match saved {
-            Some(saved) => self.error_page(out, saved, routes, &at).await,
+            Some(saved) => Box::pin(self.error_page(out, saved, routes, &at)).await,
             None => (out.resp, out.upstream),
         };
         (resp, upstream, timer)
@@ -793,7 +789,7 @@ impl HttpService {
                 Some(i) => {
                     entry.named = Some(i);
                     *req.uri_mut() = saved.uri.clone();
-                    self.run(req, entry, routes, at).await.resp
+                    Box::pin(self.run(req, entry, routes, at)).await.resp
                 }
                 None => error_response(StatusCode::INTERNAL_SERVER_ERROR),
             },
@@ -802,7 +798,7 @@ impl HttpService {
                 match target.parse::<http::Uri>() {
                     Ok(u) => {
                         *req.uri_mut() = u;
-                        self.run(req, entry, routes, at).await.resp
+                        Box::pin(self.run(req, entry, routes, at)).await.resp
                     }
                     Err(e) => {
                         tracing::error!(%target, error = %e, "an error page rendered to an invalid URI: 500");
@@ -935,7 +931,7 @@ impl HttpService {
                     hash_key: None,
                 },
             };
-            match edge::check(&route.edge, ask, &vars).await {
+            match Box::pin(edge::check(&route.edge, ask, &vars)).await {
                 edge::Admit::Refuse(resp) => return answer(resp, Some(index)),
                 edge::Admit::Go {
                     guards,
@@ -1039,7 +1035,7 @@ impl HttpService {
                 };
                 match (&route.cache, cache_plan) {
                     (Some(c), Some(plan)) if on_upgrade.is_none() => {
-                        cache::serve(c, plan, req, &src).await
+                        Box::pin(cache::serve(c, plan, req, &src)).await
                     }
                     _ => self.content(req, src, conn, on_upgrade).await,
                 }
@@ -1304,6 +1300,13 @@ impl HttpService {
 
     /// The content phase: a static file, a WebSocket tunnel, or the request forwarded
     /// to an upstream over HTTP or a gateway.
+    ///
+    /// Each source's future is boxed, here and in `fetch`, `run` and `dispatch`: an async
+    /// fn's state holds every future it awaits, so unboxed the request pipeline was a
+    /// state machine of some hundred KB, copied level by level as it was built (memcpy
+    /// was 30 % of a proxied GET's instructions) and kept by hyper for each connection's
+    /// life. Boxed, `handle` is ~2 KB; the allocations cost less than the copies
+    /// (`bench/instructions.sh`, docs/performance.md).
     async fn content(
         &self,
         req: Request<body::InBody>,
@@ -1313,18 +1316,18 @@ impl HttpService {
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let route = src.route;
         if let route::Content::Static(cfg) = &route.content {
-            let resp = static_files::serve(
+            let resp = Box::pin(static_files::serve(
                 cfg,
                 req.method(),
                 src.path,
                 req.uri().query(),
                 req.headers(),
-            )
+            ))
             .await;
             return (resp, None);
         }
         let (route::Content::Proxy(up), Some(on_upgrade)) = (&route.content, on_upgrade) else {
-            return fetch(req, src).await;
+            return Box::pin(fetch(req, src)).await;
         };
         let up = src.chosen.as_ref().unwrap_or(up);
         let (parts, _body) = req.into_parts();
@@ -1337,14 +1340,14 @@ impl HttpService {
                 .drain
                 .saturating_sub(std::time::Duration::from_millis(500)),
         };
-        let (resp, addr, tunnel) = proxy::forward_upgrade(
+        let (resp, addr, tunnel) = Box::pin(proxy::forward_upgrade(
             up,
             parts,
             &client,
             on_upgrade,
             limits,
             conn.shutdown.clone(),
-        )
+        ))
         .await;
         if let Some(t) = tunnel {
             let handle = tokio::spawn(t);
@@ -1501,7 +1504,7 @@ async fn fetch(
                 args: src.args,
                 maps: &site.maps,
             };
-            gateway::forward(g, parts, body, client).await
+            Box::pin(gateway::forward(g, parts, body, client)).await
         }
         route::Content::Static(_) | route::Content::Return(_) | route::Content::Empty => {
             (error_response(StatusCode::NOT_FOUND), None)
@@ -1516,7 +1519,7 @@ async fn fetch(
                 // The whole body first, then an upstream connection: a slow client
                 // holds no app worker (nginx's proxy_request_buffering on).
                 let limited = ClientBody::new(body, limit, site.limits.body_timeout).boxed();
-                match spool::Spool::read(limited).await {
+                match Box::pin(spool::Spool::read(limited)).await {
                     Ok(s) => {
                         parts.headers.remove(header::TRANSFER_ENCODING);
                         parts.headers.insert(header::CONTENT_LENGTH, s.len.into());
@@ -1527,7 +1530,7 @@ async fn fetch(
             } else {
                 ClientBody::new(body, limit, site.limits.body_timeout).boxed()
             };
-            proxy::forward(up, Request::from_parts(parts, body), &client).await
+            Box::pin(proxy::forward(up, Request::from_parts(parts, body), &client)).await
         }
     }
 }
