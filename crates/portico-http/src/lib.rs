@@ -1530,7 +1530,12 @@ async fn fetch(
             } else {
                 ClientBody::new(body, limit, site.limits.body_timeout).boxed()
             };
-            Box::pin(proxy::forward(up, Request::from_parts(parts, body), &client)).await
+            Box::pin(proxy::forward(
+                up,
+                Request::from_parts(parts, body),
+                &client,
+            ))
+            .await
         }
     }
 }
