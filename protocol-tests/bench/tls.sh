@@ -6,6 +6,10 @@
 # connections per real second, summed over the clients. Each connection sends a GET and
 # reads the answer (-www /): TLS 1.3 tickets come after the handshake, and a client that
 # reads nothing (s_time without -www) never gets one from rustls, so never resumes.
+# TLS 1.3 and TLS 1.2 are measured apart (s_time -tls1_3 / -tls1_2): a TLS 1.2
+# resumption is an abbreviated handshake with no key exchange, a TLS 1.3 one still does
+# X25519. nginx 1.22's default ssl_protocols has no TLSv1.3, so the config names both
+# (Mozilla's intermediate profile, nginx ≥ 1.23.4's default).
 #
 #   bash protocol-tests/bench/tls.sh [WORKERS] [DURATION_S] [CLIENTS]
 #
@@ -26,7 +30,7 @@ cat > "$tmp/nginx/nginx.conf" <<CONF
 $(nginx_head "$tmp/nginx" "$workers")
 events { worker_connections 4096; }
 http { $(temp "$tmp/nginx") access_log off;
-  ssl_session_cache shared:SSL:10m; ssl_session_tickets on;
+  ssl_session_cache shared:SSL:10m; ssl_session_tickets on; ssl_protocols TLSv1.2 TLSv1.3;
   server { listen 127.0.0.1:$nginx_port ssl; ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;
     location / { return 200 "hello\n"; } } }
 CONF
@@ -47,10 +51,10 @@ for port in "$nginx_port" "$portico_port"; do
   for _ in $(seq 1 200); do curl -sk -o /dev/null "https://127.0.0.1:$port/" && break; sleep 0.05; done
 done
 
-rate() { # port mode → connections per real second, summed over the clients
-  local port=$1 mode=$2 i
+rate() { # port mode [version flag] → connections per real second, summed over the clients
+  local port=$1 mode=$2 version=${3:-} i
   for i in $(seq 1 "$clients"); do
-    openssl s_time -connect "127.0.0.1:$port" "$mode" -www / -time "$duration" 2>/dev/null > "$tmp/st.$i" &
+    openssl s_time -connect "127.0.0.1:$port" "$mode" $version -www / -time "$duration" 2>/dev/null > "$tmp/st.$i" &
   done
   wait $(jobs -p | tail -n "$clients")
   python3 - "$tmp" "$clients" <<'PY'
@@ -65,8 +69,15 @@ PY
 }
 
 echo "TLS handshakes per second (openssl s_time, $clients clients, ${duration}s each, workers=$workers)"
-printf '%-8s %12s %12s\n' server full resumed
-n_full=$(rate "$nginx_port" -new); p_full=$(rate "$portico_port" -new)
-n_res=$(rate "$nginx_port" -reuse); p_res=$(rate "$portico_port" -reuse)
-printf '%-8s %12s %12s\n' nginx "$n_full" "$n_res" portico "$p_full" "$p_res"
-python3 -c "import sys; a=list(map(float,sys.argv[1:])); print(f'ratio portico/nginx: full {a[1]/a[0]:.2f}x, resumed {a[3]/a[2]:.2f}x')" "$n_full" "$p_full" "$n_res" "$p_res"
+printf '%-8s %-8s %12s %12s\n' server version full resumed
+declare -A r
+for v in 1.3 1.2; do
+  for srv in nginx portico; do
+    port=$nginx_port; [ $srv = portico ] && port=$portico_port
+    r[$srv.$v.full]=$(rate "$port" -new "-tls${v/./_}")
+    r[$srv.$v.res]=$(rate "$port" -reuse "-tls${v/./_}")
+    printf '%-8s %-8s %12s %12s\n' $srv "TLS$v" "${r[$srv.$v.full]}" "${r[$srv.$v.res]}"
+  done
+  python3 -c "import sys; a=list(map(float,sys.argv[1:])); print(f'TLS$v ratio portico/nginx: full {a[1]/a[0]:.2f}x, resumed {a[3]/a[2]:.2f}x')" \
+    "${r[nginx.$v.full]}" "${r[portico.$v.full]}" "${r[nginx.$v.res]}" "${r[portico.$v.res]}"
+done

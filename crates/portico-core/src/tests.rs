@@ -253,6 +253,11 @@ async fn tls_picks_the_certificate_by_sni() {
             .connect(sn, tcp_stream)
             .await
             .unwrap();
+        // the server's order wins: rustls's client lists AES-256-GCM first
+        assert_eq!(
+            tls.get_ref().1.negotiated_cipher_suite().map(|c| c.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
         assert_eq!(
             first_line(&mut tls).await,
             format!("t Some(127.0.0.1) Some({name:?})\n")

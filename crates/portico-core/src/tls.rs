@@ -276,7 +276,7 @@ pub fn build_acceptor(
         keys.sort_by_key(|k| k.load().key.algorithm() == rustls::SignatureAlgorithm::RSA);
         resolved.push((c.names.clone(), keys));
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(server_provider());
     let versions: &[&'static rustls::SupportedProtocolVersion] = if opts.tls13_only {
         &[&rustls::version::TLS13]
     } else {
@@ -312,6 +312,7 @@ pub fn build_acceptor(
         }
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver { certs: resolved }));
+    config.ignore_client_order = true;
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     if opts.acme_alpn {
         // last: no other client offers it
@@ -321,6 +322,28 @@ pub fn build_acceptor(
     config.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Setup(e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// ring with the server's cipher suite preference: AES-128-GCM first. OpenSSL clients
+/// list AES-256-GCM-SHA384 first, and its HKDF then runs on SHA-384, which ring has no
+/// hardware path for (SHA-256 uses the CPU's SHA extensions): a resumed TLS 1.3
+/// handshake is mostly HKDF and X25519. AES-128-GCM is what Go, Caddy and Cloudflare
+/// prefer too; every suite offered stays an AEAD with forward secrecy.
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::crypto::ring::cipher_suite as cs;
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        cs::TLS13_AES_128_GCM_SHA256,
+        cs::TLS13_AES_256_GCM_SHA384,
+        cs::TLS13_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    p
 }
 
 /// How Portico connects to a backend over TLS.
