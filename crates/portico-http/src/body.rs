@@ -35,7 +35,7 @@ pub enum ClientBodyError {
     #[error("no request body data for {0:?}")]
     Timeout(Duration),
     #[error("bad request body: {0}")]
-    Invalid(hyper::Error),
+    Invalid(BoxError),
 }
 
 /// The status for a request whose client body failed, when `e` or an error that caused
@@ -102,20 +102,24 @@ impl GapTimer {
 /// A request body as the pipeline carries it: the client's, or none for an internal
 /// request (an error page, an X-Accel-Redirect), which is always a GET or HEAD.
 pub enum InBody {
+    /// An h2 stream's (hyper's).
     Client(hyper::body::Incoming),
+    /// An HTTP/1 request's, read by Portico's engine.
+    H1(crate::h1::body::H1Body),
     Empty,
 }
 
 impl Body for InBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            InBody::Client(b) => Pin::new(b).poll_frame(cx),
+            InBody::Client(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            InBody::H1(b) => Pin::new(b).poll_frame(cx),
             InBody::Empty => Poll::Ready(None),
         }
     }
@@ -123,6 +127,7 @@ impl Body for InBody {
     fn is_end_stream(&self) -> bool {
         match self {
             InBody::Client(b) => b.is_end_stream(),
+            InBody::H1(b) => b.is_end_stream(),
             InBody::Empty => true,
         }
     }
@@ -130,6 +135,7 @@ impl Body for InBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             InBody::Client(b) => b.size_hint(),
+            InBody::H1(b) => b.size_hint(),
             InBody::Empty => SizeHint::with_exact(0),
         }
     }

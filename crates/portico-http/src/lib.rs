@@ -20,6 +20,7 @@ mod edge;
 mod errors;
 mod framing;
 pub mod gateway;
+mod h1;
 mod io;
 pub mod path;
 pub mod proxy;
@@ -27,6 +28,7 @@ mod route;
 mod router;
 mod spool;
 pub mod static_files;
+mod upgrade;
 pub mod vars;
 
 use std::collections::BTreeMap;
@@ -40,7 +42,6 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use portico_config::{Limits, ListenerConfig};
 use portico_core::{server_name_matches, BoxFuture, Connection, Service};
@@ -52,6 +53,7 @@ pub use errors::error_response;
 pub use proxy::HttpUpstream;
 
 use body::{ClientBody, HttpBody, Observed};
+use upgrade::ClientUpgrade;
 
 /// nginx's answer to plain HTTP on an HTTPS port (its 497, sent as 400).
 const PLAIN_ON_TLS: &[u8] = b"HTTP/1.1 400 Bad Request\r\nServer: portico\r\nContent-Type: text/html\r\nContent-Length: 220\r\nConnection: close\r\n\r\n<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
@@ -266,10 +268,6 @@ struct ConnState {
     /// When the last request finished, as ms since `start`.
     last_done_ms: AtomicU64,
     start: Instant,
-    /// What the framing guard refused, and the protocol switches it waits on.
-    guard: Arc<framing::GuardCtl>,
-    /// HTTP/1 requests so far on this connection (the guard's index of the next one).
-    h1_requests: AtomicU64,
     /// The connection speaks h2 (it carried an h2 request).
     h2: std::sync::atomic::AtomicBool,
     /// h2 streams whose client stopped taking data for send_timeout (their upstream
@@ -316,104 +314,36 @@ impl Service for HttpService {
                 tunnels: Mutex::new(Vec::new()),
                 last_done_ms: AtomicU64::new(0),
                 start: Instant::now(),
-                guard: Arc::default(),
-                h1_requests: AtomicU64::new(0),
                 h2: Default::default(),
                 stalled: AtomicUsize::new(0),
                 stall: tokio::sync::Notify::new(),
             });
             let max_head = limits.max_header_bytes.max(8192);
-            let io = TokioIo::new(framing::FramingGuard::new(
-                io::SendTimeoutIo::new(stream, limits.send_timeout),
-                max_head,
-                limits.header_timeout,
-                Arc::clone(&state.guard),
-            ));
-            let svc_state = Arc::clone(&state);
-            let this = Arc::clone(&self);
-            // The request's future is boxed: hyper keeps a slot the size of the
-            // service's future for the connection's whole life, and the pipeline's
-            // state machine is ~18 KB — an idle keep-alive connection would hold it.
-            let svc = hyper::service::service_fn(move |req| {
-                let this = Arc::clone(&this);
-                let state = Arc::clone(&svc_state);
-                async move { Ok::<_, Infallible>(this.handle(req, state).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(max_head)
-                // Headers Portico writes itself go out as `Content-Type`; an upstream's
-                // keep the case it wrote them in (the proxy's client preserves it).
-                .title_case_headers(true)
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256)
-                .enable_connect_protocol();
-            let conn = builder.serve_connection_with_upgrades(io, svc);
-            tokio::pin!(conn);
-            let mut closing = false;
-            // Draining (SIGTERM, an upgrade): an HTTP/1 connection is not closed at once
-            // — a client may be sending its next request on it right now, and would see
-            // the connection reset. For DRAIN_GRACE each answer says `Connection: close`
-            // and ends it; what is still open and idle then is closed. h2 gets GOAWAY
-            // at once (its clients retry what the GOAWAY names as unprocessed).
-            let mut drain_deadline = None;
-            loop {
-                let idle_deadline = state.start
-                    + std::time::Duration::from_millis(state.last_done_ms.load(Ordering::Relaxed))
-                    + limits.idle_timeout;
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(conn = info.id, error = %e, "http connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = shutdown.cancelled(), if !closing && drain_deadline.is_none() => {
-                        if state.h2.load(Ordering::Relaxed) {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        } else {
-                            drain_deadline = Some(tokio::time::Instant::now() + DRAIN_GRACE.min(limits.idle_timeout));
-                        }
-                    }
-                    _ = sleep_until_some(drain_deadline), if !closing => {
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                    }
-                    _ = state.stall.notified() => {
-                        // Only stalled streams left: they would hold the connection
-                        // (a graceful close waits for them) forever.
-                        if state.in_flight.load(Ordering::Relaxed) == 0 {
-                            tracing::info!(conn = info.id, "closing an h2 connection whose client stopped reading");
-                            break;
-                        }
-                    }
-                    _ = tokio::time::sleep_until(idle_deadline), if !closing => {
-                        let idle_for = state.start.elapsed().as_millis() as u64
-                            - state.last_done_ms.load(Ordering::Relaxed).min(state.start.elapsed().as_millis() as u64);
-                        if state.in_flight.load(Ordering::Relaxed) == 0
-                            && state.stalled.load(Ordering::Relaxed) > 0
-                        {
-                            break;
-                        }
-                        if state.in_flight.load(Ordering::Relaxed) == 0
-                            && idle_for >= limits.idle_timeout.as_millis() as u64
-                        {
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                        } else if state.in_flight.load(Ordering::Relaxed) > 0 {
-                            // busy: look again one idle period from now
-                            state.last_done_ms.store(state.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-                        }
-                    }
+            let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
+            let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
+            let h2 = if alpn_h2 {
+                Some((io, bytes::Bytes::new()))
+            } else {
+                let settings = h1::Settings {
+                    max_head,
+                    header_timeout: limits.header_timeout,
+                    idle_timeout: limits.idle_timeout,
+                    drain_grace: DRAIN_GRACE,
+                };
+                let this = Arc::clone(&self);
+                let svc_state = Arc::clone(&state);
+                let next = h1::serve(io, settings, &shutdown, |req| {
+                    Arc::clone(&this).handle(req, Arc::clone(&svc_state))
+                })
+                .await;
+                match next {
+                    h1::Next::H2(io, prefix) => Some((io, prefix)),
+                    h1::Next::Closed => None,
                 }
+            };
+            if let Some((io, prefix)) = h2 {
+                self.serve_h2(io, prefix, &state, &limits, &info, &shutdown)
+                    .await;
             }
             let tunnels =
                 std::mem::take(&mut *state.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
@@ -424,17 +354,86 @@ impl Service for HttpService {
     }
 }
 
+impl HttpService {
+    /// An h2 connection (ALPN h2, or an h2 preface on a plain connection: `prefix` is
+    /// what was read of it), through hyper's h2 server, until the client, a drain or
+    /// the idle timeout ends it.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        io: h1::Io,
+        prefix: bytes::Bytes,
+        state: &Arc<ConnState>,
+        limits: &Limits,
+        info: &portico_core::ConnInfo,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        state.h2.store(true, Ordering::Relaxed);
+        let svc_state = Arc::clone(state);
+        let this = Arc::clone(self);
+        let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let this = Arc::clone(&this);
+            let state = Arc::clone(&svc_state);
+            async move { Ok::<_, Infallible>(this.handle(req.map(body::InBody::Client), state).await) }
+        });
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .enable_connect_protocol();
+        let conn = builder.serve_connection(TokioIo::new(h1::Upgraded::new(io, prefix)), svc);
+        tokio::pin!(conn);
+        let mut closing = false;
+        loop {
+            let idle_deadline = state.start
+                + std::time::Duration::from_millis(state.last_done_ms.load(Ordering::Relaxed))
+                + limits.idle_timeout;
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(conn = info.id, error = %e, "h2 connection ended with an error");
+                    }
+                    break;
+                }
+                // draining: GOAWAY at once (clients retry what it names as unprocessed)
+                _ = shutdown.cancelled(), if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = state.stall.notified() => {
+                    // Only stalled streams left: they would hold the connection
+                    // (a graceful close waits for them) forever.
+                    if state.in_flight.load(Ordering::Relaxed) == 0 {
+                        tracing::info!(conn = info.id, "closing an h2 connection whose client stopped reading");
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(idle_deadline), if !closing => {
+                    let idle_for = state.start.elapsed().as_millis() as u64
+                        - state.last_done_ms.load(Ordering::Relaxed).min(state.start.elapsed().as_millis() as u64);
+                    if state.in_flight.load(Ordering::Relaxed) == 0
+                        && state.stalled.load(Ordering::Relaxed) > 0
+                    {
+                        break;
+                    }
+                    if state.in_flight.load(Ordering::Relaxed) == 0
+                        && idle_for >= limits.idle_timeout.as_millis() as u64
+                    {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    } else if state.in_flight.load(Ordering::Relaxed) > 0 {
+                        // busy: look again one idle period from now
+                        state.last_done_ms.store(state.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// How long a draining HTTP/1 connection may still carry a request (answered with
 /// `Connection: close`) before it is closed; at most the listener's idle timeout.
 const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Sleeps until `deadline`; never without one.
-async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// A WebSocket opening: an HTTP/1.1 `Upgrade: websocket` request, or an h2 extended
 /// CONNECT with `:protocol = websocket` (RFC 8441).
@@ -474,7 +473,7 @@ fn version_str(v: Version) -> &'static str {
 /// HTTP/1.1 or h2 request has neither, when Host is repeated or not a valid host (even
 /// beside an authority, which then replaces it), or when an h2 request's Host names
 /// another host than its `:authority`.
-fn request_host(req: &Request<Incoming>) -> Result<Option<HeaderValue>, StatusCode> {
+fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, StatusCode> {
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let header_host = hosts.next();
     if hosts.next().is_some() || header_host.is_some_and(|h| !valid_host(h.as_bytes())) {
@@ -537,18 +536,17 @@ fn host_name(host: &str) -> &str {
 impl HttpService {
     async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<body::InBody>,
         conn: Arc<ConnState>,
     ) -> Response<HttpBody> {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let time = SystemTime::now();
         let h2 = req.version() == Version::HTTP_2;
-        let h1_index = (!h2).then(|| conn.h1_requests.fetch_add(1, Ordering::Relaxed));
-        if h2 {
-            conn.h2.store(true, Ordering::Relaxed);
+        let refused = req.extensions().get::<h1::Refused>().copied();
+        if let Some(r) = refused {
+            tracing::info!(status = r.status.as_u16(), "request refused: {}", r.why);
         }
-        let refused = h1_index.and_then(|i| conn.guard.refusal(i));
         let connect = req.method() == http::Method::CONNECT;
         let host = request_host(&req);
         let site = Arc::clone(match &host {
@@ -609,10 +607,9 @@ impl HttpService {
                 (resp, upstream)
             }
         };
-        if let Some(i) = h1_index {
+        if !h2 {
             let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 || (connect && resp.status().is_success());
-            conn.guard.decided(i, switched);
             if conn.shutdown.is_cancelled() && !switched {
                 // draining: this answer ends the connection, and says so, so the client
                 // sends its next request on a new one (to the process that serves now)
@@ -702,13 +699,13 @@ impl HttpService {
 
     async fn dispatch(
         &self,
-        req: Request<Incoming>,
+        req: Request<body::InBody>,
         site: &Arc<Site>,
         conn: &ConnState,
         peer: &Peer,
         host: Option<HeaderValue>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr, Option<RouteTimer>) {
-        let mut req = req.map(body::InBody::Client);
+        let mut req = req;
         if !site.limits.underscores_in_headers {
             drop_underscored(req.headers_mut());
         }
@@ -848,7 +845,7 @@ impl HttpService {
         };
         let mut req = req;
         let on_upgrade =
-            (!entry.internal && is_websocket_upgrade(&req)).then(|| hyper::upgrade::on(&mut req));
+            (!entry.internal && is_websocket_upgrade(&req)).then(|| ClientUpgrade::of(&mut req));
         // The path borrows a clone of the URI (a reference count), not the request,
         // which goes on to the content phase.
         let uri = req.uri().clone();
@@ -1312,7 +1309,7 @@ impl HttpService {
         req: Request<body::InBody>,
         src: Source<'_>,
         conn: &ConnState,
-        on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        on_upgrade: Option<ClientUpgrade>,
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let route = src.route;
         if let route::Content::Static(cfg) = &route.content {
@@ -1950,7 +1947,7 @@ struct LogFields {
     host: Option<String>,
 }
 
-fn header_str(req: &Request<Incoming>, name: header::HeaderName) -> Option<String> {
+fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<String> {
     req.headers()
         .get(name)
         .map(HeaderValue::as_bytes)

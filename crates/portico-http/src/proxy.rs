@@ -72,11 +72,28 @@ impl Sender {
         match self {
             Sender::H1 { send, exchange } => {
                 exchange.begin();
-                send.try_send_request(req).await
+                let mut resp = send.try_send_request(req).await?;
+                original_case(&mut resp, exchange.take_names());
+                Ok(resp)
             }
             Sender::H2(send) => send.try_send_request(h2_head(req)).await,
         }
     }
+}
+
+/// Notes how the upstream spelled the header names of `resp` (`names`, in order) for
+/// the answer to an HTTP/1 client, when any differs from lower case.
+fn original_case<B>(resp: &mut Response<B>, names: Vec<bytes::Bytes>) {
+    if names.iter().all(|n| crate::h1::is_title_case(n)) {
+        return; // what the client gets without a note
+    }
+    let mut map = HeaderMap::with_capacity(names.len());
+    for n in names {
+        if let Ok(name) = http::header::HeaderName::from_bytes(&n) {
+            map.append(name, n);
+        }
+    }
+    resp.extensions_mut().insert(crate::h1::OriginalCase(map));
 }
 
 /// An HTTP/1.1-shaped upstream request made fit for h2: an absolute URI (`:scheme`,
@@ -577,7 +594,6 @@ where
     let exchange = Arc::new(ExchangeStart::default());
     let guarded = ResponseGuard::new(stream, Arc::clone(&exchange));
     let (send, conn) = hyper::client::conn::http1::Builder::new()
-        .preserve_header_case(true)
         .handshake(TokioIo::new(guarded))
         .await
         .map_err(std::io::Error::other)?;
@@ -738,7 +754,7 @@ pub async fn forward_upgrade(
     up: &HttpUpstream,
     mut parts: http::request::Parts,
     client: &ClientSide,
-    on_client: hyper::upgrade::OnUpgrade,
+    on_client: crate::upgrade::ClientUpgrade,
     limits: portico_websocket::TunnelLimits,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> (Response<HttpBody>, UpstreamAddr, Option<Tunnel>) {
@@ -784,7 +800,14 @@ pub async fn forward_upgrade(
         };
         let req = Request::from_parts(parts.clone(), empty());
         exchange.begin();
-        match tokio::time::timeout(cfg.read_timeout, send.send_request(req)).await {
+        let sent = send.send_request(req);
+        let answer = tokio::time::timeout(cfg.read_timeout, sent).await.map(|r| {
+            r.map(|mut resp| {
+                original_case(&mut resp, exchange.take_names());
+                resp
+            })
+        });
+        match answer {
             Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 let on_upstream = hyper::upgrade::on(&mut resp);
                 let (mut head, _) = resp.into_parts();
@@ -804,15 +827,11 @@ pub async fn forward_upgrade(
                     break;
                 };
                 let tunnel = async move {
-                    match (on_client.await, on_upstream.await) {
+                    match (on_client.stream().await, on_upstream.await) {
                         (Ok(c), Ok(u)) => {
-                            let end = portico_websocket::tunnel(
-                                TokioIo::new(c),
-                                TokioIo::new(u),
-                                limits,
-                                shutdown,
-                            )
-                            .await;
+                            let end =
+                                portico_websocket::tunnel(c, TokioIo::new(u), limits, shutdown)
+                                    .await;
                             tracing::debug!(?end, "websocket tunnel ended");
                             if end == portico_websocket::TunnelEnd::UpstreamError {
                                 pick.failure();

@@ -63,7 +63,6 @@ use write_through;
 pub mod request;
 pub mod response;
 
-pub use request::{FramingGuard, GuardCtl};
 pub use response::{ExchangeStart, ResponseGuard};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.

@@ -32,12 +32,34 @@ const POISON: &[u8] = b"\0\r\n\r\n";
 const MAX_HEAD: usize = 256 * 1024;
 
 /// Set before each request on a connection: the next bytes start a response head.
+/// The guard leaves the last head's header names, as the upstream spelled them, here
+/// (the client gets them in that case).
 #[derive(Debug, Default)]
-pub struct ExchangeStart(AtomicBool);
+pub struct ExchangeStart {
+    begun: AtomicBool,
+    names: std::sync::Mutex<Vec<bytes::Bytes>>,
+}
 
 impl ExchangeStart {
     pub fn begin(&self) {
-        self.0.store(true, Ordering::Release);
+        self.begun.store(true, Ordering::Release);
+    }
+
+    /// The header names of the response head read last, in order (taken).
+    pub fn take_names(&self) -> Vec<bytes::Bytes> {
+        std::mem::take(&mut *self.names.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn record(&self, head: &[u8]) {
+        let names = head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter_map(|line| {
+                let colon = memchr::memchr(b':', line)?;
+                Some(bytes::Bytes::copy_from_slice(&line[..colon]))
+            })
+            .collect();
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = names;
     }
 }
 
@@ -74,6 +96,7 @@ impl<S> ResponseGuard<S> {
                     self.keep_partial(&bytes[i..]);
                     return None;
                 };
+                self.start.record(&bytes[i..i + end]);
                 (end, judge(&bytes[i..i + end], &bytes[i + end..]))
             } else {
                 self.head.extend_from_slice(&bytes[i..]);
@@ -82,6 +105,7 @@ impl<S> ResponseGuard<S> {
                     return None;
                 };
                 let used = end - before;
+                self.start.record(&self.head[..end]);
                 (used, judge(&self.head[..end], &bytes[i + used..]))
             };
             self.head.clear();
@@ -147,7 +171,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ResponseGuard<S> {
                 "ambiguous upstream response framing",
             )));
         }
-        if this.start.0.swap(false, Ordering::AcqRel) {
+        if this.start.begun.swap(false, Ordering::AcqRel) {
             this.reading_head = true;
             this.head.clear();
         }

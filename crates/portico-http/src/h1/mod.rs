@@ -1,0 +1,889 @@
+//! Portico's own HTTP/1.x server connection (RFC 9112), in place of hyper's.
+//!
+//! One task per connection reads a request head, judges its framing
+//! (framing::request's rules: what is ambiguous is refused before anything acts on
+//! it), hands the service an `http::Request` whose body reads straight off the
+//! connection, and writes the answer: head and the first body bytes in one write when
+//! they are ready together, Content-Length or chunked as the body allows, `Date`, and
+//! header names in the case the upstream wrote them ([`OriginalCase`]) or Title-Case.
+//!
+//! What an idle keep-alive connection holds is the point: no buffer at all between
+//! requests — reads wait on a per-thread scratch buffer, and bytes are kept only once
+//! they arrive — so thousands of idle clients cost little more than their sockets.
+//!
+//! An h2 preface on the first request hands the connection (and the bytes read) back
+//! to the caller for hyper's h2 server; a 101 answer hands it to the upgrade's taker.
+
+pub mod body;
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{HttpBody, InBody};
+use crate::framing::request::{judge_request as judge, BodyStart};
+use crate::framing::{find_head_end, Why};
+
+/// The connection as the engine gets it (the listener's stream behind its send
+/// timeout, or a test's pipe).
+pub type Io = Box<dyn crate::upgrade::ConnIo>;
+
+/// Request header fields accepted (more: 431, as hyper and nginx's large buffers).
+const MAX_HEADERS: usize = 100;
+/// A request body left unread after its answer is read and dropped up to this, so the
+/// connection can carry the next request; a longer one closes it.
+const DISCARD_MAX: u64 = 1 << 20;
+
+/// The reading side of a connection and what was read but not yet used.
+pub struct Reader {
+    io: ReadHalf<Io>,
+    pub buf: BytesMut,
+}
+
+thread_local! {
+    /// Where a connection with nothing buffered reads into (one per worker thread).
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; 16 * 1024].into_boxed_slice());
+}
+
+impl Reader {
+    /// Reads more into `buf`; `Ok(0)` at the end of the stream.
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.is_empty() && self.buf.capacity() < 2048 {
+            // nothing kept: read into the thread's scratch, keep only what came
+            let io = &mut self.io;
+            let buf = &mut self.buf;
+            return SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let mut rb = ReadBuf::new(&mut s[..]);
+                ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+                buf.extend_from_slice(rb.filled());
+                Poll::Ready(Ok(rb.filled().len()))
+            });
+        }
+        self.buf.reserve(4096);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+}
+
+/// Header names as the upstream wrote them, for the answer to the client: each name's
+/// original spellings in order of appearance.
+#[derive(Debug, Clone, Default)]
+pub struct OriginalCase(pub HeaderMap<Bytes>);
+
+/// A head refused before the service saw it: the service answers the stand-in request
+/// carrying this with `status` (and logs it), and the connection closes.
+#[derive(Debug, Clone, Copy)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub why: Why,
+}
+
+/// The connection, handed to whoever takes a 101's tunnel: the bytes the client sent
+/// after its request come first.
+pub struct Upgraded {
+    io: Io,
+    prefix: Bytes,
+}
+
+impl Upgraded {
+    /// `io`, with `prefix` read first.
+    pub fn new(io: Io, prefix: Bytes) -> Self {
+        Self { io, prefix }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// In a request that may switch protocols: resolves to the connection once the answer
+/// was a 101 (dropped otherwise). Taken once (extensions must be cloneable).
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<std::sync::Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl PendingUpgrade {
+    pub fn take(&self) -> Option<oneshot::Receiver<Upgraded>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// How the connection's limits apply.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub max_head: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// How long a draining connection may still bring a request.
+    pub drain_grace: Duration,
+}
+
+/// What is left of the connection when the engine is done with it.
+pub enum Next {
+    Closed,
+    /// An h2 preface: the connection for hyper's h2 server, with the bytes read.
+    H2(Io, Bytes),
+}
+
+/// What a request head says about its connection.
+#[derive(Clone, Copy)]
+struct Facts {
+    body: BodyStart,
+    keep_alive: bool,
+    expect_continue: bool,
+    may_upgrade: bool,
+}
+
+enum Got {
+    Head(Box<http::request::Parts>, Facts),
+    Refused(Refused),
+    H2,
+    Closed,
+}
+
+/// Serves HTTP/1 requests on `io` until the client or the limits end it.
+pub async fn serve<F, Fut>(io: Io, s: Settings, shutdown: &CancellationToken, handle: F) -> Next
+where
+    F: Fn(Request<InBody>) -> Fut,
+    Fut: Future<Output = Response<HttpBody>>,
+{
+    let (rd, mut wr) = tokio::io::split(io);
+    let mut reader = Reader {
+        io: rd,
+        buf: BytesMut::new(),
+    };
+    let mut first = true;
+    let mut drain: Option<Instant> = None;
+    loop {
+        let got = next_head(&mut reader, &s, first, shutdown, &mut drain).await;
+        let (mut req, head) = match got {
+            Got::Closed => return Next::Closed,
+            Got::H2 => {
+                let io = reader.io.unsplit(wr);
+                return Next::H2(io, reader.buf.freeze());
+            }
+            Got::Refused(r) => {
+                let mut req = Request::new(InBody::Empty);
+                req.extensions_mut().insert(r);
+                (req, None)
+            }
+            Got::Head(parts, facts) => (Request::from_parts(*parts, InBody::Empty), Some(facts)),
+        };
+        first = false;
+        let is_head = req.method() == Method::HEAD;
+        let version = req.version();
+        let mut keep_alive = head.as_ref().is_some_and(|h| h.keep_alive);
+        let continue_wanted = Arc::new(Notify::new());
+        let mut back = None;
+        let mut upgrade_tx = None;
+        let mut reader_here = Some(reader);
+        if let Some(h) = &head {
+            if h.may_upgrade {
+                let (tx, rx) = oneshot::channel();
+                req.extensions_mut()
+                    .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+                upgrade_tx = Some(tx);
+            }
+            let framing = match h.body {
+                BodyStart::None => None,
+                BodyStart::Length(n) => Some(body::Framing::Length(n)),
+                BodyStart::Chunked => Some(body::Framing::ChunkSize),
+            };
+            if let Some((framing, r)) = framing.and_then(|f| Some((f, reader_here.take()?))) {
+                let (tx, rx) = oneshot::channel();
+                back = Some(rx);
+                let expect = h.expect_continue.then(|| Arc::clone(&continue_wanted));
+                *req.body_mut() = InBody::H1(body::H1Body::new(r, framing, s.max_head, tx, expect));
+            }
+        }
+        let mut fut = std::pin::pin!(handle(req));
+        let mut continued = false;
+        let resp = loop {
+            tokio::select! {
+                resp = &mut fut => break resp,
+                _ = continue_wanted.notified(), if !continued => {
+                    continued = true;
+                    if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                        || wr.flush().await.is_err()
+                    {
+                        return Next::Closed;
+                    }
+                }
+            }
+        };
+        if head.is_none() || shutdown.is_cancelled() {
+            keep_alive = false;
+        }
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+        let meta = Meta {
+            head: is_head,
+            version,
+            keep_alive: keep_alive && !switching,
+            switching,
+        };
+        let keep = match write_response(&mut wr, resp, &meta).await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing the answer failed");
+                return Next::Closed;
+            }
+        };
+        if switching {
+            let (Some(tx), Some(r)) = (upgrade_tx, reader_here) else {
+                return Next::Closed;
+            };
+            let io = r.io.unsplit(wr);
+            let _ = tx.send(Upgraded {
+                io,
+                prefix: r.buf.freeze(),
+            });
+            return Next::Closed;
+        }
+        // the reading side back from the body, what is left of it read and dropped
+        reader = match (reader_here, back) {
+            (Some(r), _) => r,
+            (None, Some(rx)) if keep => {
+                match tokio::time::timeout(Duration::from_secs(1), rx).await {
+                    Ok(Ok(ret)) => match discard(ret, &s).await {
+                        Some(r) => r,
+                        None => return close(wr).await,
+                    },
+                    _ => return close(wr).await,
+                }
+            }
+            _ => return close(wr).await,
+        };
+        if !keep {
+            return close(wr).await;
+        }
+        if reader.buf.is_empty() {
+            // idle: hold no buffer
+            reader.buf = BytesMut::new();
+        }
+    }
+}
+
+async fn close(mut wr: WriteHalf<Io>) -> Next {
+    let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
+    Next::Closed
+}
+
+/// Reads and drops what the service left of a body, when that is short.
+async fn discard(ret: body::Returned, s: &Settings) -> Option<Reader> {
+    let body::Returned {
+        mut reader,
+        framing,
+    } = ret;
+    let mut left = match framing {
+        body::Framing::Done => return Some(reader),
+        body::Framing::Length(n) if n <= DISCARD_MAX => n,
+        _ => return None,
+    };
+    let deadline = Instant::now() + s.header_timeout;
+    while left > 0 {
+        if reader.buf.is_empty() {
+            match tokio::time::timeout_at(deadline, reader.fill()).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+        let take = left.min(reader.buf.len() as u64);
+        let _ = reader.buf.split_to(take as usize);
+        left -= take;
+    }
+    Some(reader)
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for and reads the next request head.
+async fn next_head(
+    r: &mut Reader,
+    s: &Settings,
+    first: bool,
+    shutdown: &CancellationToken,
+    drain: &mut Option<Instant>,
+) -> Got {
+    let idle_until = Instant::now() + s.idle_timeout;
+    let mut head_until: Option<Instant> = None;
+    let mut searched = 0;
+    loop {
+        // leading empty lines before a request are allowed (RFC 9112 §2.2)
+        let blank = r
+            .buf
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if blank > 0 {
+            let _ = r.buf.split_to(blank);
+            searched = 0;
+        }
+        if !r.buf.is_empty() {
+            if first {
+                let n = r.buf.len().min(H2_PREFACE.len());
+                if r.buf[..n] == H2_PREFACE[..n] {
+                    if n == H2_PREFACE.len() {
+                        return Got::H2;
+                    }
+                } else if let Some(end) = find_head_end(&r.buf, searched) {
+                    return parse(r, end, s);
+                }
+            } else if let Some(end) = find_head_end(&r.buf, searched) {
+                return parse(r, end, s);
+            }
+            searched = r.buf.len();
+            if r.buf.len() > s.max_head {
+                return Got::Refused(Refused {
+                    status: StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    why: "request head over max_header_bytes",
+                });
+            }
+            head_until.get_or_insert_with(|| Instant::now() + s.header_timeout);
+        }
+        let until = match (head_until, *drain) {
+            (Some(h), _) => h,
+            (None, Some(d)) => d.min(idle_until),
+            (None, None) => idle_until,
+        };
+        tokio::select! {
+            read = r.fill() => match read {
+                Ok(0) | Err(_) => return Got::Closed,
+                Ok(_) => {}
+            },
+            _ = tokio::time::sleep_until(until) => return Got::Closed,
+            _ = shutdown.cancelled(), if drain.is_none() && head_until.is_none() => {
+                *drain = Some(Instant::now() + s.drain_grace.min(s.idle_timeout));
+            }
+        }
+    }
+}
+
+/// Parses the complete head at the start of `r.buf` (`end` bytes).
+fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
+    let refuse = |status, why| Got::Refused(Refused { status, why });
+    if end > s.max_head {
+        return refuse(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head over max_header_bytes",
+        );
+    }
+    let bytes = r.buf.split_to(end).freeze();
+    let (body, may_upgrade) = match judge(&bytes) {
+        Ok(j) => j,
+        Err((status, why)) => return refuse(status, why),
+    };
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    match req.parse(&bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return refuse(StatusCode::BAD_REQUEST, "an incomplete request head")
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "more than 100 header fields",
+            )
+        }
+        Err(_) => return refuse(StatusCode::BAD_REQUEST, "a malformed request head"),
+    }
+    let bad = |why| refuse(StatusCode::BAD_REQUEST, why);
+    let Some(method) = req
+        .method
+        .and_then(|m| Method::from_bytes(m.as_bytes()).ok())
+    else {
+        return bad("an invalid method");
+    };
+    let path = req.path.unwrap_or("");
+    let Ok(uri) = Uri::from_maybe_shared(bytes.slice_ref(path.as_bytes())) else {
+        // the http crate holds targets up to 64 KiB (hyper answers 414 beyond too)
+        if path.len() >= usize::from(u16::MAX) - 1 {
+            return refuse(StatusCode::URI_TOO_LONG, "a request target over 64 KiB");
+        }
+        return bad("an invalid request target");
+    };
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    for f in req.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_maybe_shared(bytes.slice_ref(f.value)),
+        ) else {
+            return bad("an invalid header field");
+        };
+        headers.append(name, value);
+    }
+    let has_token = |name: HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let keep_alive = match version {
+        Version::HTTP_10 => has_token(header::CONNECTION, "keep-alive"),
+        _ => !has_token(header::CONNECTION, "close"),
+    };
+    let expect_continue = version == Version::HTTP_11
+        && body != BodyStart::None
+        && has_token(header::EXPECT, "100-continue");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Got::Head(
+        Box::new(parts),
+        Facts {
+            body,
+            keep_alive,
+            expect_continue,
+            may_upgrade,
+        },
+    )
+}
+
+struct Meta {
+    head: bool,
+    version: Version,
+    keep_alive: bool,
+    switching: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Out {
+    None,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+/// Data frames up to this are copied into the head's buffer; bigger ones are written
+/// from where they are.
+const COALESCE: usize = 16 * 1024;
+
+/// Writes the answer; whether the connection can carry another request.
+async fn write_response(
+    wr: &mut WriteHalf<Io>,
+    resp: Response<HttpBody>,
+    m: &Meta,
+) -> io::Result<bool> {
+    let (mut parts, body) = resp.into_parts();
+    let status = parts.status;
+    let mut keep = m.keep_alive
+        && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        });
+    let no_body = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut add_length = None;
+    let out = if no_body {
+        Out::None
+    } else if let Some(n) = declared {
+        Out::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        add_length = Some(n);
+        Out::Length(n)
+    } else if m.head {
+        Out::None
+    } else if m.version == Version::HTTP_11 {
+        Out::Chunked
+    } else {
+        keep = false;
+        Out::Close
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(256 + parts.headers.len() * 48);
+    buf.extend_from_slice(b"HTTP/1.1 ");
+    buf.extend_from_slice(status.as_str().as_bytes());
+    buf.push(b' ');
+    let reason = parts
+        .extensions
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| r.as_bytes().to_vec());
+    match &reason {
+        Some(r) => buf.extend_from_slice(r),
+        None => buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
+    }
+    buf.extend_from_slice(b"\r\n");
+    let original = parts.extensions.get::<OriginalCase>();
+    let mut last: Option<&HeaderName> = None;
+    let mut nth = 0;
+    for (name, value) in parts.headers.iter() {
+        nth = if last == Some(name) { nth + 1 } else { 0 };
+        last = Some(name);
+        match original.and_then(|o| o.0.get_all(name).iter().nth(nth)) {
+            Some(orig) => buf.extend_from_slice(orig),
+            None => title_case(&mut buf, name.as_str().as_bytes()),
+        }
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        buf.extend_from_slice(b"Date: ");
+        date(&mut buf);
+        buf.extend_from_slice(b"\r\n");
+    }
+    if let Some(n) = add_length {
+        buf.extend_from_slice(b"Content-Length: ");
+        buf.extend_from_slice(n.to_string().as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+    if out == Out::Chunked {
+        buf.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if !parts.headers.contains_key(header::CONNECTION) && !m.switching {
+        if !keep {
+            buf.extend_from_slice(b"Connection: close\r\n");
+        } else if m.version == Version::HTTP_10 {
+            buf.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+    }
+    buf.extend_from_slice(b"\r\n");
+    if m.head || out == Out::None {
+        wr.write_all(&buf).await?;
+        wr.flush().await?;
+        return Ok(keep);
+    }
+    let mut body = std::pin::pin!(body);
+    let mut sent: u64 = 0;
+    let mut trailers = None;
+    let mut failed = false;
+    loop {
+        // what is ready now rides with what is buffered; only then wait
+        let polled = std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await;
+        let frame = match polled {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !buf.is_empty() {
+                    wr.write_all(&buf).await?;
+                    wr.flush().await?;
+                    buf.clear();
+                }
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+            }
+        };
+        let Some(frame) = frame else { break };
+        let Ok(frame) = frame else {
+            failed = true;
+            break;
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(f) => {
+                trailers = f.into_trailers().ok();
+                continue;
+            }
+        };
+        let data = match out {
+            Out::Length(n) => {
+                let room = n.saturating_sub(sent);
+                if (data.len() as u64) > room {
+                    failed = true;
+                    data.slice(..room as usize)
+                } else {
+                    data
+                }
+            }
+            _ => data,
+        };
+        if data.is_empty() {
+            continue;
+        }
+        sent += data.len() as u64;
+        let chunked = out == Out::Chunked;
+        if chunked {
+            buf.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COALESCE {
+            buf.extend_from_slice(&data);
+            if chunked {
+                buf.extend_from_slice(b"\r\n");
+            }
+        } else {
+            let mut all = bytes::Buf::chain(&buf[..], data);
+            wr.write_all_buf(&mut all).await?;
+            buf.clear();
+            if chunked {
+                buf.extend_from_slice(b"\r\n");
+            }
+        }
+        if buf.len() > COALESCE {
+            wr.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    match out {
+        Out::Chunked if !failed => {
+            buf.extend_from_slice(b"0\r\n");
+            if let Some(t) = &trailers {
+                for (name, value) in t {
+                    title_case(&mut buf, name.as_str().as_bytes());
+                    buf.extend_from_slice(b": ");
+                    buf.extend_from_slice(value.as_bytes());
+                    buf.extend_from_slice(b"\r\n");
+                }
+            }
+            buf.extend_from_slice(b"\r\n");
+        }
+        Out::Length(n) if sent < n => failed = true,
+        _ => {}
+    }
+    if !buf.is_empty() {
+        wr.write_all(&buf).await?;
+    }
+    wr.flush().await?;
+    Ok(keep && !failed && out != Out::Close)
+}
+
+/// Whether `name` is spelled as [`title_case`] would write it.
+pub fn is_title_case(name: &[u8]) -> bool {
+    let mut up = true;
+    name.iter().all(|&b| {
+        let ok = if up {
+            !b.is_ascii_lowercase()
+        } else {
+            !b.is_ascii_uppercase()
+        };
+        up = b == b'-';
+        ok
+    })
+}
+
+/// `content-type` → `Content-Type`.
+fn title_case(buf: &mut Vec<u8>, name: &[u8]) {
+    let mut up = true;
+    for &b in name {
+        buf.push(if up { b.to_ascii_uppercase() } else { b });
+        up = b == b'-';
+    }
+}
+
+/// Today's `Date` value, made once a second per thread.
+fn date(buf: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != secs || d.1.is_empty() {
+            *d = (secs, httpdate::fmt_http_date(now));
+        }
+        buf.extend_from_slice(d.1.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_title_cased() {
+        let mut b = Vec::new();
+        title_case(&mut b, b"x-forwarded-for");
+        assert_eq!(b, b"X-Forwarded-For");
+        assert!(is_title_case(b"X-Forwarded-For"));
+        assert!(!is_title_case(b"ETag") && !is_title_case(b"content-type"));
+    }
+}
+
+#[cfg(test)]
+mod engine_tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+
+    fn settings() -> Settings {
+        Settings {
+            max_head: 8192,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            drain_grace: Duration::from_secs(1),
+        }
+    }
+
+    /// Serves `input` (sent at once, then the client's side closed for writing) with a
+    /// service answering `METHOD PATH BODY-LENGTH` (or the refusal's status); returns
+    /// everything written back.
+    async fn exchange(input: &[u8]) -> String {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            serve(Box::new(server), settings(), &token, |req| async move {
+                if let Some(r) = req.extensions().get::<Refused>() {
+                    let mut resp = Response::new(crate::body::full("refused"));
+                    *resp.status_mut() = r.status;
+                    resp.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return resp;
+                }
+                let (parts, body) = req.into_parts();
+                let n = match body.collect().await {
+                    Ok(b) => b.to_bytes().len().to_string(),
+                    Err(e) => format!("error: {e}"),
+                };
+                Response::new(crate::body::full(format!(
+                    "{} {} {n}",
+                    parts.method,
+                    parts.uri.path()
+                )))
+            })
+            .await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(input).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), rd.read_to_end(&mut out)).await;
+        drop(wr);
+        task.abort();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn bodies(out: &str) -> Vec<String> {
+        out.split("HTTP/1.1 ")
+            .skip(1)
+            .map(|r| {
+                let status = &r[..3];
+                let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
+                format!("{status} {body}")
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_with_bodies_are_answered_in_order() {
+        let out = exchange(
+            b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n3\r\nabc\r\n0\r\nT: 1\r\n\r\n\
+GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
+GET /d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            bodies(&out),
+            [
+                "200 POST /a 5",
+                "200 GET /b 0",
+                "200 POST /c 8",
+                "200 GET /ws 0",
+                "200 GET /d 0"
+            ],
+            "{out}"
+        );
+        assert!(out.contains("Content-Length: 9\r\n"), "{out}");
+        assert!(out.contains("Date: "), "{out}");
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_head_after_a_good_one_is_refused_and_ends_the_connection() {
+        let out = exchange(
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
+        )
+        .await;
+        assert_eq!(bodies(&out), ["200 GET /a 0", "400 refused"], "{out}");
+    }
+
+    #[tokio::test]
+    async fn bad_chunk_lines_fail_the_body_and_the_connection() {
+        for body in [
+            &b"+5\r\nhello\r\n0\r\n\r\n"[..],
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            let input = [
+                &b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                body,
+                b"GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
+            ]
+            .concat();
+            let out = exchange(&input).await;
+            let b = bodies(&out);
+            assert_eq!(b.len(), 1, "{out}");
+            assert!(b[0].starts_with("200 POST /c error"), "{out}");
+        }
+    }
+
+    #[tokio::test]
+    async fn oversized_heads_are_431_and_h2_is_handed_back() {
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
+        assert_eq!(bodies(&exchange(big.as_bytes()).await), ["431 refused"]);
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(H2_PREFACE).await.unwrap();
+        client
+            .write_all(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        let token = CancellationToken::new();
+        let next = serve(Box::new(server), settings(), &token, |_req| async {
+            Response::new(crate::body::empty())
+        })
+        .await;
+        match next {
+            Next::H2(_, prefix) => assert!(prefix.starts_with(H2_PREFACE)),
+            Next::Closed => panic!("h2 not handed back"),
+        }
+    }
+}
