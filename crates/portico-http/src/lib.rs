@@ -342,8 +342,8 @@ impl Service for HttpService {
                 }
             };
             if let Some((io, prefix)) = h2 {
-                self.serve_h2(io, prefix, &state, &limits, &info, &shutdown)
-                    .await;
+                // boxed: hyper's h2 connection is large, and only h2 clients need it
+                Box::pin(self.serve_h2(io, prefix, &state, &limits, &info, &shutdown)).await;
             }
             let tunnels =
                 std::mem::take(&mut *state.tunnels.lock().unwrap_or_else(|p| p.into_inner()));

@@ -84,8 +84,8 @@ impl Sender {
 /// Notes how the upstream spelled the header names of `resp` (`names`, in order) for
 /// the answer to an HTTP/1 client, when any differs from lower case.
 fn original_case<B>(resp: &mut Response<B>, names: Vec<bytes::Bytes>) {
-    if names.iter().all(|n| crate::h1::is_title_case(n)) {
-        return; // what the client gets without a note
+    if names.is_empty() {
+        return; // every name Title-Case: what the client gets without a note
     }
     let mut map = HeaderMap::with_capacity(names.len());
     for n in names {

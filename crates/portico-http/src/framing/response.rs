@@ -51,15 +51,18 @@ impl ExchangeStart {
     }
 
     fn record(&self, head: &[u8]) {
-        let names = head
-            .split(|&b| b == b'\n')
-            .skip(1)
-            .filter_map(|line| {
-                let colon = memchr::memchr(b':', line)?;
-                Some(bytes::Bytes::copy_from_slice(&line[..colon]))
-            })
-            .collect();
-        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = names;
+        let names = || {
+            head.split(|&b| b == b'\n')
+                .skip(1)
+                .filter_map(|line| Some(&line[..memchr::memchr(b':', line)?]))
+        };
+        // the usual case, every name Title-Case: nothing to note (nothing allocated)
+        let noted = if names().all(crate::h1::is_title_case) {
+            Vec::new()
+        } else {
+            names().map(bytes::Bytes::copy_from_slice).collect()
+        };
+        *self.names.lock().unwrap_or_else(|p| p.into_inner()) = noted;
     }
 }
 

@@ -217,7 +217,10 @@ where
         let is_head = req.method() == Method::HEAD;
         let version = req.version();
         let mut keep_alive = head.as_ref().is_some_and(|h| h.keep_alive);
-        let continue_wanted = Arc::new(Notify::new());
+        let continue_wanted = head
+            .as_ref()
+            .is_some_and(|h| h.expect_continue)
+            .then(|| Arc::new(Notify::new()));
         let mut back = None;
         let mut upgrade_tx = None;
         let mut reader_here = Some(reader);
@@ -236,21 +239,28 @@ where
             if let Some((framing, r)) = framing.and_then(|f| Some((f, reader_here.take()?))) {
                 let (tx, rx) = oneshot::channel();
                 back = Some(rx);
-                let expect = h.expect_continue.then(|| Arc::clone(&continue_wanted));
+                let expect = continue_wanted.clone();
                 *req.body_mut() = InBody::H1(body::H1Body::new(r, framing, s.max_head, tx, expect));
             }
         }
-        let mut fut = std::pin::pin!(handle(req));
-        let mut continued = false;
-        let resp = loop {
-            tokio::select! {
-                resp = &mut fut => break resp,
-                _ = continue_wanted.notified(), if !continued => {
-                    continued = true;
-                    if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-                        || wr.flush().await.is_err()
-                    {
-                        return Next::Closed;
+        // boxed, as the answer's writing: an idle connection's task then holds only
+        // what waiting for the next head needs
+        let mut fut = Box::pin(handle(req));
+        let resp = match &continue_wanted {
+            None => fut.await,
+            Some(wanted) => {
+                let mut continued = false;
+                loop {
+                    tokio::select! {
+                        resp = &mut fut => break resp,
+                        _ = wanted.notified(), if !continued => {
+                            continued = true;
+                            if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                                || wr.flush().await.is_err()
+                            {
+                                return Next::Closed;
+                            }
+                        }
                     }
                 }
             }
@@ -265,7 +275,7 @@ where
             keep_alive: keep_alive && !switching,
             switching,
         };
-        let keep = match write_response(&mut wr, resp, &meta).await {
+        let keep = match Box::pin(write_response(&mut wr, resp, &meta)).await {
             Ok(k) => k,
             Err(e) => {
                 tracing::debug!(error = %e, "writing the answer failed");
@@ -546,7 +556,7 @@ async fn write_response(
         keep = false;
         Out::Close
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(256 + parts.headers.len() * 48);
+    let mut buf = HeadBuf::take();
     buf.extend_from_slice(b"HTTP/1.1 ");
     buf.extend_from_slice(status.as_str().as_bytes());
     buf.push(b' ');
@@ -702,6 +712,48 @@ pub fn is_title_case(name: &[u8]) -> bool {
         up = b == b'-';
         ok
     })
+}
+
+/// The buffer an answer's head (and small body frames) is written into: one per
+/// thread, lent to one answer at a time, so neither an allocation per answer nor a
+/// buffer per idle connection.
+struct HeadBuf(Vec<u8>);
+
+thread_local! {
+    static HEAD_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl HeadBuf {
+    fn take() -> Self {
+        let mut v = HEAD_BUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        v.clear();
+        if v.capacity() == 0 {
+            v.reserve(4096);
+        }
+        HeadBuf(v)
+    }
+}
+
+impl Drop for HeadBuf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() <= 4 * COALESCE {
+            HEAD_BUF.with(|b| *b.borrow_mut() = v);
+        }
+    }
+}
+
+impl std::ops::Deref for HeadBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for HeadBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
 /// `content-type` → `Content-Type`.
