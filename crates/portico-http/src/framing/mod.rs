@@ -1,18 +1,17 @@
-//! Message framing checked on the bytes, before hyper sees them (RFC 9112 §6).
+//! Message framing checked on the bytes (RFC 9112 §6).
 //!
-//! hyper frames messages safely, but it accepts some that a proxy must not pass on: a
-//! request with both Content-Length and Transfer-Encoding (it frames by
-//! Transfer-Encoding), repeated Content-Length with equal values, `chunked, chunked`;
-//! a response with Content-Length and Transfer-Encoding. These wrappers follow the
-//! framing of a byte stream, judge every head before hyper gets it and refuse what is
-//! ambiguous:
+//! What a proxy must not pass on: a request with both Content-Length and
+//! Transfer-Encoding, repeated Content-Length (even with equal values), `chunked,
+//! chunked`; a response with Content-Length and Transfer-Encoding (hyper's client
+//! frames those by Transfer-Encoding and relays them).
 //!
-//! - [`request::FramingGuard`] on the client side, for the whole life of a connection:
-//!   a refused head becomes a 400/501/431 answer (see [`GuardCtl`]); a malformed chunk
-//!   line fails the body.
+//! - [`request::judge_request`]: every request head Portico's HTTP/1 engine (crate::h1)
+//!   reads is judged before anything acts on it: a refused head becomes a 400/501/431
+//!   answer and the connection ends; the body's framing comes from here.
 //! - [`response::ResponseGuard`] on each HTTP/1.1 upstream connection: an ambiguous
 //!   response head (or a bad first chunk line that came with it) makes the response a
-//!   502 before anything of it reaches the client.
+//!   502 before anything of it reaches the client. It also notes how the upstream
+//!   spelled its header names, for the client's answer.
 //!
 //! This module holds what both directions share: splitting a head into lines and
 //! reading its framing headers. No IO here.
