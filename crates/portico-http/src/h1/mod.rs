@@ -919,6 +919,137 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
     }
 
     #[tokio::test]
+    async fn head_answers_carry_no_body_and_http_1_0_closes() {
+        let out = exchange(b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.0\r\n\r\nGET /never HTTP/1.1\r\n\r\n").await;
+        let answers: Vec<&str> = out.split("HTTP/1.1 ").skip(1).collect();
+        assert_eq!(answers.len(), 2, "{out}");
+        assert!(
+            answers[0].contains("Content-Length: 9\r\n") && answers[0].ends_with("\r\n\r\n"),
+            "{out}"
+        );
+        assert!(answers[1].contains("Connection: close\r\n"), "{out}");
+        assert!(answers[1].ends_with("GET /b 0"), "{out}");
+    }
+
+    /// `Expect: 100-continue`: the interim answer goes out when the service reads the
+    /// body, and not at all when it answers without reading.
+    #[tokio::test]
+    async fn continue_is_sent_when_the_body_is_read() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            serve(Box::new(server), settings(), &token, |req| async move {
+                let n = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_or(0, |b| b.to_bytes().len());
+                Response::new(crate::body::full(format!("got {n}")))
+            })
+            .await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(
+            b"POST /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+        wr.write_all(b"abc").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK") && got.ends_with("got 3"),
+            "{got}"
+        );
+        task.abort();
+
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(async move {
+            serve(Box::new(server), settings(), &token, |_req| async {
+                let mut r = Response::new(crate::body::full("no"));
+                *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                r
+            })
+            .await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(b"POST /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 999999999\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+        task.abort();
+    }
+
+    /// A 101 hands the connection, and what the client sent after its request, to
+    /// the upgrade's taker.
+    #[tokio::test]
+    async fn a_101_hands_the_connection_over() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let token = CancellationToken::new();
+        tokio::spawn(async move {
+            serve(Box::new(server), settings(), &token, |mut req| async move {
+                let up = crate::upgrade::ClientUpgrade::of(&mut req);
+                tokio::spawn(async move {
+                    let mut io = up.stream().await.unwrap();
+                    let mut b = [0u8; 5];
+                    io.read_exact(&mut b).await.unwrap();
+                    io.write_all(&b).await.unwrap();
+                });
+                let mut r = Response::new(crate::body::empty());
+                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                r.headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                r
+            })
+            .await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        wr.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\nhel",
+        )
+        .await
+        .unwrap();
+        wr.write_all(b"lo").await.unwrap();
+        let mut out = Vec::new();
+        let mut b = [0u8; 1024];
+        while !out.ends_with(b"hello") {
+            let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut b))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "{}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&b[..n]);
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("Content-Length") && !text.contains("Transfer-Encoding"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
     async fn oversized_heads_are_431_and_h2_is_handed_back() {
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000));
         assert_eq!(bodies(&exchange(big.as_bytes()).await), ["431 refused"]);
