@@ -52,9 +52,12 @@ impl ExchangeStart {
 
     fn record(&self, head: &[u8]) {
         let names = || {
-            head.split(|&b| b == b'\n')
-                .skip(1)
-                .filter_map(|line| Some(&line[..memchr::memchr(b':', line)?]))
+            let mut from = 0;
+            memchr::memchr_iter(b'\n', head).filter_map(move |nl| {
+                let line = &head[from..nl];
+                from = nl + 1;
+                Some(&line[..memchr::memchr(b':', line)?])
+            })
         };
         // the usual case, every name Title-Case: nothing to note (nothing allocated)
         let noted = if names().all(crate::h1::is_title_case) {
