@@ -90,18 +90,7 @@ fn dir_of(cfg: &AcmeConfig) -> PathBuf {
 
 /// Writes a secret file (0600) whole or not at all.
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    portico_core::files::write_atomically(path, data, 0o600)
 }
 
 /// When the first certificate of a PEM chain expires (seconds since the epoch).

@@ -12,6 +12,7 @@
 
 pub mod base64;
 pub mod counters;
+pub mod files;
 mod handover;
 pub mod histogram;
 mod listener;

@@ -72,11 +72,7 @@ fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
 /// Writes `text` to `path` whole or not at all (a temporary file renamed over it), so a
 /// reader never sees half of it.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = with_suffix(path, &format!(".tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    portico_core::files::write_atomically(path, text.as_bytes(), 0o644)
 }
 
 /// The binary a pending `portico upgrade` asked for (and removes the request).
