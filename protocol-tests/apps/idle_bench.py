@@ -12,15 +12,7 @@ import h2.config
 import h2.connection
 import h2.events
 
-
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+from rss import rss_kib
 
 
 async def h1(port):

@@ -9,15 +9,7 @@ import time
 
 from websockets.asyncio.client import connect
 
-
-def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+from rss import rss_kib
 
 
 async def idle(url, n, pids):

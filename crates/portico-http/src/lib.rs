@@ -445,12 +445,7 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
                 .get::<hyper::ext::Protocol>()
                 .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
     }
-    let has = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
+    let has = |name, token| h1::has_token(req.headers(), name, token);
     req.version() == Version::HTTP_11
         && req.method() == http::Method::GET
         && has(header::UPGRADE, "websocket")

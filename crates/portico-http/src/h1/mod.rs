@@ -470,12 +470,7 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
         };
         headers.append(name, value);
     }
-    let has_token = |name: HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
+    let has_token = |name, token| has_token(&headers, name, token);
     let keep_alive = match version {
         Version::HTTP_10 => has_token(header::CONNECTION, "keep-alive"),
         _ => !has_token(header::CONNECTION, "close"),
@@ -526,11 +521,7 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (mut parts, body) = resp.into_parts();
     let status = parts.status;
-    let mut keep = m.keep_alive
-        && !parts.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
-        });
+    let mut keep = m.keep_alive && !has_token(&parts.headers, header::CONNECTION, "close");
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
@@ -700,6 +691,15 @@ async fn write_response(
     Ok(keep && !failed && out != Out::Close)
 }
 
+/// Whether a comma-separated field `name` (Connection, Upgrade, Expect) lists `token`
+/// (case-insensitive).
+pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
 /// Whether `name` is spelled as [`title_case`] would write it.
 pub fn is_title_case(name: &[u8]) -> bool {
     let mut up = true;
@@ -849,6 +849,14 @@ mod engine_tests {
         String::from_utf8_lossy(&out).into_owned()
     }
 
+    /// One read from the client's side, bounded in time.
+    async fn read_some<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut [u8]) -> usize {
+        tokio::time::timeout(Duration::from_secs(3), rd.read(buf))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     fn bodies(out: &str) -> Vec<String> {
         out.split("HTTP/1.1 ")
             .skip(1)
@@ -955,16 +963,10 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
         .await
         .unwrap();
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = read_some(&mut rd, &mut buf).await;
         assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
         wr.write_all(b"abc").await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = read_some(&mut rd, &mut buf).await;
         let got = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(
             got.starts_with("HTTP/1.1 200 OK") && got.ends_with("got 3"),
@@ -987,10 +989,7 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
             .await
             .unwrap();
         let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = read_some(&mut rd, &mut buf).await;
         let got = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(got.starts_with("HTTP/1.1 413"), "{got}");
         task.abort();
@@ -1031,10 +1030,7 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
         let mut out = Vec::new();
         let mut b = [0u8; 1024];
         while !out.ends_with(b"hello") {
-            let n = tokio::time::timeout(Duration::from_secs(3), rd.read(&mut b))
-                .await
-                .unwrap()
-                .unwrap();
+            let n = read_some(&mut rd, &mut b).await;
             assert!(n > 0, "{}", String::from_utf8_lossy(&out));
             out.extend_from_slice(&b[..n]);
         }
