@@ -16,84 +16,103 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use pin_project_lite::pin_project;
 use portico_core::worker_id;
 use portico_upstream::tls::{speaks_h2, TlsConnector};
 use portico_upstream::{connect, IdlePool, NoServer, Pick, SelectCtx, UpstreamHandle};
 
 use crate::body::{
-    client_body_status, empty, BodyState, BoxError, GapTimer, HttpBody, Progress, Tracked,
+    client_body_status, empty, empty as empty_body, BodyState, BoxError, GapTimer, HttpBody,
+    Progress, Tracked,
 };
 use crate::errors::error_response;
-use crate::framing::{ExchangeStart, ResponseGuard};
+use crate::h1;
 
-/// One connection to an upstream server: HTTP/1.1 (one exchange at a time, pooled
-/// between them), or HTTP/2 over TLS when ALPN agreed (multiplexed: the pool keeps it
-/// while requests share it).
+/// One connection to an upstream server: HTTP/1.1 (Portico's own client, one exchange
+/// at a time, pooled between them), or HTTP/2 over TLS when ALPN agreed (hyper's;
+/// multiplexed: the pool keeps it while requests share it).
 enum Sender {
-    H1 {
-        send: SendRequest<HttpBody>,
-        /// Tells the connection's [`ResponseGuard`] that a new response head comes next.
-        exchange: Arc<ExchangeStart>,
-    },
+    H1(h1::client::Conn),
     H2(hyper::client::conn::http2::SendRequest<HttpBody>),
 }
 
 impl Sender {
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         match self {
-            Sender::H1 { send, .. } => send.is_closed(),
+            Sender::H1(conn) => conn.is_closed(),
             Sender::H2(send) => send.is_closed(),
-        }
-    }
-
-    async fn ready(&mut self) -> hyper::Result<()> {
-        match self {
-            Sender::H1 { send, .. } => send.ready().await,
-            Sender::H2(send) => send.ready().await,
         }
     }
 
     /// Another handle on an h2 connection, for one more request on it.
     fn share(&self) -> Option<Sender> {
         match self {
-            Sender::H1 { .. } => None,
+            Sender::H1(_) => None,
             Sender::H2(send) => Some(Sender::H2(send.clone())),
-        }
-    }
-
-    async fn send(
-        &mut self,
-        req: Request<HttpBody>,
-    ) -> Result<Response<hyper::body::Incoming>, hyper::client::conn::TrySendError<Request<HttpBody>>>
-    {
-        match self {
-            Sender::H1 { send, exchange } => {
-                exchange.begin();
-                let mut resp = send.try_send_request(req).await?;
-                original_case(&mut resp, exchange.take_names());
-                Ok(resp)
-            }
-            Sender::H2(send) => send.try_send_request(h2_head(req)).await,
         }
     }
 }
 
-/// Notes how the upstream spelled the header names of `resp` (`names`, in order) for
-/// the answer to an HTTP/1 client, when any differs from lower case.
-fn original_case<B>(resp: &mut Response<B>, names: Vec<bytes::Bytes>) {
-    if names.is_empty() {
-        return; // every name Title-Case: what the client gets without a note
-    }
-    let mut map = HeaderMap::with_capacity(names.len());
-    for n in names {
-        if let Ok(name) = http::header::HeaderName::from_bytes(&n) {
-            map.append(name, n);
+/// Why one try on a connection failed.
+enum SendError {
+    /// Nothing of it reached the server (an h2 connection that closed first, a kept-alive
+    /// HTTP/1.1 connection the server had closed): it may go again, with its body.
+    Unsent(Option<Box<Request<HttpBody>>>, BoxError),
+    Failed(BoxError),
+}
+
+/// The answer on its way: hyper's h2 response, or the head read by Portico's own
+/// HTTP/1.1 client with the connection its body comes on.
+enum Answer {
+    H1(h1::client::ResponseHead, h1::client::Conn),
+    H2(Response<hyper::body::Incoming>, Sender),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::H1(head, _) => head.parts.status,
+            Answer::H2(resp, _) => resp.status(),
         }
     }
-    resp.extensions_mut().insert(crate::h1::OriginalCase(map));
+}
+
+/// Sends `req` on `sender` (which it takes: an HTTP/1.1 connection travels with its
+/// response body until that ends).
+async fn send(sender: Sender, req: Request<HttpBody>) -> Result<Answer, SendError> {
+    match sender {
+        Sender::H1(mut conn) => {
+            let (head, body) = req.into_parts();
+            let empty = body.is_end_stream();
+            match conn.send(&head, body).await {
+                Ok(resp) => Ok(Answer::H1(resp, conn)),
+                Err(h1::client::Error::Stale) if empty && is_idempotent(&head.method) => {
+                    Err(SendError::Unsent(
+                        Some(Box::new(Request::from_parts(head, empty_body()))),
+                        h1::client::Error::Stale.into(),
+                    ))
+                }
+                Err(e) => Err(SendError::Failed(e.into())),
+            }
+        }
+        Sender::H2(mut send) => {
+            if let Err(e) = send.ready().await {
+                return Err(SendError::Unsent(None, e.into()));
+            }
+            let shared = Sender::H2(send.clone());
+            match send.try_send_request(h2_head(req)).await {
+                Ok(resp) => Ok(Answer::H2(resp, shared)),
+                Err(mut e) => {
+                    let unsent = e.take_message();
+                    let err = e.into_error();
+                    match unsent {
+                        Some(r) => Err(SendError::Unsent(Some(Box::new(r)), err.into())),
+                        None => Err(SendError::Failed(err.into())),
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// An HTTP/1.1-shaped upstream request made fit for h2: an absolute URI (`:scheme`,
@@ -121,9 +140,6 @@ fn h2_head(req: Request<HttpBody>) -> Request<HttpBody> {
 /// The client sent `TE: trailers` (removed as hop-by-hop; an h2 upstream gets it back).
 #[derive(Clone, Copy)]
 struct WantsTrailers;
-
-/// What goes back when a response body ends: the connection, its pool, the pick.
-type Release = (Sender, Option<Arc<IdlePool<Sender>>>, Pick);
 
 /// An upstream as the HTTP module uses it: the shared balancer's current generation,
 /// with an idle connection pool attached to each server (so pools follow servers across
@@ -385,18 +401,13 @@ pub async fn forward(
         let mut pooled = pool
             .as_ref()
             .and_then(|p| p.take(worker_id(), |s| !s.is_closed()));
-        if let Some(s) = pooled.as_mut() {
-            if s.ready().await.is_err() {
-                pooled = None;
-            }
-        }
         // an h2 connection stays in the pool while this request uses it
         if let (Some(p), Some(shared)) = (&pool, pooled.as_ref().and_then(Sender::share)) {
             if let Some(own) = pooled.replace(shared) {
                 p.put(worker_id(), own);
             }
         }
-        let mut sender = match pooled {
+        let sender = match pooled {
             Some(s) => s,
             None => match open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), true).await {
                 Ok(s) => {
@@ -448,16 +459,16 @@ pub async fn forward(
         let req = Request::from_parts(head, this_body);
         let started = std::time::Instant::now();
         let sent = response_within(
-            sender.send(req),
+            send(sender, req),
             progress.as_deref(),
             cfg.read_timeout,
             cfg.send_timeout,
         )
         .await;
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(Ok(answer)) => {
                 pick.record_latency(started.elapsed());
-                let status = resp.status().as_u16();
+                let status = answer.status().as_u16();
                 // A listed 5xx goes to the next server when there is one to go to;
                 // otherwise this answer is relayed, as nginx relays the last one.
                 if policy.on_status(status)
@@ -470,25 +481,34 @@ pub async fn forward(
                     pick.failure();
                     continue;
                 }
+                if status == 101 {
+                    // nothing here asked to switch protocols
+                    tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, "upstream switched protocols unasked");
+                    pick.failure();
+                    tries.last_status = StatusCode::BAD_GATEWAY;
+                    break;
+                }
                 return (
-                    finish_response(resp, sender, pool, pick, cfg.read_timeout),
+                    finish_response(answer, pool, pick, cfg.read_timeout),
                     Some(addr),
                 );
             }
-            Ok(Err(mut e)) => {
-                let unsent = e.take_message();
-                let err = e.into_error();
-                if let Some(status) = client_body_status(&err) {
+            Ok(Err(e)) => {
+                let (unsent, err) = match e {
+                    SendError::Unsent(req, e) => (req, e),
+                    SendError::Failed(e) => (None, e),
+                };
+                if let Some(status) = client_body_status(&*err) {
                     // The client's body failed, not the server: do not blame it.
                     return (error_response(status), Some(addr));
                 }
                 tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, error = %err, "upstream request failed");
                 if let Some(req) = unsent {
-                    // The connection died before the request left Portico: resend it,
-                    // body and all, without blaming the server.
+                    // The connection died before the request reached the server:
+                    // resend it, body and all, without blaming the server.
                     if resends < 2 {
                         resends += 1;
-                        let (head, unsent_body) = req.into_parts();
+                        let (head, unsent_body) = (*req).into_parts();
                         parts = head;
                         body = Some(unsent_body);
                         tries.forget_last(pick.panic);
@@ -589,20 +609,9 @@ async fn open(
 
 async fn h1<S>(stream: S) -> std::io::Result<Sender>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
-    let exchange = Arc::new(ExchangeStart::default());
-    let guarded = ResponseGuard::new(stream, Arc::clone(&exchange));
-    let (send, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(guarded))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(Sender::H1 { send, exchange })
+    Ok(Sender::H1(h1::client::Conn::new(Box::new(stream))))
 }
 
 fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
@@ -650,34 +659,110 @@ fn join_cookies(h: &mut HeaderMap) {
 }
 
 fn finish_response(
-    resp: Response<hyper::body::Incoming>,
-    sender: Sender,
+    answer: Answer,
     pool: Option<Arc<IdlePool<Sender>>>,
     pick: Pick,
     read_timeout: Duration,
 ) -> Response<HttpBody> {
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, inner) = match answer {
+        Answer::H2(resp, sender) => {
+            let (parts, body) = resp.into_parts();
+            (
+                parts,
+                Inner::H2 {
+                    body,
+                    _sender: sender,
+                },
+            )
+        }
+        Answer::H1(head, mut conn) => {
+            let h1::client::ResponseHead {
+                mut parts,
+                mut framing,
+                keep_alive,
+            } = head;
+            // A small answer often came whole with its head: the connection goes back
+            // to the pool at once.
+            if let Some(whole) = conn.take_whole(&mut framing) {
+                strip_hop_by_hop(&mut parts.headers);
+                release_h1(conn, keep_alive, pool.as_ref());
+                pick.success();
+                return Response::from_parts(parts, crate::body::full(whole));
+            }
+            let inner = Inner::H1 {
+                conn: Some(conn),
+                framing,
+                keep: keep_alive,
+            };
+            (parts, inner)
+        }
+    };
     strip_hop_by_hop(&mut parts.headers);
     let body = UpstreamBody {
-        inner: body,
+        inner,
         gap: GapTimer::new(read_timeout),
-        done: Some((sender, pool, pick)),
+        done: Some((pool, pick)),
     };
     Response::from_parts(parts, body.boxed())
+}
+
+/// Back to the pool, when the upstream keeps it and sent nothing past the response.
+fn release_h1(conn: h1::client::Conn, keep: bool, pool: Option<&Arc<IdlePool<Sender>>>) {
+    if let Some(pool) = pool.filter(|_| keep && conn.is_clean()) {
+        pool.put(worker_id(), Sender::H1(conn));
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("upstream sent no response data for {0:?}")]
 struct UpstreamBodyTimeout(Duration);
 
-pin_project! {
-    /// The upstream's response body on its way to the client. At its end the connection
-    /// goes back to the pool and the server is counted healthy.
-    struct UpstreamBody {
-        #[pin]
-        inner: hyper::body::Incoming,
-        gap: GapTimer,
-        done: Option<Release>,
+/// The upstream's response body on its way to the client. At its end an HTTP/1.1
+/// connection goes back to the pool and the server is counted healthy.
+struct UpstreamBody {
+    inner: Inner,
+    gap: GapTimer,
+    done: Option<(Option<Arc<IdlePool<Sender>>>, Pick)>,
+}
+
+enum Inner {
+    H1 {
+        conn: Option<h1::client::Conn>,
+        framing: h1::decode::Framing,
+        keep: bool,
+    },
+    H2 {
+        body: hyper::body::Incoming,
+        /// The stream's handle on its connection (which stays in the pool).
+        _sender: Sender,
+    },
+}
+
+impl UpstreamBody {
+    fn release(&mut self) {
+        let Some((pool, pick)) = self.done.take() else {
+            return;
+        };
+        pick.success();
+        if let Inner::H1 {
+            conn,
+            framing,
+            keep,
+        } = &mut self.inner
+        {
+            if let Some(c) = conn.take().filter(|_| framing.is_done()) {
+                release_h1(c, *keep, pool.as_ref());
+            }
+        }
+    }
+
+    fn fail(&mut self) {
+        if let Some((_, pick)) = self.done.take() {
+            pick.failure();
+        }
+        if let Inner::H1 { conn, .. } = &mut self.inner {
+            *conn = None;
+        }
     }
 }
 
@@ -689,52 +774,60 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::H1 {
+                conn: Some(conn),
+                framing,
+                ..
+            } => conn
+                .poll_body(framing, cx)
+                .map(|o| o.map(|r| r.map(Frame::data).map_err(BoxError::from))),
+            Inner::H1 { conn: None, .. } => Poll::Ready(None),
+            Inner::H2 { body, .. } => Pin::new(body)
+                .poll_frame(cx)
+                .map(|o| o.map(|r| r.map_err(BoxError::from))),
+        };
+        match polled {
             Poll::Pending => {
                 if this.gap.poll_expired(cx) {
-                    if let Some((_, _, pick)) = this.done.take() {
-                        pick.failure();
-                    }
+                    this.fail();
                     return Poll::Ready(Some(Err(UpstreamBodyTimeout(this.gap.timeout()).into())));
                 }
                 Poll::Pending
             }
             Poll::Ready(Some(Ok(frame))) => {
                 this.gap.progress();
-                if this.inner.is_end_stream() {
-                    release(this.done);
+                if this.is_end_stream() {
+                    this.release();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some((_, _, pick)) = this.done.take() {
-                    pick.failure();
-                }
-                Poll::Ready(Some(Err(e.into())))
+                this.fail();
+                Poll::Ready(Some(Err(e)))
             }
             Poll::Ready(None) => {
-                release(this.done);
+                this.release();
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H1 { conn, framing, .. } => conn.is_none() || framing.is_done(),
+            Inner::H2 { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-fn release(done: &mut Option<Release>) {
-    if let Some((sender, pool, pick)) = done.take() {
-        pick.success();
-        // an h2 handle goes: its connection stayed in the pool
-        if let Some(pool) = pool.filter(|_| !sender.is_closed() && sender.share().is_none()) {
-            pool.put(worker_id(), sender);
+        match &self.inner {
+            Inner::H1 { framing, .. } => match framing.exact() {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            Inner::H2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -783,8 +876,8 @@ pub async fn forward_upgrade(
     let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref(), &uri);
     while let Some((pick, addr)) = tries.next().await {
         let opened = open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), false).await;
-        let (mut send, exchange) = match opened {
-            Ok(Sender::H1 { send, exchange }) => (send, exchange),
+        let mut conn = match opened {
+            Ok(Sender::H1(conn)) => conn,
             Ok(Sender::H2(_)) => {
                 tracing::warn!(upstream = %cfg.name, server = %addr, uri = %uri, "an upgrade needs HTTP/1.1, the server chose h2");
                 break;
@@ -798,19 +891,10 @@ pub async fn forward_upgrade(
                 break;
             }
         };
-        let req = Request::from_parts(parts.clone(), empty());
-        exchange.begin();
-        let sent = send.send_request(req);
-        let answer = tokio::time::timeout(cfg.read_timeout, sent).await.map(|r| {
-            r.map(|mut resp| {
-                original_case(&mut resp, exchange.take_names());
-                resp
-            })
-        });
+        let answer = tokio::time::timeout(cfg.read_timeout, conn.send(&parts, empty())).await;
         match answer {
-            Ok(Ok(mut resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                let on_upstream = hyper::upgrade::on(&mut resp);
-                let (mut head, _) = resp.into_parts();
+            Ok(Ok(resp)) if resp.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+                let mut head = resp.parts;
                 if from_h2 {
                     // RFC 8441: a 2xx opens the stream; the 101 handshake headers stay
                     // on the upstream side.
@@ -826,12 +910,12 @@ pub async fn forward_upgrade(
                 let Some(on_client) = on_client.take() else {
                     break;
                 };
+                let on_upstream = conn.upgraded();
                 let tunnel = async move {
-                    match (on_client.stream().await, on_upstream.await) {
-                        (Ok(c), Ok(u)) => {
+                    match on_client.stream().await {
+                        Ok(c) => {
                             let end =
-                                portico_websocket::tunnel(c, TokioIo::new(u), limits, shutdown)
-                                    .await;
+                                portico_websocket::tunnel(c, on_upstream, limits, shutdown).await;
                             tracing::debug!(?end, "websocket tunnel ended");
                             if end == portico_websocket::TunnelEnd::UpstreamError {
                                 pick.failure();
@@ -839,13 +923,7 @@ pub async fn forward_upgrade(
                                 pick.success();
                             }
                         }
-                        (c, u) => {
-                            tracing::debug!(
-                                client = c.is_ok(),
-                                upstream = u.is_ok(),
-                                "upgrade did not complete"
-                            );
-                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                     }
                 };
                 return (
@@ -856,13 +934,7 @@ pub async fn forward_upgrade(
             }
             Ok(Ok(resp)) => {
                 // Not upgraded: an ordinary answer, relayed; this connection is not reused.
-                let resp = finish_response(
-                    resp,
-                    Sender::H1 { send, exchange },
-                    None,
-                    pick,
-                    cfg.read_timeout,
-                );
+                let resp = finish_response(Answer::H1(resp, conn), None, pick, cfg.read_timeout);
                 return (resp, Some(addr), None);
             }
             Ok(Err(e)) => {

@@ -32,11 +32,11 @@ impl<T> IdlePool<T> {
     }
 
     /// The most recently returned connection of `shard` that is still fresh and `usable`.
-    pub fn take(&self, shard: usize, usable: impl Fn(&T) -> bool) -> Option<T> {
+    pub fn take(&self, shard: usize, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         let now = Instant::now();
         let mut items = self.shard(shard);
-        while let Some((since, item)) = items.pop() {
-            if now.duration_since(since) < self.timeout && usable(&item) {
+        while let Some((since, mut item)) = items.pop() {
+            if now.duration_since(since) < self.timeout && usable(&mut item) {
                 return Some(item);
             }
         }

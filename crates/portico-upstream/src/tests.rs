@@ -160,7 +160,7 @@ fn idle_pool_is_lifo_bounded_and_expires() {
     assert_eq!(pool.idle(), 3);
     assert_eq!(pool.take(0, |_| true), Some(3));
     assert_eq!(
-        pool.take(0, |&x| x != 2),
+        pool.take(0, |x: &mut i32| *x != 2),
         None,
         "unusable entries are dropped"
     );

@@ -8,61 +8,15 @@
 //! - [`request::judge_request`]: every request head Portico's HTTP/1 engine (crate::h1)
 //!   reads is judged before anything acts on it: a refused head becomes a 400/501/431
 //!   answer and the connection ends; the body's framing comes from here.
-//! - [`response::ResponseGuard`] on each HTTP/1.1 upstream connection: an ambiguous
-//!   response head (or a bad first chunk line that came with it) makes the response a
-//!   502 before anything of it reaches the client. It also notes how the upstream
-//!   spelled its header names, for the client's answer.
+//! - [`HeadFraming::check_response`] for every response head Portico's HTTP/1 client
+//!   (crate::h1::client) and the uwsgi gateway read: an ambiguous response head (or a
+//!   bad first chunk line that came with it) makes the response a 502 before anything
+//!   of it reaches the client.
 //!
 //! This module holds what both directions share: splitting a head into lines and
 //! reading its framing headers. No IO here.
 
-/// The write half of a guard: passed through to the wrapped stream unchanged (the
-/// guards only look at what is read).
-macro_rules! write_through {
-    ($guard:ident) => {
-        impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $guard<S> {
-            fn poll_write(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                buf: &[u8],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-            }
-
-            fn poll_write_vectored(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-                bufs: &[std::io::IoSlice<'_>],
-            ) -> std::task::Poll<std::io::Result<usize>> {
-                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                self.inner.is_write_vectored()
-            }
-
-            fn poll_flush(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-            }
-
-            fn poll_shutdown(
-                mut self: std::pin::Pin<&mut Self>,
-                cx: &mut std::task::Context<'_>,
-            ) -> std::task::Poll<std::io::Result<()>> {
-                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-            }
-        }
-    };
-}
-use write_through;
-
 pub mod request;
-pub mod response;
-
-pub use response::{ExchangeStart, ResponseGuard};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;

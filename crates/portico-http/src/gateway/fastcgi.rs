@@ -228,7 +228,7 @@ pub async fn attempt(
     let limit = pick.server.max_conns();
     let keep = cfg.keepalive > 0 && limit > 0;
     let state = state.filter(|_| keep);
-    let usable = |c: &PooledConn| c.conn.buf.is_empty() && c.conn.stream.is_idle_usable();
+    let usable = |c: &mut PooledConn| c.conn.buf.is_empty() && c.conn.stream.is_idle_usable();
     let mut pooled = state.as_ref().and_then(|s| s.pool.take(0, usable));
     let mut head = Vec::with_capacity(16 + params.len());
     head.extend_from_slice(&fcgi::begin_request(ID, keep));

@@ -15,6 +15,8 @@
 //! to the caller for hyper's h2 server; a 101 answer hands it to the upgrade's taker.
 
 pub mod body;
+pub mod client;
+pub mod decode;
 
 use std::cell::RefCell;
 use std::future::Future;
