@@ -274,3 +274,47 @@ fn uvicorn_on_a_unix_socket() {
     assert_eq!(r.json()["body_len"], 8);
     assert_eq!(r.json()["headers"]["x-forwarded-proto"], "http");
 }
+
+/// Sockets on this host whose peer is 127.0.0.1:`port` and that the peer has closed
+/// (CLOSE_WAIT: our side still open), from /proc/net/tcp.
+fn closed_by_peer(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let peer = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == peer && f[3] == "08"
+        })
+        .count()
+}
+
+#[test]
+fn kept_alive_connections_the_upstream_closed_are_not_used() {
+    // uvicorn closes a kept-alive connection after 1 s idle: the next request must not
+    // go out on it (nor fail, nor count against the server)
+    let port = free_port();
+    let _app = uvicorn_with(Bind::Tcp(port), &["--timeout-keep-alive", "1"]);
+    let p = Portico::start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:{{admin}}\"\n{}",
+        proxy_config(&format!("127.0.0.1:{port}"), "")
+    ));
+    for round in 0..3 {
+        let r = curl(&[], &p.url("/"));
+        assert_eq!(r.status, 200, "round {round}");
+        let r = curl(&["-d", "hello"], &p.url("/echo"));
+        assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(5)), "round {round}");
+        // the readiness condition: uvicorn has closed the idle connection
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while closed_by_peer(port) == 0 {
+            assert!(std::time::Instant::now() < deadline, "uvicorn kept the connection");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let r = curl(&[], &p.url("/"));
+    assert_eq!(r.status, 200);
+    assert!(!p.log_text().contains("upstream request failed"), "{}", p.log_text());
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    assert_eq!(s["upstreams"]["app"]["servers"][0]["failures"], 0);
+}

@@ -1,9 +1,10 @@
 //! `via = "http"`: forwarding a request to an upstream chosen by the shared balancer.
 //!
-//! Connections are HTTP/1.1, kept alive in a per-server [`IdlePool`]. A connection goes
-//! back to the pool only once its response body has been read to the end. Bodies stream
-//! both ways with backpressure (hyper polls the next frame only when the peer took the
-//! last one).
+//! Connections are HTTP/1.1 (Portico's own client, `crate::h1::client`, driven by the
+//! request's task) or h2 over TLS (hyper's), kept alive in a per-server [`IdlePool`]. An
+//! HTTP/1.1 connection goes back to the pool only once its response body has been read
+//! to the end. Bodies stream both ways with backpressure (the next frame is read only
+//! when the peer took the last one).
 
 use std::net::IpAddr;
 use std::pin::Pin;

@@ -2,8 +2,8 @@
 //!
 //! What a proxy must not pass on: a request with both Content-Length and
 //! Transfer-Encoding, repeated Content-Length (even with equal values), `chunked,
-//! chunked`; a response with Content-Length and Transfer-Encoding (hyper's client
-//! frames those by Transfer-Encoding and relays them).
+//! chunked`; a response with Content-Length and Transfer-Encoding (nginx frames those
+//! by Transfer-Encoding and relays them; Portico, as HAProxy, refuses them).
 //!
 //! - [`request::judge_request`]: every request head Portico's HTTP/1 engine (crate::h1)
 //!   reads is judged before anything acts on it: a refused head becomes a 400/501/431
