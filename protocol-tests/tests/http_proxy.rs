@@ -304,17 +304,28 @@ fn kept_alive_connections_the_upstream_closed_are_not_used() {
         let r = curl(&[], &p.url("/"));
         assert_eq!(r.status, 200, "round {round}");
         let r = curl(&["-d", "hello"], &p.url("/echo"));
-        assert_eq!((r.status, r.json()["body_len"].as_u64()), (200, Some(5)), "round {round}");
+        assert_eq!(
+            (r.status, r.json()["body_len"].as_u64()),
+            (200, Some(5)),
+            "round {round}"
+        );
         // the readiness condition: uvicorn has closed the idle connection
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while closed_by_peer(port) == 0 {
-            assert!(std::time::Instant::now() < deadline, "uvicorn kept the connection");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "uvicorn kept the connection"
+            );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     let r = curl(&[], &p.url("/"));
     assert_eq!(r.status, 200);
-    assert!(!p.log_text().contains("upstream request failed"), "{}", p.log_text());
+    assert!(
+        !p.log_text().contains("upstream request failed"),
+        "{}",
+        p.log_text()
+    );
     let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
     assert_eq!(s["upstreams"]["app"]["servers"][0]["failures"], 0);
 }

@@ -222,7 +222,7 @@ impl Conn {
 
     /// The connection's bytes after a 101, for the tunnel.
     pub fn upgraded(self) -> Upgraded {
-        Upgraded::new(self.io, self.buf.freeze())
+        Upgraded::from_buffer(self.io, &self.buf)
     }
 
     async fn write_head(&mut self, p: &http::request::Parts, body: &HttpBody) -> io::Result<Out> {

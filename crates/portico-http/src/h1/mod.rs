@@ -109,6 +109,17 @@ impl Upgraded {
     pub fn new(io: Io, prefix: Bytes) -> Self {
         Self { io, prefix }
     }
+
+    /// `io`, with what is left in a connection's read buffer read first: copied out,
+    /// so a tunnel that lives for hours does not keep the buffer it came in.
+    pub fn from_buffer(io: Io, left: &BytesMut) -> Self {
+        let prefix = if left.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(left)
+        };
+        Self { io, prefix }
+    }
 }
 
 impl AsyncRead for Upgraded {
@@ -289,10 +300,7 @@ where
                 return Next::Closed;
             };
             let io = r.io.unsplit(wr);
-            let _ = tx.send(Upgraded {
-                io,
-                prefix: r.buf.freeze(),
-            });
+            let _ = tx.send(Upgraded::from_buffer(io, &r.buf));
             return Next::Closed;
         }
         // the reading side back from the body, what is left of it read and dropped

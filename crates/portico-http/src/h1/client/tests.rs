@@ -239,3 +239,76 @@ async fn framing_faults_are_errors() {
     assert_eq!(r.unwrap().1, b"");
     assert!(conn.is_clean());
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever an upstream sends, the head parser and the body decoder answer
+        /// with a value or an error, never a panic, and never yield more body bytes
+        /// than they were given.
+        #[test]
+        fn arbitrary_answers_never_panic(wire in proptest::collection::vec(any::<u8>(), 0..2048), cut in 0usize..2048) {
+            let mut wire = wire;
+            if let Some(end) = find_head_end(&wire, 0) {
+                let rest = wire.split_off(end);
+                if let Ok(head) = parse_response_head(Bytes::from(wire), &rest) {
+                    let mut f = head.framing;
+                    let cut = cut.min(rest.len());
+                    let mut buf = BytesMut::from(&rest[..cut]);
+                    let mut out = 0;
+                    let mut fed = false;
+                    for _ in 0..4096 {
+                        match f.step(&mut buf, 1024) {
+                            Ok(Step::Data(d)) => out += d.len(),
+                            Ok(Step::NeedMore) if !fed => {
+                                buf.extend_from_slice(&rest[cut..]);
+                                fed = true;
+                            }
+                            Ok(_) | Err(_) => break,
+                        }
+                    }
+                    prop_assert!(out <= rest.len());
+                }
+            }
+        }
+
+        /// Any chunking of any body, cut anywhere, decodes back to the body.
+        #[test]
+        fn chunked_bodies_round_trip(body in proptest::collection::vec(any::<u8>(), 0..4096),
+                                     sizes in proptest::collection::vec(1usize..700, 1..20),
+                                     cut in 0usize..8192) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let cut = cut.min(wire.len());
+            let mut f = Framing::ChunkSize;
+            let mut buf = BytesMut::from(&wire[..cut]);
+            let mut got = Vec::new();
+            let mut fed = false;
+            loop {
+                match f.step(&mut buf, 1024).unwrap() {
+                    Step::Data(d) => got.extend_from_slice(&d),
+                    Step::End => break,
+                    Step::NeedMore => {
+                        prop_assert!(!fed, "ran out of input");
+                        buf.extend_from_slice(&wire[cut..]);
+                        fed = true;
+                    }
+                }
+            }
+            prop_assert_eq!(got, body);
+        }
+    }
+}
