@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Benchmark, not a test: wrk through Portico and through nginx to the same fast backend
-# (an nginx answering "hello" itself, so the proxy is the bottleneck), same worker
-# count, same run; then to three backends (round-robin, one upstream block each); then
-# both serving the same small static file. Prints req/s and p99
-# for both and the ratios.
+# Benchmark, not a test: wrk through nginx, HAProxy, h2o (when installed) and Portico to
+# the same fast backend (an nginx answering "hello" itself, so the proxy is the
+# bottleneck), same worker/thread count, same run; then to three backends (round-robin);
+# then the same small static file (nginx, h2o, Portico: HAProxy serves no files); and
+# the backend direct, the ceiling. ROUNDS alternating rounds (default 3: every server
+# once per round, so a noisy minute hits all of them), the median round per server.
+# Prints req/s, p99 and each server's own CPU time per request, with ratios to nginx.
 #
 #   bash protocol-tests/bench/http.sh [WORKERS] [DURATION] [CONNECTIONS]
+#   ROUNDS=5 bash protocol-tests/bench/http.sh 2 8s 256
 #
-# Needs: cargo build --release -p portico; protocol-tests/peers/install.sh (nginx, wrk).
+# Needs: cargo build --release -p portico; protocol-tests/peers/install.sh (nginx, wrk,
+# haproxy); h2o is optional (apt-get install h2o).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source protocol-tests/bench/lib.sh
@@ -16,7 +20,9 @@ duration=${2:-10s}
 conns=${3:-64}
 bench_start
 
+rounds=${ROUNDS:-3}
 backend=18801; nginx_port=18802; portico_port=18803; b2=18804; b3=18805
+haproxy_port=18806; h2o_port=18807
 mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs" "$tmp/www/static"
 printf 'hello from a file\n' > "$tmp/www/static/hello.txt"
 
@@ -61,16 +67,84 @@ listen = ["127.0.0.1:$portico_port"]
   upstream = "app"
 CONF
 
+cat > "$tmp/haproxy.cfg" <<CONF
+global
+  fd-hard-limit 20000
+  maxconn 9500
+  nbthread $workers
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option forwardfor
+frontend f
+  bind 127.0.0.1:$haproxy_port
+  use_backend three if { path_beg /three/ }
+  default_backend app
+backend app
+  http-reuse always
+  server s 127.0.0.1:$backend
+backend three
+  http-reuse always
+  balance roundrobin
+  server s1 127.0.0.1:$backend
+  server s2 127.0.0.1:$b2
+  server s3 127.0.0.1:$b3
+CONF
+cat > "$tmp/h2o.conf" <<CONF
+num-threads: $workers
+listen:
+  host: 127.0.0.1
+  port: $h2o_port
+hosts:
+  default:
+    paths:
+      /static/:
+        file.dir: $tmp/www/static
+      /:
+        proxy.reverse.url: http://127.0.0.1:$backend/
+CONF
+
 nginx -c "$tmp/backend/nginx.conf" -p "$tmp/backend" &
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
 nginx_pid=$!
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
 portico_pid=$!
-wait_http $backend $nginx_port $portico_port
+haproxy -f "$tmp/haproxy.cfg" -db 2>"$tmp/haproxy.log" &
+haproxy_pid=$!
+declare -A port=([nginx]=$nginx_port [portico]=$portico_port [haproxy]=$haproxy_port [backend]=$backend)
+proxies=(nginx haproxy portico)
+if command -v h2o >/dev/null; then
+  h2o -c "$tmp/h2o.conf" >"$tmp/h2o.log" 2>&1 &
+  h2o_pid=$!
+  port[h2o]=$h2o_port
+  proxies=(nginx haproxy h2o portico)
+else
+  echo "(h2o not installed: apt-get install h2o to measure it too)"
+fi
+wait_http $backend "${port[@]}"
 
-n=$(run nginx "http://127.0.0.1:$nginx_port/"); p=$(run portico "http://127.0.0.1:$portico_port/")
-table "reverse proxy (backend: nginx return 200)" "$n" "$p"
-n=$(run nginx "http://127.0.0.1:$nginx_port/three/"); p=$(run portico "http://127.0.0.1:$portico_port/three/")
-table "reverse proxy, three backends round-robin" "$n" "$p"
-n=$(run nginx "http://127.0.0.1:$nginx_port/static/hello.txt"); p=$(run portico "http://127.0.0.1:$portico_port/static/hello.txt")
-table "static file (18 bytes)" "$n" "$p"
+# measure TITLE PATH SERVER...: ROUNDS alternating rounds, the median line per server
+measure() {
+  local title=$1 path=$2 r s
+  shift 2
+  declare -A got=()
+  for r in $(seq 1 "$rounds"); do
+    for s in "$@"; do
+      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
+    done
+  done
+  local lines=()
+  for s in "$@"; do
+    IFS='|' read -r -a all <<<"${got[$s]#|}"
+    lines+=("$(median "${all[@]}")")
+  done
+  table "$title ($rounds rounds, median)" "${lines[@]}"
+}
+
+measure "backend direct (the ceiling), then each proxy in front of it" / nginx backend
+measure "reverse proxy (backend: nginx return 200)" / "${proxies[@]}"
+measure "reverse proxy, three backends round-robin" /three/ nginx haproxy portico
+statics=(nginx portico); [ -n "${port[h2o]:-}" ] && statics=(nginx h2o portico)
+measure "static file (18 bytes)" /static/hello.txt "${statics[@]}"

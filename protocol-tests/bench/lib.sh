@@ -52,19 +52,29 @@ cpu = f"{int(sys.argv[3]) * 1e6 / int(sys.argv[4]) / n:.1f}" if sys.argv[3] and 
 print(f"{sys.argv[2]} {rps:.0f} {p99:.3f} {errs.group(1) if errs else 0} {cpu}")
 PY
 }
-table() { # title nginx-line portico-line
+# The side-by-side table: the first line is the reference (nginx), every other line
+# gets its ratios to it.
+table() { # title reference-line other-lines...
   echo "$1: wrk -t2 -c$conns -d$duration, workers=$workers"
-  python3 - "$2" "$3" <<'PY'
+  shift
+  python3 - "$@" <<'PY'
 import sys
-n, p = sys.argv[1].split(), sys.argv[2].split()
+rows = [a.split() for a in sys.argv[1:]]
 print(f"{'server':<8} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8} {'CPU us/req':>11}")
-for r in (n, p):
+for r in rows:
     print(f"{r[0]:<8} {r[1]:>12} {r[2]:>10} {r[3]:>8} {r[4]:>11}")
 def ratio(a, b):
     return f"{float(a) / float(b):.2f}x" if b not in ("-", "0") and float(b) > 0 and a != "-" else "n/a"
-print(f"ratio portico/nginx: req/s {ratio(p[1], n[1])}, p99 {ratio(p[2], n[2])}, "
-      f"CPU per request {ratio(p[4], n[4])}")
+n = rows[0]
+for p in rows[1:]:
+    print(f"ratio {p[0]}/{n[0]}: req/s {ratio(p[1], n[1])}, p99 {ratio(p[2], n[2])}, "
+          f"CPU per request {ratio(p[4], n[4])}")
 PY
+}
+
+# Of several `run` lines of one server, the one with the median req/s.
+median() { # lines...
+  printf '%s\n' "$@" | sort -k2,2n | sed -n "$(( ($# + 1) / 2 ))p"
 }
 
 # Sets $bin (the Portico to measure: $PORTICO_BIN, else the release build, built when

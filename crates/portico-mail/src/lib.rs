@@ -240,12 +240,20 @@ impl Service for MailService {
                 }
             }
             let session = session::Session::new(conn, cfg);
-            match session.cfg.protocol {
-                Protocol::Imap => imap::Imap::serve(session).await,
-                Protocol::Pop3 => pop3::Pop3::serve(session).await,
-                Protocol::Smtp => smtp::Smtp::serve(session).await,
+            let handoff = session.handoff();
+            // The front end (greeting, capabilities, STARTTLS, login) boxed and ended
+            // before the tunnel runs: neither the largest protocol's state machine nor
+            // the login's stays in the task of a session that idles for hours.
+            let front: session::Tunnel = match session.cfg.protocol {
+                Protocol::Imap => Box::pin(imap::Imap::serve(session)),
+                Protocol::Pop3 => Box::pin(pop3::Pop3::serve(session)),
+                Protocol::Smtp => Box::pin(smtp::Smtp::serve(session)),
                 // Never built: assemble makes mail services for mail listeners only.
-                Protocol::Http => drop(session),
+                Protocol::Http => return,
+            };
+            front.await;
+            if let Some(tunnel) = handoff.take() {
+                tunnel.await;
             }
             drop(guards);
         })

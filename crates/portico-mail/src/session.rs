@@ -60,6 +60,26 @@ pub struct Session {
     /// The challenge for APOP / CRAM-MD5, made once per session.
     salt: Option<Vec<u8>>,
     started: tokio::time::Instant,
+    handoff: Handoff,
+}
+
+/// A tunnel to a backend, ready to run.
+pub type Tunnel = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Where a session's tunnel is left once the backend accepted the login. The caller of
+/// the protocol's front end (`MailService::serve`) runs it after that state machine has
+/// ended, so an idle tunnel's task holds the tunnel and nothing of the login phases.
+#[derive(Clone, Default)]
+pub struct Handoff(Arc<std::sync::Mutex<Option<Tunnel>>>);
+
+impl Handoff {
+    fn put(&self, tunnel: Tunnel) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(tunnel);
+    }
+
+    pub fn take(&self) -> Option<Tunnel> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// How a SASL exchange ended.
@@ -141,7 +161,13 @@ impl Session {
             attempts: 0,
             salt: None,
             started: tokio::time::Instant::now(),
+            handoff: Handoff::default(),
         }
+    }
+
+    /// Where this session's tunnel will be left (see [`Handoff`]).
+    pub fn handoff(&self) -> Handoff {
+        self.handoff.clone()
     }
 
     /// This session's challenge, as nginx makes it: `<RANDOM.TIME@NAME>`.
@@ -218,7 +244,8 @@ impl Session {
                 "plaintext sent after STARTTLS discarded"
             );
         }
-        match self.conn.start_tls().await {
+        // boxed: the handshake's state would otherwise stay in every session's task
+        match Box::pin(self.conn.start_tls()).await {
             Ok(conn) => Some(Session {
                 conn,
                 io: self.io,
@@ -227,6 +254,7 @@ impl Session {
                 attempts: self.attempts,
                 salt: self.salt,
                 started: self.started,
+                handoff: self.handoff,
             }),
             Err(e) => {
                 tracing::debug!(error = %e, "STARTTLS handshake failed");
@@ -357,6 +385,18 @@ impl Session {
 
     /// [`Session::authorize`] with protocol-specific request fields (SMTP's Helo/From/To).
     pub async fn authorize_with(
+        self,
+        creds: Credentials,
+        protocol: &'static str,
+        extra: AuthRequest,
+    ) -> Outcome {
+        // boxed: the auth server exchange and the backend connect are large state
+        // machines, and inline they would stay in the session's task for as long as the
+        // tunnel after them lasts
+        Box::pin(self.authorize_inner(creds, protocol, extra)).await
+    }
+
+    async fn authorize_inner(
         mut self,
         creds: Credentials,
         protocol: &'static str,
@@ -664,9 +704,9 @@ pub type LoginFuture<'a> =
 
 impl BackendSession {
     /// Logs in with `login` (which returns what to pass on to the client: the backend's
-    /// answer, or on `Err` its refusal), then relays (`portico_core::relay`) until both
-    /// sides close or the tunnel is idle for `idle_timeout`. Bytes either side sent
-    /// ahead are passed on first, so pipelined commands are not lost.
+    /// answer, or on `Err` its refusal), then leaves the tunnel (`portico_core::relay`)
+    /// in the session's [`Handoff`] for `MailService::serve` to run. Bytes either side
+    /// sent ahead are passed on first, so pipelined commands are not lost.
     pub async fn run(
         mut self,
         login: impl for<'a> FnOnce(
@@ -703,31 +743,39 @@ impl BackendSession {
                 if !ahead_backend.is_empty() && s.send(&ahead_backend).await.is_err() {
                     return;
                 }
-                // An idle session should hold as little as possible while it lasts.
+                // An idle session should hold as little as possible while it lasts:
+                // the tunnel runs outside the login's state machines (see Handoff).
                 drop((ahead_client, ahead_backend, to_client, bio));
                 s.io = LineIo::new();
-                let limits = RelayLimits {
-                    idle: s.cfg.idle_timeout,
-                    max_lifetime: Duration::ZERO,
-                    drain: s.cfg.drain,
-                };
-                let end = relay(
-                    &mut s.conn.stream,
-                    &mut self.stream,
-                    limits,
-                    s.conn.shutdown.clone(),
-                    &mut AnyEnd,
-                    Goodbye::default(),
-                )
-                .await;
-                tracing::debug!(conn = id, ?end, "mail tunnel ended");
-                if let Some(p) = self.pick.take() {
-                    if end == RelayEnd::UpstreamError {
-                        p.failure();
-                    } else {
-                        p.success();
-                    }
-                }
+                let slot = s.handoff.clone();
+                slot.put(Box::pin(self.tunnel(id)));
+            }
+        }
+    }
+
+    /// Relays until both sides close or the tunnel is idle for `idle_timeout`.
+    async fn tunnel(mut self, id: u64) {
+        let s = &mut self.session;
+        let limits = RelayLimits {
+            idle: s.cfg.idle_timeout,
+            max_lifetime: Duration::ZERO,
+            drain: s.cfg.drain,
+        };
+        let end = relay(
+            &mut s.conn.stream,
+            &mut self.stream,
+            limits,
+            s.conn.shutdown.clone(),
+            &mut AnyEnd,
+            Goodbye::default(),
+        )
+        .await;
+        tracing::debug!(conn = id, ?end, "mail tunnel ended");
+        if let Some(p) = self.pick.take() {
+            if end == RelayEnd::UpstreamError {
+                p.failure();
+            } else {
+                p.success();
             }
         }
     }
