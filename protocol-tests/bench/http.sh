@@ -94,6 +94,7 @@ backend three
 CONF
 cat > "$tmp/h2o.conf" <<CONF
 num-threads: $workers
+user: root
 listen:
   host: 127.0.0.1
   port: $h2o_port

@@ -6,6 +6,8 @@
 //! here has none (403), and one asked for without its trailing slash is redirected (301).
 //! Conditional requests (ETag, Last-Modified) and single byte ranges are honoured.
 
+mod small;
+
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -82,22 +84,32 @@ pub async fn serve(
         }
     }
     let size = meta.len();
-    let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let secs = mtime
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let etag = format!("\"{secs:x}-{size:x}\"");
-    let last_modified = httpdate::fmt_http_date(mtime);
+    // a small file comes from the worker's table (one stat, checked against it)
+    let kept = match small::get(&file_path, &meta) {
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => return io_error(e, &file_path),
+        None => None,
+    };
+    let (etag_v, last_modified_v, secs) = match &kept {
+        Some(f) => (f.etag.clone(), f.last_modified.clone(), f.secs),
+        None => {
+            let (etag, secs, last_modified) = small::validators(&meta);
+            match (
+                HeaderValue::from_str(&etag),
+                HeaderValue::from_str(&last_modified),
+            ) {
+                (Ok(e), Ok(l)) => (e, l, secs),
+                _ => return error_response(StatusCode::INTERNAL_SERVER_ERROR),
+            }
+        }
+    };
+    let etag = etag_v.to_str().unwrap_or_default();
+    let last_modified = last_modified_v.to_str().unwrap_or_default();
 
-    let mut base = HeaderMap::new();
+    let mut base = HeaderMap::with_capacity(10);
     base.insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        base.insert(header::ETAG, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&last_modified) {
-        base.insert(header::LAST_MODIFIED, v);
-    }
+    base.insert(header::ETAG, etag_v.clone());
+    base.insert(header::LAST_MODIFIED, last_modified_v.clone());
     base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if cfg.precompressed {
         base.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -112,7 +124,7 @@ pub async fn serve(
         expires_headers(e, &mut base);
     }
 
-    if not_modified(headers, Some(&etag), Some(secs)) {
+    if not_modified(headers, Some(etag), Some(secs)) {
         let mut r = Response::new(empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         *r.headers_mut() = base;
@@ -121,7 +133,7 @@ pub async fn serve(
 
     base.insert(header::CONTENT_TYPE, HeaderValue::from_static(file_type));
 
-    let range = requested_range(headers, size, Some(&etag), Some(&last_modified));
+    let range = requested_range(headers, size, Some(etag), Some(last_modified));
     let (status, start, len) = match range {
         None | Some(RangeResult::Ignore) => (StatusCode::OK, 0, size),
         Some(RangeResult::Unsatisfiable) => {
@@ -142,6 +154,8 @@ pub async fn serve(
 
     let body = if *method == Method::HEAD {
         empty()
+    } else if let Some(f) = kept {
+        crate::body::full(f.data.slice(start as usize..(start + len) as usize))
     } else {
         match open_range(&file_path, start, len) {
             Ok(b) => b,
@@ -251,8 +265,6 @@ fn io_error(e: std::io::Error, file: &std::path::Path) -> Response<HttpBody> {
     }
 }
 
-/// Files up to this size are read whole into the response.
-const SMALL_FILE: u64 = 64 * 1024;
 const CHUNK: u64 = 64 * 1024;
 
 /// Opens the byte range of `path` as a body. Reads are plain blocking reads on the
@@ -262,11 +274,6 @@ fn open_range(path: &Path, start: u64, len: u64) -> std::io::Result<HttpBody> {
     let mut f = std::fs::File::open(path)?;
     if start > 0 {
         f.seek(std::io::SeekFrom::Start(start))?;
-    }
-    if len <= SMALL_FILE {
-        let mut data = vec![0u8; len as usize];
-        f.read_exact(&mut data)?;
-        return Ok(crate::body::full(data));
     }
     Ok(FileBody { file: f, left: len }.boxed())
 }
