@@ -72,3 +72,21 @@ for per, f in reversed(diff[-top:]):
     print(f"{per:8.0f}  {f[:110]}")
 PY
 fi
+# CALLERS=SYMBOL: who calls SYMBOL, by instructions (callgrind's caller tree, the larger run)
+if [ -n "${CALLERS:-}" ]; then
+  callgrind_annotate --tree=caller --inclusive=yes "$tmp"/cg."$n1"* 2>/dev/null \
+    | python3 -c '
+import re, sys
+block = []
+for line in sys.stdin:
+    if not line.strip():
+        block = []
+        continue
+    block.append(line.rstrip())
+    if re.search(r"\*\s.*" + re.escape(sys.argv[1]), line):
+        callers = [l for l in block if "<" in l]
+        callers.sort(key=lambda l: -int(l.split()[0].replace(",", "")))
+        print("\n".join(c[:160] for c in callers[:25]))
+        break
+' "$CALLERS"
+fi

@@ -398,7 +398,7 @@ where
         headers: stored_headers(resp.headers()),
         times,
         vary,
-        upstream: up.clone(),
+        upstream: up.as_deref().map(str::to_string),
     };
     match Filler::new(Arc::clone(zone), meta, expected, s.max_object, guard) {
         Some(filler) => {
@@ -547,7 +547,10 @@ impl CompiledCache {
                 let mut r = Response::new(body::empty());
                 *r.status_mut() = StatusCode::NOT_MODIFIED;
                 *r.headers_mut() = headers;
-                return (self.mark(r, status), o.meta.upstream.clone());
+                return (
+                    self.mark(r, status),
+                    o.meta.upstream.as_deref().map(Arc::from),
+                );
             }
             match requested_range(req.headers, size, etag, lm_text) {
                 Some(RangeResult::Range(a, b)) => {
@@ -562,7 +565,10 @@ impl CompiledCache {
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                         r.headers_mut().insert(header::CONTENT_RANGE, v);
                     }
-                    return (self.mark(r, status), o.meta.upstream.clone());
+                    return (
+                        self.mark(r, status),
+                        o.meta.upstream.as_deref().map(Arc::from),
+                    );
                 }
                 Some(RangeResult::Ignore) | None => {
                     if let Some(encoded) = self.compressed(o, req).await {
@@ -577,7 +583,10 @@ impl CompiledCache {
                         );
                         let mut r = Response::new(body::full(encoded.body.clone()));
                         *r.headers_mut() = headers;
-                        return (self.mark(r, status), o.meta.upstream.clone());
+                        return (
+                            self.mark(r, status),
+                            o.meta.upstream.as_deref().map(Arc::from),
+                        );
                     }
                 }
             }
@@ -592,7 +601,10 @@ impl CompiledCache {
         let mut r = Response::new(body);
         *r.status_mut() = code;
         *r.headers_mut() = headers;
-        (self.mark(r, status), o.meta.upstream.clone())
+        (
+            self.mark(r, status),
+            o.meta.upstream.as_deref().map(Arc::from),
+        )
     }
 
     /// The object encoded for this client when the route compresses and the client

@@ -167,7 +167,7 @@ impl HttpUpstream {
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -268,7 +268,7 @@ pub(crate) fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> 
 }
 
 /// The upstream server that answered, for the access log.
-pub type UpstreamAddr = Option<String>;
+pub type UpstreamAddr = Option<Arc<str>>;
 
 /// The servers one request tries, as the upstream's `tries` and `next_upstream_timeout`
 /// allow: the selection loop the HTTP proxy and the uwsgi/FastCGI gateways share.
@@ -328,7 +328,7 @@ impl<'a> Tries<'a> {
 
     /// The next server, waiting in the queue if the upstream has one; `None` when the
     /// tries are used up or no server can be had (`last_status` then says why).
-    pub async fn next(&mut self) -> Option<(Pick, String)> {
+    pub async fn next(&mut self) -> Option<(Pick, Arc<str>)> {
         if !self.left() {
             return None;
         }
@@ -350,8 +350,8 @@ impl<'a> Tries<'a> {
         };
         self.tried.push(pick.index);
         self.panicked |= pick.panic;
-        let addr = pick.server.addr().to_string();
-        self.last_addr = Some(addr.clone());
+        let addr = Arc::clone(pick.server.label());
+        self.last_addr = Some(Arc::clone(&addr));
         Some((pick, addr))
     }
 
@@ -410,7 +410,16 @@ pub async fn forward(
         }
         let sender = match pooled {
             Some(s) => s,
-            None => match open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), true).await {
+            // boxed: a new connection (TLS, an h2 handshake) is a large state machine,
+            // and inline it would be built and moved with every request
+            None => match Box::pin(open(
+                &pick,
+                cfg.connect_timeout,
+                up.handle.tls.as_deref(),
+                true,
+            ))
+            .await
+            {
                 Ok(s) => {
                     if let (Some(p), Some(shared)) = (&pool, s.share()) {
                         p.put(worker_id(), shared);
@@ -876,7 +885,13 @@ pub async fn forward_upgrade(
     let uri = parts.uri.clone();
     let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref(), &uri);
     while let Some((pick, addr)) = tries.next().await {
-        let opened = open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), false).await;
+        let opened = Box::pin(open(
+            &pick,
+            cfg.connect_timeout,
+            up.handle.tls.as_deref(),
+            false,
+        ))
+        .await;
         let mut conn = match opened {
             Ok(Sender::H1(conn)) => conn,
             Ok(Sender::H2(_)) => {

@@ -74,6 +74,8 @@ pub struct Server {
     /// Set while `passive` holds failures to forget on the next success.
     has_failures: std::sync::atomic::AtomicBool,
     passive: Mutex<Passive>,
+    /// The address as logs and `$upstream_addr` write it, made once.
+    label: Arc<str>,
 }
 
 /// Milliseconds since the first call, never 0.
@@ -176,6 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Server {
     fn new(config: ServerConfig) -> Self {
         Self {
+            label: config.addr.to_string().into(),
             config,
             stats: ServerStats::default(),
             health: ActiveHealth::default(),
@@ -257,6 +260,11 @@ impl Server {
 
     pub fn addr(&self) -> &PeerAddr {
         &self.config.addr
+    }
+
+    /// The address as text (made once: requests log it).
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
     }
 
     /// Counts one more request in flight; under a limit only if that stays within it
