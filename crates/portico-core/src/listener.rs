@@ -558,8 +558,8 @@ impl Drop for ActiveGuard {
 }
 
 async fn handle(
-    mut stream: Stream,
-    mut info: ConnInfo,
+    stream: Stream,
+    info: ConnInfo,
     state: Arc<EndpointState>,
     _permit: OwnedSemaphorePermit,
     stats: Arc<EndpointStats>,
@@ -567,6 +567,29 @@ async fn handle(
 ) {
     stats.active.fetch_add(1, Ordering::Relaxed);
     let _active = ActiveGuard(Arc::clone(&stats));
+    // boxed: the PROXY header read, the TLS peek and handshake live only while they
+    // run, not in every connection's task for its whole life
+    let Some((stream, info, starttls)) = Box::pin(prelude(stream, info, &state, &stats)).await
+    else {
+        return;
+    };
+    let conn = Connection {
+        stream,
+        info,
+        shutdown,
+        starttls,
+    };
+    Arc::clone(&state.spec.service).serve(conn).await;
+}
+
+/// What comes before the service: the PROXY protocol header, the TLS handshake (or the
+/// module's word for plaintext on a TLS port). `None`: the connection ends here.
+async fn prelude(
+    mut stream: Stream,
+    mut info: ConnInfo,
+    state: &EndpointState,
+    stats: &EndpointStats,
+) -> Option<(Stream, ConnInfo, Option<TlsAcceptor>)> {
     let spec = &state.spec;
     let deadline = spec.handshake_timeout;
     if spec.proxy_protocol {
@@ -580,12 +603,12 @@ async fn handle(
             Ok(Err(e)) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), error = %e, "connection closed");
-                return;
+                return None;
             }
             Err(_) => {
                 stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), "PROXY protocol header timed out");
-                return;
+                return None;
             }
         }
     }
@@ -609,7 +632,7 @@ async fn handle(
                         stream.shutdown().await
                     })
                     .await;
-                    return;
+                    return None;
                 }
             }
             // boxed: the handshake's state (rustls's buffers) lives only while it runs,
@@ -620,28 +643,22 @@ async fn handle(
                     if info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(tls::ACME_TLS_ALPN)
                     {
                         // an ACME CA validating TLS-ALPN-01: the handshake was the answer
-                        return;
+                        return None;
                     }
                     stream = Stream::Tls(Box::new(tls));
                 }
                 Ok(Err(e)) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), error = %e, "TLS handshake failed");
-                    return;
+                    return None;
                 }
                 Err(_) => {
                     stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(conn = info.id, peer = %crate::OrDash(info.peer), "TLS handshake timed out");
-                    return;
+                    return None;
                 }
             }
         }
     }
-    let conn = Connection {
-        stream,
-        info,
-        shutdown,
-        starttls,
-    };
-    Arc::clone(&spec.service).serve(conn).await;
+    Some((stream, info, starttls))
 }

@@ -213,7 +213,7 @@ where
     let mut drain: Option<Instant> = None;
     loop {
         let got = next_head(&mut reader, &s, first, shutdown, &mut drain).await;
-        let (mut req, head) = match got {
+        let (req, head) = match got {
             Got::Closed => return Next::Closed,
             Got::H2 => {
                 let io = reader.io.unsplit(wr);
@@ -227,104 +227,132 @@ where
             Got::Head(parts, facts) => (Request::from_parts(*parts, InBody::Empty), Some(facts)),
         };
         first = false;
-        let is_head = req.method() == Method::HEAD;
-        let version = req.version();
-        let mut keep_alive = head.as_ref().is_some_and(|h| h.keep_alive);
-        let continue_wanted = head
-            .as_ref()
-            .is_some_and(|h| h.expect_continue)
-            .then(|| Arc::new(Notify::new()));
-        let mut back = None;
-        let mut upgrade_tx = None;
-        let mut reader_here = Some(reader);
-        if let Some(h) = &head {
-            if h.may_upgrade {
-                let (tx, rx) = oneshot::channel();
-                req.extensions_mut()
-                    .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
-                upgrade_tx = Some(tx);
-            }
-            let framing = match h.body {
-                BodyStart::None => None,
-                BodyStart::Length(n) => Some(body::Framing::Length(n)),
-                BodyStart::Chunked => Some(body::Framing::ChunkSize),
-            };
-            if let Some((framing, r)) = framing.and_then(|f| Some((f, reader_here.take()?))) {
-                let (tx, rx) = oneshot::channel();
-                back = Some(rx);
-                let expect = continue_wanted.clone();
-                *req.body_mut() = InBody::H1(body::H1Body::new(r, framing, s.max_head, tx, expect));
-            }
-        }
-        // boxed, as the answer's writing: an idle connection's task then holds only
-        // what waiting for the next head needs
-        let mut fut = Box::pin(handle(req));
-        let resp = match &continue_wanted {
-            None => fut.await,
-            Some(wanted) => {
-                let mut continued = false;
-                loop {
-                    tokio::select! {
-                        resp = &mut fut => break resp,
-                        _ = wanted.notified(), if !continued => {
-                            continued = true;
-                            if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
-                                || wr.flush().await.is_err()
-                            {
-                                return Next::Closed;
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        if head.is_none() || shutdown.is_cancelled() {
-            keep_alive = false;
-        }
-        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
-        let meta = Meta {
-            head: is_head,
-            version,
-            keep_alive: keep_alive && !switching,
-            switching,
-        };
-        let keep = match Box::pin(write_response(&mut wr, resp, &meta)).await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::debug!(error = %e, "writing the answer failed");
-                return Next::Closed;
-            }
-        };
-        if switching {
-            let (Some(tx), Some(r)) = (upgrade_tx, reader_here) else {
-                return Next::Closed;
-            };
-            let io = r.io.unsplit(wr);
-            let _ = tx.send(Upgraded::from_buffer(io, &r.buf));
-            return Next::Closed;
-        }
-        // the reading side back from the body, what is left of it read and dropped
-        reader = match (reader_here, back) {
-            (Some(r), _) => r,
-            (None, Some(rx)) if keep => {
-                match tokio::time::timeout(Duration::from_secs(1), rx).await {
-                    Ok(Ok(ret)) => match discard(ret, &s).await {
-                        Some(r) => r,
-                        None => return close(wr).await,
-                    },
-                    _ => return close(wr).await,
-                }
-            }
-            _ => return close(wr).await,
-        };
-        if !keep {
-            return close(wr).await;
+        // one exchange boxed: an idle connection's task holds only the wait above
+        match Box::pin(exchange(reader, wr, req, head, &s, shutdown, &handle)).await {
+            After::Again(r, w) => (reader, wr) = (r, w),
+            After::End(next) => return next,
         }
         if reader.buf.is_empty() {
             // idle: hold no buffer
             reader.buf = BytesMut::new();
         }
     }
+}
+
+/// How an exchange left the connection.
+enum After {
+    /// Ready for the next request.
+    Again(Reader, WriteHalf<Io>),
+    End(Next),
+}
+
+/// One request on the connection: its body wired to the reader, the service's answer
+/// written, the reading side taken back.
+async fn exchange<F, Fut>(
+    reader: Reader,
+    mut wr: WriteHalf<Io>,
+    mut req: Request<InBody>,
+    head: Option<Facts>,
+    s: &Settings,
+    shutdown: &CancellationToken,
+    handle: &F,
+) -> After
+where
+    F: Fn(Request<InBody>) -> Fut,
+    Fut: Future<Output = Response<HttpBody>>,
+{
+    let is_head = req.method() == Method::HEAD;
+    let version = req.version();
+    let mut keep_alive = head.as_ref().is_some_and(|h| h.keep_alive);
+    let continue_wanted = head
+        .as_ref()
+        .is_some_and(|h| h.expect_continue)
+        .then(|| Arc::new(Notify::new()));
+    let mut back = None;
+    let mut upgrade_tx = None;
+    let mut reader_here = Some(reader);
+    if let Some(h) = &head {
+        if h.may_upgrade {
+            let (tx, rx) = oneshot::channel();
+            req.extensions_mut()
+                .insert(PendingUpgrade(Arc::new(std::sync::Mutex::new(Some(rx)))));
+            upgrade_tx = Some(tx);
+        }
+        let framing = match h.body {
+            BodyStart::None => None,
+            BodyStart::Length(n) => Some(body::Framing::Length(n)),
+            BodyStart::Chunked => Some(body::Framing::ChunkSize),
+        };
+        if let Some((framing, r)) = framing.and_then(|f| Some((f, reader_here.take()?))) {
+            let (tx, rx) = oneshot::channel();
+            back = Some(rx);
+            let expect = continue_wanted.clone();
+            *req.body_mut() = InBody::H1(body::H1Body::new(r, framing, s.max_head, tx, expect));
+        }
+    }
+    // boxed, as the answer's writing: the service's future is large, and the 100
+    // Continue select below would copy it
+    let mut fut = Box::pin(handle(req));
+    let resp = match &continue_wanted {
+        None => fut.await,
+        Some(wanted) => {
+            let mut continued = false;
+            loop {
+                tokio::select! {
+                    resp = &mut fut => break resp,
+                    _ = wanted.notified(), if !continued => {
+                        continued = true;
+                        if wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                            || wr.flush().await.is_err()
+                        {
+                            return After::End(Next::Closed);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    if head.is_none() || shutdown.is_cancelled() {
+        keep_alive = false;
+    }
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade_tx.is_some();
+    let meta = Meta {
+        head: is_head,
+        version,
+        keep_alive: keep_alive && !switching,
+        switching,
+    };
+    let keep = match Box::pin(write_response(&mut wr, resp, &meta)).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::debug!(error = %e, "writing the answer failed");
+            return After::End(Next::Closed);
+        }
+    };
+    if switching {
+        let (Some(tx), Some(r)) = (upgrade_tx, reader_here) else {
+            return After::End(Next::Closed);
+        };
+        let io = r.io.unsplit(wr);
+        let _ = tx.send(Upgraded::from_buffer(io, &r.buf));
+        return After::End(Next::Closed);
+    }
+    // the reading side back from the body, what is left of it read and dropped
+    let reader = match (reader_here, back) {
+        (Some(r), _) => r,
+        (None, Some(rx)) if keep => match tokio::time::timeout(Duration::from_secs(1), rx).await {
+            Ok(Ok(ret)) => match discard(ret, s).await {
+                Some(r) => r,
+                None => return After::End(close(wr).await),
+            },
+            _ => return After::End(close(wr).await),
+        },
+        _ => return After::End(close(wr).await),
+    };
+    if !keep {
+        return After::End(close(wr).await);
+    }
+    After::Again(reader, wr)
 }
 
 async fn close(mut wr: WriteHalf<Io>) -> Next {
