@@ -290,46 +290,48 @@ impl Service for HttpService {
     }
 
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
+        // made before the future: what it holds while the connection idles is what it
+        // captures (a ConnInfo or a Limits kept in it would stay for the connection's life)
+        let Connection {
+            stream,
+            info,
+            shutdown,
+            ..
+        } = conn;
+        let limits = &self.sites[0].limits;
+        let state = Arc::new(ConnState {
+            id: info.id,
+            tls_info: info.tls.clone().map(Arc::new),
+            peer: info.peer,
+            local: info.local,
+            peer_ip: info.peer.map(|p| p.ip()),
+            peer_value: info
+                .peer
+                .and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok()),
+            tls: info.tls.is_some(),
+            sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
+            in_flight: AtomicUsize::new(0),
+            shutdown: shutdown.clone(),
+            tunnels: Mutex::new(Vec::new()),
+            last_done_ms: AtomicU64::new(0),
+            start: Instant::now(),
+            h2: Default::default(),
+            stalled: AtomicUsize::new(0),
+            stall: tokio::sync::Notify::new(),
+        });
+        let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
+        let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
+        let settings = h1::Settings {
+            max_head: limits.max_header_bytes.max(8192),
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            drain_grace: DRAIN_GRACE,
+        };
+        drop(info);
         Box::pin(async move {
-            let Connection {
-                stream,
-                info,
-                shutdown,
-                ..
-            } = conn;
-            let limits = self.sites[0].limits.clone();
-            let state = Arc::new(ConnState {
-                id: info.id,
-                tls_info: info.tls.clone().map(Arc::new),
-                peer: info.peer,
-                local: info.local,
-                peer_ip: info.peer.map(|p| p.ip()),
-                peer_value: info
-                    .peer
-                    .and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok()),
-                tls: info.tls.is_some(),
-                sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
-                in_flight: AtomicUsize::new(0),
-                shutdown: shutdown.clone(),
-                tunnels: Mutex::new(Vec::new()),
-                last_done_ms: AtomicU64::new(0),
-                start: Instant::now(),
-                h2: Default::default(),
-                stalled: AtomicUsize::new(0),
-                stall: tokio::sync::Notify::new(),
-            });
-            let max_head = limits.max_header_bytes.max(8192);
-            let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
-            let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
             let h2 = if alpn_h2 {
                 Some((io, bytes::Bytes::new()))
             } else {
-                let settings = h1::Settings {
-                    max_head,
-                    header_timeout: limits.header_timeout,
-                    idle_timeout: limits.idle_timeout,
-                    drain_grace: DRAIN_GRACE,
-                };
                 let this = Arc::clone(&self);
                 let svc_state = Arc::clone(&state);
                 let next = h1::serve(io, settings, &shutdown, |req| {
@@ -343,7 +345,7 @@ impl Service for HttpService {
             };
             if let Some((io, prefix)) = h2 {
                 // boxed: hyper's h2 connection is large, and only h2 clients need it
-                Box::pin(self.serve_h2(io, prefix, &state, &limits, &info, &shutdown)).await;
+                Box::pin(self.serve_h2(io, prefix, &state, &shutdown)).await;
             }
             let tunnels =
                 std::mem::take(&mut *state.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
@@ -363,10 +365,10 @@ impl HttpService {
         io: h1::Io,
         prefix: bytes::Bytes,
         state: &Arc<ConnState>,
-        limits: &Limits,
-        info: &portico_core::ConnInfo,
         shutdown: &tokio_util::sync::CancellationToken,
     ) {
+        let limits = &self.sites[0].limits;
+        let id = state.id;
         state.h2.store(true, Ordering::Relaxed);
         let svc_state = Arc::clone(state);
         let this = Arc::clone(self);
@@ -391,7 +393,7 @@ impl HttpService {
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        tracing::debug!(conn = info.id, error = %e, "h2 connection ended with an error");
+                        tracing::debug!(conn = id, error = %e, "h2 connection ended with an error");
                     }
                     break;
                 }
@@ -404,7 +406,7 @@ impl HttpService {
                     // Only stalled streams left: they would hold the connection
                     // (a graceful close waits for them) forever.
                     if state.in_flight.load(Ordering::Relaxed) == 0 {
-                        tracing::info!(conn = info.id, "closing an h2 connection whose client stopped reading");
+                        tracing::info!(conn = id, "closing an h2 connection whose client stopped reading");
                         break;
                     }
                 }
