@@ -51,11 +51,13 @@ PY
 i1=$(count "$n1"); i2=$(count "$n2")
 echo "instructions: $n1 GETs $i1, $n2 GETs $i2"
 echo "per proxied GET: $(( (i1 - i2) / (n1 - n2) ))"
-# where they go (TOP=N): the inclusive cost of the calls callgrind_annotate lists, the
+# CGDIR=DIR: keep the callgrind files there (callgrind_annotate --tree=calling reads them)
+[ -n "${CGDIR:-}" ] && mkdir -p "$CGDIR" && cp "$tmp"/cg.* "$CGDIR"/
+# where they go (TOP=N): the exclusive cost (INCLUSIVE=yes: inclusive) of the calls callgrind_annotate lists, the
 # difference of the two runs per request (nested calls are counted in their callers too)
 if [ -n "${TOP:-}" ]; then
   for n in "$n1" "$n2"; do
-    callgrind_annotate --inclusive=no --threshold=100 "$tmp"/cg."$n"* 2>/dev/null \
+    callgrind_annotate --inclusive=${INCLUSIVE:-no} --threshold=100 "$tmp"/cg."$n"* 2>/dev/null \
       | awk '/^ *[0-9,]+ / {gsub(",", "", $1); c=$1; $1=""; sub(/^ *\([^)]*\) */, ""); print c "\t" $0}' > "$tmp/top.$n"
   done
   python3 - "$tmp/top.$n1" "$tmp/top.$n2" "$((n1 - n2))" "$TOP" <<'PY'

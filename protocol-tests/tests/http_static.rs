@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+
 use common::*;
 
 fn start() -> Portico {
@@ -151,4 +153,134 @@ fn more_than_100_request_headers_is_431() {
     };
     assert_eq!(raw_status(p.addr(), head(97).as_bytes()).0, 200);
     assert_eq!(raw_status(p.addr(), head(100).as_bytes()).0, 431);
+}
+
+/// Files over the in-memory size go out with sendfile(2) on plain sockets and through
+/// user space everywhere else (TLS, h2, compression): every path sends the same bytes,
+/// ranges and HEAD included, a kept-alive connection carries on after one, the access
+/// log counts the bytes, and a client that leaves mid-file costs nothing else.
+#[test]
+fn large_files_go_out_whole_on_every_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir_all(site.join("gz")).unwrap();
+    // 3 MiB and some: several sendfile calls, a length no chunk size divides
+    let mut x: u32 = 12345;
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 17)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    std::fs::write(site.join("big.bin"), &big).unwrap();
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(site.join("gz/big.txt"), &text).unwrap();
+    write_cert(dir.path(), "site", &["localhost"]);
+    let d = dir.path().display().to_string();
+    let config = format!(
+        r#"
+[log]
+access_log = "{d}/access.log"
+access_log_format = "sent"
+formats = {{ sent = '$request_uri $status $body_bytes_sent' }}
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/gz/"
+  static = {{ root = "{d}/site" }}
+  compress = {{ algorithms = ["gzip"], types = ["text/*"] }}
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{d}/site" }}
+[[listeners]]
+listen = ["127.0.0.1:{{admin}}"]
+tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{d}/site" }}
+"#
+    );
+    let p = Portico::start_in(dir, &config, "toml");
+    let tls_url = format!("https://localhost:{}/big.bin", p.admin_port);
+    let resolve = format!("localhost:{}:127.0.0.1", p.admin_port);
+
+    let r = curl(&[], &p.url("/big.bin"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-length"),
+        Some(big.len().to_string().as_str())
+    );
+    assert!(r.body == big, "plain: {} bytes, not the file", r.body.len());
+    let r = curl(&["-r", "1000-2500000"], &p.url("/big.bin"));
+    assert_eq!(r.status, 206);
+    assert!(
+        r.body == big[1000..=2_500_000],
+        "range: {} bytes",
+        r.body.len()
+    );
+    let (status, head) = raw_status(
+        p.addr(),
+        b"HEAD /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let length = format!("content-length: {}\r\n", big.len());
+    assert!(head.to_ascii_lowercase().contains(&length), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD has no body: {head:?}");
+    let r = curl(&["--http2-prior-knowledge"], &p.url("/big.bin"));
+    assert_eq!(r.version, "HTTP/2");
+    assert!(r.body == big, "h2: {} bytes", r.body.len());
+    let r = curl(&["-k", "--resolve", &resolve], &tls_url);
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "TLS: {} bytes", r.body.len());
+    let r = curl(&["--compressed"], &p.url("/gz/big.txt"));
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    assert!(
+        r.body == text.as_bytes(),
+        "gzip: {} bytes decoded",
+        r.body.len()
+    );
+
+    // two requests on one connection: the second answer follows the whole first file
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(
+        b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let mut rest = &all[..];
+    for n in 0..2 {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("answer {n} has no head"));
+        let head = String::from_utf8_lossy(&rest[..end]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let body = &rest[end + 4..];
+        assert!(body.len() >= big.len(), "answer {n}: {} bytes", body.len());
+        assert!(body[..big.len()] == big[..], "answer {n} is not the file");
+        rest = &body[big.len()..];
+    }
+    assert!(
+        rest.is_empty(),
+        "{} bytes after the second answer",
+        rest.len()
+    );
+
+    // a client that leaves after a few bytes; the next one is served whole
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+            .unwrap();
+        let mut few = [0u8; 100];
+        s.read_exact(&mut few).unwrap();
+    }
+    assert!(curl(&[], &p.url("/big.bin")).body == big);
+
+    let log = wait_file_contains(&p.dir.path().join("access.log"), "/gz/big.txt");
+    let whole = format!("/big.bin 200 {}", big.len());
+    assert!(log.contains(&whole), "no line {whole:?} in:\n{log}");
+    assert!(log.contains("/big.bin 206 2499001"), "{log}");
 }

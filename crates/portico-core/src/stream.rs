@@ -20,6 +20,51 @@ impl Stream {
     pub fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
     }
+
+    /// Whether [`Stream::poll_sendfile`] can send on this stream: a plain socket (TLS
+    /// needs the bytes in user space to encrypt them).
+    pub fn can_sendfile(&self) -> bool {
+        !self.is_tls()
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` with sendfile(2): from the page
+    /// cache to the socket, without a copy through user space. `Ok(0)` when the file
+    /// ends before `offset`. On a TLS stream: an `Unsupported` error (ask
+    /// [`Stream::can_sendfile`] first).
+    pub fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let Ok(off) = nix::libc::off_t::try_from(offset) else {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::InvalidInput)));
+        };
+        let send = |fd: std::os::fd::BorrowedFd<'_>| {
+            let mut off = off;
+            nix::sys::sendfile::sendfile(fd, file, Some(&mut off), len).map_err(io::Error::from)
+        };
+        use std::os::fd::AsFd;
+        use tokio::io::Interest;
+        loop {
+            let r = match self {
+                Stream::Tcp(s) => {
+                    std::task::ready!(s.poll_write_ready(cx))?;
+                    s.try_io(Interest::WRITABLE, || send(s.as_fd()))
+                }
+                Stream::Unix(s) => {
+                    std::task::ready!(s.poll_write_ready(cx))?;
+                    s.try_io(Interest::WRITABLE, || send(s.as_fd()))
+                }
+                Stream::Tls(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return Poll::Ready(r),
+            }
+        }
+    }
 }
 
 macro_rules! delegate {

@@ -192,6 +192,8 @@ pub fn filter(
         }
     };
     encoded_headers(&mut parts.headers, coding);
+    // the file's bytes go through the encoder, not past it with sendfile
+    parts.extensions.remove::<crate::sendfile::Sendfile>();
     let body = Compressed {
         inner: body,
         encoder: Some(encoder),

@@ -84,3 +84,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeoutIo<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// A client connection: sendfile(2) on plain sockets, under the same send timeout as
+/// every write.
+impl crate::upgrade::ConnIo for SendTimeoutIo<portico_core::Stream> {
+    fn can_sendfile(&self) -> bool {
+        self.inner.can_sendfile()
+    }
+
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let r = self.inner.poll_sendfile(cx, file, offset, len);
+        self.check(cx, r)
+    }
+}

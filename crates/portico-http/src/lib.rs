@@ -26,6 +26,7 @@ pub mod path;
 pub mod proxy;
 mod route;
 mod router;
+mod sendfile;
 mod spool;
 pub mod static_files;
 mod upgrade;
@@ -648,7 +649,10 @@ impl HttpService {
         let stall_conn = Arc::clone(&conn);
         let stats = Arc::clone(&site.stats);
         let site_name = site.name.clone();
-        let body = Observed::new(body, move |bytes, _complete| {
+        // a file the engine sent with sendfile(2) never passes as frames
+        let sendfile = parts.extensions.get::<sendfile::Sendfile>().cloned();
+        let body = Observed::new(body, move |framed, _complete| {
+            let bytes = framed + sendfile.map_or(0, |s| s.sent());
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
             let took = started.elapsed();
             stats.duration.observe(took);
@@ -1812,7 +1816,11 @@ fn accel_filters(mut resp: Response<HttpBody>, limit_rate: Option<u64>) -> Respo
         }
     }
     match limit_rate {
-        Some(rate) => resp.map(|b| body::RateLimited::new(b, rate).boxed()),
+        Some(rate) => {
+            // paced: not sent past the limit with sendfile
+            resp.extensions_mut().remove::<sendfile::Sendfile>();
+            resp.map(|b| body::RateLimited::new(b, rate).boxed())
+        }
         None => resp,
     }
 }

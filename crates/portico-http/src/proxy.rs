@@ -617,10 +617,7 @@ async fn open(
     Ok(Sender::H2(send))
 }
 
-async fn h1<S>(stream: S) -> std::io::Result<Sender>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
-{
+async fn h1<S: crate::upgrade::ConnIo + 'static>(stream: S) -> std::io::Result<Sender> {
     Ok(Sender::H1(h1::client::Conn::new(Box::new(stream))))
 }
 

@@ -12,8 +12,29 @@ pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 
 /// A connection the HTTP/1 engine serves (Sync: request bodies read from it are).
-pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> ConnIo for T {}
+pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
+    /// Whether [`ConnIo::poll_sendfile`] can send on this connection.
+    fn can_sendfile(&self) -> bool {
+        false
+    }
+
+    /// Sends up to `len` bytes of `file` from `offset` straight from the page cache
+    /// (sendfile(2)); `Unsupported` where the connection cannot.
+    fn poll_sendfile(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+        _file: &std::fs::File,
+        _offset: u64,
+        _len: usize,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
+    }
+}
+
+// Upstream connections and in-process pipes (the engine's tests) send bytes only.
+impl ConnIo for portico_upstream::PeerStream {}
+impl ConnIo for portico_upstream::tls::PeerTlsStream {}
+impl ConnIo for tokio::io::DuplexStream {}
 
 pub enum ClientUpgrade {
     H1(tokio::sync::oneshot::Receiver<h1::Upgraded>),

@@ -9,6 +9,9 @@ use portico_config::{PeerAddr, UpstreamTls};
 use rustls_pki_types::ServerName;
 use tokio_rustls::client::TlsStream;
 
+/// An upstream connection over TLS.
+pub type PeerTlsStream = TlsStream<PeerStream>;
+
 use crate::PeerStream;
 
 /// Connects over TLS as an upstream's `tls` says.

@@ -17,6 +17,7 @@
 pub mod body;
 pub mod client;
 pub mod decode;
+mod split;
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -30,7 +31,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{HttpBody, InBody};
 use crate::framing::request::{judge_request as judge, BodyStart};
 use crate::framing::{find_head_end, Why};
+use crate::sendfile::{Region, Sendfile};
 
 /// The connection as the engine gets it (the listener's stream behind its send
 /// timeout, or a test's pipe).
@@ -51,7 +53,7 @@ const DISCARD_MAX: u64 = 1 << 20;
 
 /// The reading side of a connection and what was read but not yet used.
 pub struct Reader {
-    io: ReadHalf<Io>,
+    io: split::ReadSide,
     pub buf: BytesMut,
 }
 
@@ -204,7 +206,7 @@ where
     F: Fn(Request<InBody>) -> Fut,
     Fut: Future<Output = Response<HttpBody>>,
 {
-    let (rd, mut wr) = tokio::io::split(io);
+    let (rd, mut wr) = split::split(io);
     let mut reader = Reader {
         io: rd,
         buf: BytesMut::new(),
@@ -216,8 +218,10 @@ where
         let (req, head) = match got {
             Got::Closed => return Next::Closed,
             Got::H2 => {
-                let io = reader.io.unsplit(wr);
-                return Next::H2(io, reader.buf.freeze());
+                return match reader.io.unsplit(wr) {
+                    Some(io) => Next::H2(io, reader.buf.freeze()),
+                    None => Next::Closed,
+                };
             }
             Got::Refused(r) => {
                 let mut req = Request::new(InBody::Empty);
@@ -242,7 +246,7 @@ where
 /// How an exchange left the connection.
 enum After {
     /// Ready for the next request.
-    Again(Reader, WriteHalf<Io>),
+    Again(Reader, split::WriteSide),
     End(Next),
 }
 
@@ -250,7 +254,7 @@ enum After {
 /// written, the reading side taken back.
 async fn exchange<F, Fut>(
     reader: Reader,
-    mut wr: WriteHalf<Io>,
+    mut wr: split::WriteSide,
     mut req: Request<InBody>,
     head: Option<Facts>,
     s: &Settings,
@@ -333,8 +337,9 @@ where
         let (Some(tx), Some(r)) = (upgrade_tx, reader_here) else {
             return After::End(Next::Closed);
         };
-        let io = r.io.unsplit(wr);
-        let _ = tx.send(Upgraded::from_buffer(io, &r.buf));
+        if let Some(io) = r.io.unsplit(wr) {
+            let _ = tx.send(Upgraded::from_buffer(io, &r.buf));
+        }
         return After::End(Next::Closed);
     }
     // the reading side back from the body, what is left of it read and dropped
@@ -355,7 +360,7 @@ where
     After::Again(reader, wr)
 }
 
-async fn close(mut wr: WriteHalf<Io>) -> Next {
+async fn close(mut wr: split::WriteSide) -> Next {
     let _ = tokio::time::timeout(Duration::from_secs(1), wr.shutdown()).await;
     Next::Closed
 }
@@ -553,7 +558,7 @@ const COALESCE: usize = 16 * 1024;
 
 /// Writes the answer; whether the connection can carry another request.
 async fn write_response(
-    wr: &mut WriteHalf<Io>,
+    wr: &mut split::WriteSide,
     resp: Response<HttpBody>,
     m: &Meta,
 ) -> io::Result<bool> {
@@ -638,8 +643,20 @@ async fn write_response(
         wr.flush().await?;
         return Ok(keep);
     }
-    let mut body = std::pin::pin!(body);
     let mut sent: u64 = 0;
+    if let Out::Length(n) = out {
+        // a file region goes out with sendfile(2) when the socket takes it
+        let offer = parts.extensions.remove::<Sendfile>();
+        if let Some((offer, region)) = offer
+            .filter(|_| wr.can_sendfile())
+            .and_then(|o| o.take().map(|r| (o, r)))
+        {
+            wr.write_all(&buf).await?;
+            buf.clear();
+            sent = send_file(wr, &region, n, &offer).await?;
+        }
+    }
+    let mut body = std::pin::pin!(body);
     let mut trailers = None;
     let mut failed = false;
     loop {
@@ -727,6 +744,35 @@ async fn write_response(
     }
     wr.flush().await?;
     Ok(keep && !failed && out != Out::Close)
+}
+
+/// The most one sendfile(2) call is asked to send (as nginx's `sendfile_max_chunk`),
+/// so a fast client of a large file does not hold the worker in one call.
+const SENDFILE_MAX: u64 = 2 << 20;
+
+/// Sends `r` (at most `room` bytes: the length the head declared) with sendfile(2);
+/// the bytes sent (fewer when the file shrank since it was opened).
+async fn send_file(
+    wr: &split::WriteSide,
+    r: &Region,
+    room: u64,
+    offer: &Sendfile,
+) -> io::Result<u64> {
+    let want = r.len.min(room);
+    let mut done = 0;
+    while done < want {
+        let ask = (want - done).min(SENDFILE_MAX) as usize;
+        let n =
+            std::future::poll_fn(|cx| wr.poll_sendfile(cx, &r.file, r.offset + done, ask)).await?;
+        if n == 0 {
+            break;
+        }
+        done += n as u64;
+        offer.add_sent(n as u64);
+        // a client that takes everything at once still lets the worker's other tasks run
+        tokio::task::consume_budget().await;
+    }
+    Ok(done)
 }
 
 /// Whether a comma-separated field `name` (Connection, Upgrade, Expect) lists `token`

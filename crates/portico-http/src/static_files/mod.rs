@@ -11,17 +11,14 @@ mod small;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
-use http_body::Frame;
-use http_body_util::BodyExt;
 use portico_config::StaticConfig;
-use std::io::{Read, Seek};
 
 use crate::body::{empty, HttpBody};
 use crate::conditional::{not_modified, requested_range, RangeResult};
 use crate::errors::{error_response, SERVER_NAME};
+use crate::sendfile::file_body;
 
 /// Serves `path` (normalized, starting with `/`) from `cfg.root`.
 pub async fn serve(
@@ -152,19 +149,27 @@ pub async fn serve(
     };
     base.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 
+    let mut offer = None;
     let body = if *method == Method::HEAD {
         empty()
     } else if let Some(f) = kept {
         crate::body::full(f.data.slice(start as usize..(start + len) as usize))
     } else {
-        match open_range(&file_path, start, len) {
-            Ok(b) => b,
+        match std::fs::File::open(&file_path) {
+            Ok(f) => {
+                let (body, o) = file_body(f, start, len);
+                offer = Some(o);
+                body
+            }
             Err(e) => return io_error(e, &file_path),
         }
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;
     *r.headers_mut() = base;
+    if let Some(o) = offer {
+        r.extensions_mut().insert(o);
+    }
     r
 }
 
@@ -262,54 +267,6 @@ fn io_error(e: std::io::Error, file: &std::path::Path) -> Response<HttpBody> {
             tracing::error!(file = %file.display(), error = %e, "static file error");
             error_response(StatusCode::INTERNAL_SERVER_ERROR)
         }
-    }
-}
-
-const CHUNK: u64 = 64 * 1024;
-
-/// Opens the byte range of `path` as a body. Reads are plain blocking reads on the
-/// worker thread, as nginx does without `aio`: for page-cached files a thread hop per
-/// read (tokio::fs) costs far more than the read itself.
-fn open_range(path: &Path, start: u64, len: u64) -> std::io::Result<HttpBody> {
-    let mut f = std::fs::File::open(path)?;
-    if start > 0 {
-        f.seek(std::io::SeekFrom::Start(start))?;
-    }
-    Ok(FileBody { file: f, left: len }.boxed())
-}
-
-/// A file streamed in 64 KiB chunks, each read when the client is ready for it.
-struct FileBody {
-    file: std::fs::File,
-    left: u64,
-}
-
-impl http_body::Body for FileBody {
-    type Data = Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.left == 0 {
-            return std::task::Poll::Ready(None);
-        }
-        let n = self.left.min(CHUNK) as usize;
-        let mut buf = vec![0u8; n];
-        let r = self.file.read_exact(&mut buf).map(|()| {
-            self.left -= n as u64;
-            Frame::data(Bytes::from(buf))
-        });
-        std::task::Poll::Ready(Some(r.map_err(Into::into)))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.left == 0
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
     }
 }
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Benchmark, not a test: static files through nginx, h2o (when installed) and Portico,
+# same worker/thread count, same run: a 1 KiB file (req/s) and a 10 MiB file (MB/s;
+# nginx with `sendfile on`, as Debian's nginx.conf ships it; Portico sends files over
+# 64 KiB with sendfile(2) on plain sockets). ROUNDS alternating rounds (default 3), the
+# median round per server. Prints req/s, p99 and each server's CPU time per request,
+# with ratios to nginx; for the big file also MB/s.
+#
+#   bash protocol-tests/bench/static.sh [WORKERS] [DURATION] [CONNECTIONS] [BIG_CONNECTIONS]
+#
+# Needs: cargo build --release -p portico; nginx, wrk; h2o is optional.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+source protocol-tests/bench/lib.sh
+workers=${1:-1}
+duration=${2:-8s}
+conns=${3:-32}
+big_conns=${4:-8}
+bench_start
+rounds=${ROUNDS:-3}
+nginx_port=18871; portico_port=18872; h2o_port=18873
+mkdir -p "$tmp/nginx/logs" "$tmp/www"
+head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 > "$tmp/www/1k.txt"
+head -c $((10 * 1024 * 1024)) /dev/urandom > "$tmp/www/10m.bin"
+cat > "$tmp/nginx/nginx.conf" <<CONF
+$(nginx_head "$tmp/nginx" "$workers")
+events { worker_connections 4096; }
+http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000; sendfile on; tcp_nopush on;
+  server { listen 127.0.0.1:$nginx_port; root $tmp/www; } }
+CONF
+cat > "$tmp/portico.toml" <<CONF
+$(portico_head "$workers")
+[[listeners]]
+listen = ["127.0.0.1:$portico_port"]
+  [[listeners.routes]]
+  path = "/"
+  static = { root = "$tmp/www" }
+CONF
+cat > "$tmp/h2o.conf" <<CONF
+num-threads: $workers
+user: root
+listen:
+  host: 127.0.0.1
+  port: $h2o_port
+hosts:
+  default:
+    paths:
+      /:
+        file.dir: $tmp/www
+CONF
+nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
+nginx_pid=$!
+"$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
+portico_pid=$!
+declare -A port=([nginx]=$nginx_port [portico]=$portico_port)
+servers=(nginx portico)
+if command -v h2o >/dev/null; then
+  h2o -c "$tmp/h2o.conf" >"$tmp/h2o.log" 2>&1 &
+  h2o_pid=$!
+  port[h2o]=$h2o_port
+  servers=(nginx h2o portico)
+else
+  echo "(h2o not installed: apt-get install h2o to measure it too)"
+fi
+wait_http "${port[@]}"
+
+# measure TITLE PATH: ROUNDS alternating rounds, the median line per server
+measure() {
+  local title=$1 path=$2 r s
+  declare -A got=()
+  for r in $(seq 1 "$rounds"); do
+    for s in "${servers[@]}"; do
+      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
+    done
+  done
+  lines=()
+  for s in "${servers[@]}"; do
+    IFS='|' read -r -a all <<<"${got[$s]#|}"
+    lines+=("$(median "${all[@]}")")
+  done
+  table "$title ($rounds rounds, median)" "${lines[@]}"
+}
+
+measure "static file, 1 KiB" /1k.txt
+conns=$big_conns
+measure "static file, 10 MiB" /10m.bin
+for l in "${lines[@]}"; do
+  set -- $l
+  python3 -c "import sys; print(f'{sys.argv[1]:<8} {float(sys.argv[2]) * 10 * 1024 * 1024 / 1e6:10.0f} MB/s')" "$1" "$2"
+done
