@@ -142,13 +142,14 @@ pub(crate) async fn serve(
     let zone = &c.zone;
     if plan.bypass {
         zone.stats.count(CacheStatus::Bypass);
-        let (resp, up) = source.fetch(req).await;
+        // boxed, as the misses below: a hit's future is then the size of a hit
+        let (resp, up) = Box::pin(source.fetch(req)).await;
         return (c.mark(resp, CacheStatus::Bypass), up);
     }
     let found = zone.lookup(&plan.key, req.headers()).await;
     let now = now_ms();
     let Some(stale) = found else {
-        return miss(c, plan, req, source).await;
+        return Box::pin(miss(c, plan, req, source)).await;
     };
     if stale.meta.times.is_fresh(now) {
         return c.hit(&stale, &req, CacheStatus::Hit).await;
@@ -205,7 +206,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    go_upstream(c, plan, req, source, guard, Some(stale)).await
+    Box::pin(go_upstream(c, plan, req, source, guard, Some(stale))).await
 }
 
 async fn miss(
@@ -504,6 +505,16 @@ fn answer_fresh(resp: Response<HttpBody>, client: &ClientHead<'_>) -> Response<H
     Response::from_parts(parts, body::empty())
 }
 
+/// A copy of stored headers with room for what a hit adds (Age, Content-Length, the
+/// status header): a clone has none, and a map that grows is rehashed whole.
+fn with_room(stored: &HeaderMap) -> HeaderMap {
+    let mut h = HeaderMap::with_capacity(stored.len() + crate::h1::ADDED_HEADERS);
+    for (k, v) in stored {
+        h.append(k.clone(), v.clone());
+    }
+    h
+}
+
 impl CompiledCache {
     async fn hit(
         &self,
@@ -527,7 +538,7 @@ impl CompiledCache {
         status: CacheStatus,
     ) -> (Response<HttpBody>, UpstreamAddr) {
         self.zone.stats.count(status);
-        let mut headers = o.meta.headers.clone();
+        let mut headers = with_room(&o.meta.headers);
         headers.insert(
             header::AGE,
             HeaderValue::from(o.meta.times.age_secs(now_ms())),
@@ -572,7 +583,7 @@ impl CompiledCache {
                 }
                 Some(RangeResult::Ignore) | None => {
                     if let Some(encoded) = self.compressed(o, req).await {
-                        let mut headers = encoded.meta.headers.clone();
+                        let mut headers = with_room(&encoded.meta.headers);
                         headers.insert(
                             header::AGE,
                             HeaderValue::from(o.meta.times.age_secs(now_ms())),

@@ -1077,7 +1077,7 @@ impl HttpService {
         if upstream.is_some() {
             limit_rate = resp
                 .headers()
-                .get("x-accel-limit-rate")
+                .get(X_ACCEL_LIMIT_RATE)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .filter(|r| *r > 0);
@@ -1782,9 +1782,13 @@ fn real_ip(
     found
 }
 
+const X_ACCEL_REDIRECT: header::HeaderName = header::HeaderName::from_static("x-accel-redirect");
+const X_ACCEL_LIMIT_RATE: header::HeaderName =
+    header::HeaderName::from_static("x-accel-limit-rate");
+
 /// The URI of an upstream's `X-Accel-Redirect` answer, if it sent one.
 fn accel_target(resp: &Response<HttpBody>) -> Option<String> {
-    let v = resp.headers().get("x-accel-redirect")?.to_str().ok()?;
+    let v = resp.headers().get(X_ACCEL_REDIRECT)?.to_str().ok()?;
     v.starts_with('/').then(|| v.to_string())
 }
 
@@ -1828,15 +1832,17 @@ fn accel_filters(mut resp: Response<HttpBody>, limit_rate: Option<u64>) -> Respo
 /// The request headers a static answer to an X-Accel-Redirect looks at (conditional and
 /// range requests), kept before the request goes upstream.
 fn accel_headers(h: &http::HeaderMap) -> http::HeaderMap {
-    let mut out = http::HeaderMap::new();
-    for name in [
+    const WANTED: [header::HeaderName; 4] = [
         header::IF_NONE_MATCH,
         header::IF_MODIFIED_SINCE,
         header::RANGE,
         header::IF_RANGE,
-    ] {
-        if let Some(v) = h.get(&name) {
-            out.insert(name, v.clone());
+    ];
+    // one pass of cheap name comparisons: most requests carry none of them
+    let mut out = http::HeaderMap::new();
+    for (k, v) in h {
+        if WANTED.contains(k) && !out.contains_key(k) {
+            out.insert(k.clone(), v.clone());
         }
     }
     out

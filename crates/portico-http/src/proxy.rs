@@ -167,6 +167,7 @@ impl HttpUpstream {
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
+/// Connection first (its tokens name more fields to remove).
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -185,12 +186,19 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests and answers carry none: one pass over the names (cheap comparisons
-    // of standard headers) instead of nine lookups.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names (cheap comparisons of standard headers) notes which are
+    // there; only those are looked up again to be removed. Most requests carry none;
+    // most answers only Connection.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & 1 != 0 {
         // `keep-alive` and `close` (the usual tokens) name no other header to remove
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -205,8 +213,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(n);
         }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 

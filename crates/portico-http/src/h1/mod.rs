@@ -45,6 +45,9 @@ use crate::sendfile::{Region, Sendfile};
 /// timeout, or a test's pipe).
 pub type Io = Box<dyn crate::upgrade::ConnIo>;
 
+/// Header fields a request or an answer usually gains on its way through (a proxy's
+/// X-Forwarded-For/-Proto/-Host; a cache hit's Age and status header).
+pub const ADDED_HEADERS: usize = 4;
 /// Request header fields accepted (more: 431, as hyper and nginx's large buffers).
 const MAX_HEADERS: usize = 100;
 /// A request body left unread after its answer is read and dropped up to this, so the
@@ -503,7 +506,9 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
+    // room for what the pipeline adds (a proxy's X-Forwarded-*, Host): a map that
+    // grows is rehashed whole
+    let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_HEADERS);
     for f in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(f.name.as_bytes()),
@@ -564,16 +569,27 @@ async fn write_response(
 ) -> io::Result<bool> {
     let (mut parts, body) = resp.into_parts();
     let status = parts.status;
-    let mut keep = m.keep_alive && !has_token(&parts.headers, header::CONNECTION, "close");
+    // one pass of cheap name comparisons instead of a hashed lookup per field
+    let (mut declared, mut has_date, mut has_connection, mut close) = (None, false, false, false);
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH {
+            declared = declared.or_else(|| {
+                let v = value.to_str().ok()?;
+                v.trim().parse::<u64>().ok()
+            });
+        } else if name == header::DATE {
+            has_date = true;
+        } else if name == header::CONNECTION {
+            has_connection = true;
+            close |= value.to_str().is_ok_and(|v| {
+                v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+            });
+        }
+    }
+    let mut keep = m.keep_alive && !close;
     let no_body = status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
     let mut add_length = None;
     let out = if no_body {
         Out::None
@@ -594,12 +610,8 @@ async fn write_response(
     buf.extend_from_slice(b"HTTP/1.1 ");
     buf.extend_from_slice(status.as_str().as_bytes());
     buf.push(b' ');
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| r.as_bytes().to_vec());
-    match &reason {
-        Some(r) => buf.extend_from_slice(r),
+    match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(r) => buf.extend_from_slice(r.as_bytes()),
         None => buf.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes()),
     }
     buf.extend_from_slice(b"\r\n");
@@ -607,6 +619,10 @@ async fn write_response(
     let mut last: Option<&HeaderName> = None;
     let mut nth = 0;
     for (name, value) in parts.headers.iter() {
+        if name == header::TRANSFER_ENCODING {
+            // the framing is the engine's to choose
+            continue;
+        }
         nth = if last == Some(name) { nth + 1 } else { 0 };
         last = Some(name);
         match original.and_then(|o| o.0.get_all(name).iter().nth(nth)) {
@@ -617,7 +633,7 @@ async fn write_response(
         buf.extend_from_slice(value.as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !has_date {
         buf.extend_from_slice(b"Date: ");
         date(&mut buf);
         buf.extend_from_slice(b"\r\n");
@@ -630,7 +646,7 @@ async fn write_response(
     if out == Out::Chunked {
         buf.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
-    if !parts.headers.contains_key(header::CONNECTION) && !m.switching {
+    if !has_connection && !m.switching {
         if !keep {
             buf.extend_from_slice(b"Connection: close\r\n");
         } else if m.version == Version::HTTP_10 {
@@ -842,10 +858,14 @@ impl std::ops::DerefMut for HeadBuf {
 
 /// `content-type` → `Content-Type`.
 fn title_case(buf: &mut Vec<u8>, name: &[u8]) {
+    let start = buf.len();
+    buf.extend_from_slice(name);
     let mut up = true;
-    for &b in name {
-        buf.push(if up { b.to_ascii_uppercase() } else { b });
-        up = b == b'-';
+    for b in &mut buf[start..] {
+        if up {
+            b.make_ascii_uppercase();
+        }
+        up = *b == b'-';
     }
 }
 
