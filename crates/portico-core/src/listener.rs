@@ -482,6 +482,10 @@ struct AcceptCtx {
 }
 
 async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
+    // one shutdown token for this loop's connections (they all run on this worker):
+    // none allocated per connection, and their waits for it share no lock with
+    // another worker's
+    let conn_shutdown = ctx.shutdown.child_token();
     loop {
         let accepted = tokio::select! {
             _ = ctx.stop.cancelled() => break,
@@ -516,7 +520,7 @@ async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
             proxied: false,
         };
         let stats = Arc::clone(&ctx.stats);
-        let shutdown = ctx.shutdown.child_token();
+        let shutdown = conn_shutdown.clone();
         ctx.tracker
             .spawn(handle(stream, info, state, permit, stats, shutdown));
     }

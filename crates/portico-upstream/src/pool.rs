@@ -3,6 +3,7 @@
 //! The pool is split into shards, one per worker thread: a connection is driven by the
 //! runtime of the worker that opened it, so it is only handed out on that worker again.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 pub struct IdlePool<T> {
     max: usize,
     timeout: Duration,
-    shards: Vec<Mutex<Vec<(Instant, T)>>>,
+    /// Newest at the back; a full shard drops from the front (no shifting: under
+    /// load past `max` that happens on every return).
+    shards: Vec<Mutex<VecDeque<(Instant, T)>>>,
 }
 
 impl<T> IdlePool<T> {
@@ -21,11 +24,13 @@ impl<T> IdlePool<T> {
         Self {
             max,
             timeout,
-            shards: (0..shards.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         }
     }
 
-    fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<(Instant, T)>> {
+    fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, VecDeque<(Instant, T)>> {
         self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -35,7 +40,7 @@ impl<T> IdlePool<T> {
     pub fn take(&self, shard: usize, mut usable: impl FnMut(&mut T) -> bool) -> Option<T> {
         let now = Instant::now();
         let mut items = self.shard(shard);
-        while let Some((since, mut item)) = items.pop() {
+        while let Some((since, mut item)) = items.pop_back() {
             if now.duration_since(since) < self.timeout && usable(&mut item) {
                 return Some(item);
             }
@@ -50,9 +55,9 @@ impl<T> IdlePool<T> {
         }
         let mut items = self.shard(shard);
         if items.len() >= self.max {
-            items.remove(0);
+            items.pop_front();
         }
-        items.push((Instant::now(), item));
+        items.push_back((Instant::now(), item));
     }
 
     /// Idle connections across all shards.
