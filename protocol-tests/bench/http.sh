@@ -92,20 +92,6 @@ backend three
   server s2 127.0.0.1:$b2
   server s3 127.0.0.1:$b3
 CONF
-cat > "$tmp/h2o.conf" <<CONF
-num-threads: $workers
-user: root
-listen:
-  host: 127.0.0.1
-  port: $h2o_port
-hosts:
-  default:
-    paths:
-      /static/:
-        file.dir: $tmp/www/static
-      /:
-        proxy.reverse.url: http://127.0.0.1:$backend/
-CONF
 
 nginx -c "$tmp/backend/nginx.conf" -p "$tmp/backend" &
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
@@ -116,33 +102,11 @@ haproxy -f "$tmp/haproxy.cfg" -db 2>"$tmp/haproxy.log" &
 haproxy_pid=$!
 declare -A port=([nginx]=$nginx_port [portico]=$portico_port [haproxy]=$haproxy_port [backend]=$backend)
 proxies=(nginx haproxy portico)
-if command -v h2o >/dev/null; then
-  h2o -c "$tmp/h2o.conf" >"$tmp/h2o.log" 2>&1 &
-  h2o_pid=$!
-  port[h2o]=$h2o_port
-  proxies=(nginx haproxy h2o portico)
-else
-  echo "(h2o not installed: apt-get install h2o to measure it too)"
-fi
+start_h2o "$h2o_port" "      /static/:
+        file.dir: $tmp/www/static
+      /:
+        proxy.reverse.url: http://127.0.0.1:$backend/" && proxies=(nginx haproxy h2o portico)
 wait_http $backend "${port[@]}"
-
-# measure TITLE PATH SERVER...: ROUNDS alternating rounds, the median line per server
-measure() {
-  local title=$1 path=$2 r s
-  shift 2
-  declare -A got=()
-  for r in $(seq 1 "$rounds"); do
-    for s in "$@"; do
-      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
-    done
-  done
-  local lines=()
-  for s in "$@"; do
-    IFS='|' read -r -a all <<<"${got[$s]#|}"
-    lines+=("$(median "${all[@]}")")
-  done
-  table "$title ($rounds rounds, median)" "${lines[@]}"
-}
 
 measure "backend direct (the ceiling), then each proxy in front of it" / nginx backend
 measure "reverse proxy (backend: nginx return 200)" / "${proxies[@]}"

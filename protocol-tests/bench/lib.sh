@@ -87,3 +87,36 @@ bench_start() {
   tmp=$(mktemp -d)
   trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$tmp"' EXIT
 }
+
+# h2o (optional: Debian's h2o) with $workers threads on port $1, serving the `paths:`
+# YAML block $2 (indented for `paths:`); sets h2o_pid and port[h2o] (the caller's
+# associative array) and returns 0, or says how to install it and returns 1.
+start_h2o() { # port paths-yaml
+  command -v h2o >/dev/null || { echo "(h2o not installed: apt-get install h2o to measure it too)"; return 1; }
+  # user root: h2o drops to nobody, who cannot read the 0700 temp dir
+  printf 'num-threads: %s\nuser: root\nlisten:\n  host: 127.0.0.1\n  port: %s\nhosts:\n  default:\n    paths:\n%s\n' \
+    "$workers" "$1" "$2" > "$tmp/h2o.conf"
+  h2o -c "$tmp/h2o.conf" >"$tmp/h2o.log" 2>&1 &
+  h2o_pid=$!
+  port[h2o]=$1
+}
+
+# measure TITLE PATH SERVER...: ROUNDS (default 3) alternating rounds of `run` through
+# each server (on port[SERVER]), so a noisy minute hits all of them; prints the table of
+# the median round per server and leaves those lines in `lines`.
+measure() {
+  local title=$1 path=$2 r s
+  shift 2
+  declare -A got=()
+  for r in $(seq 1 "${rounds:-3}"); do
+    for s in "$@"; do
+      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
+    done
+  done
+  lines=()
+  for s in "$@"; do
+    IFS='|' read -r -a all <<<"${got[$s]#|}"
+    lines+=("$(median "${all[@]}")")
+  done
+  table "$title (${rounds:-3} rounds, median)" "${lines[@]}"
+}

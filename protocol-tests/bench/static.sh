@@ -36,54 +36,19 @@ listen = ["127.0.0.1:$portico_port"]
   path = "/"
   static = { root = "$tmp/www" }
 CONF
-cat > "$tmp/h2o.conf" <<CONF
-num-threads: $workers
-user: root
-listen:
-  host: 127.0.0.1
-  port: $h2o_port
-hosts:
-  default:
-    paths:
-      /:
-        file.dir: $tmp/www
-CONF
 nginx -c "$tmp/nginx/nginx.conf" -p "$tmp/nginx" &
 nginx_pid=$!
 "$bin" --config "$tmp/portico.toml" 2>"$tmp/portico.log" &
 portico_pid=$!
 declare -A port=([nginx]=$nginx_port [portico]=$portico_port)
 servers=(nginx portico)
-if command -v h2o >/dev/null; then
-  h2o -c "$tmp/h2o.conf" >"$tmp/h2o.log" 2>&1 &
-  h2o_pid=$!
-  port[h2o]=$h2o_port
-  servers=(nginx h2o portico)
-else
-  echo "(h2o not installed: apt-get install h2o to measure it too)"
-fi
+start_h2o "$h2o_port" "      /:
+        file.dir: $tmp/www" && servers=(nginx h2o portico)
 wait_http "${port[@]}"
 
-# measure TITLE PATH: ROUNDS alternating rounds, the median line per server
-measure() {
-  local title=$1 path=$2 r s
-  declare -A got=()
-  for r in $(seq 1 "$rounds"); do
-    for s in "${servers[@]}"; do
-      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
-    done
-  done
-  lines=()
-  for s in "${servers[@]}"; do
-    IFS='|' read -r -a all <<<"${got[$s]#|}"
-    lines+=("$(median "${all[@]}")")
-  done
-  table "$title ($rounds rounds, median)" "${lines[@]}"
-}
-
-measure "static file, 1 KiB" /1k.txt
+measure "static file, 1 KiB" /1k.txt "${servers[@]}"
 conns=$big_conns
-measure "static file, 10 MiB" /10m.bin
+measure "static file, 10 MiB" /10m.bin "${servers[@]}"
 for l in "${lines[@]}"; do
   set -- $l
   python3 -c "import sys; print(f'{sys.argv[1]:<8} {float(sys.argv[2]) * 10 * 1024 * 1024 / 1e6:10.0f} MB/s')" "$1" "$2"

@@ -284,3 +284,54 @@ tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
     assert!(log.contains(&whole), "no line {whole:?} in:\n{log}");
     assert!(log.contains("/big.bin 206 2499001"), "{log}");
 }
+
+/// A client that stops reading a large file is cut off once `send_timeout` passes with
+/// nothing taken (sendfile waits on the socket like any write), the access log counts
+/// what went out, and the client gets exactly that much before the connection ends.
+#[test]
+fn a_client_that_stops_reading_a_large_file_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    // far more than loopback's socket buffers hold for a client that reads nothing
+    let size = 16 * 1024 * 1024;
+    std::fs::write(dir.path().join("site/huge.bin"), vec![b'x'; size]).unwrap();
+    let d = dir.path().display().to_string();
+    let config = format!(
+        r#"
+[log]
+access_log = "{d}/access.log"
+access_log_format = "sent"
+formats = {{ sent = '$request_uri $status $body_bytes_sent' }}
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [listeners.limits]
+  send_timeout = "1s"
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{d}/site" }}
+"#
+    );
+    let p = Portico::start_in(dir, &config, "toml");
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    // Portico gives up on the client: its log line says how much went out
+    let log = wait_file_contains(&p.dir.path().join("access.log"), "/huge.bin 200 ");
+    let sent: usize = log
+        .lines()
+        .find_map(|l| l.strip_prefix("/huge.bin 200 "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {log:?}"));
+    assert!(sent < size, "the whole file was taken by a client that read nothing");
+    // and closed the connection: the client gets what was sent, then the end
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let head = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert_eq!(all.len() - head, sent, "what the log counts is what arrived");
+}
