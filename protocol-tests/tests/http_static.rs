@@ -322,7 +322,10 @@ listen = ["127.0.0.1:{{port}}"]
         .find_map(|l| l.strip_prefix("/huge.bin 200 "))
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no byte count in {log:?}"));
-    assert!(sent < size, "the whole file was taken by a client that read nothing");
+    assert!(
+        sent < size,
+        "the whole file was taken by a client that read nothing"
+    );
     // and closed the connection: the client gets what was sent, then the end
     s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
@@ -333,5 +336,9 @@ listen = ["127.0.0.1:{{port}}"]
         .position(|w| w == b"\r\n\r\n")
         .expect("a head")
         + 4;
-    assert_eq!(all.len() - head, sent, "what the log counts is what arrived");
+    assert_eq!(
+        all.len() - head,
+        sent,
+        "what the log counts is what arrived"
+    );
 }
