@@ -269,3 +269,73 @@ fn the_process_log_to_a_syslog_unix_socket() {
         }
     }
 }
+
+/// `$upstream_response_time` is the upstream's part of a request, not the request's:
+/// an upload the client drips over a second is buffered first (`request_buffering`),
+/// and the app's answer takes a fraction of that; `$upstream_status` is the app's own.
+#[test]
+fn upstream_response_time_is_the_upstreams_part() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "a", &[]);
+    let d = dir.path().display().to_string();
+    let p = Portico::start_in(
+        dir,
+        &format!(
+            r#"
+[log]
+access_log = "{d}/access.log"
+access_log_format = "times"
+formats = {{ times = '$request_uri $status $request_time $upstream_response_time $upstream_status' }}
+[upstreams.app]
+servers = [{{ addr = "unix:{d}/app.sock" }}]
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/"
+  upstream = "app"
+  request_buffering = true
+"#
+        ),
+        "toml",
+    );
+    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\nContent-Length: 10\r\n\r\n",
+    )
+    .unwrap();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(100)); // the client's pace: what is tested
+        s.write_all(b"x").unwrap();
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(curl(&[], &p.url("/no-such-page")).status, 404);
+
+    let got = lines(&p.dir.path().join("access.log"), 2);
+    let fields = |uri: &str| -> Vec<String> {
+        let line = got
+            .iter()
+            .find(|l| l.starts_with(uri))
+            .unwrap_or_else(|| panic!("no line for {uri}: {got:?}"));
+        line.split(' ').map(str::to_string).collect()
+    };
+    let f = fields("/echo ");
+    let (request, upstream): (f64, f64) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+    assert!(request >= 1.0, "the request took the drip's second: {f:?}");
+    assert!(
+        upstream < request - 0.5,
+        "the upstream's part excludes the buffered upload: {f:?}"
+    );
+    assert_eq!(f[4], "200");
+    let f = fields("/no-such-page ");
+    assert_eq!((f[1].as_str(), f[4].as_str()), ("404", "404"));
+    assert!(f[3].parse::<f64>().is_ok(), "{f:?}");
+}

@@ -111,6 +111,10 @@ pub struct Entry<'a> {
     pub host: Option<&'a str>,
     pub duration: Duration,
     pub upstream: Option<&'a str>,
+    /// `$upstream_response_time`, when an upstream answered this request.
+    pub upstream_time: Option<Duration>,
+    /// `$upstream_status`: the upstream's own status (an error page may have replaced it).
+    pub upstream_status: Option<u16>,
     pub listener: &'a str,
     pub conn: u64,
     pub cache_status: Option<&'static str>,
@@ -316,11 +320,13 @@ fn entry_value(part: &KeyPart, e: &Entry<'_>) -> String {
             LogVar::BodyBytesSent => e.bytes.to_string(),
             LogVar::BytesSent => (e.bytes + e.head_bytes).to_string(),
             LogVar::RequestTime => secs(e.duration),
-            LogVar::UpstreamResponseTime => {
-                e.upstream.map(|_| secs(e.duration)).unwrap_or_default()
-            }
+            LogVar::UpstreamResponseTime => e.upstream_time.map(secs).unwrap_or_default(),
             LogVar::UpstreamAddr => e.upstream.unwrap_or_default().to_string(),
-            LogVar::UpstreamStatus => e.upstream.map(|_| e.status.to_string()).unwrap_or_default(),
+            LogVar::UpstreamStatus => e
+                .upstream_status
+                .or(e.upstream.map(|_| e.status))
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             LogVar::TimeLocal => time_local(e.time),
             LogVar::TimeIso8601 => time_iso8601(e.time),
             LogVar::Msec => {
@@ -510,6 +516,8 @@ mod tests {
             host: None,
             duration: Duration::ZERO,
             upstream: None,
+            upstream_time: None,
+            upstream_status: None,
             listener: "web",
             conn: 7,
             head_bytes: 100,
@@ -536,6 +544,8 @@ mod tests {
             host: Some("example.org"),
             duration: Duration::from_millis(1234),
             upstream: Some("127.0.0.1:9000"),
+            upstream_time: Some(Duration::from_millis(1500)),
+            upstream_status: Some(404),
             listener: "web",
             conn: 7,
             cache_status: Some("HIT"),

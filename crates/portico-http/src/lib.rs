@@ -651,6 +651,7 @@ impl HttpService {
         let site_name = site.name.clone();
         // a file the engine sent with sendfile(2) never passes as frames
         let sendfile = parts.extensions.get::<sendfile::Sendfile>().cloned();
+        let upstream_timing = parts.extensions.get::<body::UpstreamTiming>().cloned();
         let body = Observed::new(body, move |framed, _complete| {
             let bytes = framed + sendfile.map_or(0, |s| s.sent());
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
@@ -674,6 +675,8 @@ impl HttpService {
                         host: f.host.as_deref(),
                         duration: started.elapsed(),
                         upstream: upstream.as_deref(),
+                        upstream_time: upstream_timing.as_ref().map(|t| t.took()),
+                        upstream_status: upstream_timing.as_ref().map(|t| t.status()),
                         listener: &site_name,
                         conn: conn_id,
                         head_bytes,
@@ -1468,7 +1471,9 @@ impl cache::Fetch for Source<'_> {
     }
 }
 
-/// Sends a request to the route's upstream, over HTTP or a gateway (uwsgi, FastCGI).
+/// Sends a request to the route's upstream, over HTTP or a gateway (uwsgi, FastCGI);
+/// an answer from one carries its [`body::UpstreamTiming`] (for the access log), timed
+/// from when the request goes to the upstream (after a buffered body was read).
 async fn fetch(
     req: Request<body::InBody>,
     src: Source<'_>,
@@ -1528,12 +1533,17 @@ async fn fetch(
             } else {
                 ClientBody::new(body, limit, site.limits.body_timeout).boxed()
             };
-            Box::pin(proxy::forward(
+            let started = Instant::now();
+            let (resp, addr) = Box::pin(proxy::forward(
                 up,
                 Request::from_parts(parts, body),
                 &client,
             ))
-            .await
+            .await;
+            match addr {
+                Some(_) => (body::UpstreamTiming::attach(resp, started), addr),
+                None => (resp, addr),
+            }
         }
     }
 }

@@ -190,6 +190,8 @@ pub async fn forward(
             Err(status) => return (error_response(status), None),
         }
     };
+    // `$upstream_response_time` starts here, once a buffered body is read
+    let upstream_started = tokio::time::Instant::now();
 
     let (script_name, path_info) = match &route.proto {
         Proto::Fastcgi { index, split } => {
@@ -323,6 +325,7 @@ pub async fn forward(
                 let mut resp = Response::new(body);
                 *resp.status_mut() = head.status;
                 *resp.headers_mut() = head.headers;
+                let resp = crate::body::UpstreamTiming::attach(resp, upstream_started);
                 return (resp, Some(addr));
             }
             Err(f) => {
