@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -663,97 +662,30 @@ impl Body for Filling {
     }
 }
 
-/// When an upstream's answer began (the request was routed to it) and when its body
-/// ended, and the status it sent: `$upstream_response_time` and `$upstream_status`
-/// (nginx's: from the request to the upstream to the last byte of its answer, however
-/// long the client then takes).
-#[derive(Clone)]
-pub struct UpstreamTiming(Arc<Timing>);
-
-struct Timing {
+/// When the request went to the upstream that answered it, and the status it sent:
+/// `$upstream_response_time` (from then to the answer's end: Portico streams answers,
+/// so the upstream's last byte is passed on as it is read) and `$upstream_status`.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTiming {
     started: Instant,
-    /// ns after `started` when the body ended, + 1; 0 while it runs
-    ended: std::sync::atomic::AtomicU64,
-    status: u16,
+    pub status: u16,
 }
 
 impl UpstreamTiming {
-    /// `resp` (an upstream's) with its timing in the extensions and its body watched
-    /// for its end.
-    pub fn attach(resp: http::Response<HttpBody>, started: Instant) -> http::Response<HttpBody> {
-        let t = UpstreamTiming(Arc::new(Timing {
-            started,
-            ended: Default::default(),
-            status: resp.status().as_u16(),
-        }));
-        let (mut parts, inner) = resp.into_parts();
-        parts.extensions.insert(t.clone());
-        let body = if inner.is_end_stream() {
-            t.end();
-            inner
-        } else {
-            Timed { inner, t }.boxed()
-        };
-        http::Response::from_parts(parts, body)
+    /// `resp` (an upstream's, its request sent at `started`) with its timing in the
+    /// extensions.
+    pub fn attach(
+        mut resp: http::Response<HttpBody>,
+        started: Instant,
+    ) -> http::Response<HttpBody> {
+        let status = resp.status().as_u16();
+        resp.extensions_mut()
+            .insert(UpstreamTiming { started, status });
+        resp
     }
 
-    fn end(&self) {
-        let ns = u64::try_from(self.0.started.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-        let _ = self.0.ended.compare_exchange(
-            0,
-            ns + 1,
-            std::sync::atomic::Ordering::Relaxed,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// From the request to the upstream to its answer's end (to now, if it has not
-    /// ended: the client went away first).
+    /// From the request to the upstream until now (called when the answer has ended).
     pub fn took(&self) -> Duration {
-        match self.0.ended.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => self.0.started.elapsed(),
-            n => Duration::from_nanos(n - 1),
-        }
-    }
-
-    /// The status the upstream answered with.
-    pub fn status(&self) -> u16 {
-        self.0.status
-    }
-}
-
-/// An upstream's body, noting when it ends (or is dropped unfinished).
-struct Timed {
-    inner: HttpBody,
-    t: UpstreamTiming,
-}
-
-impl Drop for Timed {
-    fn drop(&mut self) {
-        self.t.end();
-    }
-}
-
-impl Body for Timed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if !matches!(r, Some(Ok(_))) || self.inner.is_end_stream() {
-            self.t.end();
-        }
-        Poll::Ready(r)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.started.elapsed()
     }
 }

@@ -651,7 +651,7 @@ impl HttpService {
         let site_name = site.name.clone();
         // a file the engine sent with sendfile(2) never passes as frames
         let sendfile = parts.extensions.get::<sendfile::Sendfile>().cloned();
-        let upstream_timing = parts.extensions.get::<body::UpstreamTiming>().cloned();
+        let upstream_timing = parts.extensions.get::<body::UpstreamTiming>().copied();
         let body = Observed::new(body, move |framed, _complete| {
             let bytes = framed + sendfile.map_or(0, |s| s.sent());
             stats.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
@@ -675,8 +675,8 @@ impl HttpService {
                         host: f.host.as_deref(),
                         duration: started.elapsed(),
                         upstream: upstream.as_deref(),
-                        upstream_time: upstream_timing.as_ref().map(|t| t.took()),
-                        upstream_status: upstream_timing.as_ref().map(|t| t.status()),
+                        upstream_time: upstream_timing.map(|t| t.took()),
+                        upstream_status: upstream_timing.map(|t| t.status),
                         listener: &site_name,
                         conn: conn_id,
                         head_bytes,
