@@ -268,6 +268,145 @@ fn limits_answer_431_413_and_idle_connections_close() {
     assert!(String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
 }
 
+/// What /status says of the listening address `listen`: (active, waiting) connections.
+fn connection_counts(p: &Portico, listen: &str) -> (u64, u64) {
+    let s = curl(&[], &format!("http://127.0.0.1:{}/status", p.admin_port)).json();
+    let l = s["listeners"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["listen"] == listen).cloned())
+        .unwrap_or_default();
+    (
+        l["connections_active"].as_u64().unwrap_or(u64::MAX),
+        l["connections_waiting"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+fn wait_for_counts(p: &Portico, listen: &str, want: (u64, u64)) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = connection_counts(p, listen);
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{listen}: (active, waiting) = {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn idle_keep_alive_connections_wait_parked_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "k", &[]);
+    let front = dir.path().join("front.sock");
+    let p = Portico::start(&app_config(
+        &sock,
+        &format!(
+            "listen = [\"127.0.0.1:{{port}}\", \"unix:{}\"]\n  [listeners.limits]\n  idle_timeout = \"3s\"",
+            front.display()
+        ),
+    ).replace("listen = [\"127.0.0.1:{port}\"]\n", ""));
+    // keep-alive clients, one request each, over TCP and the Unix socket
+    let mut conns: Vec<KeepAlive> = (0..20)
+        .map(|_| KeepAlive::connect(p.addr()).unwrap())
+        .collect();
+    for c in &mut conns {
+        assert_eq!(c.get("/").unwrap().0, 200);
+    }
+    let mut unix = std::os::unix::net::UnixStream::connect(&front).unwrap();
+    unix.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let ask = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let answer = |s: &mut dyn Read| {
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !got.ends_with(b"hello from k\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(
+                n > 0,
+                "closed before the answer: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    unix.write_all(ask).unwrap();
+    assert!(answer(&mut unix).starts_with("HTTP/1.1 200 OK\r\n"));
+    // and one that has sent nothing yet
+    let mut silent = std::net::TcpStream::connect(p.addr()).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // all idle: parked, counted as waiting (nginx's stub_status "Waiting")
+    let tcp = format!("127.0.0.1:{}", p.port);
+    let uds = format!("unix:{}", front.display());
+    wait_for_counts(&p, &tcp, (21, 21));
+    wait_for_counts(&p, &uds, (1, 1));
+    let metrics = curl(&[], &format!("http://127.0.0.1:{}/metrics", p.admin_port)).text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("portico_connections_waiting{")
+                && l.contains(&format!("listen=\"{tcp}\""))
+                && l.ends_with(" 21")),
+        "{metrics}"
+    );
+    // each comes back for its next request, which the app answers
+    for c in &mut conns {
+        let (status, body, close) = c.get("/").unwrap();
+        assert_eq!(
+            (status, body.as_slice(), close),
+            (200, &b"hello from k\n"[..], false)
+        );
+    }
+    unix.write_all(ask).unwrap();
+    assert!(answer(&mut unix).starts_with("HTTP/1.1 200 OK\r\n"));
+    // a first request after the wait is served as any first request
+    silent.write_all(ask).unwrap();
+    assert!(answer(&mut silent).starts_with("HTTP/1.1 200 OK\r\n"));
+    // parked again, then closed by Portico at idle_timeout: EOF, not our read timeout
+    wait_for_counts(&p, &tcp, (21, 21));
+    wait_for_counts(&p, &uds, (1, 1));
+    let mut rest = Vec::new();
+    assert!(silent.read_to_end(&mut rest).is_ok() && rest.is_empty());
+    assert!(unix.read_to_end(&mut rest).is_ok() && rest.is_empty());
+    wait_for_counts(&p, &tcp, (0, 0));
+    wait_for_counts(&p, &uds, (0, 0));
+}
+
+#[test]
+fn sigterm_drains_parked_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("app.sock");
+    let _app = gunicorn_unix(&sock, "d", &[]);
+    let mut p = Portico::start(&app_config(&sock, ""));
+    let mut a = KeepAlive::connect(p.addr()).unwrap();
+    let mut b = KeepAlive::connect(p.addr()).unwrap();
+    assert_eq!(a.get("/").unwrap().0, 200);
+    assert_eq!(b.get("/").unwrap().0, 200);
+    wait_for_counts(&p, &format!("127.0.0.1:{}", p.port), (2, 2));
+    p.proc.signal("TERM");
+    p.wait_log_line("draining");
+    // a parked client that speaks within the drain grace is answered, and told to go
+    let (status, body, close) = a.get("/").unwrap();
+    assert_eq!(
+        (status, body.as_slice(), close),
+        (200, &b"hello from d\n"[..], true)
+    );
+    // the silent one is closed; nothing waits for the drain timeout
+    assert_eq!(p.proc.wait_exit(Duration::from_secs(30)), Some(0));
+    assert!(
+        p.log_text().contains("all connections finished"),
+        "{}",
+        p.log_text()
+    );
+    assert!(b.get("/").is_err());
+}
+
 #[test]
 fn proxy_protocol_and_unix_listeners() {
     let dir = tempfile::tempdir().unwrap();

@@ -18,6 +18,7 @@ pub mod histogram;
 mod listener;
 mod names;
 pub mod ocsp;
+mod park;
 pub mod proxy_protocol;
 pub mod relay;
 mod stream;
@@ -53,7 +54,37 @@ pub use stream::Stream;
 pub use tls::{CertSpec, ClientCert, TlsInfo};
 
 /// The future a service returns for one connection.
-pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+pub type BoxFuture = Pin<Box<dyn Future<Output = Served> + Send + 'static>>;
+
+/// How a connection's service future ends.
+pub enum Served {
+    /// The connection is over (closed, or handed on to a task of the module's).
+    Done,
+    /// The connection is idle, waiting for its client: the core parks the socket — no
+    /// task, no registration with the runtime — until the client sends something (or
+    /// hangs up) and then runs `resume` in a new task; at `until` it closes the socket;
+    /// at shutdown it resumes at once, so the module drains the connection as any
+    /// other. Only plain sockets park; a TLS stream is resumed at once.
+    Idle(Idle),
+}
+
+/// An idle connection handed back to the core (see [`Served::Idle`]).
+pub struct Idle {
+    pub stream: Stream,
+    pub until: tokio::time::Instant,
+    pub resume: Resume,
+}
+
+/// What goes on with a parked connection once its client speaks.
+pub type Resume = Box<dyn FnOnce(Stream) -> BoxFuture + Send>;
+
+/// A service future for a connection that never parks: `f`, then [`Served::Done`].
+pub fn done(f: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
+    Box::pin(async move {
+        f.await;
+        Served::Done
+    })
+}
 
 /// A protocol module: serves accepted connections.
 ///

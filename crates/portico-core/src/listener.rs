@@ -66,6 +66,8 @@ pub struct EndpointSpec {
 pub struct EndpointStats {
     pub accepted: AtomicU64,
     pub active: AtomicUsize,
+    /// Of the active ones, those idle between requests and parked (nginx's "Waiting").
+    pub waiting: AtomicUsize,
     /// Connections dropped before the module saw them (bad PROXY header, TLS failure).
     pub handshake_failures: AtomicU64,
 }
@@ -231,10 +233,12 @@ impl ListenerSet {
     /// Starts `workers` worker threads (at least one).
     pub fn new(workers: usize) -> io::Result<Self> {
         let workers_stop = CancellationToken::new();
+        let shutdown = CancellationToken::new();
         let mut handles = Vec::new();
         for i in 0..workers.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop = workers_stop.clone();
+            let lot_stop = shutdown.clone();
             std::thread::Builder::new()
                 .name(format!("portico-w{i}"))
                 .spawn(move || {
@@ -250,6 +254,8 @@ impl ListenerSet {
                         }
                     };
                     let _ = tx.send(Ok(rt.handle().clone()));
+                    // this worker's idle connections wait in its lot (crate::park)
+                    rt.spawn(crate::park::run_lot(lot_stop));
                     rt.block_on(stop.cancelled());
                 })?;
             let handle = rx
@@ -263,7 +269,7 @@ impl ListenerSet {
             running: Mutex::new(HashMap::new()),
             inherited: Mutex::new(Vec::new()),
             tracker: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             next_id: Arc::new(AtomicU64::new(1)),
         })
     }
@@ -519,10 +525,15 @@ async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
             tls: None,
             proxied: false,
         };
+        ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+        let held = Held {
+            _permit: permit,
+            active: ActiveGuard(Arc::clone(&ctx.stats)),
+            _tracked: ctx.tracker.token(),
+        };
         let stats = Arc::clone(&ctx.stats);
         let shutdown = conn_shutdown.clone();
-        ctx.tracker
-            .spawn(handle(stream, info, state, permit, stats, shutdown));
+        tokio::spawn(handle(stream, info, state, held, stats, shutdown));
     }
 }
 
@@ -553,6 +564,32 @@ fn unmapped(a: SocketAddr) -> SocketAddr {
     }
 }
 
+/// What an open connection holds in the core, from accept to close — parked or not:
+/// its place under `max_connections`, its count in the endpoint's `active`, and its
+/// count in the tracker that drain waits on.
+pub(crate) struct Held {
+    _permit: OwnedSemaphorePermit,
+    active: ActiveGuard,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl Held {
+    /// Counts the connection in its endpoint's `waiting` while the guard lives.
+    pub(crate) fn waiting(&self) -> WaitingGuard {
+        let stats = Arc::clone(&self.active.0);
+        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        WaitingGuard(stats)
+    }
+}
+
+pub(crate) struct WaitingGuard(Arc<EndpointStats>);
+
+impl Drop for WaitingGuard {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 struct ActiveGuard(Arc<EndpointStats>);
 
 impl Drop for ActiveGuard {
@@ -565,12 +602,10 @@ async fn handle(
     stream: Stream,
     info: ConnInfo,
     state: Arc<EndpointState>,
-    _permit: OwnedSemaphorePermit,
+    held: Held,
     stats: Arc<EndpointStats>,
     shutdown: CancellationToken,
 ) {
-    stats.active.fetch_add(1, Ordering::Relaxed);
-    let _active = ActiveGuard(Arc::clone(&stats));
     // boxed: the PROXY header read, the TLS peek and handshake live only while they
     // run, not in every connection's task for its whole life
     let Some((stream, info, starttls)) = Box::pin(prelude(stream, info, &state, &stats)).await
@@ -583,7 +618,9 @@ async fn handle(
         shutdown,
         starttls,
     };
-    Arc::clone(&state.spec.service).serve(conn).await;
+    let served = Arc::clone(&state.spec.service).serve(conn);
+    drop(state);
+    crate::park::serve(served, held).await;
 }
 
 /// What comes before the service: the PROXY protocol header, the TLS handshake (or the

@@ -14,7 +14,7 @@ struct Echo(&'static str);
 
 impl Service for Echo {
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
-        Box::pin(async move {
+        done(async move {
             let mut conn = conn;
             loop {
                 let hello = format!(

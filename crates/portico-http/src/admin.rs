@@ -63,6 +63,7 @@ impl StatusSource {
                     "listen": addr.to_string(),
                     "connections_accepted": s.accepted.load(Ordering::Relaxed),
                     "connections_active": s.active.load(Ordering::Relaxed),
+                    "connections_waiting": s.waiting.load(Ordering::Relaxed),
                     "handshake_failures": s.handshake_failures.load(Ordering::Relaxed),
                 })
             })
@@ -316,6 +317,13 @@ impl StatusSource {
             "gauge",
             "Connections open now.",
             l(&|s| s.active.load(Ordering::Relaxed) as u64),
+        );
+        family(
+            &mut out,
+            "portico_connections_waiting",
+            "gauge",
+            "Open connections idle between requests, parked without a task.",
+            l(&|s| s.waiting.load(Ordering::Relaxed) as u64),
         );
         family(
             &mut out,

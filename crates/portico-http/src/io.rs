@@ -102,4 +102,8 @@ impl crate::upgrade::ConnIo for SendTimeoutIo<portico_core::Stream> {
         let r = self.inner.poll_sendfile(cx, file, offset, len);
         self.check(cx, r)
     }
+
+    fn into_stream(self: Box<Self>) -> Option<portico_core::Stream> {
+        Some(self.inner)
+    }
 }

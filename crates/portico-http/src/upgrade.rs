@@ -29,6 +29,12 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
     }
+
+    /// The client's socket, for the core to park while the connection is idle
+    /// ([`portico_core::Served::Idle`]); `None` where there is none to park.
+    fn into_stream(self: Box<Self>) -> Option<portico_core::Stream> {
+        None
+    }
 }
 
 // Upstream connections and in-process pipes (the engine's tests) send bytes only.

@@ -217,7 +217,7 @@ impl MailService {
 impl Service for MailService {
     fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
         let cfg = Arc::clone(&self.cfg);
-        Box::pin(async move {
+        portico_core::done(async move {
             // conn_limit: the session holds its places until it ends
             let ip = conn.info.peer.map(|p| p.ip());
             let key = ip.map(|ip| ip.to_string()).unwrap_or_default();

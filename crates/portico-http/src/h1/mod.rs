@@ -178,6 +178,9 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// How long a draining connection may still bring a request.
     pub drain_grace: Duration,
+    /// Hand an idle connection back ([`Next::Idle`]) once it has waited this long for a
+    /// request (`None`: wait in the task until the idle timeout).
+    pub park_after: Option<Duration>,
 }
 
 /// What is left of the connection when the engine is done with it.
@@ -185,6 +188,15 @@ pub enum Next {
     Closed,
     /// An h2 preface: the connection for hyper's h2 server, with the bytes read.
     H2(Io, Bytes),
+    /// Idle for `park_after`, nothing read of a next request: the connection, to be
+    /// parked until it speaks or `until` (its idle timeout) passes; `serve` goes on
+    /// with it afterwards.
+    Idle {
+        io: Io,
+        until: Instant,
+        /// No request came yet (an h2 preface still may).
+        first: bool,
+    },
 }
 
 /// What a request head says about its connection.
@@ -200,11 +212,20 @@ enum Got {
     Head(Box<http::request::Parts>, Facts),
     Refused(Refused),
     H2,
+    /// Idle for `park_after`; the idle timeout is the instant.
+    Idle(Instant),
     Closed,
 }
 
-/// Serves HTTP/1 requests on `io` until the client or the limits end it.
-pub async fn serve<F, Fut>(io: Io, s: Settings, shutdown: &CancellationToken, handle: F) -> Next
+/// Serves HTTP/1 requests on `io` until the client or the limits end it, or it idles
+/// ([`Settings::park_after`]). `first`: no request came on it yet (an h2 preface may).
+pub async fn serve<F, Fut>(
+    io: Io,
+    s: Settings,
+    mut first: bool,
+    shutdown: &CancellationToken,
+    handle: F,
+) -> Next
 where
     F: Fn(Request<InBody>) -> Fut,
     Fut: Future<Output = Response<HttpBody>>,
@@ -214,12 +235,17 @@ where
         io: rd,
         buf: BytesMut::new(),
     };
-    let mut first = true;
     let mut drain: Option<Instant> = None;
     loop {
         let got = next_head(&mut reader, &s, first, shutdown, &mut drain).await;
         let (req, head) = match got {
             Got::Closed => return Next::Closed,
+            Got::Idle(until) => {
+                return match reader.io.unsplit(wr) {
+                    Some(io) => Next::Idle { io, until, first },
+                    None => Next::Closed,
+                };
+            }
             Got::H2 => {
                 return match reader.io.unsplit(wr) {
                     Some(io) => Next::H2(io, reader.buf.freeze()),
@@ -404,7 +430,9 @@ async fn next_head(
     shutdown: &CancellationToken,
     drain: &mut Option<Instant>,
 ) -> Got {
-    let idle_until = Instant::now() + s.idle_timeout;
+    let now = Instant::now();
+    let idle_until = now + s.idle_timeout;
+    let park_at = s.park_after.map(|p| now + p).filter(|p| *p < idle_until);
     let mut head_until: Option<Instant> = None;
     let mut searched = 0;
     loop {
@@ -440,17 +468,20 @@ async fn next_head(
             }
             head_until.get_or_insert_with(|| Instant::now() + s.header_timeout);
         }
-        let until = match (head_until, *drain) {
-            (Some(h), _) => h,
-            (None, Some(d)) => d.min(idle_until),
-            (None, None) => idle_until,
+        let (until, park) = match (head_until, *drain, park_at) {
+            (Some(h), _, _) => (h, false),
+            (None, Some(d), _) => (d.min(idle_until), false),
+            (None, None, Some(p)) if r.buf.is_empty() => (p, true),
+            (None, None, _) => (idle_until, false),
         };
         tokio::select! {
             read = r.fill() => match read {
                 Ok(0) | Err(_) => return Got::Closed,
                 Ok(_) => {}
             },
-            _ = tokio::time::sleep_until(until) => return Got::Closed,
+            _ = tokio::time::sleep_until(until) => {
+                return if park { Got::Idle(idle_until) } else { Got::Closed };
+            }
             _ = shutdown.cancelled(), if drain.is_none() && head_until.is_none() => {
                 *drain = Some(Instant::now() + s.drain_grace.min(s.idle_timeout));
             }
@@ -913,6 +944,7 @@ mod engine_tests {
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
             drain_grace: Duration::from_secs(1),
+            park_after: None,
         }
     }
 
@@ -923,25 +955,31 @@ mod engine_tests {
         let (client, server) = tokio::io::duplex(1 << 20);
         let token = CancellationToken::new();
         let task = tokio::spawn(async move {
-            serve(Box::new(server), settings(), &token, |req| async move {
-                if let Some(r) = req.extensions().get::<Refused>() {
-                    let mut resp = Response::new(crate::body::full("refused"));
-                    *resp.status_mut() = r.status;
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                    return resp;
-                }
-                let (parts, body) = req.into_parts();
-                let n = match body.collect().await {
-                    Ok(b) => b.to_bytes().len().to_string(),
-                    Err(e) => format!("error: {e}"),
-                };
-                Response::new(crate::body::full(format!(
-                    "{} {} {n}",
-                    parts.method,
-                    parts.uri.path()
-                )))
-            })
+            serve(
+                Box::new(server),
+                settings(),
+                true,
+                &token,
+                |req| async move {
+                    if let Some(r) = req.extensions().get::<Refused>() {
+                        let mut resp = Response::new(crate::body::full("refused"));
+                        *resp.status_mut() = r.status;
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        return resp;
+                    }
+                    let (parts, body) = req.into_parts();
+                    let n = match body.collect().await {
+                        Ok(b) => b.to_bytes().len().to_string(),
+                        Err(e) => format!("error: {e}"),
+                    };
+                    Response::new(crate::body::full(format!(
+                        "{} {} {n}",
+                        parts.method,
+                        parts.uri.path()
+                    )))
+                },
+            )
             .await
         });
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -1050,14 +1088,20 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
         let (client, server) = tokio::io::duplex(1 << 16);
         let token = CancellationToken::new();
         let task = tokio::spawn(async move {
-            serve(Box::new(server), settings(), &token, |req| async move {
-                let n = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_or(0, |b| b.to_bytes().len());
-                Response::new(crate::body::full(format!("got {n}")))
-            })
+            serve(
+                Box::new(server),
+                settings(),
+                true,
+                &token,
+                |req| async move {
+                    let n = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_or(0, |b| b.to_bytes().len());
+                    Response::new(crate::body::full(format!("got {n}")))
+                },
+            )
             .await
         });
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -1081,7 +1125,7 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
         let (client, server) = tokio::io::duplex(1 << 16);
         let token = CancellationToken::new();
         let task = tokio::spawn(async move {
-            serve(Box::new(server), settings(), &token, |_req| async {
+            serve(Box::new(server), settings(), true, &token, |_req| async {
                 let mut r = Response::new(crate::body::full("no"));
                 *r.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
                 r
@@ -1106,22 +1150,28 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
         let (client, server) = tokio::io::duplex(1 << 16);
         let token = CancellationToken::new();
         tokio::spawn(async move {
-            serve(Box::new(server), settings(), &token, |mut req| async move {
-                let up = crate::upgrade::ClientUpgrade::of(&mut req);
-                tokio::spawn(async move {
-                    let mut io = up.stream().await.unwrap();
-                    let mut b = [0u8; 5];
-                    io.read_exact(&mut b).await.unwrap();
-                    io.write_all(&b).await.unwrap();
-                });
-                let mut r = Response::new(crate::body::empty());
-                *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                r.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                r.headers_mut()
-                    .insert(header::UPGRADE, HeaderValue::from_static("echo"));
-                r
-            })
+            serve(
+                Box::new(server),
+                settings(),
+                true,
+                &token,
+                |mut req| async move {
+                    let up = crate::upgrade::ClientUpgrade::of(&mut req);
+                    tokio::spawn(async move {
+                        let mut io = up.stream().await.unwrap();
+                        let mut b = [0u8; 5];
+                        io.read_exact(&mut b).await.unwrap();
+                        io.write_all(&b).await.unwrap();
+                    });
+                    let mut r = Response::new(crate::body::empty());
+                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    r.headers_mut()
+                        .insert(header::UPGRADE, HeaderValue::from_static("echo"));
+                    r
+                },
+            )
             .await
         });
         let (mut rd, mut wr) = tokio::io::split(client);
@@ -1160,13 +1210,69 @@ GET /never HTTP/1.1\r\nHost: a\r\n\r\n",
             .await
             .unwrap();
         let token = CancellationToken::new();
-        let next = serve(Box::new(server), settings(), &token, |_req| async {
+        let next = serve(Box::new(server), settings(), true, &token, |_req| async {
             Response::new(crate::body::empty())
         })
         .await;
         match next {
             Next::H2(_, prefix) => assert!(prefix.starts_with(H2_PREFACE)),
-            Next::Closed => panic!("h2 not handed back"),
+            _ => panic!("h2 not handed back"),
         }
+    }
+
+    /// Serves what `input` sends on a connection that may park after 200 ms.
+    async fn idle_after(input: &[u8], drain: bool) -> (Next, Instant, String) {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        client.write_all(input).await.unwrap();
+        let s = Settings {
+            park_after: Some(Duration::from_millis(200)),
+            ..settings()
+        };
+        let token = CancellationToken::new();
+        if drain {
+            token.cancel();
+        }
+        let start = Instant::now();
+        let next = serve(Box::new(server), s, true, &token, |_req| async {
+            Response::new(crate::body::full("ok"))
+        })
+        .await;
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_millis(10), client.read(&mut out))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        (next, start, String::from_utf8_lossy(&out[..n]).into_owned())
+    }
+
+    fn next_io(next: &Next) -> &'static str {
+        match next {
+            Next::Closed => "closed",
+            Next::H2(..) => "h2",
+            Next::Idle { .. } => "idle",
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_handed_back_to_be_parked() {
+        // after a request: idle, its deadline the idle timeout from the answer
+        let (next, start, out) = idle_after(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false).await;
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
+        let Next::Idle { until, first, .. } = next else {
+            panic!("not handed back: {}", next_io(&next));
+        };
+        assert!(!first);
+        assert_eq!(until - start, Duration::from_secs(5));
+        // before any request: idle too, and an h2 preface may still come
+        let (next, _, out) = idle_after(b"", false).await;
+        assert_eq!(out, "");
+        assert!(matches!(next, Next::Idle { first: true, .. }));
+        // half a head is not idle: it is waited for, then timed out
+        let (next, start, _) = idle_after(b"GET / HTTP/1.1\r\n", false).await;
+        assert!(matches!(next, Next::Closed));
+        assert!(Instant::now() - start >= Duration::from_secs(5));
+        // draining: never parked, closed after the drain grace
+        let (next, start, _) = idle_after(b"", true).await;
+        assert!(matches!(next, Next::Closed));
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
     }
 }
