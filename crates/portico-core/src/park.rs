@@ -6,27 +6,30 @@
 //! an idle connection's memory. So a module that sees its connection idle for a while
 //! ends the connection's future with [`Served::Idle`]: the socket leaves tokio's
 //! reactor and waits in this worker's *lot*, one epoll set of its own (`EPOLLONESHOT`)
-//! watched by one task per worker, with its deadline in one timer wheel
-//! ([`DelayQueue`]). When the client speaks (or hangs up), the socket goes back to
+//! watched by one task per worker, with its deadline in one heap of deadlines and one
+//! timer for the earliest. When the client speaks (or hangs up), the socket goes back to
 //! tokio and the module's `resume` runs in a new task; at the deadline the socket is
 //! closed; at shutdown every parked connection is resumed at once, so the module drains
 //! it as it drains any other.
 //!
 //! What a parked connection costs is its slot here (socket, guards, the module's
-//! `resume` closure and what it captures) and one timer entry — a few hundred bytes.
+//! `resume` closure and what it captures) and one deadline — a few hundred bytes.
 //! Only plain sockets park: a TLS session's state would have to come along.
 
 use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpStream, UnixStream};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
-use tokio_util::time::{delay_queue, DelayQueue};
 
 use crate::listener::{Held, WaitingGuard};
 use crate::{BoxFuture, Idle, Served, Stream};
@@ -58,7 +61,9 @@ struct Parked {
     socket: Plain,
     resume: crate::Resume,
     held: Held,
-    timer: delay_queue::Key,
+    /// Which parking of its slot this is: a deadline left in the heap by an earlier
+    /// one (resumed since) must not close this one.
+    round: u32,
     _waiting: WaitingGuard,
 }
 
@@ -74,8 +79,16 @@ impl AsRawFd for Interest {
 /// One worker's parked connections.
 struct Lot {
     epoll: AsyncFd<Interest>,
-    parked: Slab<Parked>,
-    timers: DelayQueue<usize>,
+    /// Boxed: the slab's spare capacity (it grows by doubling) costs a pointer per slot.
+    parked: Slab<Box<Parked>>,
+    /// (deadline in ms from `epoch`, slot, round), earliest first; entries of
+    /// connections resumed since stay until they come up or the heap is compacted.
+    deadlines: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    epoch: Instant,
+    /// Fires at `armed`, the earliest deadline.
+    timer: Pin<Box<Sleep>>,
+    armed: Option<u64>,
+    rounds: u32,
     /// The lot's task, woken when a deadline earlier than its timer's is added.
     waker: Option<Waker>,
     events: Vec<EpollEvent>,
@@ -108,7 +121,11 @@ impl Lot {
         Ok(Self {
             epoll,
             parked: Slab::new(),
-            timers: DelayQueue::new(),
+            deadlines: BinaryHeap::new(),
+            epoch: Instant::now(),
+            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed: None,
+            rounds: 0,
             waker: None,
             events: vec![EpollEvent::empty(); 256],
         })
@@ -161,16 +178,25 @@ impl Lot {
                 Err(_) => Ok(()),
             };
         }
-        let timer = self.timers.insert_at(key, until);
-        entry.insert(Parked {
+        self.rounds = self.rounds.wrapping_add(1);
+        let round = self.rounds;
+        // whole ms, rounded up: never closed before its deadline
+        let at = until
+            .saturating_duration_since(self.epoch)
+            .as_micros()
+            .div_ceil(1000) as u64;
+        self.deadlines.push(Reverse((at, key as u32, round)));
+        entry.insert(Box::new(Parked {
             socket,
             resume,
             _waiting: held.waiting(),
             held,
-            timer,
-        });
-        if let Some(w) = self.waker.take() {
-            w.wake();
+            round,
+        }));
+        if self.armed.is_none_or(|a| at < a) {
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
         }
         Ok(())
     }
@@ -179,8 +205,47 @@ impl Lot {
     fn take(&mut self, key: usize) -> Option<Parked> {
         let p = self.parked.try_remove(key)?;
         let _ = self.epoll.get_ref().0.delete(p.socket.fd());
-        self.timers.try_remove(&p.timer);
-        Some(p)
+        Some(*p)
+    }
+
+    /// Closes the connections whose deadline passed; arms the timer for the next one.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) {
+        loop {
+            let now = Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_millis() as u64;
+            while let Some(&Reverse((at, key, round))) = self.deadlines.peek() {
+                if at > now {
+                    break;
+                }
+                self.deadlines.pop();
+                let key = key as usize;
+                if self.parked.get(key).is_some_and(|p| p.round == round) {
+                    // the client said nothing before its deadline: closed
+                    self.parked.remove(key);
+                }
+            }
+            // deadlines of resumed connections: dropped once they outnumber the parked
+            if self.deadlines.len() > 2 * self.parked.len() + 64 {
+                let parked = &self.parked;
+                self.deadlines.retain(|&Reverse((_, key, round))| {
+                    parked.get(key as usize).is_some_and(|p| p.round == round)
+                });
+            }
+            let Some(&Reverse((next, ..))) = self.deadlines.peek() else {
+                self.armed = None;
+                return;
+            };
+            if self.armed != Some(next) {
+                self.timer
+                    .as_mut()
+                    .reset(self.epoch + std::time::Duration::from_millis(next));
+                self.armed = Some(next);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return;
+            }
+        }
     }
 
     /// The parked connections whose clients spoke, those whose deadline passed (dropped:
@@ -222,10 +287,7 @@ impl Lot {
             }
         }
         self.events = events;
-        while let Poll::Ready(Some(expired)) = self.timers.poll_expired(cx) {
-            // the client said nothing before its deadline: closed
-            self.parked.try_remove(expired.into_inner());
-        }
+        self.poll_deadlines(cx);
         self.waker = Some(cx.waker().clone());
     }
 

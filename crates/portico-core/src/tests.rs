@@ -358,3 +358,88 @@ async fn a_wildcard_v6_listener_takes_ipv4_too_unless_0_0_0_0_is_listed() {
     let mut c6 = TcpStream::connect(("::1", port)).await.unwrap();
     assert!(first_line(&mut c6).await.starts_with("six "));
 }
+
+/// Echoes one line per turn, then hands the connection back idle for 1.5 s — parked.
+struct Parker;
+
+impl Service for Parker {
+    fn serve(self: Arc<Self>, conn: Connection) -> BoxFuture {
+        Parker::turn(conn.stream, conn.shutdown)
+    }
+}
+
+impl Parker {
+    fn turn(mut stream: Stream, shutdown: CancellationToken) -> BoxFuture {
+        Box::pin(async move {
+            let mut line = Vec::new();
+            loop {
+                let mut b = [0u8; 1];
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Served::Done,
+                    r = stream.read(&mut b) => match r {
+                        Ok(1) => line.push(b[0]),
+                        _ => return Served::Done,
+                    }
+                }
+                if b[0] == b'\n' {
+                    break;
+                }
+            }
+            if stream.write_all(&line).await.is_err() {
+                return Served::Done;
+            }
+            Served::Idle(Idle {
+                stream,
+                until: tokio::time::Instant::now() + Duration::from_millis(1500),
+                resume: Box::new(move |s| Parker::turn(s, shutdown)),
+            })
+        })
+    }
+}
+
+async fn echo(c: &mut TcpStream, line: &[u8]) -> Vec<u8> {
+    c.write_all(line).await.unwrap();
+    let mut got = vec![0u8; line.len()];
+    c.read_exact(&mut got).await.unwrap();
+    got
+}
+
+#[tokio::test]
+async fn parked_connections_come_back_keep_their_own_deadline_and_drain() {
+    let set = ListenerSet::new(1).unwrap();
+    let tcp = free_port();
+    let mut s = spec(ListenAddr::Tcp(tcp), "p");
+    s.service = Arc::new(Parker);
+    set.apply(vec![s]).unwrap();
+    let stats = || set.stats()[0].2.clone();
+    let waiting = |n: usize| async move {
+        for _ in 0..500 {
+            if stats().waiting.load(std::sync::atomic::Ordering::Relaxed) == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("never {n} waiting");
+    };
+    let mut c = TcpStream::connect(tcp).await.unwrap();
+    assert_eq!(echo(&mut c, b"one\n").await, b"one\n");
+    waiting(1).await;
+    // resumed at 1 s: a new deadline (2.5 s); the first one (1.5 s) must not close it
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(echo(&mut c, b"two\n").await, b"two\n");
+    waiting(1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(echo(&mut c, b"three\n").await, b"three\n");
+    // then silent: closed at its deadline, and no longer counted
+    let mut rest = Vec::new();
+    assert_eq!(c.read_to_end(&mut rest).await.unwrap(), 0);
+    waiting(0).await;
+    assert_eq!(stats().active.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // shutdown resumes what is parked at once (its service drains it), long before
+    // its deadline
+    let mut d = TcpStream::connect(tcp).await.unwrap();
+    assert_eq!(echo(&mut d, b"four\n").await, b"four\n");
+    waiting(1).await;
+    assert!(set.shutdown(Duration::from_millis(1000)).await);
+    assert_eq!(d.read_to_end(&mut rest).await.unwrap(), 0);
+}

@@ -257,20 +257,26 @@ struct ConnState {
     tls_info: Option<Arc<portico_core::TlsInfo>>,
     peer: Option<std::net::SocketAddr>,
     local: Option<std::net::SocketAddr>,
-    peer_ip: Option<IpAddr>,
     peer_value: Option<HeaderValue>,
     tls: bool,
     sni: Option<String>,
     in_flight: AtomicUsize,
     shutdown: tokio_util::sync::CancellationToken,
-    /// Upgraded connections (WebSocket tunnels) this connection handed on: the
-    /// connection's task lives until they end, so drain waits for them.
-    tunnels: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// What only upgrades and h2 need, made when first needed: an idle HTTP/1
+    /// connection (parked) keeps the rest only.
+    extra: std::sync::OnceLock<Box<ConnExtra>>,
     /// When the last request finished, as ms since `start`.
     last_done_ms: AtomicU64,
     start: Instant,
     /// The connection speaks h2 (it carried an h2 request).
     h2: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct ConnExtra {
+    /// Upgraded connections (WebSocket tunnels) this connection handed on: the
+    /// connection's task lives until they end, so drain waits for them.
+    tunnels: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// h2 streams whose client stopped taking data for send_timeout (their upstream
     /// side is gone; the stream itself only ends with the connection).
     stalled: AtomicUsize,
@@ -278,6 +284,10 @@ struct ConnState {
 }
 
 impl ConnState {
+    fn extra(&self) -> &ConnExtra {
+        self.extra.get_or_init(Box::default)
+    }
+
     fn finish(&self) {
         self.last_done_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -305,7 +315,6 @@ impl Service for HttpService {
             tls_info: info.tls.clone().map(Arc::new),
             peer: info.peer,
             local: info.local,
-            peer_ip: info.peer.map(|p| p.ip()),
             peer_value: info
                 .peer
                 .and_then(|p| HeaderValue::from_str(&p.ip().to_string()).ok()),
@@ -313,12 +322,10 @@ impl Service for HttpService {
             sni: info.tls.as_ref().and_then(|t| t.sni.clone()),
             in_flight: AtomicUsize::new(0),
             shutdown: shutdown.clone(),
-            tunnels: Mutex::new(Vec::new()),
+            extra: std::sync::OnceLock::new(),
             last_done_ms: AtomicU64::new(0),
             start: Instant::now(),
             h2: Default::default(),
-            stalled: AtomicUsize::new(0),
-            stall: tokio::sync::Notify::new(),
         });
         let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
         let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
@@ -345,7 +352,10 @@ const PARK_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
 impl ConnState {
     /// Waits for the WebSocket tunnels this connection handed on.
     async fn wait_for_tunnels(&self) {
-        let tunnels = std::mem::take(&mut *self.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
+        let Some(extra) = self.extra.get() else {
+            return;
+        };
+        let tunnels = std::mem::take(&mut *extra.tunnels.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tunnels {
             let _ = t.await;
         }
@@ -444,7 +454,7 @@ impl HttpService {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
-                _ = state.stall.notified() => {
+                _ = state.extra().stall.notified() => {
                     // Only stalled streams left: they would hold the connection
                     // (a graceful close waits for them) forever.
                     if state.in_flight.load(Ordering::Relaxed) == 0 {
@@ -456,7 +466,7 @@ impl HttpService {
                     let idle_for = state.start.elapsed().as_millis() as u64
                         - state.last_done_ms.load(Ordering::Relaxed).min(state.start.elapsed().as_millis() as u64);
                     if state.in_flight.load(Ordering::Relaxed) == 0
-                        && state.stalled.load(Ordering::Relaxed) > 0
+                        && state.extra().stalled.load(Ordering::Relaxed) > 0
                     {
                         break;
                     }
@@ -734,8 +744,8 @@ impl HttpService {
             let watched = Arc::clone(&stall_conn);
             let body = body::StallWatched::new(body.boxed(), site.limits.send_timeout, move || {
                 tracing::info!("h2 stream ended: the client took no data for send_timeout");
-                watched.stalled.fetch_add(1, Ordering::Relaxed);
-                watched.stall.notify_one();
+                watched.extra().stalled.fetch_add(1, Ordering::Relaxed);
+                watched.extra().stall.notify_one();
             });
             return Response::from_parts(parts, body.boxed());
         }
@@ -1393,7 +1403,8 @@ impl HttpService {
         .await;
         if let Some(t) = tunnel {
             let handle = tokio::spawn(t);
-            conn.tunnels
+            conn.extra()
+                .tunnels
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(handle);
@@ -1776,7 +1787,7 @@ impl Peer {
     fn of(conn: &ConnState, site: &Site, headers: &http::HeaderMap) -> Self {
         let own = || Peer {
             addr: conn.peer,
-            ip: conn.peer_ip,
+            ip: conn.peer.map(|p| p.ip()),
             value: conn.peer_value.clone(),
         };
         let (Some(cfg), Some(peer)) = (&site.real_ip, conn.peer) else {
