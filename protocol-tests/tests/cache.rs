@@ -698,6 +698,59 @@ fn the_same_statuses_as_nginx_proxy_cache() {
     }
 }
 
+/// The access log of a MISS and a HIT, beside nginx's: the upstream's address and
+/// status on the miss, `-` for both on the hit (no upstream took part).
+#[test]
+fn a_hit_logs_no_upstream_as_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = free_port();
+    let _g = gunicorn_tcp(app, "log", &[]);
+    let fmt = "$upstream_cache_status $status $upstream_addr $upstream_status";
+    let p = cached(
+        app,
+        &format!("[log]\naccess_log = \"{{dir}}/access.log\"\naccess_log_format = \"t\"\nformats = {{ t = '{fmt}' }}"),
+        "",
+    );
+    let nginx_port = free_port();
+    let nginx_log = dir.path().join("nginx-access.log");
+    let _nginx = nginx(
+        dir.path(),
+        &format!(
+            "http {{\n {temp}\n log_format t '{fmt}';\n access_log {log} t;\n proxy_cache_path {cache} keys_zone=main:1m;\n server {{\n listen 127.0.0.1:{nginx_port};\n location / {{ proxy_pass http://127.0.0.1:{app}; proxy_cache main; }}\n }}\n}}",
+            temp = nginx_http_temp(dir.path()),
+            log = nginx_log.display(),
+            cache = dir.path().join("nginx-cache").display(),
+        ),
+        nginx_port,
+    );
+    let portico_log = p.dir.path().join("access.log");
+    let mut lines = Vec::new();
+    for (base, log) in [
+        (p.url(""), &portico_log),
+        (format!("http://127.0.0.1:{nginx_port}"), &nginx_log),
+    ] {
+        let url = format!("{base}/cached/{}?cc=max-age=60", tag("log"));
+        assert_eq!(curl(&[], &url).status, 200);
+        assert_eq!(curl(&[], &url).status, 200);
+        // both write a line when the answer is done: wait for the two
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.lines().count() >= 2 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        lines.push(text.lines().map(str::to_string).collect::<Vec<_>>());
+    }
+    let up = format!("127.0.0.1:{app}");
+    assert_eq!(
+        lines[0],
+        [format!("MISS 200 {up} 200"), "HIT 200 - -".to_string()]
+    );
+    assert_eq!(lines[0], lines[1], "portico vs nginx");
+}
+
 /// On a route that compresses, a hit is compressed once per stored object and coding
 /// (then served as stored), not per hit; a client without Accept-Encoding gets the
 /// upstream's bytes; purging the key purges its compressed forms too.

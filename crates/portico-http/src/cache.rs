@@ -526,7 +526,8 @@ impl CompiledCache {
             method: req.method(),
             headers: req.headers(),
         };
-        self.answer(o, &head, status).await
+        // no upstream took part: `$upstream_addr` is `-`, as nginx's on a HIT
+        (self.answer(o, &head, status).await.0, None)
     }
 
     /// An answer from a stored object: its status and headers with Age, the client's
