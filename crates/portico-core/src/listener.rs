@@ -531,9 +531,8 @@ async fn accept_loop(listener: Bound, ctx: AcceptCtx) {
             active: ActiveGuard(Arc::clone(&ctx.stats)),
             _tracked: ctx.tracker.token(),
         };
-        let stats = Arc::clone(&ctx.stats);
         let shutdown = conn_shutdown.clone();
-        tokio::spawn(handle(stream, info, state, held, stats, shutdown));
+        tokio::spawn(handle(stream, info, state, held, shutdown));
     }
 }
 
@@ -603,12 +602,12 @@ async fn handle(
     info: ConnInfo,
     state: Arc<EndpointState>,
     held: Held,
-    stats: Arc<EndpointStats>,
     shutdown: CancellationToken,
 ) {
     // boxed: the PROXY header read, the TLS peek and handshake live only while they
     // run, not in every connection's task for its whole life
-    let Some((stream, info, starttls)) = Box::pin(prelude(stream, info, &state, &stats)).await
+    let stats = &held.active.0;
+    let Some((stream, info, starttls)) = Box::pin(prelude(stream, info, &state, stats)).await
     else {
         return;
     };

@@ -61,8 +61,8 @@ struct Parked {
     socket: Plain,
     resume: crate::Resume,
     held: Held,
-    /// Which parking of its slot this is: a deadline left in the heap by an earlier
-    /// one (resumed since) must not close this one.
+    /// Which parking of its slot this is: an epoll event or a deadline left by an
+    /// earlier one (resumed since) must not reach this one.
     round: u32,
     _waiting: WaitingGuard,
 }
@@ -81,9 +81,9 @@ struct Lot {
     epoll: AsyncFd<Interest>,
     /// Boxed: the slab's spare capacity (it grows by doubling) costs a pointer per slot.
     parked: Slab<Box<Parked>>,
-    /// (deadline in ms from `epoch`, slot, round), earliest first; entries of
+    /// (deadline in ms from `epoch`, [`token`]), earliest first; entries of
     /// connections resumed since stay until they come up or the heap is compacted.
-    deadlines: BinaryHeap<Reverse<(u64, u32, u32)>>,
+    deadlines: BinaryHeap<Reverse<(u64, u64)>>,
     epoch: Instant,
     /// Fires at `armed`, the earliest deadline.
     timer: Pin<Box<Sleep>>,
@@ -98,10 +98,14 @@ thread_local! {
     static LOT: RefCell<Option<Lot>> = const { RefCell::new(None) };
 }
 
-/// The epoll event's data: the slot and the socket's fd, so that an event can never
-/// reach another socket that took a freed slot.
-fn token(key: usize, fd: RawFd) -> u64 {
-    (u64::from(fd as u32) << 32) | key as u64
+/// The epoll event's data and a deadline's tag: the slot and its round, so that
+/// neither can ever reach a connection parked in that slot later.
+fn token(key: usize, round: u32) -> u64 {
+    (u64::from(round) << 32) | key as u64
+}
+
+fn untoken(t: u64) -> (usize, u32) {
+    ((t & u64::from(u32::MAX)) as usize, (t >> 32) as u32)
 }
 
 impl Lot {
@@ -134,7 +138,7 @@ impl Lot {
     /// Parks `idle`; gives it back when it cannot be parked (a TLS stream, shutdown,
     /// an epoll error).
     fn park(&mut self, idle: Idle, held: Held) -> Result<(), (Idle, Held)> {
-        if idle.stream.is_tls() || self.parked.len() >= u32::MAX as usize {
+        if self.parked.len() >= u32::MAX as usize {
             return Err((idle, held));
         }
         let Idle {
@@ -145,7 +149,14 @@ impl Lot {
         let socket = match stream {
             Stream::Tcp(s) => s.into_std().map(Plain::Tcp),
             Stream::Unix(s) => s.into_std().map(Plain::Unix),
-            Stream::Tls(_) => unreachable!("checked above"),
+            tls @ Stream::Tls(_) => {
+                let idle = Idle {
+                    stream: tls,
+                    until,
+                    resume,
+                };
+                return Err((idle, held));
+            }
         };
         // out of the reactor failed: the socket is gone with the error
         let socket = match socket {
@@ -157,13 +168,14 @@ impl Lot {
         };
         let entry = self.parked.vacant_entry();
         let key = entry.key();
-        let fd = socket.fd().as_raw_fd();
+        self.rounds = self.rounds.wrapping_add(1);
+        let round = self.rounds;
         let flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT;
         if let Err(e) = self
             .epoll
             .get_ref()
             .0
-            .add(socket.fd(), EpollEvent::new(flags, token(key, fd)))
+            .add(socket.fd(), EpollEvent::new(flags, token(key, round)))
         {
             tracing::debug!(error = %e, "parking an idle connection failed: resumed");
             return match socket.into_stream() {
@@ -178,14 +190,12 @@ impl Lot {
                 Err(_) => Ok(()),
             };
         }
-        self.rounds = self.rounds.wrapping_add(1);
-        let round = self.rounds;
         // whole ms, rounded up: never closed before its deadline
         let at = until
             .saturating_duration_since(self.epoch)
             .as_micros()
             .div_ceil(1000) as u64;
-        self.deadlines.push(Reverse((at, key as u32, round)));
+        self.deadlines.push(Reverse((at, token(key, round))));
         entry.insert(Box::new(Parked {
             socket,
             resume,
@@ -201,6 +211,15 @@ impl Lot {
         Ok(())
     }
 
+    /// The slot of the connection `t` was made for, while it is still parked there.
+    fn holding(&self, t: u64) -> Option<usize> {
+        let (key, round) = untoken(t);
+        self.parked
+            .get(key)
+            .filter(|p| p.round == round)
+            .map(|_| key)
+    }
+
     /// Takes the connection in `key` out of the lot (its epoll entry and timer gone).
     fn take(&mut self, key: usize) -> Option<Parked> {
         let p = self.parked.try_remove(key)?;
@@ -214,23 +233,21 @@ impl Lot {
             let now = Instant::now()
                 .saturating_duration_since(self.epoch)
                 .as_millis() as u64;
-            while let Some(&Reverse((at, key, round))) = self.deadlines.peek() {
+            while let Some(&Reverse((at, t))) = self.deadlines.peek() {
                 if at > now {
                     break;
                 }
                 self.deadlines.pop();
-                let key = key as usize;
-                if self.parked.get(key).is_some_and(|p| p.round == round) {
+                if let Some(key) = self.holding(t) {
                     // the client said nothing before its deadline: closed
                     self.parked.remove(key);
                 }
             }
             // deadlines of resumed connections: dropped once they outnumber the parked
             if self.deadlines.len() > 2 * self.parked.len() + 64 {
-                let parked = &self.parked;
-                self.deadlines.retain(|&Reverse((_, key, round))| {
-                    parked.get(key as usize).is_some_and(|p| p.round == round)
-                });
+                let mut deadlines = std::mem::take(&mut self.deadlines);
+                deadlines.retain(|&Reverse((_, t))| self.holding(t).is_some());
+                self.deadlines = deadlines;
             }
             let Some(&Reverse((next, ..))) = self.deadlines.peek() else {
                 self.armed = None;
@@ -274,14 +291,7 @@ impl Lot {
                 guard.clear_ready();
             }
             for ev in &events[..got] {
-                let data = ev.data();
-                let key = (data & u64::from(u32::MAX)) as usize;
-                let fd = (data >> 32) as u32 as RawFd;
-                if self
-                    .parked
-                    .get(key)
-                    .is_some_and(|p| p.socket.fd().as_raw_fd() == fd)
-                {
+                if let Some(key) = self.holding(ev.data()) {
                     out.extend(self.take(key));
                 }
             }

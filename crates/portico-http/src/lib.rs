@@ -309,7 +309,6 @@ impl Service for HttpService {
             shutdown,
             ..
         } = conn;
-        let limits = &self.sites[0].limits;
         let state = Arc::new(ConnState {
             id: info.id,
             tls_info: info.tls.clone().map(Arc::new),
@@ -327,7 +326,7 @@ impl Service for HttpService {
             start: Instant::now(),
             h2: Default::default(),
         });
-        let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, limits.send_timeout));
+        let io = self.client_io(stream);
         let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
         drop(info);
         if alpn_h2 {
@@ -363,6 +362,14 @@ impl ConnState {
 }
 
 impl HttpService {
+    /// The client's stream as the engines take it: behind its send timeout.
+    fn client_io(&self, stream: portico_core::Stream) -> h1::Io {
+        Box::new(io::SendTimeoutIo::new(
+            stream,
+            self.sites[0].limits.send_timeout,
+        ))
+    }
+
     /// HTTP/1 on a connection (`first`: nothing came on it yet), until it ends, turns
     /// out to be h2 (a preface), or idles: then it is handed to the core to park, and
     /// goes on here when the client speaks.
@@ -387,8 +394,7 @@ impl HttpService {
                 h1::Next::Idle { io, until, first } => {
                     if let Some(stream) = io.into_stream() {
                         let resume: portico_core::Resume = Box::new(move |stream| {
-                            let send_timeout = self.sites[0].limits.send_timeout;
-                            let io: h1::Io = Box::new(io::SendTimeoutIo::new(stream, send_timeout));
+                            let io = self.client_io(stream);
                             self.serve_h1(io, first, state)
                         });
                         return Served::Idle(portico_core::Idle {
