@@ -354,6 +354,59 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// RFC 9111 §4.2.1's order on any mix of directives: no-store/private refuse;
+        /// else s-maxage, then max-age, then Expires − Date, then the configured
+        /// `valid`; a lifetime of zero or no-cache needs a validator to be stored; what
+        /// is stored is fresh until its lifetime has passed, and not after.
+        #[test]
+        fn lifetime_follows_rfc_9111_precedence(
+            max_age in proptest::option::of(0u64..100_000),
+            s_maxage in proptest::option::of(0u64..100_000),
+            expires_in in proptest::option::of(0u64..100_000),
+            valid in proptest::option::of(1u64..100_000),
+            no_store: bool,
+            private: bool,
+            no_cache: bool,
+            etag: bool,
+        ) {
+            let mut cc = Vec::new();
+            if let Some(s) = max_age { cc.push(format!("max-age={s}")); }
+            if let Some(s) = s_maxage { cc.push(format!("s-maxage={s}")); }
+            if no_store { cc.push("no-store".into()); }
+            if private { cc.push("private".into()); }
+            if no_cache { cc.push("no-cache".into()); }
+            let date = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(NOW));
+            let mut pairs = vec![("date".to_string(), date)];
+            if !cc.is_empty() { pairs.push(("cache-control".into(), cc.join(", "))); }
+            if let Some(s) = expires_in {
+                let exp = UNIX_EPOCH + Duration::from_millis(NOW + s * 1000);
+                pairs.push(("expires".into(), httpdate::fmt_http_date(exp)));
+            }
+            if etag { pairs.push(("etag".into(), "\"v1\"".into())); }
+            let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let policy = Policy {
+                valid: valid.map(|s| (Some(200), Duration::from_secs(s))).into_iter().collect(),
+                store_with_cookies: false,
+            };
+            let want = if no_store || private {
+                Err(NotStored::Directive)
+            } else {
+                match s_maxage.or(max_age).or(expires_in).or(valid).map(|s| s * 1000) {
+                    None => Err(NotStored::NoFreshness),
+                    Some(l) if (l == 0 || no_cache) && !etag => Err(NotStored::NoFreshness),
+                    Some(l) => Ok(l),
+                }
+            };
+            let got = storable(&policy, 200, &headers(&pairs), NOW, NOW);
+            proptest::prop_assert_eq!(got.map(|t| t.lifetime_ms), want);
+            if let (Ok(t), Ok(l)) = (got, want) {
+                proptest::prop_assert_eq!(t.is_fresh(NOW), l > 0 && !no_cache);
+                proptest::prop_assert!(!t.is_fresh(NOW + l));
+            }
+        }
+    }
+
     #[test]
     fn lifetimes_in_order_of_precedence() {
         let p = Policy {
