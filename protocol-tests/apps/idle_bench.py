@@ -3,8 +3,11 @@
 `idle_bench.py h1|h2|none PORT N PID...`: prints the summed RSS (KiB) of the PIDs,
 opens N connections to 127.0.0.1:PORT — each sends one GET and reads its answer
 (`h1`: HTTP/1.1 keep-alive; `h2`: h2 prior knowledge, the h2 package; `none`: connects
-and sends nothing) — then, with all N open and idle, prints the RSS again and the
-number of connections that got their answer; closes them."""
+and sends nothing) — then, with all N open and idle, prints the RSS again one second
+later and once more after SETTLE seconds (env, default 12: an allocator that gives
+freed pages back after a decay time has done so), and the number of connections that
+got their answer; closes them."""
+import os
 import asyncio
 import sys
 
@@ -69,7 +72,9 @@ async def main(kind, port, n, pids):
         ok += sum(1 for _, good in got if good)
     await asyncio.sleep(1)
     after = rss_kib(pids)
-    print(before, after, ok, flush=True)
+    await asyncio.sleep(max(0.0, float(os.environ.get("SETTLE", "12")) - 1))
+    settled = rss_kib(pids)
+    print(before, after, settled, ok, flush=True)
     for _, w in conns:
         w.close()
 

@@ -4,7 +4,9 @@
 # same run. For each proxy and kind, N connections are opened; each sends one GET and
 # reads the answer (h1: HTTP/1.1 keep-alive; h2: h2 prior knowledge over TCP; none:
 # connected, nothing sent), then all N stay open and idle while the proxy's RSS is
-# read. Prints RSS growth per connection.
+# read, one second after the last connection and again after SETTLE seconds (default
+# 12: jemalloc gives the pages of the connect burst back after its 10 s decay time).
+# Prints RSS growth per connection at both.
 #
 #   bash protocol-tests/bench/idle.sh [N]
 set -euo pipefail
@@ -91,15 +93,17 @@ stop() {
   while [ -e "$tmp/nginx/pid" ]; do sleep 0.05; done
 }
 declare -A pids
-printf '%-8s %-5s %8s %12s %14s\n' proxy kind answered "RSS growth" "per connection"
+printf '%-8s %-5s %8s %12s %14s %12s %14s\n' proxy kind answered "RSS growth" "per conn, 1 s" \
+  "settled" "per conn"
 for kind in none h1 h2; do
   start
   for p in nginx haproxy portico; do
     port=${h1[$p]}; [ "$kind" = h2 ] && port=${h2[$p]}
-    read -r before after ok < <($py protocol-tests/apps/idle_bench.py "$kind" "$port" "$n" ${pids[$p]})
+    read -r before after settled ok < <($py protocol-tests/apps/idle_bench.py "$kind" "$port" "$n" ${pids[$p]})
     python3 -c "
-b, a, ok, n = $before, $after, $ok, $n
-print(f'{\"$p\":<8} {\"$kind\":<5} {ok:>8} {(a-b)/1024:>9.1f} MiB {(a-b)*1024/n:>11.0f} B')"
+b, a, s, ok, n = $before, $after, $settled, $ok, $n
+print(f'{\"$p\":<8} {\"$kind\":<5} {ok:>8} {(a-b)/1024:>9.1f} MiB {(a-b)*1024/n:>12.0f} B'
+      f' {(s-b)/1024:>9.1f} MiB {(s-b)*1024/n:>11.0f} B')"
   done
   stop
 done
