@@ -2,13 +2,14 @@
 
 `idle_bench.py h1|h2|none PORT N PID...`: prints the summed RSS (KiB) of the PIDs,
 opens N connections to 127.0.0.1:PORT — each sends one GET and reads its answer
-(`h1`: HTTP/1.1 keep-alive; `h2`: h2 prior knowledge, the h2 package; `none`: connects
-and sends nothing) — then, with all N open and idle, prints the RSS again one second
+(`h1`: HTTP/1.1 keep-alive; `h2`: h2 prior knowledge, the h2 package; `tls`: HTTP/1.1
+keep-alive over TLS, the certificate not checked; `none`: connects and sends nothing) — then, with all N open and idle, prints the RSS again one second
 later and once more after SETTLE seconds (env, default 12: an allocator that gives
 freed pages back after a decay time has done so), and the number of connections that
 got their answer; closes them."""
 import os
 import asyncio
+import ssl
 import sys
 
 import h2.config
@@ -18,8 +19,16 @@ import h2.events
 from rss import rss_kib
 
 
-async def h1(port):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+def client_tls():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def h1(port, tls=None):
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     w.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
     await w.drain()
     head = await r.readuntil(b"\r\n\r\n")
@@ -62,7 +71,8 @@ async def bare(port):
 
 async def main(kind, port, n, pids):
     before = rss_kib(pids)
-    opener = {"h1": h1, "h2": h2c, "none": bare}[kind]
+    tls = client_tls()
+    opener = {"h1": h1, "h2": h2c, "none": bare, "tls": lambda p: h1(p, tls)}[kind]
     conns = []
     ok = 0
     batch = 200

@@ -2,13 +2,15 @@
 # Benchmark, not a test: what an idle keep-alive connection costs each proxy — nginx,
 # HAProxy and Portico (one worker/thread each) in front of the same backend, in the
 # same run. For each proxy and kind, N connections are opened; each sends one GET and
-# reads the answer (h1: HTTP/1.1 keep-alive; h2: h2 prior knowledge over TCP; none:
+# reads the answer (h1: HTTP/1.1 keep-alive; h2: h2 prior knowledge over TCP; tls:
+# HTTP/1.1 keep-alive over TLS 1.3, the same ECDSA P-256 certificate for all; none:
 # connected, nothing sent), then all N stay open and idle while the proxy's RSS is
 # read, one second after the last connection and again after SETTLE seconds (default
 # 12: jemalloc gives the pages of the connect burst back after its 10 s decay time).
 # Prints RSS growth per connection at both.
 #
 #   bash protocol-tests/bench/idle.sh [N]
+#   KINDS="h1 tls" SETTLE=20 bash protocol-tests/bench/idle.sh 3000
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source protocol-tests/bench/lib.sh
@@ -24,7 +26,11 @@ trap cleanup EXIT
 backend=18911
 declare -A h1=([nginx]=18912 [haproxy]=18913 [portico]=18914)
 declare -A h2=([nginx]=18915 [haproxy]=18916 [portico]=18917)
+declare -A tls=([nginx]=18918 [haproxy]=18919 [portico]=18920)
 mkdir -p "$tmp/backend/logs" "$tmp/nginx/logs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tmp/key.pem" \
+  -out "$tmp/cert.pem" -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost" -days 2 2>/dev/null
+cat "$tmp/cert.pem" "$tmp/key.pem" > "$tmp/both.pem"
 cat > "$tmp/backend/nginx.conf" <<CONF
 $(nginx_head "$tmp/backend" 1)
 events { worker_connections 1024; }
@@ -38,6 +44,7 @@ events { worker_connections 40000; }
 http { access_log off; $(temp "$tmp/nginx") keepalive_timeout 1h; keepalive_requests 100000;
   upstream b { server 127.0.0.1:$backend; keepalive 64; }
   server { listen 127.0.0.1:${h1[nginx]}; listen 127.0.0.1:${h2[nginx]} http2;
+    listen 127.0.0.1:${tls[nginx]} ssl; ssl_certificate $tmp/cert.pem; ssl_certificate_key $tmp/key.pem;
     location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 cat > "$tmp/haproxy.cfg" <<CONF
@@ -54,6 +61,7 @@ defaults
 frontend f
   bind 127.0.0.1:${h1[haproxy]}
   bind 127.0.0.1:${h2[haproxy]} proto h2
+  bind 127.0.0.1:${tls[haproxy]} ssl crt $tmp/both.pem alpn http/1.1
   default_backend b
 backend b
   http-reuse always
@@ -66,6 +74,17 @@ servers = [{ addr = "127.0.0.1:$backend" }]
 keepalive = 64
 [[listeners]]
 listen = ["127.0.0.1:${h1[portico]}", "127.0.0.1:${h2[portico]}"]
+  [listeners.limits]
+  max_connections = 40000
+  idle_timeout = "1h"
+  [[listeners.routes]]
+  path = "/"
+  upstream = "b"
+[[listeners]]
+listen = ["127.0.0.1:${tls[portico]}"]
+  [listeners.tls]
+  cert = "$tmp/cert.pem"
+  key = "$tmp/key.pem"
   [listeners.limits]
   max_connections = 40000
   idle_timeout = "1h"
@@ -95,10 +114,10 @@ stop() {
 declare -A pids
 printf '%-8s %-5s %8s %12s %14s %12s %14s\n' proxy kind answered "RSS growth" "per conn, 1 s" \
   "settled" "per conn"
-for kind in none h1 h2; do
+for kind in ${KINDS:-none h1 h2 tls}; do
   start
   for p in nginx haproxy portico; do
-    port=${h1[$p]}; [ "$kind" = h2 ] && port=${h2[$p]}
+    port=${h1[$p]}; [ "$kind" = h2 ] && port=${h2[$p]}; [ "$kind" = tls ] && port=${tls[$p]}
     read -r before after settled ok < <($py protocol-tests/apps/idle_bench.py "$kind" "$port" "$n" ${pids[$p]})
     python3 -c "
 b, a, s, ok, n = $before, $after, $settled, $ok, $n
