@@ -308,6 +308,46 @@ fn concurrent_misses_send_one_request() {
     assert_eq!(app_count(&t), 1);
 }
 
+/// `lock_timeout`: clients that waited that long for the leader's fill go upstream
+/// themselves (nginx's proxy_cache_lock_timeout): the slow page is fetched by every
+/// client, each answered MISS.
+#[test]
+fn lock_timeout_sends_the_waiters_upstream() {
+    let app = free_port();
+    let _g = gunicorn_tcp(app, "cache", &[]);
+    let p = cached(
+        app,
+        "",
+        "    valid = { \"200\" = \"10m\" }\n    lock = true\n    lock_timeout = \"200ms\"\n",
+    );
+    let t = tag("lock-timeout");
+    // slower than the lock timeout; gunicorn's two workers take the three in turn
+    let url = p.url(&format!("/cached/{t}?sleep=1500"));
+    let urls: Vec<&str> = std::iter::repeat_n(["-o", "/dev/null", url.as_str()], 3)
+        .flatten()
+        .collect();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "30",
+            "--parallel",
+            "--parallel-immediate",
+        ])
+        .args(["-w", "%{http_code} %header{x-cache-status}\n"])
+        .args(&urls)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).to_string();
+    let got: Vec<&str> = lines.lines().collect();
+    assert_eq!(got, ["200 MISS"; 3], "{lines}");
+    assert_eq!(app_count(&t), 3, "every waiter went upstream itself");
+    // and the page is cached from then on
+    let r = curl(&[], &url);
+    assert_eq!(status(&r), "HIT");
+    assert_eq!(app_count(&t), 3);
+}
+
 /// `background_update`: the stale copy is served at once (UPDATING) while one
 /// background request refreshes it; the next requests get the new copy.
 #[test]
