@@ -53,9 +53,9 @@ print(f"{sys.argv[2]} {rps:.0f} {p99:.3f} {errs.group(1) if errs else 0} {cpu}")
 PY
 }
 # The side-by-side table: the first line is the reference (nginx), every other line
-# gets its ratios to it.
+# gets its ratios to it. The title names the load: $load when the caller set it, else wrk.
 table() { # title reference-line other-lines...
-  echo "$1: wrk -t2 -c$conns -d$duration, workers=$workers"
+  echo "$1: ${load:-wrk -t2 -c$conns -d$duration}, workers=$workers"
   shift
   python3 - "$@" <<'PY'
 import sys

@@ -430,10 +430,14 @@ impl HttpService {
         state.h2.store(true, Ordering::Relaxed);
         let svc_state = Arc::clone(state);
         let this = Arc::clone(self);
+        // boxed: hyper spawns each stream's future as a task, moving it on the way
+        // (`handle`'s state is some 5.5 KB; a box is one pointer)
         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let this = Arc::clone(&this);
             let state = Arc::clone(&svc_state);
-            async move { Ok::<_, Infallible>(this.handle(req.map(body::InBody::Client), state).await) }
+            Box::pin(async move {
+                Ok::<_, Infallible>(this.handle(req.map(body::InBody::Client), state).await)
+            })
         });
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
