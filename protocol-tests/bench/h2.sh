@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Benchmark, not a test: HTTP/2 over TLS (h2load from nghttp2-client: CONNECTIONS
-# connections, 10 streams at once on each), nginx, h2o (when installed), HAProxy and
-# Portico with the same worker/thread count and the same ECDSA P-256 certificate, same
-# run: a small static file (nginx, h2o, Portico: HAProxy serves no files), then proxied
-# to one fast backend (an nginx answering "hello" itself) over HTTP/1.1 keep-alive.
-# ROUNDS alternating rounds (default 3), the median round per server; prints req/s,
-# answers other than 2xx and each server's own CPU time per request, with ratios to nginx.
+# Benchmark, not a test: HTTP over TLS — HTTP/2 (h2load from nghttp2-client:
+# CONNECTIONS connections, 10 streams at once on each), then HTTP/1.1 (wrk, CONNECTIONS
+# keep-alive connections) — through nginx, h2o (when installed), HAProxy and Portico
+# with the same worker/thread count and the same ECDSA P-256 certificate, same run: a
+# small static file (nginx, h2o, Portico: HAProxy serves no files), and proxied to one
+# fast backend (an nginx answering "hello" itself) over HTTP/1.1 keep-alive. ROUNDS
+# alternating rounds (default 3), the median round per server; prints req/s, answers
+# other than 2xx (and wrk's p99) and each server's own CPU time per request, with
+# ratios to nginx.
 #
 #   bash protocol-tests/bench/h2.sh [WORKERS] [DURATION_S] [CONNECTIONS]
 #
@@ -145,23 +147,15 @@ print(f"{sys.argv[2]} {rps:.0f} - {done - ok} {cpu}")
 PY
 }
 
-measure_h2() { # title path servers...
-  local title=$1 path=$2 r s
-  shift 2
-  declare -A got=()
-  for r in $(seq 1 "$rounds"); do
-    for s in "$@"; do
-      got[$s]="${got[$s]:-}|$(run_h2 "$s" "https://127.0.0.1:${port[$s]}$path")"
-    done
-  done
-  local lines=()
-  for s in "$@"; do
-    IFS='|' read -r -a all <<<"${got[$s]#|}"
-    lines+=("$(median "${all[@]}")")
-  done
-  table "$title ($rounds rounds, median)" "${lines[@]}"
-}
-
 statics=(nginx portico); [ -n "${h2o_pid:-}" ] && statics=(nginx h2o portico)
-measure_h2 "h2 over TLS, static file (18 bytes)" /static/hello.txt "${statics[@]}"
-measure_h2 "h2 over TLS, reverse proxy (backend: nginx return 200)" / "${servers[@]}"
+scheme=https
+runner=run_h2
+measure "h2 over TLS, static file (18 bytes)" /static/hello.txt "${statics[@]}"
+measure "h2 over TLS, reverse proxy (backend: nginx return 200)" / "${servers[@]}"
+
+# HTTP/1.1 over TLS: wrk (lib.sh's run) on the same ports, ALPN http/1.1
+duration=${secs}s
+load=
+runner=run
+measure "HTTP/1.1 over TLS, static file (18 bytes)" /static/hello.txt "${statics[@]}"
+measure "HTTP/1.1 over TLS, reverse proxy (backend: nginx return 200)" / "${servers[@]}"

@@ -101,16 +101,17 @@ start_h2o() { # port paths-yaml
   port[h2o]=$1
 }
 
-# measure TITLE PATH SERVER...: ROUNDS (default 3) alternating rounds of `run` through
-# each server (on port[SERVER]), so a noisy minute hits all of them; prints the table of
-# the median round per server and leaves those lines in `lines`.
+# measure TITLE PATH SERVER...: ROUNDS (default 3) alternating rounds of `run` (or the
+# caller's $runner, with the same arguments and output) through each server (on
+# port[SERVER], over $scheme: http unless set), so a noisy minute hits all of them;
+# prints the table of the median round per server and leaves those lines in `lines`.
 measure() {
   local title=$1 path=$2 r s
   shift 2
   declare -A got=()
   for r in $(seq 1 "${rounds:-3}"); do
     for s in "$@"; do
-      got[$s]="${got[$s]:-}|$(run "$s" "http://127.0.0.1:${port[$s]}$path")"
+      got[$s]="${got[$s]:-}|$(${runner:-run} "$s" "${scheme:-http}://127.0.0.1:${port[$s]}$path")"
     done
   done
   lines=()
