@@ -5,8 +5,9 @@
 # small object costs Portico (RSS growth over 20,000 objects of 200 bytes).
 #
 # A backend nginx serves the files with Cache-Control: max-age=3600; every proxy has
-# one worker (Varnish: one thread pool; it has no single-thread mode). Prints req/s,
-# p99 and CPU per request per proxy, and the ratios against nginx and Varnish.
+# one worker (Varnish: one thread pool; it has no single-thread mode). ROUNDS (default
+# 3) alternated rounds, the median round per proxy: req/s, p99 and CPU per request, and
+# the ratios against nginx and Varnish.
 # Needs Debian's varnish (apt-get install varnish) besides the suite's peers.
 #
 #   bash protocol-tests/bench/cache.sh [WORKERS] [DURATION] [CONNECTIONS]
@@ -96,22 +97,16 @@ for port in $nginx_port $varnish_port $portico_port; do
   done
 done
 
+declare -A port=([nginx]=$nginx_port [varnish]=$varnish_port [portico]=$portico_port)
+# ROUNDS (default 3) alternated rounds through the three (lib.sh's measure), medians,
+# ratios to nginx; then Portico's to Varnish
 hits() { # title path
-  local n v p
-  n=$(run nginx "http://127.0.0.1:$nginx_port/$2")
-  v=$(run varnish "http://127.0.0.1:$varnish_port/$2")
-  p=$(run portico "http://127.0.0.1:$portico_port/$2")
-  echo "$1: wrk -t2 -c$conns -d$duration, workers=$workers"
-  python3 - "$n" "$v" "$p" <<'PY'
+  measure "$1" "/$2" nginx varnish portico
+  python3 - "${lines[1]}" "${lines[2]}" <<'PY'
 import sys
-rows = [a.split() for a in sys.argv[1:]]
-print(f"{'server':<8} {'req/s':>10} {'p99 ms':>8} {'non2xx':>7} {'CPU us/req':>11}")
-for r in rows:
-    print(f"{r[0]:<8} {r[1]:>10} {r[2]:>8} {r[3]:>7} {r[4]:>11}")
-n, v, p = rows
+v, p = sys.argv[1].split(), sys.argv[2].split()
 f = lambda a, b: f"{float(a) / float(b):.2f}x"
-print(f"portico/nginx: req/s {f(p[1], n[1])}, p99 {f(p[2], n[2])}, CPU {f(p[4], n[4])}; "
-      f"portico/varnish: req/s {f(p[1], v[1])}, p99 {f(p[2], v[2])}, CPU {f(p[4], v[4])}")
+print(f"ratio portico/varnish: req/s {f(p[1], v[1])}, p99 {f(p[2], v[2])}, CPU per request {f(p[4], v[4])}")
 PY
   echo
 }

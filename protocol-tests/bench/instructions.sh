@@ -8,7 +8,8 @@
 #   bash protocol-tests/bench/instructions.sh [N1] [N2]
 #
 # CACHE=1: the route caches (valid 200 = 10m): every GET after the first is a cache
-# hit, so the figure is the cost of a hit.
+# hit, so the figure is the cost of a hit. STATIC=1: the route serves a 1 KiB file
+# from a directory instead (the cost of a small static file).
 #
 # Needs: cargo build --release -p portico; valgrind; nginx.
 set -euo pipefail
@@ -29,7 +30,13 @@ nginx -c "$tmp/nginx.conf" -p "$tmp/nginx" &
 {
   portico_head 1
   [ -n "${CACHE:-}" ] && printf '[caches.main]\nmemory = "64MiB"\n'
-  printf '[upstreams.app]\nservers = [{ addr = "127.0.0.1:%s" }]\n[[listeners]]\nlisten = ["127.0.0.1:%s"]\n  [[listeners.routes]]\n  path = "/"\n  upstream = "app"\n' "$backend" "$port"
+  printf '[upstreams.app]\nservers = [{ addr = "127.0.0.1:%s" }]\n[[listeners]]\nlisten = ["127.0.0.1:%s"]\n  [[listeners.routes]]\n  path = "/"\n' "$backend" "$port"
+  if [ -n "${STATIC:-}" ]; then
+    mkdir -p "$tmp/www" && head -c 1024 /dev/zero | tr '\0' x > "$tmp/www/x"
+    printf '  static = { root = "%s" }\n' "$tmp/www"
+  else
+    printf '  upstream = "app"\n'
+  fi
   [ -n "${CACHE:-}" ] && printf '    [listeners.routes.cache]\n    zone = "main"\n    valid = { "200" = "10m" }\n'
   true
 } > "$tmp/portico.toml"

@@ -91,7 +91,9 @@ impl CompiledCache {
         };
         let authorized = headers.contains_key(header::AUTHORIZATION) && !self.cfg.store_authorized;
         Some(Plan {
-            key: String::from_utf8_lossy(&key).into_owned(),
+            // the rendered bytes as they are (one copy fewer) unless they are not UTF-8
+            key: String::from_utf8(key)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             bypass: authorized || any(&self.cfg.bypass),
             no_store: any(&self.cfg.no_store),
         })
@@ -274,8 +276,8 @@ async fn go_upstream(
         headers: &client,
     };
     match fetched {
-        Fetched::Revalidated(o) => c.answer(&o, &client_req, CacheStatus::Revalidated).await,
-        Fetched::UseStale(o) => c.answer(&o, &client_req, CacheStatus::Stale).await,
+        Fetched::Revalidated(o) => c.stored(&o, &client_req, CacheStatus::Revalidated).await,
+        Fetched::UseStale(o) => c.stored(&o, &client_req, CacheStatus::Stale).await,
         Fetched::Stored((resp, up)) | Fetched::Passed((resp, up)) => {
             c.zone.stats.count(miss_status);
             let resp = answer_fresh(resp, &client_req);
@@ -527,7 +529,19 @@ impl CompiledCache {
             headers: req.headers(),
         };
         // no upstream took part: `$upstream_addr` is `-`, as nginx's on a HIT
-        (self.answer(o, &head, status).await.0, None)
+        (self.answer(o, &head, status).await, None)
+    }
+
+    /// An answer from a stored object on behalf of an upstream request (revalidated,
+    /// or stale standing in): `$upstream_addr` is the server that gave it.
+    async fn stored(
+        &self,
+        o: &Object,
+        req: &ClientHead<'_>,
+        status: CacheStatus,
+    ) -> (Response<HttpBody>, UpstreamAddr) {
+        let resp = self.answer(o, req, status).await;
+        (resp, o.meta.upstream.as_deref().map(Arc::from))
     }
 
     /// An answer from a stored object: its status and headers with Age, the client's
@@ -537,7 +551,7 @@ impl CompiledCache {
         o: &Object,
         req: &ClientHead<'_>,
         status: CacheStatus,
-    ) -> (Response<HttpBody>, UpstreamAddr) {
+    ) -> Response<HttpBody> {
         self.zone.stats.count(status);
         let mut headers = with_room(&o.meta.headers);
         headers.insert(
@@ -559,10 +573,7 @@ impl CompiledCache {
                 let mut r = Response::new(body::empty());
                 *r.status_mut() = StatusCode::NOT_MODIFIED;
                 *r.headers_mut() = headers;
-                return (
-                    self.mark(r, status),
-                    o.meta.upstream.as_deref().map(Arc::from),
-                );
+                return self.mark(r, status);
             }
             match requested_range(req.headers, size, etag, lm_text) {
                 Some(RangeResult::Range(a, b)) => {
@@ -577,10 +588,7 @@ impl CompiledCache {
                     if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                         r.headers_mut().insert(header::CONTENT_RANGE, v);
                     }
-                    return (
-                        self.mark(r, status),
-                        o.meta.upstream.as_deref().map(Arc::from),
-                    );
+                    return self.mark(r, status);
                 }
                 Some(RangeResult::Ignore) | None => {
                     if let Some(encoded) = self.compressed(o, req).await {
@@ -595,10 +603,7 @@ impl CompiledCache {
                         );
                         let mut r = Response::new(body::full(encoded.body.clone()));
                         *r.headers_mut() = headers;
-                        return (
-                            self.mark(r, status),
-                            o.meta.upstream.as_deref().map(Arc::from),
-                        );
+                        return self.mark(r, status);
                     }
                 }
             }
@@ -613,10 +618,7 @@ impl CompiledCache {
         let mut r = Response::new(body);
         *r.status_mut() = code;
         *r.headers_mut() = headers;
-        (
-            self.mark(r, status),
-            o.meta.upstream.as_deref().map(Arc::from),
-        )
+        self.mark(r, status)
     }
 
     /// The object encoded for this client when the route compresses and the client

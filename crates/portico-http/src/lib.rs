@@ -547,7 +547,8 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, StatusCode> 
             }
             Some(a)
         }
-        (None, Some(h)) => Some(h.clone()),
+        // validated above
+        (None, Some(h)) => return Ok(Some(h.clone())),
         (None, None) if matches!(req.version(), Version::HTTP_11 | Version::HTTP_2) => {
             return Err(StatusCode::BAD_REQUEST)
         }
@@ -562,11 +563,20 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, StatusCode> 
 /// A host with an optional port, as a Host header carries it: a reg-name or IPv4
 /// address, or an IPv6 literal in brackets; no spaces, paths, queries or user info.
 fn valid_host(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.iter().all(|&c| {
-            c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':' | b'[' | b']' | b'_')
-        })
+    !b.is_empty() && b.iter().all(|&c| HOST_BYTES[usize::from(c)])
 }
+
+/// The bytes [`valid_host`] lets through, as a table (one load per byte on every request).
+static HOST_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_');
+        c += 1;
+    }
+    t
+};
 
 /// The Host an upstream gets for a request that named none (HTTP/1.0 without Host): the
 /// listener's first server name, else the address the request came in on (nginx's
@@ -589,7 +599,11 @@ fn host_name(host: &str) -> &str {
             .map(|(h, _)| &host[..h.len() + 1])
             .unwrap_or(host);
     }
-    host.split_once(':').map(|(h, _)| h).unwrap_or(host)
+    // a byte search: `split_once(':')` runs the char searcher, on every request
+    match host.bytes().position(|b| b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
 }
 
 impl HttpService {

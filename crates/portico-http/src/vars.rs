@@ -106,20 +106,23 @@ impl Vars<'_> {
             .map_or(self.uri.path(), |p| p.as_str())
     }
 
-    /// $host: from the request line or Host, lowercase, without the port; else the
-    /// server name.
-    pub(crate) fn host(&self) -> String {
-        let raw = self
+    /// `$host`: the request line's host, else the Host header's name without its
+    /// port, else the server name; lower-cased (borrowed when it already is).
+    pub(crate) fn host(&self) -> std::borrow::Cow<'_, str> {
+        let raw: &str = self
             .uri
             .host()
-            .map(str::to_string)
             .or_else(|| {
                 self.host
                     .and_then(|h| h.to_str().ok())
-                    .map(|h| crate::host_name(h).to_string())
+                    .map(crate::host_name)
             })
-            .unwrap_or_else(|| self.server_name.to_string());
-        raw.to_ascii_lowercase()
+            .unwrap_or(self.server_name);
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            raw.to_ascii_lowercase().into()
+        } else {
+            raw.into()
+        }
     }
 
     pub(crate) fn remote_user(&self) -> Vec<u8> {

@@ -77,7 +77,7 @@ impl Vars<'_> {
             }
         }
         // Debian's param files send $host, never the raw Host header.
-        push("HTTP_HOST", self.host().into_bytes());
+        push("HTTP_HOST", self.host().into_owned().into_bytes());
 
         // Route params: replace a default in place, or come after the defaults.
         for (name, t) in params {

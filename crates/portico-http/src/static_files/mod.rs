@@ -239,7 +239,9 @@ fn expires_headers(e: portico_config::Expires, h: &mut HeaderMap) {
 }
 
 pub(crate) fn join_root(root: &Path, path: &str) -> PathBuf {
-    let mut p = root.to_path_buf();
+    // room for all of it at once: a push that grows the buffer reallocates
+    let mut p = PathBuf::with_capacity(root.as_os_str().len() + path.len() + 1);
+    p.push(root);
     for seg in path.split('/').filter(|s| !s.is_empty()) {
         p.push(seg);
     }

@@ -57,7 +57,9 @@ impl Stamp {
 
 #[derive(Default)]
 struct Table {
-    files: HashMap<PathBuf, File>,
+    /// foldhash, seeded per process, not SipHash: the keys are the paths of files that
+    /// exist (and at most MAX_ENTRIES of them), and the lookup is on every request
+    files: HashMap<PathBuf, File, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
