@@ -11,6 +11,9 @@
 # Needs Debian's varnish (apt-get install varnish) besides the suite's peers.
 #
 #   bash protocol-tests/bench/cache.sh [WORKERS] [DURATION] [CONNECTIONS]
+#
+# WRK_THREADS=1 leaves one core to the proxy (with wrk -t2 and one worker, three busy
+# threads share two cores, and the tail latency is the scheduler's).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source protocol-tests/bench/lib.sh
@@ -118,7 +121,7 @@ view="cached/bench?cc=max-age=3600&size=1024"
 curl -s -o /dev/null "http://127.0.0.1:$portico_port/$view"
 u=$(run portico "http://127.0.0.1:$plain_port/$view")
 c=$(run portico "http://127.0.0.1:$portico_port/$view")
-echo "Flask view (gunicorn -w 2) behind Portico: wrk -t2 -c$conns -d$duration"
+echo "Flask view (gunicorn -w 2) behind Portico: wrk -t${WRK_THREADS:-2} -c$conns -d$duration"
 python3 - "$u" "$c" <<'PY'
 import sys
 u, c = sys.argv[1].split(), sys.argv[2].split()

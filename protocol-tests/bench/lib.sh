@@ -32,13 +32,14 @@ cpu_ticks() {
 
 # One measured wrk run through the server `name` (nginx or portico); prints
 # "name req/s p99_ms non2xx cpu_us_per_request". The CPU figure is the server's own
-# (user + system, from /proc) when the caller set ${name}_pid, else "-".
+# (user + system, from /proc) when the caller set ${name}_pid, else "-". WRK_THREADS
+# (default 2) is wrk's -t.
 run() { # name url
   local pid_var="${1}_pid" pid t0 t1
   pid=${!pid_var:-}
-  wrk -t2 -c"$conns" -d2s "$2" >/dev/null   # warm-up
+  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d2s "$2" >/dev/null   # warm-up
   t0=$(cpu_ticks "$pid")
-  wrk -t2 -c"$conns" -d"$duration" --latency "$2" > "$tmp/$1.wrk"
+  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d"$duration" --latency "$2" > "$tmp/$1.wrk"
   t1=$(cpu_ticks "$pid")
   python3 - "$tmp/$1.wrk" "$1" "${pid:+$((t1 - t0))}" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
@@ -55,7 +56,7 @@ PY
 # The side-by-side table: the first line is the reference (nginx), every other line
 # gets its ratios to it. The title names the load: $load when the caller set it, else wrk.
 table() { # title reference-line other-lines...
-  echo "$1: ${load:-wrk -t2 -c$conns -d$duration}, workers=$workers"
+  echo "$1: ${load:-wrk -t${WRK_THREADS:-2} -c$conns -d$duration}, workers=$workers"
   shift
   python3 - "$@" <<'PY'
 import sys
