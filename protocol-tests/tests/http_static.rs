@@ -72,6 +72,12 @@ fn conditional_requests_and_ranges() {
     let etag = r.header("etag").unwrap().to_string();
     let lm = r.header("last-modified").unwrap().to_string();
     assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    // on the wire as nginx spells it: "ETag", not the Title-Case "Etag"
+    let (_, text) = raw_status(
+        p.addr(),
+        b"HEAD /digits.txt HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.contains(&format!("\r\nETag: {etag}\r\n")), "{text}");
     let r = curl(
         &["-H", &format!("If-None-Match: {etag}")],
         &p.url("/digits.txt"),

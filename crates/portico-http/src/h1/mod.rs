@@ -831,8 +831,29 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     })
 }
 
+/// Standard names whose usual spelling is not plain Title-Case (as the RFCs, nginx and
+/// Apache write them): [`title_case`] writes these.
+const IRREGULAR: [&[u8]; 6] = [
+    b"ETag",
+    b"WWW-Authenticate",
+    b"Content-MD5",
+    b"X-XSS-Protection",
+    b"TE",
+    b"DNT",
+];
+
+fn irregular(name: &[u8]) -> Option<&'static [u8]> {
+    IRREGULAR
+        .iter()
+        .copied()
+        .find(|s| s.len() == name.len() && s.eq_ignore_ascii_case(name))
+}
+
 /// Whether `name` is spelled as [`title_case`] would write it.
 pub fn is_title_case(name: &[u8]) -> bool {
+    if let Some(s) = irregular(name) {
+        return s == name;
+    }
     let mut up = true;
     name.iter().all(|&b| {
         let ok = if up {
@@ -887,8 +908,12 @@ impl std::ops::DerefMut for HeadBuf {
     }
 }
 
-/// `content-type` → `Content-Type`.
+/// `content-type` → `Content-Type` (`etag` → `ETag`: [`IRREGULAR`]).
 fn title_case(buf: &mut Vec<u8>, name: &[u8]) {
+    if let Some(s) = irregular(name) {
+        buf.extend_from_slice(s);
+        return;
+    }
     let start = buf.len();
     buf.extend_from_slice(name);
     let mut up = true;
@@ -928,7 +953,20 @@ mod tests {
         title_case(&mut b, b"x-forwarded-for");
         assert_eq!(b, b"X-Forwarded-For");
         assert!(is_title_case(b"X-Forwarded-For"));
-        assert!(!is_title_case(b"ETag") && !is_title_case(b"content-type"));
+        assert!(!is_title_case(b"content-type"));
+        // the standard irregular spellings: written so, and so no case note is needed
+        for (lower, written) in [
+            (&b"etag"[..], &b"ETag"[..]),
+            (b"www-authenticate", b"WWW-Authenticate"),
+            (b"te", b"TE"),
+        ] {
+            let mut b = Vec::new();
+            title_case(&mut b, lower);
+            assert_eq!(b, written);
+            assert!(is_title_case(written));
+        }
+        // an upstream that wrote "Etag" keeps its spelling (it is not what we write)
+        assert!(!is_title_case(b"Etag"));
     }
 }
 
