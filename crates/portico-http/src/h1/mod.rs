@@ -5,7 +5,8 @@
 //! it), hands the service an `http::Request` whose body reads straight off the
 //! connection, and writes the answer: head and the first body bytes in one write when
 //! they are ready together, Content-Length or chunked as the body allows, `Date`, and
-//! header names in the case the upstream wrote them ([`OriginalCase`]) or Title-Case.
+//! header names in the case the upstream wrote them ([`OriginalCase`]) or Title-Case
+//! (the standard irregular spellings, such as `ETag`, as written: [`IRREGULAR`]).
 //!
 //! What an idle keep-alive connection holds is the point: no buffer at all between
 //! requests — reads wait on a per-thread scratch buffer, and bytes are kept only once
