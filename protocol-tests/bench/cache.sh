@@ -87,19 +87,20 @@ varnish_pid=$!
 portico_pid=$!
 protocol-tests/.venv/bin/gunicorn --chdir protocol-tests/apps -w 2 -b "127.0.0.1:$app" flask_app:app \
   >"$tmp/gunicorn.log" 2>&1 &
-for port in $backend $nginx_port $varnish_port $portico_port $app; do
-  for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$port/1k.txt" && break; sleep 0.05; done
+for p in $backend $nginx_port $varnish_port $portico_port $app; do
+  for _ in $(seq 1 200); do curl -s -o /dev/null "http://127.0.0.1:$p/1k.txt" && break; sleep 0.05; done
 done
 # fill every cache, and check the second request is a hit
-for port in $nginx_port $varnish_port $portico_port; do
+for p in $nginx_port $varnish_port $portico_port; do
   for f in 1k.txt 100k.txt; do
-    curl -s -o /dev/null "http://127.0.0.1:$port/$f"
-    h=$(curl -s -o /dev/null -D - "http://127.0.0.1:$port/$f" | tr -d '\r')
+    curl -s -o /dev/null "http://127.0.0.1:$p/$f"
+    h=$(curl -s -o /dev/null -D - "http://127.0.0.1:$p/$f" | tr -d '\r')
     echo "$h" | grep -qiE '^(x-cache-status: HIT|x-varnish: [0-9]+ [0-9]+)' \
-      || { echo "port $port: $f is not a cache hit:"; echo "$h"; exit 1; } >&2
+      || { echo "port $p: $f is not a cache hit:"; echo "$h"; exit 1; } >&2
   done
 done
 
+# measure (lib.sh) reads each server's port from this
 declare -A port=([nginx]=$nginx_port [varnish]=$varnish_port [portico]=$portico_port)
 # ROUNDS (default 3) alternated rounds through the three (lib.sh's measure), medians,
 # ratios to nginx; then Portico's to Varnish

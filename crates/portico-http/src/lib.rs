@@ -599,8 +599,9 @@ fn host_name(host: &str) -> &str {
             .map(|(h, _)| &host[..h.len() + 1])
             .unwrap_or(host);
     }
-    // a byte search: `split_once(':')` runs the char searcher, on every request
-    match host.bytes().position(|b| b == b':') {
+    // memchr, as the engine's other byte searches: `split_once(':')` runs the char
+    // searcher, on every request
+    match memchr::memchr(b':', host.as_bytes()) {
         Some(i) => &host[..i],
         None => host,
     }
