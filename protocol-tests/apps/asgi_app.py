@@ -1,4 +1,5 @@
-"""A plain ASGI app for uvicorn: echo and streaming, no framework needed."""
+"""A plain ASGI app for uvicorn: echo, streaming and answers of a given size, no framework
+needed."""
 import hashlib
 import json
 import os
@@ -43,6 +44,15 @@ async def app(scope, receive, send):
         for i in range(100):
             await send({"type": "http.response.body", "body": b"line %d\n" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/sized":
+        # /sized?head=N&body=M: a header of N bytes (x-wide) and a body of M bytes
+        q = dict(kv.split("=", 1) for kv in scope["query_string"].decode().split("&") if "=" in kv)
+        size = int(q.get("body", "0"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-wide", b"w" * int(q.get("head", "0"))),
+                                (b"content-length", str(size).encode())]})
+        await send({"type": "http.response.body", "body": b"m" * size})
         return
     payload = json.dumps({
         "app": APP_ID,

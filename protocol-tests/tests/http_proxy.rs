@@ -179,6 +179,63 @@ fn uvicorn_over_tcp_with_h2c_clients() {
     assert_eq!(r.text().lines().last(), Some("line 99"));
 }
 
+/// One h2 connection, its requests one after another: between two of them the
+/// connection is idle, and an idle h2 connection gives back its codec's buffers, its
+/// HPACK scratch and its stream slabs (the patched h2 crate, vendor/README.md). What
+/// the next request needs comes back: fields the client indexed on the first request
+/// (HPACK's dynamic table: `:authority` and a 3,000-byte field, sent by reference the
+/// second time) still decode, an upload, an answer head too large for one frame
+/// (CONTINUATION), a 1 MiB body, and a request after all of them.
+#[test]
+fn an_h2_connection_serves_again_after_idling() {
+    let port = free_port();
+    let _app = uvicorn_tcp(port);
+    let p = Portico::start(&proxy_config(&format!("127.0.0.1:{port}"), ""));
+    let big = "indexed-value-".repeat(215);
+    let upload = "u".repeat(60_000);
+    let get = |path: &str| h2_get(path, Some("idle.example"), &[("x-big", big.as_str())]);
+    let mut post = get("/upload");
+    post[0] = serde_json::json!([":method", "POST"]);
+    let script = serde_json::json!({
+        "sequential": true,
+        "keep_bodies": true,
+        "streams": [
+            {"headers": get("/first")},
+            {"headers": get("/second")},
+            {"headers": post, "data": upload},
+            {"headers": get("/sized?head=20000&body=0")},
+            {"headers": get("/sized?head=10&body=1048576")},
+            {"headers": get("/last")},
+        ]
+    });
+    let r = h2_probe(p.port, &script);
+    assert_eq!(r["goaway"], serde_json::Value::Null, "{r}");
+    let stream = |n: u32| &r["streams"][n.to_string()];
+    for n in [1, 3, 5, 7, 9, 11] {
+        assert_eq!(stream(n)["status"], 200, "stream {n}: {r}");
+        assert_eq!(stream(n)["ended"], true, "stream {n}: {r}");
+    }
+    let echo = |n: u32| -> serde_json::Value {
+        serde_json::from_str(stream(n)["text"].as_str().unwrap_or("")).unwrap()
+    };
+    for (n, path) in [(1, "/first"), (3, "/second"), (5, "/upload"), (11, "/last")] {
+        let e = echo(n);
+        assert_eq!(e["path"], path, "{e}");
+        assert_eq!(e["headers"]["host"], "idle.example", "{e}");
+        assert!(
+            e["headers"]["x-big"].as_str() == Some(big.as_str()),
+            "{path}: x-big arrived as {:?}",
+            e["headers"]["x-big"].as_str().map(str::len)
+        );
+    }
+    assert_eq!(echo(5)["body_len"], 60_000);
+    assert_eq!(
+        stream(7)["headers"]["x-wide"].as_str().map(str::len),
+        Some(20_000)
+    );
+    assert_eq!(stream(9)["body"], 1_048_576);
+}
+
 #[test]
 fn dead_and_slow_upstreams_give_502_and_504() {
     let dead = free_port();

@@ -21,6 +21,10 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
+/// The read buffer allocated again after it was released (Portico's patch;
+/// tokio-util's `FramedRead` starts with the same).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
@@ -66,6 +70,17 @@ impl<T> FramedRead<T> {
 
     pub fn get_ref(&self) -> &T {
         self.inner.get_ref()
+    }
+
+    /// (Portico's patch) Releases the read buffer when it holds nothing and the
+    /// HPACK decoder's scratch; `poll_next` and the decoder allocate them again
+    /// when there is something to read. Called by the connection when it is
+    /// idle: no stream open, nothing more to read or write for now.
+    pub fn release_idle_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty() {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+        }
+        self.decoder.hpack.release_scratch();
     }
 
     pub fn get_mut(&mut self) -> &mut T {
@@ -421,6 +436,11 @@ where
         let _e = span.enter();
         loop {
             tracing::trace!("poll");
+            // A released read buffer is allocated again (Portico's patch,
+            // `release_idle_buffers`).
+            if self.inner.read_buffer().capacity() == 0 {
+                self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            }
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 Some(Ok(bytes)) => bytes,
                 Some(Err(e)) => return Poll::Ready(Some(Err(map_err(e)))),

@@ -134,6 +134,13 @@ where
         self.encoder.buffer(item)
     }
 
+    /// (Portico's patch) Releases the write buffer when everything in it is
+    /// written; the next frame allocates it again (`Encoder::buffer`). Called
+    /// by the connection when it is idle.
+    pub fn release_idle_buffer(&mut self) {
+        self.encoder.release_buffer();
+    }
+
     /// Flush buffered data to the wire
     pub fn flush(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         let span = tracing::trace_span!("FramedWrite::flush");
@@ -220,7 +227,19 @@ where
         }
     }
 
+    /// Drops the write buffer's allocation when nothing is left in it
+    /// (Portico's patch).
+    fn release_buffer(&mut self) {
+        if self.next.is_none() && !self.buf.has_remaining() {
+            self.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
+        // A released buffer is allocated again (Portico's patch).
+        if self.buf.get_ref().capacity() == 0 {
+            self.buf = Cursor::new(BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY));
+        }
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
@@ -307,9 +326,10 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // A released buffer (capacity 0) has room: `buffer` allocates it again.
+        let buf = self.buf.get_ref();
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (buf.capacity() == 0 || buf.capacity() - buf.len() >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

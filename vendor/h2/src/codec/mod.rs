@@ -131,6 +131,14 @@ where
     T: AsyncWrite + Unpin,
     B: Buf,
 {
+    /// (Portico's patch) Releases what an idle connection does not need: the
+    /// read buffer and the write buffer when empty, and the HPACK decoder's
+    /// scratch. Each is allocated again when it is next used.
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
+    }
+
     /// Returns `Ready` when the codec can buffer a frame
     pub fn poll_ready(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         self.framed_write().poll_ready(cx)

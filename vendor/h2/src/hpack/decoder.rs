@@ -162,6 +162,14 @@ impl Decoder {
         }
     }
 
+    /// Drops the Huffman scratch buffer's allocation while the connection has
+    /// nothing to decode (Portico's patch); `decode` allocates it again.
+    pub fn release_scratch(&mut self) {
+        if self.buffer.is_empty() {
+            self.buffer = BytesMut::new();
+        }
+    }
+
     /// Queues a potential size update
     #[allow(dead_code)]
     pub fn queue_size_update(&mut self, size: usize) {
@@ -185,6 +193,11 @@ impl Decoder {
         use self::Representation::*;
 
         let mut can_resize = true;
+
+        // A released scratch buffer is allocated again (Portico's patch).
+        if self.buffer.capacity() == 0 {
+            self.buffer = BytesMut::with_capacity(4096);
+        }
 
         if let Some(size) = self.max_size_update.take() {
             self.last_max_update = size;
@@ -214,8 +227,9 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table (a copy of its own:
+                    // Portico's patch, see `Header::detached`)
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -102,6 +102,21 @@ impl Header {
         }
     }
 
+    /// A copy that shares no buffer with the frame it was decoded from
+    /// (Portico's patch). The dynamic table keeps its entries for the
+    /// connection's life: an `:authority` or `:path` sliced from the read
+    /// buffer or the Huffman scratch would keep that whole allocation alive.
+    /// Field values are copies already (`HeaderValue::from_bytes`).
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {

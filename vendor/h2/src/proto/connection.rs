@@ -332,6 +332,14 @@ where
                                 continue;
                             }
 
+                            // Nothing to do until the peer speaks: with no
+                            // stream open, an idle connection holds no spare
+                            // stream capacity and no codec buffers (Portico's
+                            // patch).
+                            if self.inner.streams.release_idle_capacity() {
+                                self.codec.release_idle_buffers();
+                            }
+
                             return Poll::Pending;
                         }
                     };

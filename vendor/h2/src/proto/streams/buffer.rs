@@ -33,6 +33,11 @@ impl<T> Buffer<T> {
     pub fn is_empty(&self) -> bool {
         self.slab.is_empty()
     }
+
+    /// Gives back spare capacity; queued slots stay valid (Portico's patch).
+    pub fn shrink_to_fit(&mut self) {
+        self.slab.shrink_to_fit();
+    }
 }
 
 impl Deque {

@@ -85,6 +85,11 @@ pub(crate) enum Open {
 }
 
 impl Recv {
+    /// Gives back the event buffer's spare capacity (Portico's patch).
+    pub(super) fn shrink_buffer(&mut self) {
+        self.buffer.shrink_to_fit();
+    }
+
     pub fn new(peer: peer::Dyn, config: &Config) -> Self {
         let next_stream_id = if peer.is_server() { 1 } else { 2 };
 

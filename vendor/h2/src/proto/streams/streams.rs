@@ -1144,6 +1144,22 @@ where
         me.counts.has_streams()
     }
 
+    /// (Portico's patch) With no stream open, gives back what the stream
+    /// store and the frame buffers grew to for earlier streams (an idle
+    /// connection keeps no slab sized for its busiest moment) and says so;
+    /// with streams open, does nothing and returns false.
+    pub fn release_idle_capacity(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        let me = &mut *me;
+        me.store.shrink_to_fit();
+        me.actions.recv.shrink_buffer();
+        self.send_buffer.inner.lock().unwrap().shrink_to_fit();
+        true
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
