@@ -9,7 +9,9 @@
 #
 # CACHE=1: the route caches (valid 200 = 10m): every GET after the first is a cache
 # hit, so the figure is the cost of a hit. STATIC=1: the route serves a 1 KiB file
-# from a directory instead (the cost of a small static file).
+# from a directory instead (the cost of a small static file). H2=1: the client speaks
+# h2 (prior knowledge) on its one connection, one request at a time, so the connection
+# goes idle between requests (protocol-tests/.venv's h2 package).
 #
 # Needs: cargo build --release -p portico; valgrind; nginx.
 set -euo pipefail
@@ -45,13 +47,41 @@ count() { # requests -> instructions
     2>"$tmp/vg.$1.log" &
   local pid=$!
   for _ in $(seq 1 400); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
-  python3 - "$port" "$1" <<'PY'
+  if [ -n "${H2:-}" ]; then
+    protocol-tests/.venv/bin/python - "$port" "$1" <<'PY'
+import socket, sys
+import h2.config, h2.connection, h2.events
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection(); s.sendall(c.data_to_send())
+for _ in range(int(sys.argv[2])):
+    sid = c.get_next_available_stream_id()
+    c.send_headers(sid, [(":method", "GET"), (":path", "/x"), (":scheme", "http"),
+                         (":authority", "bench")], end_stream=True)
+    s.sendall(c.data_to_send())
+    status, done = None, False
+    while not done:
+        data = s.recv(65536)
+        assert data, "connection closed"
+        for ev in c.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = dict(ev.headers)[b":status"]
+            elif isinstance(ev, h2.events.DataReceived):
+                c.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                done = True
+        s.sendall(c.data_to_send())
+    assert status == b"200", status
+PY
+  else
+    python3 - "$port" "$1" <<'PY'
 import http.client, sys
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=30)
 for _ in range(int(sys.argv[2])):
     c.request("GET", "/x"); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
+  fi
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   grep -h '^summary:' "$tmp"/cg."$1"* | awk '{s += $2} END {print s}'
 }
