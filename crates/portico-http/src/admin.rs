@@ -14,7 +14,7 @@ use portico_upstream::UpstreamHandle;
 use serde_json::json;
 
 use crate::body::{full, HttpBody};
-use crate::errors::{error_response, SERVER_NAME};
+use crate::errors::{error_response, SERVER_NAME, SERVER_VALUE};
 use crate::Metrics;
 
 /// Everything /status and /metrics report. The upstream list is swapped on reload.
@@ -665,8 +665,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    r.headers_mut().insert(SERVER, SERVER_VALUE);
     r
 }
 

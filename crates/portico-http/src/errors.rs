@@ -6,6 +6,8 @@ use http::{Response, StatusCode};
 use crate::body::{full, HttpBody};
 
 pub const SERVER_NAME: &str = "portico";
+/// [`SERVER_NAME`] as a header value, made at compile time.
+pub const SERVER_VALUE: HeaderValue = HeaderValue::from_static(SERVER_NAME);
 
 /// A small HTML page for `status`. Client errors that leave the stream in doubt (400,
 /// 408, 413, 431) also close the connection.
@@ -19,7 +21,7 @@ pub fn error_response(status: StatusCode) -> Response<HttpBody> {
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    h.insert(SERVER, SERVER_VALUE);
     if matches!(code, 400 | 408 | 413 | 431) {
         h.insert(CONNECTION, HeaderValue::from_static("close"));
     }

@@ -672,7 +672,7 @@ async fn write_response(
     }
     if let Some(n) = add_length {
         buf.extend_from_slice(b"Content-Length: ");
-        buf.extend_from_slice(n.to_string().as_bytes());
+        buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         buf.extend_from_slice(b"\r\n");
     }
     if out == Out::Chunked {
@@ -909,9 +909,38 @@ impl std::ops::DerefMut for HeadBuf {
     }
 }
 
-/// `content-type` → `Content-Type` (`etag` → `ETag`: [`IRREGULAR`]).
+/// The spelling on the wire of the names most answers carry and of the [`IRREGULAR`]
+/// ones, for a lower-case `name`: one match on the bytes (by length, then a compare),
+/// not a Title-Casing byte by byte.
+fn spelled(name: &[u8]) -> Option<&'static [u8]> {
+    Some(match name {
+        b"content-type" => b"Content-Type",
+        b"content-length" => b"Content-Length",
+        b"server" => b"Server",
+        b"date" => b"Date",
+        b"last-modified" => b"Last-Modified",
+        b"etag" => b"ETag",
+        b"accept-ranges" => b"Accept-Ranges",
+        b"cache-control" => b"Cache-Control",
+        b"content-encoding" => b"Content-Encoding",
+        b"vary" => b"Vary",
+        b"expires" => b"Expires",
+        b"location" => b"Location",
+        b"connection" => b"Connection",
+        b"set-cookie" => b"Set-Cookie",
+        b"www-authenticate" => b"WWW-Authenticate",
+        b"content-md5" => b"Content-MD5",
+        b"x-xss-protection" => b"X-XSS-Protection",
+        b"te" => b"TE",
+        b"dnt" => b"DNT",
+        _ => return None,
+    })
+}
+
+/// `content-type` → `Content-Type` (`etag` → `ETag`: [`IRREGULAR`]), for a lower-case
+/// `name` (a `HeaderName`'s).
 fn title_case(buf: &mut Vec<u8>, name: &[u8]) {
-    if let Some(s) = irregular(name) {
+    if let Some(s) = spelled(name) {
         buf.extend_from_slice(s);
         return;
     }
@@ -947,6 +976,42 @@ fn date(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spelled_names_are_their_title_case_or_irregular() {
+        for name in [
+            "content-type",
+            "content-length",
+            "server",
+            "date",
+            "last-modified",
+            "accept-ranges",
+            "cache-control",
+            "content-encoding",
+            "vary",
+            "expires",
+            "location",
+            "connection",
+            "set-cookie",
+        ] {
+            let mut plain = Vec::new();
+            let mut up = true;
+            for b in name.bytes() {
+                plain.push(if up { b.to_ascii_uppercase() } else { b });
+                up = b == b'-';
+            }
+            assert_eq!(spelled(name.as_bytes()), Some(&plain[..]), "{name}");
+        }
+        for irregular in IRREGULAR {
+            assert_eq!(
+                spelled(irregular.to_ascii_lowercase().as_slice()),
+                Some(irregular)
+            );
+        }
+        let mut w = Vec::new();
+        title_case(&mut w, b"x-backend");
+        assert_eq!(w, b"X-Backend");
+    }
 
     #[test]
     fn names_are_title_cased() {

@@ -17,7 +17,7 @@ use portico_config::StaticConfig;
 
 use crate::body::{empty, HttpBody};
 use crate::conditional::{not_modified, requested_range, RangeResult};
-use crate::errors::{error_response, SERVER_NAME};
+use crate::errors::{error_response, SERVER_VALUE};
 use crate::sendfile::file_body;
 
 /// Serves `path` (normalized, starting with `/`) from `cfg.root`.
@@ -104,12 +104,18 @@ pub async fn serve(
     let last_modified = last_modified_v.to_str().unwrap_or_default();
 
     let mut base = HeaderMap::with_capacity(10);
-    base.insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+    base.insert(header::SERVER, SERVER_VALUE);
     base.insert(header::ETAG, etag_v.clone());
     base.insert(header::LAST_MODIFIED, last_modified_v.clone());
-    base.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    base.insert(
+        header::ACCEPT_RANGES,
+        const { HeaderValue::from_static("bytes") },
+    );
     if cfg.precompressed {
-        base.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+        base.append(
+            header::VARY,
+            const { HeaderValue::from_static("Accept-Encoding") },
+        );
     }
     if let Some(c) = encoding {
         base.insert(
@@ -128,7 +134,7 @@ pub async fn serve(
         return r;
     }
 
-    base.insert(header::CONTENT_TYPE, HeaderValue::from_static(file_type));
+    base.insert(header::CONTENT_TYPE, file_type);
 
     let range = requested_range(headers, size, Some(etag), Some(last_modified));
     let (status, start, len) = match range {
@@ -272,44 +278,48 @@ fn io_error(e: std::io::Error, file: &std::path::Path) -> Response<HttpBody> {
     }
 }
 
-/// Content-Type by file extension (the common part of nginx's mime.types).
-pub fn content_type(path: &Path) -> &'static str {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    match ext.as_str() {
-        "html" | "htm" | "shtml" => "text/html",
-        "css" => "text/css",
-        "xml" => "text/xml",
-        "txt" => "text/plain",
-        "csv" => "text/csv",
-        "md" => "text/markdown",
-        "js" | "mjs" => "application/javascript",
-        "json" => "application/json",
-        "map" => "application/json",
-        "wasm" => "application/wasm",
-        "pdf" => "application/pdf",
-        "zip" => "application/zip",
-        "gz" | "tgz" => "application/gzip",
-        "tar" => "application/x-tar",
-        "gif" => "image/gif",
-        "jpeg" | "jpg" => "image/jpeg",
-        "png" => "image/png",
-        "webp" => "image/webp",
-        "avif" => "image/avif",
-        "svg" | "svgz" => "image/svg+xml",
-        "ico" => "image/x-icon",
-        "woff" => "font/woff",
-        "woff2" => "font/woff2",
-        "ttf" => "font/ttf",
-        "otf" => "font/otf",
-        "mp3" => "audio/mpeg",
-        "ogg" => "audio/ogg",
-        "mp4" => "video/mp4",
-        "webm" => "video/webm",
-        _ => "application/octet-stream",
+/// Content-Type by file extension (the common part of nginx's mime.types), matched
+/// without allocating; each value made at compile time.
+pub fn content_type(path: &Path) -> HeaderValue {
+    let ext = path.extension().map_or(&[][..], |e| e.as_encoded_bytes());
+    // the longest extension below is 5 bytes
+    let mut low = [0u8; 5];
+    let Some(low) = low.get_mut(..ext.len()) else {
+        return const { HeaderValue::from_static("application/octet-stream") };
+    };
+    low.copy_from_slice(ext);
+    low.make_ascii_lowercase();
+    match &*low {
+        b"html" | b"htm" | b"shtml" => const { HeaderValue::from_static("text/html") },
+        b"css" => const { HeaderValue::from_static("text/css") },
+        b"xml" => const { HeaderValue::from_static("text/xml") },
+        b"txt" => const { HeaderValue::from_static("text/plain") },
+        b"csv" => const { HeaderValue::from_static("text/csv") },
+        b"md" => const { HeaderValue::from_static("text/markdown") },
+        b"js" | b"mjs" => const { HeaderValue::from_static("application/javascript") },
+        b"json" => const { HeaderValue::from_static("application/json") },
+        b"map" => const { HeaderValue::from_static("application/json") },
+        b"wasm" => const { HeaderValue::from_static("application/wasm") },
+        b"pdf" => const { HeaderValue::from_static("application/pdf") },
+        b"zip" => const { HeaderValue::from_static("application/zip") },
+        b"gz" | b"tgz" => const { HeaderValue::from_static("application/gzip") },
+        b"tar" => const { HeaderValue::from_static("application/x-tar") },
+        b"gif" => const { HeaderValue::from_static("image/gif") },
+        b"jpeg" | b"jpg" => const { HeaderValue::from_static("image/jpeg") },
+        b"png" => const { HeaderValue::from_static("image/png") },
+        b"webp" => const { HeaderValue::from_static("image/webp") },
+        b"avif" => const { HeaderValue::from_static("image/avif") },
+        b"svg" | b"svgz" => const { HeaderValue::from_static("image/svg+xml") },
+        b"ico" => const { HeaderValue::from_static("image/x-icon") },
+        b"woff" => const { HeaderValue::from_static("font/woff") },
+        b"woff2" => const { HeaderValue::from_static("font/woff2") },
+        b"ttf" => const { HeaderValue::from_static("font/ttf") },
+        b"otf" => const { HeaderValue::from_static("font/otf") },
+        b"mp3" => const { HeaderValue::from_static("audio/mpeg") },
+        b"ogg" => const { HeaderValue::from_static("audio/ogg") },
+        b"mp4" => const { HeaderValue::from_static("video/mp4") },
+        b"webm" => const { HeaderValue::from_static("video/webm") },
+        _ => const { HeaderValue::from_static("application/octet-stream") },
     }
 }
 
@@ -320,6 +330,12 @@ mod tests {
     #[test]
     fn types() {
         assert_eq!(content_type(Path::new("a/b.CSS")), "text/css");
+        assert_eq!(content_type(Path::new("a/b.woff2")), "font/woff2");
+        assert_eq!(content_type(Path::new("a/b.Shtml")), "text/html");
         assert_eq!(content_type(Path::new("noext")), "application/octet-stream");
+        assert_eq!(
+            content_type(Path::new("a.toolong")),
+            "application/octet-stream"
+        );
     }
 }

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -57,9 +57,10 @@ impl Stamp {
 
 #[derive(Default)]
 struct Table {
+    /// Keyed by the path's bytes (`Path`'s own `Hash` walks its components), hashed by
     /// foldhash, seeded per process, not SipHash: the keys are the paths of files that
     /// exist (and at most MAX_ENTRIES of them), and the lookup is on every request
-    files: HashMap<PathBuf, File, foldhash::fast::RandomState>,
+    files: HashMap<Box<[u8]>, File, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
@@ -88,7 +89,7 @@ pub fn get(path: &Path, meta: &std::fs::Metadata) -> Option<std::io::Result<File
     let kept = TABLE.with(|t| {
         t.borrow()
             .files
-            .get(path)
+            .get(path.as_os_str().as_encoded_bytes())
             .filter(|f| f.stamp == stamp)
             .cloned()
     });
@@ -124,7 +125,10 @@ fn read(path: &Path, meta: &std::fs::Metadata, stamp: Stamp) -> std::io::Result<
             t.bytes = 0;
         }
         t.bytes += file.data.len();
-        if let Some(old) = t.files.insert(path.to_path_buf(), file.clone()) {
+        if let Some(old) = t
+            .files
+            .insert(path.as_os_str().as_encoded_bytes().into(), file.clone())
+        {
             t.bytes -= old.data.len();
         }
     });
