@@ -27,6 +27,16 @@ impl Stream {
         !self.is_tls()
     }
 
+    /// Corks (`on`) or uncorks a TCP socket (TCP_CORK, as nginx's `tcp_nopush`): while
+    /// corked, only full segments leave, so an answer's head and the file sent after it
+    /// go out together; uncorking sends what is left. A no-op on other streams.
+    pub fn set_cork(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => socket2::SockRef::from(s).set_tcp_cork(on),
+            Stream::Unix(_) | Stream::Tls(_) => Ok(()),
+        }
+    }
+
     /// Sends up to `len` bytes of `file` from `offset` with sendfile(2): from the page
     /// cache to the socket, without a copy through user space. `Ok(0)` when the file
     /// ends before `offset`. On a TLS stream: an `Unsupported` error (ask

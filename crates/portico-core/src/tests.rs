@@ -443,3 +443,26 @@ async fn parked_connections_come_back_keep_their_own_deadline_and_drain() {
     assert!(set.shutdown(Duration::from_millis(1000)).await);
     assert_eq!(d.read_to_end(&mut rest).await.unwrap(), 0);
 }
+
+/// `Stream::set_cork` sets and clears TCP_CORK on a TCP socket (the file sender corks
+/// the head and the file together, then uncorks to send the tail), and is a no-op on a
+/// Unix socket.
+#[tokio::test]
+async fn cork_sets_and_clears_tcp_cork() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (server, _) = l.accept().await.unwrap();
+    let s = Stream::Tcp(server);
+    let corked = |s: &Stream| match s {
+        Stream::Tcp(t) => socket2::SockRef::from(t).tcp_cork().unwrap(),
+        _ => unreachable!(),
+    };
+    assert!(!corked(&s));
+    s.set_cork(true).unwrap();
+    assert!(corked(&s));
+    s.set_cork(false).unwrap();
+    assert!(!corked(&s));
+    drop(client);
+    let (a, _b) = UnixStream::pair().unwrap();
+    Stream::Unix(a).set_cork(true).unwrap();
+}

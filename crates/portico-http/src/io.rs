@@ -103,6 +103,10 @@ impl crate::upgrade::ConnIo for SendTimeoutIo<portico_core::Stream> {
         self.check(cx, r)
     }
 
+    fn set_cork(&self, on: bool) -> io::Result<()> {
+        self.inner.set_cork(on)
+    }
+
     fn into_stream(self: Box<Self>) -> Option<portico_core::Stream> {
         Some(self.inner)
     }

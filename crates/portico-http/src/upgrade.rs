@@ -30,6 +30,12 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
         std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
     }
 
+    /// Corks or uncorks the connection's socket ([`portico_core::Stream::set_cork`]); a
+    /// no-op where there is no TCP socket.
+    fn set_cork(&self, _on: bool) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// The client's socket, for the core to park while the connection is idle
     /// ([`portico_core::Served::Idle`]); `None` where there is none to park.
     fn into_stream(self: Box<Self>) -> Option<portico_core::Stream> {

@@ -699,9 +699,15 @@ async fn write_response(
             .filter(|_| wr.can_sendfile())
             .and_then(|o| o.take().map(|r| (o, r)))
         {
+            // the head and the file leave together, in full segments (nginx's
+            // tcp_nopush): a reader of large files takes fewer, fuller reads
+            let corked = wr.set_cork(true).is_ok();
             wr.write_all(&buf).await?;
             buf.clear();
             sent = send_file(wr, &region, n, &offer).await?;
+            if corked {
+                wr.set_cork(false)?;
+            }
         }
     }
     let mut body = std::pin::pin!(body);

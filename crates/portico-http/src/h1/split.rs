@@ -54,6 +54,11 @@ impl WriteSide {
         with(&self.0, |io| io.can_sendfile())
     }
 
+    /// Corks or uncorks the socket (TCP_CORK).
+    pub fn set_cork(&self, on: bool) -> io::Result<()> {
+        with(&self.0, |io| io.set_cork(on))
+    }
+
     /// Sends up to `len` bytes of `file` from `offset` from the page cache.
     pub fn poll_sendfile(
         &self,
