@@ -61,9 +61,9 @@ table() { # title reference-line other-lines...
   python3 - "$@" <<'PY'
 import sys
 rows = [a.split() for a in sys.argv[1:]]
-print(f"{'server':<8} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8} {'CPU us/req':>11}")
+print(f"{'server':<10} {'req/s':>12} {'p99 ms':>10} {'non2xx':>8} {'CPU us/req':>11}")
 for r in rows:
-    print(f"{r[0]:<8} {r[1]:>12} {r[2]:>10} {r[3]:>8} {r[4]:>11}")
+    print(f"{r[0]:<10} {r[1]:>12} {r[2]:>10} {r[3]:>8} {r[4]:>11}")
 def ratio(a, b):
     return f"{float(a) / float(b):.2f}x" if b not in ("-", "0") and float(b) > 0 and a != "-" else "n/a"
 n = rows[0]

@@ -161,15 +161,18 @@ fn more_than_100_request_headers_is_431() {
     assert_eq!(raw_status(p.addr(), head(100).as_bytes()).0, 431);
 }
 
-/// Files over the in-memory size go out with sendfile(2) on plain sockets and through
-/// user space everywhere else (TLS, h2, compression): every path sends the same bytes,
-/// ranges and HEAD included, a kept-alive connection carries on after one, the access
-/// log counts the bytes, and a client that leaves mid-file costs nothing else.
+/// Files over the in-memory size go out from the socket's side on plain sockets (copied
+/// through the worker's scratch buffer, or with sendfile(2) where `sendfile = true`)
+/// and through the body everywhere else (TLS, h2, compression): every path sends the
+/// same bytes, ranges and HEAD included, a kept-alive connection carries on after one,
+/// the access log counts the bytes, and a client that leaves mid-file costs nothing
+/// else.
 #[test]
 fn large_files_go_out_whole_on_every_path() {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site");
     std::fs::create_dir_all(site.join("gz")).unwrap();
+    std::fs::create_dir_all(site.join("sf")).unwrap();
     // 3 MiB and some: several sendfile calls, a length no chunk size divides
     let mut x: u32 = 12345;
     let big: Vec<u8> = (0..3 * 1024 * 1024 + 17)
@@ -179,6 +182,7 @@ fn large_files_go_out_whole_on_every_path() {
         })
         .collect();
     std::fs::write(site.join("big.bin"), &big).unwrap();
+    std::fs::write(site.join("sf/big.bin"), &big).unwrap();
     let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
     std::fs::write(site.join("gz/big.txt"), &text).unwrap();
     write_cert(dir.path(), "site", &["localhost"]);
@@ -196,6 +200,9 @@ listen = ["127.0.0.1:{{port}}"]
   static = {{ root = "{d}/site" }}
   compress = {{ algorithms = ["gzip"], types = ["text/*"] }}
   [[listeners.routes]]
+  path = "/sf/"
+  static = {{ root = "{d}/site", sendfile = true }}
+  [[listeners.routes]]
   path = "/"
   static = {{ root = "{d}/site" }}
 [[listeners]]
@@ -210,20 +217,26 @@ tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
     let tls_url = format!("https://localhost:{}/big.bin", p.admin_port);
     let resolve = format!("localhost:{}:127.0.0.1", p.admin_port);
 
-    let r = curl(&[], &p.url("/big.bin"));
-    assert_eq!(r.status, 200);
-    assert_eq!(
-        r.header("content-length"),
-        Some(big.len().to_string().as_str())
-    );
-    assert!(r.body == big, "plain: {} bytes, not the file", r.body.len());
-    let r = curl(&["-r", "1000-2500000"], &p.url("/big.bin"));
-    assert_eq!(r.status, 206);
-    assert!(
-        r.body == big[1000..=2_500_000],
-        "range: {} bytes",
-        r.body.len()
-    );
+    for file in ["/big.bin", "/sf/big.bin"] {
+        let r = curl(&[], &p.url(file));
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("content-length"),
+            Some(big.len().to_string().as_str())
+        );
+        assert!(
+            r.body == big,
+            "{file}: {} bytes, not the file",
+            r.body.len()
+        );
+        let r = curl(&["-r", "1000-2500000"], &p.url(file));
+        assert_eq!(r.status, 206);
+        assert!(
+            r.body == big[1000..=2_500_000],
+            "{file} range: {} bytes",
+            r.body.len()
+        );
+    }
     let (status, head) = raw_status(
         p.addr(),
         b"HEAD /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -247,33 +260,35 @@ tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
     );
 
     // two requests on one connection: the second answer follows the whole first file
-    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    s.write_all(
-        b"GET /big.bin HTTP/1.1\r\nHost: a\r\n\r\nGET /big.bin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let mut rest = &all[..];
-    for n in 0..2 {
-        let end = rest
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .unwrap_or_else(|| panic!("answer {n} has no head"));
-        let head = String::from_utf8_lossy(&rest[..end]).to_string();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let body = &rest[end + 4..];
-        assert!(body.len() >= big.len(), "answer {n}: {} bytes", body.len());
-        assert!(body[..big.len()] == big[..], "answer {n} is not the file");
-        rest = &body[big.len()..];
-    }
-    assert!(
-        rest.is_empty(),
-        "{} bytes after the second answer",
-        rest.len()
+    for file in ["/big.bin", "/sf/big.bin"] {
+        let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let two = format!(
+        "GET {file} HTTP/1.1\r\nHost: a\r\n\r\nGET {file} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
     );
+        s.write_all(two.as_bytes()).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let mut rest = &all[..];
+        for n in 0..2 {
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or_else(|| panic!("answer {n} has no head"));
+            let head = String::from_utf8_lossy(&rest[..end]).to_string();
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            let body = &rest[end + 4..];
+            assert!(body.len() >= big.len(), "answer {n}: {} bytes", body.len());
+            assert!(body[..big.len()] == big[..], "answer {n} is not the file");
+            rest = &body[big.len()..];
+        }
+        assert!(
+            rest.is_empty(),
+            "{file}: {} bytes after the second answer",
+            rest.len()
+        );
+    }
 
     // a client that leaves after a few bytes; the next one is served whole
     for _ in 0..3 {
@@ -289,18 +304,21 @@ tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
     let whole = format!("/big.bin 200 {}", big.len());
     assert!(log.contains(&whole), "no line {whole:?} in:\n{log}");
     assert!(log.contains("/big.bin 206 2499001"), "{log}");
+    assert!(log.contains("/sf/big.bin 206 2499001"), "{log}");
 }
 
 /// A client that stops reading a large file is cut off once `send_timeout` passes with
-/// nothing taken (sendfile waits on the socket like any write), the access log counts
+/// nothing taken (a file sent from the socket's side, copied or with sendfile, waits on
+/// the socket like any write), the access log counts
 /// what went out, and the client gets exactly that much before the connection ends.
 #[test]
 fn a_client_that_stops_reading_a_large_file_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    std::fs::create_dir_all(dir.path().join("site/sf")).unwrap();
     // far more than loopback's socket buffers hold for a client that reads nothing
     let size = 16 * 1024 * 1024;
     std::fs::write(dir.path().join("site/huge.bin"), vec![b'x'; size]).unwrap();
+    std::fs::write(dir.path().join("site/sf/huge.bin"), vec![b'x'; size]).unwrap();
     let d = dir.path().display().to_string();
     let config = format!(
         r#"
@@ -313,38 +331,44 @@ listen = ["127.0.0.1:{{port}}"]
   [listeners.limits]
   send_timeout = "1s"
   [[listeners.routes]]
+  path = "/sf/"
+  static = {{ root = "{d}/site", sendfile = true }}
+  [[listeners.routes]]
   path = "/"
   static = {{ root = "{d}/site" }}
 "#
     );
     let p = Portico::start_in(dir, &config, "toml");
-    let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
-    s.write_all(b"GET /huge.bin HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    // Portico gives up on the client: its log line says how much went out
-    let log = wait_file_contains(&p.dir.path().join("access.log"), "/huge.bin 200 ");
-    let sent: usize = log
-        .lines()
-        .find_map(|l| l.strip_prefix("/huge.bin 200 "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no byte count in {log:?}"));
-    assert!(
-        sent < size,
-        "the whole file was taken by a client that read nothing"
-    );
-    // and closed the connection: the client gets what was sent, then the end
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let head = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a head")
-        + 4;
-    assert_eq!(
-        all.len() - head,
-        sent,
-        "what the log counts is what arrived"
-    );
+    for file in ["/huge.bin", "/sf/huge.bin"] {
+        let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+        s.write_all(format!("GET {file} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        // Portico gives up on the client: its log line says how much went out
+        let line = format!("{file} 200 ");
+        let log = wait_file_contains(&p.dir.path().join("access.log"), &line);
+        let sent: usize = log
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no byte count in {log:?}"));
+        assert!(
+            sent < size,
+            "{file}: the whole file was taken by a client that read nothing"
+        );
+        // and closed the connection: the client gets what was sent, then the end
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        let head = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        assert_eq!(
+            all.len() - head,
+            sent,
+            "{file}: what the log counts is what arrived"
+        );
+    }
 }

@@ -899,6 +899,9 @@ pub struct StaticConfig {
     pub expires: Option<Expires>,
     /// Serve FILE.br / FILE.zst / FILE.gz beside FILE to clients that accept them.
     pub precompressed: bool,
+    /// nginx `sendfile`: files over the in-memory table's size go to plain sockets
+    /// with sendfile(2) rather than copied through a per-worker buffer.
+    pub sendfile: bool,
 }
 
 /// nginx `expires`.

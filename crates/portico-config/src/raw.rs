@@ -600,6 +600,7 @@ pub struct RawStatic {
     pub expires: Option<String>,
     pub precompressed: bool,
     pub index: Vec<String>,
+    pub sendfile: bool,
 }
 
 /// A size in bytes, written as a number (`1048576`) or as nginx writes sizes: `512k`,

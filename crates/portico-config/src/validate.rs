@@ -2128,6 +2128,7 @@ fn validate_route(
                 alias_of,
                 expires,
                 precompressed: s.precompressed,
+                sendfile: s.sendfile,
             })
         }
         (None, Some(u)) => {

@@ -50,7 +50,7 @@ impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
     }
 }
 pub use names::server_name_matches;
-pub use stream::Stream;
+pub use stream::{FileChunk, FileSend, Stream, COPY_CHUNK};
 pub use tls::{CertSpec, ClientCert, TlsInfo};
 
 /// The future a service returns for one connection.

@@ -466,3 +466,107 @@ async fn cork_sets_and_clears_tcp_cork() {
     let (a, _b) = UnixStream::pair().unwrap();
     Stream::Unix(a).set_cork(true).unwrap();
 }
+
+/// `Stream::poll_send_file` sends a head and then a file region, whole and in order,
+/// both ways (sendfile(2), and a copy through the thread's scratch buffer) and over
+/// TCP and Unix sockets, to a reader slower than the sender: the socket takes part of
+/// what it is offered (the copy then reads the rest again), and every byte arrives
+/// once.
+#[tokio::test]
+async fn send_file_sends_head_and_region_whole_to_a_slow_reader() {
+    use std::io::Write;
+    let mut x: u32 = 7;
+    let data: Vec<u8> = (0..COPY_CHUNK * 3 + 4321)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect();
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&data).unwrap();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n".to_vec();
+    let (offset, len) = (100u64, data.len() - 100 - 50);
+    let mut want = head.clone();
+    want.extend_from_slice(&data[100..100 + len]);
+    for how in [FileSend::Copy, FileSend::Sendfile] {
+        for tcp in [true, false] {
+            let (server, mut client): (Stream, Box<dyn tokio::io::AsyncRead + Unpin + Send>) =
+                if tcp {
+                    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                    let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+                    socket2::SockRef::from(&c)
+                        .set_recv_buffer_size(64 * 1024)
+                        .unwrap();
+                    let (s, _) = l.accept().await.unwrap();
+                    socket2::SockRef::from(&s)
+                        .set_send_buffer_size(64 * 1024)
+                        .unwrap();
+                    (Stream::Tcp(s), Box::new(c))
+                } else {
+                    let (s, c) = UnixStream::pair().unwrap();
+                    (Stream::Unix(s), Box::new(c))
+                };
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut piece = [0u8; 16 * 1024];
+                loop {
+                    let n = client.read(&mut piece).await.unwrap();
+                    if n == 0 {
+                        return got;
+                    }
+                    got.extend_from_slice(&piece[..n]);
+                    tokio::task::yield_now().await;
+                }
+            });
+            let (mut h, mut done, mut short) = (&head[..], 0usize, 0);
+            while done < len || !h.is_empty() {
+                let c = FileChunk {
+                    head: h,
+                    file: &file,
+                    offset: offset + done as u64,
+                    len: len - done,
+                    how,
+                };
+                let n = std::future::poll_fn(|cx| server.poll_send_file(cx, &c))
+                    .await
+                    .unwrap();
+                assert!(
+                    n > 0,
+                    "{how:?} tcp={tcp}: nothing sent with {done} of {len}"
+                );
+                if n < h.len() + (len - done).min(COPY_CHUNK - h.len().min(COPY_CHUNK)) {
+                    short += 1;
+                }
+                let taken = n.min(h.len());
+                h = &h[taken..];
+                done += n - taken;
+            }
+            drop(server);
+            let got = reader.await.unwrap();
+            assert_eq!(got.len(), want.len(), "{how:?} tcp={tcp}");
+            assert!(got == want, "{how:?} tcp={tcp}: the bytes differ");
+            if how == FileSend::Copy {
+                assert!(
+                    short > 0,
+                    "tcp={tcp}: the socket always took all it was offered"
+                );
+            }
+        }
+    }
+    // past the file's end: nothing to send
+    let (s, _c) = UnixStream::pair().unwrap();
+    let s = Stream::Unix(s);
+    let c = FileChunk {
+        head: b"",
+        file: &file,
+        offset: data.len() as u64,
+        len: 10,
+        how: FileSend::Copy,
+    };
+    assert_eq!(
+        std::future::poll_fn(|cx| s.poll_send_file(cx, &c))
+            .await
+            .unwrap(),
+        0
+    );
+}

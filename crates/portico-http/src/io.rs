@@ -85,21 +85,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeoutIo<S> {
     }
 }
 
-/// A client connection: sendfile(2) on plain sockets, under the same send timeout as
+/// A client connection: files sent from the kernel's side on plain sockets, under the same send timeout as
 /// every write.
 impl crate::upgrade::ConnIo for SendTimeoutIo<portico_core::Stream> {
     fn can_sendfile(&self) -> bool {
         self.inner.can_sendfile()
     }
 
-    fn poll_sendfile(
+    fn poll_send_file(
         &mut self,
         cx: &mut Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
+        c: &portico_core::FileChunk<'_>,
     ) -> Poll<io::Result<usize>> {
-        let r = self.inner.poll_sendfile(cx, file, offset, len);
+        let r = self.inner.poll_send_file(cx, c);
         self.check(cx, r)
     }
 

@@ -3,8 +3,9 @@
 //!
 //! [`file_body`] makes the body and a [`Sendfile`] offer that share one region; the
 //! offer rides in the response's extensions. The HTTP/1 engine on a plain socket takes
-//! the region before it polls the body and sends it with sendfile(2) — no read into
-//! user space, no copy, no 64 KiB buffer per chunk — and the body then ends at once.
+//! the region before it polls the body and sends it from the socket's side as the offer
+//! says ([`FileSend`]: copied through the worker's scratch buffer, or with sendfile(2))
+//! — no buffer per connection, no allocation per chunk — and the body then ends at once.
 //! Anyone else (h2, TLS, a test's pipe) just polls the body, which reads the file in
 //! 64 KiB chunks. Whoever starts first has the region, so the bytes go out once.
 //!
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use portico_core::FileSend;
 
 use crate::body::{BoxError, HttpBody};
 
@@ -35,7 +37,10 @@ pub struct Region {
 
 struct Shared {
     region: Mutex<State>,
-    /// Bytes sent by sendfile, for the access log (the body's frames do not carry them).
+    /// How a writer that takes the region sends it.
+    how: FileSend,
+    /// Bytes sent from the socket's side, for the access log (the body's frames do not
+    /// carry them).
     sent: AtomicU64,
 }
 
@@ -60,12 +65,17 @@ impl Sendfile {
         s.left.take()
     }
 
-    /// Notes `n` bytes sent by sendfile.
+    /// How the region is to be sent (the route's `sendfile` setting).
+    pub fn how(&self) -> FileSend {
+        self.0.how
+    }
+
+    /// Notes `n` bytes sent from the socket's side.
     pub fn add_sent(&self, n: u64) {
         self.0.sent.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Bytes sent by sendfile so far.
+    /// Bytes sent from the socket's side so far.
     pub fn sent(&self) -> u64 {
         self.0.sent.load(Ordering::Relaxed)
     }
@@ -75,14 +85,20 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
     s.region.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// `len` bytes of `file` from `offset` as a body, with its offer.
-pub fn file_body(file: std::fs::File, offset: u64, len: u64) -> (HttpBody, Sendfile) {
+/// `len` bytes of `file` from `offset` as a body, with its offer to be sent `how`.
+pub fn file_body(
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+    how: FileSend,
+) -> (HttpBody, Sendfile) {
     let shared = Arc::new(Shared {
         region: Mutex::new(State {
             left: Some(Region { file, offset, len }),
             started: false,
         }),
         sent: AtomicU64::new(0),
+        how,
     });
     let offer = Sendfile(Arc::clone(&shared));
     (FileBody(shared).boxed(), offer)
@@ -139,7 +155,7 @@ mod tests {
     #[tokio::test]
     async fn the_body_reads_its_region_when_nobody_takes_it() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let (body, offer) = file_body(file_of(&data), 10, 150_000);
+        let (body, offer) = file_body(file_of(&data), 10, 150_000, FileSend::Sendfile);
         let got = body.collect().await.expect("body").to_bytes();
         assert_eq!(&got[..], &data[10..150_010]);
         assert!(offer.take().is_none(), "a region read from is not offered");
@@ -147,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_region_ends_the_body_at_once() {
-        let (body, offer) = file_body(file_of(b"hello world"), 6, 5);
+        let (body, offer) = file_body(file_of(b"hello world"), 6, 5, FileSend::Sendfile);
         let r = offer.take().expect("offered");
         assert_eq!((r.offset, r.len), (6, 5));
         assert!(offer.take().is_none(), "taken once");
@@ -157,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_shorter_than_its_region_fails_the_body() {
-        let (body, _offer) = file_body(file_of(b"short"), 0, 100);
+        let (body, _offer) = file_body(file_of(b"short"), 0, 100, FileSend::Sendfile);
         assert!(body.collect().await.is_err());
     }
 }

@@ -13,19 +13,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
 
 /// A connection the HTTP/1 engine serves (Sync: request bodies read from it are).
 pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {
-    /// Whether [`ConnIo::poll_sendfile`] can send on this connection.
+    /// Whether [`ConnIo::poll_send_file`] can send on this connection.
     fn can_sendfile(&self) -> bool {
         false
     }
 
-    /// Sends up to `len` bytes of `file` from `offset` straight from the page cache
-    /// (sendfile(2)); `Unsupported` where the connection cannot.
-    fn poll_sendfile(
+    /// Sends a head and part of a file from the socket's side
+    /// ([`portico_core::Stream::poll_send_file`]); `Unsupported` where the connection
+    /// cannot.
+    fn poll_send_file(
         &mut self,
         _cx: &mut std::task::Context<'_>,
-        _file: &std::fs::File,
-        _offset: u64,
-        _len: usize,
+        _c: &portico_core::FileChunk<'_>,
     ) -> std::task::Poll<std::io::Result<usize>> {
         std::task::Poll::Ready(Err(std::io::ErrorKind::Unsupported.into()))
     }

@@ -41,6 +41,7 @@ use crate::body::{HttpBody, InBody};
 use crate::framing::request::{judge_request as judge, BodyStart};
 use crate::framing::{find_head_end, Why};
 use crate::sendfile::{Region, Sendfile};
+use portico_core::{FileChunk, FileSend};
 
 /// The connection as the engine gets it (the listener's stream behind its send
 /// timeout, or a test's pipe).
@@ -693,18 +694,17 @@ async fn write_response(
     }
     let mut sent: u64 = 0;
     if let Out::Length(n) = out {
-        // a file region goes out with sendfile(2) when the socket takes it
+        // a file region goes out from the socket's side when the socket takes it
         let offer = parts.extensions.remove::<Sendfile>();
         if let Some((offer, region)) = offer
             .filter(|_| wr.can_sendfile())
             .and_then(|o| o.take().map(|r| (o, r)))
         {
-            // the head and the file leave together, in full segments (nginx's
-            // tcp_nopush): a reader of large files takes fewer, fuller reads
-            let corked = wr.set_cork(true).is_ok();
-            wr.write_all(&buf).await?;
+            // sendfile: the head and the file leave together, in full segments (nginx's
+            // tcp_nopush); a copy writes them in one call anyway
+            let corked = offer.how() == FileSend::Sendfile && wr.set_cork(true).is_ok();
+            sent = send_file(wr, &buf, &region, n, &offer).await?;
             buf.clear();
-            sent = send_file(wr, &region, n, &offer).await?;
             if corked {
                 wr.set_cork(false)?;
             }
@@ -804,27 +804,70 @@ async fn write_response(
 /// so a fast client of a large file does not hold the worker in one call.
 const SENDFILE_MAX: u64 = 2 << 20;
 
-/// Sends `r` (at most `room` bytes: the length the head declared) with sendfile(2);
-/// the bytes sent (fewer when the file shrank since it was opened).
+/// The least a copy asks for after the socket took less than it was offered.
+const COPY_MIN: u64 = 16 * 1024;
+
+/// What one answer sends from a file before the worker's other connections get a turn
+/// (a reader as fast as the sender would otherwise keep the worker to itself, and the
+/// others' files would finish late).
+const FAIR_SHARE: u64 = 1 << 20;
+
+/// Sends `head`, then `r` (at most `room` bytes: the length the head declared) from
+/// the socket's side ([`portico_core::Stream::poll_send_file`]); the file's bytes sent
+/// (fewer when the file shrank since it was opened).
 async fn send_file(
     wr: &split::WriteSide,
+    mut head: &[u8],
     r: &Region,
     room: u64,
     offer: &Sendfile,
 ) -> io::Result<u64> {
+    let how = offer.how();
     let want = r.len.min(room);
-    let mut done = 0;
-    while done < want {
-        let ask = (want - done).min(SENDFILE_MAX) as usize;
-        let n =
-            std::future::poll_fn(|cx| wr.poll_sendfile(cx, &r.file, r.offset + done, ask)).await?;
+    let most = match how {
+        FileSend::Sendfile => SENDFILE_MAX,
+        FileSend::Copy => portico_core::COPY_CHUNK as u64,
+    };
+    // a copy re-reads what the socket did not take: after a short write, ask for about
+    // what the socket took, then double again while it takes everything
+    let mut ask = most;
+    let (mut done, mut turn) = (0, 0);
+    while done < want || !head.is_empty() {
+        let c = FileChunk {
+            head,
+            file: &r.file,
+            offset: r.offset + done,
+            len: (want - done).min(ask) as usize,
+            how,
+        };
+        let offered = match how {
+            FileSend::Sendfile if !head.is_empty() => 0,
+            FileSend::Sendfile => c.len as u64,
+            FileSend::Copy => (c.len as u64).min(most - (head.len() as u64).min(most)),
+        };
+        let n = std::future::poll_fn(|cx| wr.poll_send_file(cx, &c)).await?;
         if n == 0 {
             break;
         }
-        done += n as u64;
-        offer.add_sent(n as u64);
-        // a client that takes everything at once still lets the worker's other tasks run
-        tokio::task::consume_budget().await;
+        let h = n.min(head.len());
+        head = &head[h..];
+        let file = (n - h) as u64;
+        done += file;
+        offer.add_sent(file);
+        if how == FileSend::Copy {
+            ask = if file < offered {
+                file.max(COPY_MIN)
+            } else {
+                (ask * 2).min(most)
+            };
+        }
+        turn += file;
+        if turn >= FAIR_SHARE {
+            turn = 0;
+            tokio::task::yield_now().await;
+        } else {
+            tokio::task::consume_budget().await;
+        }
     }
     Ok(done)
 }

@@ -3,7 +3,7 @@
 //!
 //! In place of `tokio::io::split`, whose halves hide the stream: the writing side here
 //! can ask the connection itself for more than bytes — sendfile(2) on a plain socket
-//! ([`WriteSide::poll_sendfile`]). Each call holds the lock for one poll only (never
+//! ([`WriteSide::poll_send_file`]). Each call holds the lock for one poll only (never
 //! across an await), so the two sides never wait on each other; the stream keeps
 //! separate read and write wakers, as with tokio's halves.
 
@@ -49,7 +49,7 @@ impl ReadSide {
 }
 
 impl WriteSide {
-    /// Whether [`WriteSide::poll_sendfile`] can send here.
+    /// Whether [`WriteSide::poll_send_file`] can send here.
     pub fn can_sendfile(&self) -> bool {
         with(&self.0, |io| io.can_sendfile())
     }
@@ -59,15 +59,13 @@ impl WriteSide {
         with(&self.0, |io| io.set_cork(on))
     }
 
-    /// Sends up to `len` bytes of `file` from `offset` from the page cache.
-    pub fn poll_sendfile(
+    /// Sends a head and part of a file ([`portico_core::Stream::poll_send_file`]).
+    pub fn poll_send_file(
         &self,
         cx: &mut Context<'_>,
-        file: &std::fs::File,
-        offset: u64,
-        len: usize,
+        c: &portico_core::FileChunk<'_>,
     ) -> Poll<io::Result<usize>> {
-        with(&self.0, |io| io.poll_sendfile(cx, file, offset, len))
+        with(&self.0, |io| io.poll_send_file(cx, c))
     }
 }
 

@@ -19,6 +19,7 @@ use crate::body::{empty, HttpBody};
 use crate::conditional::{not_modified, requested_range, RangeResult};
 use crate::errors::{error_response, SERVER_VALUE};
 use crate::sendfile::file_body;
+use portico_core::FileSend;
 
 /// Serves `path` (normalized, starting with `/`) from `cfg.root`.
 pub async fn serve(
@@ -163,7 +164,12 @@ pub async fn serve(
     } else {
         match std::fs::File::open(&file_path) {
             Ok(f) => {
-                let (body, o) = file_body(f, start, len);
+                let how = if cfg.sendfile {
+                    FileSend::Sendfile
+                } else {
+                    FileSend::Copy
+                };
+                let (body, o) = file_body(f, start, len, how);
                 offer = Some(o);
                 body
             }
