@@ -162,7 +162,11 @@ impl HttpUpstream {
         server: &portico_upstream::Server,
         cfg: &portico_config::UpstreamConfig,
     ) -> Option<Arc<IdlePool<Sender>>> {
-        server.ext_or_init(|| IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, self.workers))
+        // HTTP servers do not spend a worker on an idle connection: a burst's excess is
+        // kept for reuse a while
+        server.ext_or_init(|| {
+            IdlePool::new(cfg.keepalive, cfg.keepalive_timeout, self.workers).with_grace()
+        })
     }
 }
 

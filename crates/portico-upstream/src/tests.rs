@@ -170,6 +170,46 @@ fn idle_pool_is_lifo_bounded_and_expires() {
     assert_eq!(expired.take(0, |_| true), None);
 }
 
+/// With grace, on a runtime, connections returned over `max` stay while the pool is busy (a burst
+/// of answers followed by a burst of requests reuses them instead of connecting anew),
+/// up to `max` × 8; once idle for `pool::GRACE`, the excess is closed — the oldest
+/// first — by the sweep, with no further use of the pool.
+#[tokio::test(start_paused = true)]
+async fn idle_pool_keeps_a_bursts_excess_for_a_grace_period() {
+    let strict = IdlePool::new(4, Duration::from_secs(60), 1);
+    for i in 0..10 {
+        strict.put(0, i);
+    }
+    assert_eq!(
+        strict.idle(),
+        4,
+        "without grace, the excess is closed at once"
+    );
+    let pool = IdlePool::new(4, Duration::from_secs(60), 1).with_grace();
+    for i in 0..10 {
+        pool.put(0, i);
+    }
+    assert_eq!(pool.idle(), 10, "a burst's connections stay for reuse");
+    assert_eq!(pool.take(0, |_| true), Some(9), "newest first");
+    for i in 10..50 {
+        pool.put(0, i);
+    }
+    assert_eq!(pool.idle(), 32, "never more than max x 8");
+    tokio::time::sleep(crate::pool::GRACE / 2).await;
+    assert_eq!(pool.idle(), 32, "not closed before the grace period");
+    // the freshest ones are what is kept
+    tokio::time::sleep(crate::pool::GRACE * 2).await;
+    assert_eq!(pool.idle(), 4, "the excess closed once idle that long");
+    let kept: Vec<i32> = std::iter::from_fn(|| pool.take(0, |_| true)).collect();
+    assert_eq!(kept, vec![49, 48, 47, 46]);
+    // a put into a pool at its bound, with nothing over it, keeps the bound
+    for i in 0..4 {
+        pool.put(0, i);
+    }
+    tokio::time::sleep(crate::pool::GRACE * 2).await;
+    assert_eq!(pool.idle(), 4);
+}
+
 proptest! {
     #[test]
     fn round_robin_shares_match_weights(weights in proptest::collection::vec(1u32..10, 1..8)) {
