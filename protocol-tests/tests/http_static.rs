@@ -372,3 +372,65 @@ listen = ["127.0.0.1:{{port}}"]
         );
     }
 }
+
+/// A file that shrinks while it is sent (copied or with sendfile) ends the answer short
+/// and the connection with it: the head promised the old length, so the client sees a
+/// body shorter than Content-Length and the end of the connection, never a hang.
+#[test]
+fn a_file_that_shrinks_while_it_is_sent_ends_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("site/sf")).unwrap();
+    let d = dir.path().display().to_string();
+    let config = format!(
+        r#"
+[[listeners]]
+listen = ["127.0.0.1:{{port}}"]
+  [[listeners.routes]]
+  path = "/sf/"
+  static = {{ root = "{d}/site", sendfile = true }}
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{d}/site" }}
+"#
+    );
+    let p = Portico::start_in(dir, &config, "toml");
+    // more than loopback's socket buffers hold for a client that has read nothing
+    let size = 16 * 1024 * 1024;
+    for file in ["/shrinks.bin", "/sf/shrinks.bin"] {
+        let path = p.dir.path().join(format!("site{file}"));
+        std::fs::write(&path, vec![b'x'; size]).unwrap();
+        let mut s = std::net::TcpStream::connect(p.addr()).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        s.write_all(format!("GET {file} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut first = [0u8; 100];
+        s.read_exact(&mut first).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1024 * 1024)
+            .unwrap();
+        let mut all = first.to_vec();
+        s.read_to_end(&mut all)
+            .unwrap_or_else(|e| panic!("{file}: the connection did not end: {e}"));
+        let head = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let text = String::from_utf8_lossy(&all[..head]).to_ascii_lowercase();
+        assert!(
+            text.contains(&format!("content-length: {size}\r\n")),
+            "{file}: {text}"
+        );
+        assert!(
+            all.len() - head < size,
+            "{file}: {} body bytes of a file cut to 1 MiB",
+            all.len() - head
+        );
+        // the next client gets the file as it is now
+        assert_eq!(curl(&[], &p.url(file)).body.len(), 1024 * 1024, "{file}");
+    }
+}
