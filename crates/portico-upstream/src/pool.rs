@@ -47,7 +47,8 @@ impl<T> Shard<T> {
     fn trim(&mut self, max: usize, now: Instant) -> bool {
         while self.items.len() > max
             && self.items.front().is_some_and(|(since, _)| {
-                now.duration_since(*since) >= GRACE || self.items.len() > max * OVERFLOW
+                now.duration_since(*since) >= GRACE
+                    || self.items.len() > max.saturating_mul(OVERFLOW)
             })
         {
             self.items.pop_front();
