@@ -7,6 +7,25 @@ use std::io::{Read, Write};
 
 use common::*;
 
+/// The routes of a site served from `{d}/site` both ways: `/sf/` with sendfile(2),
+/// the rest copied (the default).
+fn file_routes(d: &str) -> String {
+    format!(
+        r#"  [[listeners.routes]]
+  path = "/sf/"
+  static = {{ root = "{d}/site", sendfile = true }}
+  [[listeners.routes]]
+  path = "/"
+  static = {{ root = "{d}/site" }}
+"#
+    )
+}
+
+/// Where the body starts in raw answer bytes (after the head's blank line).
+fn body_start(raw: &[u8]) -> Option<usize> {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
 fn start() -> Portico {
     let dir = tempfile::tempdir().unwrap();
     let site = dir.path().join("site");
@@ -187,6 +206,7 @@ fn large_files_go_out_whole_on_every_path() {
     std::fs::write(site.join("gz/big.txt"), &text).unwrap();
     write_cert(dir.path(), "site", &["localhost"]);
     let d = dir.path().display().to_string();
+    let routes = file_routes(&d);
     let config = format!(
         r#"
 [log]
@@ -199,13 +219,7 @@ listen = ["127.0.0.1:{{port}}"]
   path = "/gz/"
   static = {{ root = "{d}/site" }}
   compress = {{ algorithms = ["gzip"], types = ["text/*"] }}
-  [[listeners.routes]]
-  path = "/sf/"
-  static = {{ root = "{d}/site", sendfile = true }}
-  [[listeners.routes]]
-  path = "/"
-  static = {{ root = "{d}/site" }}
-[[listeners]]
+{routes}[[listeners]]
 listen = ["127.0.0.1:{{admin}}"]
 tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
   [[listeners.routes]]
@@ -272,13 +286,10 @@ tls = {{ cert = "{d}/site.crt", key = "{d}/site.key" }}
         s.read_to_end(&mut all).unwrap();
         let mut rest = &all[..];
         for n in 0..2 {
-            let end = rest
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .unwrap_or_else(|| panic!("answer {n} has no head"));
-            let head = String::from_utf8_lossy(&rest[..end]).to_string();
+            let start = body_start(rest).unwrap_or_else(|| panic!("answer {n} has no head"));
+            let head = String::from_utf8_lossy(&rest[..start]).to_string();
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-            let body = &rest[end + 4..];
+            let body = &rest[start..];
             assert!(body.len() >= big.len(), "answer {n}: {} bytes", body.len());
             assert!(body[..big.len()] == big[..], "answer {n} is not the file");
             rest = &body[big.len()..];
@@ -320,6 +331,7 @@ fn a_client_that_stops_reading_a_large_file_is_cut_off() {
     std::fs::write(dir.path().join("site/huge.bin"), vec![b'x'; size]).unwrap();
     std::fs::write(dir.path().join("site/sf/huge.bin"), vec![b'x'; size]).unwrap();
     let d = dir.path().display().to_string();
+    let routes = file_routes(&d);
     let config = format!(
         r#"
 [log]
@@ -330,13 +342,7 @@ formats = {{ sent = '$request_uri $status $body_bytes_sent' }}
 listen = ["127.0.0.1:{{port}}"]
   [listeners.limits]
   send_timeout = "1s"
-  [[listeners.routes]]
-  path = "/sf/"
-  static = {{ root = "{d}/site", sendfile = true }}
-  [[listeners.routes]]
-  path = "/"
-  static = {{ root = "{d}/site" }}
-"#
+{routes}"#
     );
     let p = Portico::start_in(dir, &config, "toml");
     for file in ["/huge.bin", "/sf/huge.bin"] {
@@ -360,11 +366,7 @@ listen = ["127.0.0.1:{{port}}"]
             .unwrap();
         let mut all = Vec::new();
         s.read_to_end(&mut all).unwrap();
-        let head = all
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a head")
-            + 4;
+        let head = body_start(&all).expect("a head");
         assert_eq!(
             all.len() - head,
             sent,
@@ -381,17 +383,12 @@ fn a_file_that_shrinks_while_it_is_sent_ends_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("site/sf")).unwrap();
     let d = dir.path().display().to_string();
+    let routes = file_routes(&d);
     let config = format!(
         r#"
 [[listeners]]
 listen = ["127.0.0.1:{{port}}"]
-  [[listeners.routes]]
-  path = "/sf/"
-  static = {{ root = "{d}/site", sendfile = true }}
-  [[listeners.routes]]
-  path = "/"
-  static = {{ root = "{d}/site" }}
-"#
+{routes}"#
     );
     let p = Portico::start_in(dir, &config, "toml");
     // more than loopback's socket buffers hold for a client that has read nothing
@@ -415,11 +412,7 @@ listen = ["127.0.0.1:{{port}}"]
         let mut all = first.to_vec();
         s.read_to_end(&mut all)
             .unwrap_or_else(|e| panic!("{file}: the connection did not end: {e}"));
-        let head = all
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a head")
-            + 4;
+        let head = body_start(&all).expect("a head");
         let text = String::from_utf8_lossy(&all[..head]).to_ascii_lowercase();
         assert!(
             text.contains(&format!("content-length: {size}\r\n")),
