@@ -840,11 +840,6 @@ async fn send_file(
             len: (want - done).min(ask) as usize,
             how,
         };
-        let offered = match how {
-            FileSend::Sendfile if !head.is_empty() => 0,
-            FileSend::Sendfile => c.len as u64,
-            FileSend::Copy => (c.len as u64).min(most - (head.len() as u64).min(most)),
-        };
         let n = std::future::poll_fn(|cx| wr.poll_send_file(cx, &c)).await?;
         if n == 0 {
             break;
@@ -855,6 +850,8 @@ async fn send_file(
         done += file;
         offer.add_sent(file);
         if how == FileSend::Copy {
+            // the file's bytes that rode with the head in this write
+            let offered = (c.len as u64).min(most.saturating_sub(c.head.len() as u64));
             ask = if file < offered {
                 file.max(COPY_MIN)
             } else {
