@@ -87,8 +87,12 @@ impl<T: Send + 'static> IdlePool<T> {
         self
     }
 
+    fn cell(&self, shard: usize) -> &Arc<Mutex<Shard<T>>> {
+        &self.shards[shard % self.shards.len()]
+    }
+
     fn shard(&self, shard: usize) -> std::sync::MutexGuard<'_, Shard<T>> {
-        lock(&self.shards[shard % self.shards.len()])
+        lock(self.cell(shard))
     }
 
     /// The most recently returned connection of `shard` that is still fresh and `usable`.
@@ -116,9 +120,10 @@ impl<T: Send + 'static> IdlePool<T> {
         if !s.trim(self.max, now) || s.sweep {
             return;
         }
-        let rt = tokio::runtime::Handle::try_current()
-            .ok()
-            .filter(|_| self.grace);
+        let rt = self
+            .grace
+            .then(tokio::runtime::Handle::try_current)
+            .and_then(Result::ok);
         let Some(rt) = rt else {
             // no grace, or no runtime to wait on (a test's plain thread)
             while s.items.len() > self.max {
@@ -128,10 +133,7 @@ impl<T: Send + 'static> IdlePool<T> {
         };
         s.sweep = true;
         drop(s);
-        let (cell, max) = (
-            Arc::downgrade(&self.shards[shard % self.shards.len()]),
-            self.max,
-        );
+        let (cell, max) = (Arc::downgrade(self.cell(shard)), self.max);
         rt.spawn(async move {
             loop {
                 tokio::time::sleep(GRACE).await;
