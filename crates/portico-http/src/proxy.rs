@@ -195,6 +195,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // most answers only Connection.
     let mut present = 0u16;
     for k in headers.keys() {
+        // the names' lengths first: most fields are none of these
+        if !matches!(k.as_str().len(), 2 | 7 | 10 | 16..=19) {
+            continue;
+        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
         }
@@ -262,9 +266,11 @@ fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
     prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
     // An absolute-form or h2 URI becomes origin-form for the upstream.
-    if let Some(pq) = parts.uri.path_and_query() {
-        if let Ok(uri) = pq.as_str().parse() {
-            parts.uri = uri;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        if let Some(pq) = parts.uri.path_and_query() {
+            if let Ok(uri) = pq.as_str().parse() {
+                parts.uri = uri;
+            }
         }
     }
 }

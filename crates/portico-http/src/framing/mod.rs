@@ -82,31 +82,8 @@ pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
         };
         match lead | 0x20 {
             b' ' | 0x29 => return Err("obs-fold (a header line starting with whitespace)"),
-            b'c' if name_is(b"content-length") => {
-                for v in line[15..].split(|&b| b == b',') {
-                    match parse_decimal(trim_ows(v)) {
-                        Some(n) => {
-                            f.length_count += 1;
-                            f.lengths_differ |= f.length.is_some_and(|first| first != n);
-                            f.length.get_or_insert(n);
-                        }
-                        None => f.bad_length = true,
-                    }
-                }
-            }
-            b't' if name_is(b"transfer-encoding") => {
-                f.transfer_encoding = true;
-                for c in line[18..].split(|&b| b == b',') {
-                    // A coding may carry parameters (`gzip;x=y`): the name decides.
-                    let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
-                    if !name.is_empty() {
-                        let chunked = name.eq_ignore_ascii_case(b"chunked");
-                        f.codings += 1;
-                        f.chunked += usize::from(chunked);
-                        f.chunked_last = chunked;
-                    }
-                }
-            }
+            b'c' if name_is(b"content-length") => f.content_length(&line[15..]),
+            b't' if name_is(b"transfer-encoding") => f.transfer_encoding(&line[18..]),
             b'u' if name_is(b"upgrade") => f.upgrade = true,
             _ => {}
         }
@@ -115,6 +92,35 @@ pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
 }
 
 impl HeadFraming {
+    /// Notes one Content-Length field's value (every comma-separated element of it).
+    pub fn content_length(&mut self, value: &[u8]) {
+        for v in value.split(|&b| b == b',') {
+            match parse_decimal(trim_ows(v)) {
+                Some(n) => {
+                    self.length_count += 1;
+                    self.lengths_differ |= self.length.is_some_and(|first| first != n);
+                    self.length.get_or_insert(n);
+                }
+                None => self.bad_length = true,
+            }
+        }
+    }
+
+    /// Notes one Transfer-Encoding field's value (its codings, in order).
+    pub fn transfer_encoding(&mut self, value: &[u8]) {
+        self.transfer_encoding = true;
+        for c in value.split(|&b| b == b',') {
+            // A coding may carry parameters (`gzip;x=y`): the name decides.
+            let name = trim_ows(c.split(|&b| b == b';').next().unwrap_or(b""));
+            if !name.is_empty() {
+                let chunked = name.eq_ignore_ascii_case(b"chunked");
+                self.codings += 1;
+                self.chunked += usize::from(chunked);
+                self.chunked_last = chunked;
+            }
+        }
+    }
+
     /// The transfer codings contain `chunked` more than once.
     pub fn chunked_twice(&self) -> bool {
         self.chunked > 1

@@ -25,9 +25,9 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::decode::{Framing, Step};
-use super::{has_token, HeadBuf, Io, OriginalCase, Upgraded};
+use super::{value_has_token, HeadBuf, Io, OriginalCase, Upgraded};
 use crate::body::{BoxError, HttpBody};
-use crate::framing::{find_head_end, first_chunk_ok, read_head};
+use crate::framing::{find_head_end, first_chunk_ok, HeadFraming};
 
 /// A response head larger than this is refused (502), like nginx's "upstream sent too
 /// big header" (nginx's limit is its proxy_buffer_size, 4–8 KiB by default).
@@ -89,14 +89,18 @@ pub fn parse_response_head(head: Bytes, after: &[u8]) -> Result<ResponseHead, St
     } else {
         Version::HTTP_11
     };
-    let framing = read_head(&head)?;
-    framing.check_response()?;
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let parsed = match httparse::parse_headers(&head[eol + 1..], &mut fields) {
         Ok(httparse::Status::Complete((_, h))) => h,
         Ok(httparse::Status::Partial) => return Err("an incomplete response head".into()),
         Err(e) => return Err(e.to_string()),
     };
+    // One pass over the fields: the map, the framing facts (crate::framing's rules, read
+    // from the fields httparse split: it refuses obs-fold and whitespace before a colon
+    // in a response, so no line can frame the message differently), Connection's tokens
+    // and whether every name is Title-Case.
+    let mut framing = HeadFraming::default();
+    let (mut close, mut keep) = (false, false);
     let mut headers = HeaderMap::with_capacity(parsed.len());
     let mut title_case = true;
     for f in parsed.iter() {
@@ -104,9 +108,18 @@ pub fn parse_response_head(head: Bytes, after: &[u8]) -> Result<ResponseHead, St
             .map_err(|_| format!("bad header name {:?}", f.name))?;
         let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| format!("bad value for {}", f.name))?;
+        if name == header::CONTENT_LENGTH {
+            framing.content_length(f.value);
+        } else if name == header::TRANSFER_ENCODING {
+            framing.transfer_encoding(f.value);
+        } else if name == header::CONNECTION {
+            close |= value_has_token(f.value, b"close");
+            keep |= value_has_token(f.value, b"keep-alive");
+        }
         title_case &= super::is_title_case(f.name.as_bytes());
         headers.append(name, value);
     }
+    framing.check_response()?;
     let body = if framing.transfer_encoding {
         if framing.chunked_last {
             if !first_chunk_ok(after) {
@@ -120,8 +133,8 @@ pub fn parse_response_head(head: Bytes, after: &[u8]) -> Result<ResponseHead, St
         framing.length.map_or(Framing::UntilClose, Framing::Length)
     };
     let keep_alive = match version {
-        Version::HTTP_10 => has_token(&headers, header::CONNECTION, "keep-alive"),
-        _ => !has_token(&headers, header::CONNECTION, "close"),
+        Version::HTTP_10 => keep,
+        _ => !close,
     };
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = status;

@@ -872,10 +872,21 @@ async fn send_file(
 /// Whether a comma-separated field `name` (Connection, Upgrade, Expect) lists `token`
 /// (case-insensitive).
 pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    headers
+        .get_all(name)
+        .iter()
+        .any(|v| value_has_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// Whether a comma-separated field value lists `token` (ASCII case aside).
+pub fn value_has_token(value: &[u8], token: &[u8]) -> bool {
+    // the usual field holds the one token: no split
+    match memchr::memchr(b',', value) {
+        None => value.trim_ascii().eq_ignore_ascii_case(token),
+        Some(_) => value
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token)),
+    }
 }
 
 /// Standard names whose usual spelling is not plain Title-Case (as the RFCs, nginx and
@@ -890,6 +901,10 @@ const IRREGULAR: [&[u8]; 6] = [
 ];
 
 fn irregular(name: &[u8]) -> Option<&'static [u8]> {
+    // the lengths of IRREGULAR's names: most names are none of them (runs per field)
+    if !matches!(name.len(), 2 | 3 | 4 | 11 | 16) {
+        return None;
+    }
     IRREGULAR
         .iter()
         .copied()
@@ -898,11 +913,8 @@ fn irregular(name: &[u8]) -> Option<&'static [u8]> {
 
 /// Whether `name` is spelled as [`title_case`] would write it.
 pub fn is_title_case(name: &[u8]) -> bool {
-    if let Some(s) = irregular(name) {
-        return s == name;
-    }
     let mut up = true;
-    name.iter().all(|&b| {
+    let plain = name.iter().all(|&b| {
         let ok = if up {
             !b.is_ascii_lowercase()
         } else {
@@ -910,7 +922,11 @@ pub fn is_title_case(name: &[u8]) -> bool {
         };
         up = b == b'-';
         ok
-    })
+    });
+    match irregular(name) {
+        Some(s) => s == name,
+        None => plain,
+    }
 }
 
 /// The buffer an answer's head (and small body frames) is written into: one per
@@ -1015,6 +1031,31 @@ fn date(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_found_in_any_element_whatever_their_case() {
+        for (value, found) in [
+            ("close", true),
+            (" Close ", true),
+            ("keep-alive, close", true),
+            ("keep-alive,CLOSE ", true),
+            ("closed", false),
+            ("x, close2", false),
+            ("", false),
+        ] {
+            assert_eq!(
+                value_has_token(value.as_bytes(), b"close"),
+                found,
+                "{value:?}"
+            );
+        }
+        for name in IRREGULAR {
+            assert!(is_title_case(name));
+            assert!(!is_title_case(&name.to_ascii_lowercase()));
+        }
+        assert!(is_title_case(b"Content-Type") && !is_title_case(b"content-Type"));
+        assert!(!is_title_case(b"Etag"), "ETag is written ETag");
+    }
 
     #[test]
     fn the_spelled_names_are_their_title_case() {
