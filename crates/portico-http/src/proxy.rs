@@ -488,8 +488,9 @@ pub async fn forward(
         };
         let req = Request::from_parts(head, this_body);
         let started = std::time::Instant::now();
+        // boxed: built in place of being moved through the timeout's layers
         let sent = response_within(
-            send(sender, req),
+            Box::pin(send(sender, req)),
             progress.as_deref(),
             cfg.read_timeout,
             cfg.send_timeout,
