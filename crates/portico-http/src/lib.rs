@@ -1109,6 +1109,7 @@ impl HttpService {
                     hash_key,
                     captures: captures.as_ref(),
                     chosen,
+                    timed: self.shared.access_log.is_on() || site.has_route_logs(),
                 };
                 match (&route.cache, cache_plan) {
                     (Some(c), Some(plan)) if on_upgrade.is_none() => {
@@ -1454,6 +1455,8 @@ struct Source<'a> {
     hash_key: Option<Vec<u8>>,
     captures: Option<&'a vars::Captures>,
     chosen: Option<Arc<HttpUpstream>>,
+    /// An access log may write this request: an upstream's answer is timed.
+    timed: bool,
 }
 
 impl Source<'_> {
@@ -1485,6 +1488,7 @@ impl Source<'_> {
             hash_key: self.hash_key.clone(),
             captures: self.captures.cloned(),
             chosen: self.chosen.clone(),
+            timed: self.timed,
         }
     }
 }
@@ -1502,6 +1506,7 @@ struct OwnedSource {
     hash_key: Option<Vec<u8>>,
     captures: Option<vars::Captures>,
     chosen: Option<Arc<HttpUpstream>>,
+    timed: bool,
 }
 
 impl OwnedSource {
@@ -1526,6 +1531,7 @@ impl OwnedSource {
             hash_key: self.hash_key.clone(),
             captures: self.captures.as_ref(),
             chosen: self.chosen.clone(),
+            timed: self.timed,
         };
         fetch(req, src).await
     }
@@ -1583,6 +1589,7 @@ async fn fetch(
                 captures: src.captures,
                 args: src.args,
                 maps: &site.maps,
+                timed: src.timed,
             };
             Box::pin(gateway::forward(g, parts, body, client)).await
         }
@@ -1610,16 +1617,17 @@ async fn fetch(
             } else {
                 ClientBody::new(body, limit, site.limits.body_timeout).boxed()
             };
-            let started = Instant::now();
+            // timed only for a log: the extension costs an allocation or three
+            let started = src.timed.then(Instant::now);
             let (resp, addr) = Box::pin(proxy::forward(
                 up,
                 Request::from_parts(parts, body),
                 &client,
             ))
             .await;
-            match addr {
-                Some(_) => (body::UpstreamTiming::attach(resp, started), addr),
-                None => (resp, addr),
+            match (started, &addr) {
+                (Some(started), Some(_)) => (body::UpstreamTiming::attach(resp, started), addr),
+                _ => (resp, addr),
             }
         }
     }

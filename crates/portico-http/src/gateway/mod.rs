@@ -128,6 +128,8 @@ pub struct Client<'a> {
     /// The query string after rewrites, when they changed it.
     pub args: Option<&'a str>,
     pub maps: &'a portico_limits::maps::Maps,
+    /// An access log may write this request: the app's answer is timed.
+    pub timed: bool,
 }
 
 /// A process-unique request number, for the app's STDERR lines in the log.
@@ -325,7 +327,11 @@ pub async fn forward(
                 let mut resp = Response::new(body);
                 *resp.status_mut() = head.status;
                 *resp.headers_mut() = head.headers;
-                let resp = crate::body::UpstreamTiming::attach(resp, upstream_started);
+                let resp = if client.timed {
+                    crate::body::UpstreamTiming::attach(resp, upstream_started)
+                } else {
+                    resp
+                };
                 return (resp, Some(addr));
             }
             Err(f) => {

@@ -913,16 +913,17 @@ fn irregular(name: &[u8]) -> Option<&'static [u8]> {
 
 /// Whether `name` is spelled as [`title_case`] would write it.
 pub fn is_title_case(name: &[u8]) -> bool {
-    let mut up = true;
-    let plain = name.iter().all(|&b| {
-        let ok = if up {
+    // upper case at the start and after each `-`, lower case elsewhere
+    let mut prev = b'-';
+    let mut plain = true;
+    for &b in name {
+        plain &= if prev == b'-' {
             !b.is_ascii_lowercase()
         } else {
             !b.is_ascii_uppercase()
         };
-        up = b == b'-';
-        ok
-    });
+        prev = b;
+    }
     match irregular(name) {
         Some(s) => s == name,
         None => plain,
