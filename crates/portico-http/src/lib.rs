@@ -615,7 +615,6 @@ impl HttpService {
     ) -> Response<HttpBody> {
         conn.in_flight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let time = SystemTime::now();
         let h2 = req.version() == Version::HTTP_2;
         let refused = req.extensions().get::<h1::Refused>().copied();
         if let Some(r) = refused {
@@ -635,6 +634,7 @@ impl HttpService {
         let peer = Peer::of(&conn, &site, req.headers());
         let may_log = self.shared.access_log.is_on() || site.has_route_logs();
         let log_fields = may_log.then(|| LogFields {
+            time: SystemTime::now(),
             method: req.method().to_string(),
             uri: req
                 .uri()
@@ -740,7 +740,7 @@ impl HttpService {
                 log.log(
                     &access_log::Entry {
                         remote: peer.ip,
-                        time,
+                        time: f.time,
                         method: &f.method,
                         uri: &f.uri,
                         version: f.version,
@@ -2045,6 +2045,8 @@ fn drop_underscored(h: &mut http::HeaderMap) {
 }
 
 struct LogFields {
+    /// When the request came (`$time_local`): the clock is read only for a log.
+    time: SystemTime,
     method: String,
     uri: String,
     version: &'static str,
