@@ -194,19 +194,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // there; only those are looked up again to be removed. Most requests carry none;
     // most answers only Connection.
     let mut present = 0u16;
-    for k in headers.keys() {
+    // a Connection field that is more than `keep-alive` or `close` (it may name others)
+    let mut names_more = false;
+    for (k, v) in headers.iter() {
         // the names' lengths first: most fields are none of these
         if !matches!(k.as_str().len(), 2 | 7 | 10 | 16..=19) {
             continue;
         }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present |= 1 << i;
+            if i == 0 {
+                let v = v.as_bytes().trim_ascii();
+                names_more |=
+                    !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"));
+            }
         }
     }
     if present == 0 {
         return;
     }
-    if present & 1 != 0 {
+    if names_more {
         // `keep-alive` and `close` (the usual tokens) name no other header to remove
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -1007,6 +1014,33 @@ fn websocket_key() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_and_the_ones_connection_names_are_removed() {
+        let map = |fields: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in fields {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("connection", " X-Secret , close"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "h2c"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
+        // the usual tokens name nothing else
+        let mut h = map(&[("connection", "Keep-Alive"), ("close", "1"), ("date", "x")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert!(!h.contains_key(header::CONNECTION));
+    }
 
     #[test]
     fn websocket_keys_are_fresh() {
