@@ -1034,7 +1034,10 @@ mod tests {
             ("x-kept", "1"),
         ]);
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-kept"]);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x-kept"]
+        );
         // the usual tokens name nothing else
         let mut h = map(&[("connection", "Keep-Alive"), ("close", "1"), ("date", "x")]);
         strip_hop_by_hop(&mut h);
