@@ -28,6 +28,7 @@ use crate::body::{
 };
 use crate::errors::error_response;
 use crate::h1;
+use crate::h1::client::{Forwarded, X_FORWARDED_FOR};
 
 /// One connection to an upstream server: HTTP/1.1 (Portico's own client, one exchange
 /// at a time, pooled between them), or HTTP/2 over TLS when ALPN agreed (hyper's;
@@ -80,12 +81,16 @@ impl Answer {
 
 /// Sends `req` on `sender` (which it takes: an HTTP/1.1 connection travels with its
 /// response body until that ends).
-async fn send(sender: Sender, req: Request<HttpBody>) -> Result<Answer, SendError> {
+async fn send(
+    sender: Sender,
+    mut req: Request<HttpBody>,
+    added: &Forwarded,
+) -> Result<Answer, SendError> {
     match sender {
         Sender::H1(mut conn) => {
             let (head, body) = req.into_parts();
             let empty = body.is_end_stream();
-            match conn.send(&head, body).await {
+            match conn.send(&head, added, body).await {
                 Ok(resp) => Ok(Answer::H1(resp, conn)),
                 Err(h1::client::Error::Stale) if empty && is_idempotent(&head.method) => {
                     Err(SendError::Unsent(
@@ -101,6 +106,7 @@ async fn send(sender: Sender, req: Request<HttpBody>) -> Result<Answer, SendErro
                 return Err(SendError::Unsent(None, e.into()));
             }
             let shared = Sender::H2(send.clone());
+            added.clone().insert_into(req.headers_mut());
             match send.try_send_request(h2_head(req)).await {
                 Ok(resp) => Ok(Answer::H2(resp, shared)),
                 Err(mut e) => {
@@ -184,10 +190,6 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names (cheap comparisons of standard headers) notes which are
@@ -256,7 +258,10 @@ pub struct ClientSide {
 }
 
 /// The request head as an upstream gets it: forwarding headers, HTTP/1.1, origin-form.
-fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
+/// The request head made fit for an upstream; what the proxy adds to it (Host,
+/// X-Forwarded-*) is returned, for the HTTP/1 client to write with the head (or
+/// [`Forwarded::insert_into`] the map, for any other).
+fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) -> Forwarded {
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
@@ -270,7 +275,7 @@ fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
     if trailers {
         parts.extensions.insert(WantsTrailers);
     }
-    prepare_request_headers(&mut parts.headers, client);
+    let added = prepare_request_headers(&mut parts.headers, client);
     parts.version = Version::HTTP_11;
     // An absolute-form or h2 URI becomes origin-form for the upstream.
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
@@ -280,6 +285,7 @@ fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) {
             }
         }
     }
+    added
 }
 
 /// The value of cookie `name` in the request's Cookie headers ($cookie_NAME).
@@ -414,7 +420,7 @@ pub async fn forward(
     let upstream = up.handle.load();
     let cfg = &upstream.config;
     let policy = cfg.next_upstream;
-    to_upstream_head(&mut parts, client);
+    let added = to_upstream_head(&mut parts, client);
     let empty_body = body.is_end_stream();
     let retry_after_send = empty_body && is_idempotent(&parts.method);
     let mut body = Some(body);
@@ -497,7 +503,7 @@ pub async fn forward(
         let started = std::time::Instant::now();
         // boxed: built in place of being moved through the timeout's layers
         let sent = response_within(
-            Box::pin(send(sender, req)),
+            Box::pin(send(sender, req, &added)),
             progress.as_deref(),
             cfg.read_timeout,
             cfg.send_timeout,
@@ -649,31 +655,30 @@ async fn h1<S: crate::upgrade::ConnIo + 'static>(stream: S) -> std::io::Result<S
     Ok(Sender::H1(h1::client::Conn::new(Box::new(stream))))
 }
 
-fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) {
+fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) -> Forwarded {
     strip_hop_by_hop(h);
-    if let Some(ip) = &client.peer_value {
-        let joined = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let x_forwarded_for = client.peer_value.as_ref().and_then(|ip| {
+        match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) if !prev.trim().is_empty() => HeaderValue::from_str(&format!(
                 "{prev}, {}",
                 client.peer_ip.map(|i| i.to_string()).unwrap_or_default()
             ))
             .ok(),
             _ => Some(ip.clone()),
-        };
-        if let Some(v) = joined {
-            h.insert(X_FORWARDED_FOR, v);
         }
-    }
-    h.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
-    );
-    if let Some(host) = &client.host {
-        h.insert(X_FORWARDED_HOST, host.clone());
+    });
+    Forwarded {
+        x_forwarded_for,
+        x_forwarded_proto: Some(HeaderValue::from_static(if client.tls {
+            "https"
+        } else {
+            "http"
+        })),
         // The request's authority replaces a Host header (absolute-form targets,
         // RFC 9112 §3.2.2), and gives h2 requests (`:authority`) the Host an HTTP/1.1
         // upstream needs.
-        h.insert(header::HOST, host.clone());
+        x_forwarded_host: client.host.clone(),
+        host: client.host.clone(),
     }
 }
 
@@ -890,7 +895,7 @@ pub async fn forward_upgrade(
     let cfg = &upstream.config;
     let from_h2 = parts.version == Version::HTTP_2;
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
-    to_upstream_head(&mut parts, client);
+    to_upstream_head(&mut parts, client).insert_into(&mut parts.headers);
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -932,7 +937,11 @@ pub async fn forward_upgrade(
                 break;
             }
         };
-        let answer = tokio::time::timeout(cfg.read_timeout, conn.send(&parts, empty())).await;
+        let answer = tokio::time::timeout(
+            cfg.read_timeout,
+            conn.send(&parts, &Forwarded::default(), empty()),
+        )
+        .await;
         match answer {
             Ok(Ok(resp)) if resp.parts.status == StatusCode::SWITCHING_PROTOCOLS => {
                 let mut head = resp.parts;

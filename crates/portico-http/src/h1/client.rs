@@ -169,6 +169,56 @@ pub fn has_body(method: &Method, status: StatusCode) -> bool {
         || status == StatusCode::NOT_MODIFIED)
 }
 
+/// The fields a proxy sets on an upstream request (Host and X-Forwarded-*), written
+/// with its head in place of any of the same names the request's map holds: four
+/// hashed map inserts fewer per request.
+#[derive(Clone, Debug, Default)]
+pub struct Forwarded {
+    pub host: Option<HeaderValue>,
+    pub x_forwarded_for: Option<HeaderValue>,
+    pub x_forwarded_proto: Option<HeaderValue>,
+    pub x_forwarded_host: Option<HeaderValue>,
+}
+
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Forwarded {
+    /// The same fields put in `h`, replacing those there (for a head that is not
+    /// written here: an h2 upstream's, an upgrade's).
+    pub fn insert_into(self, h: &mut HeaderMap) {
+        for (name, value) in self.x_forwarded() {
+            h.insert(name, value.clone());
+        }
+        if let Some(host) = self.host {
+            h.insert(header::HOST, host);
+        }
+    }
+
+    /// The X-Forwarded-* fields that are set.
+    fn x_forwarded(&self) -> impl Iterator<Item = (HeaderName, &HeaderValue)> {
+        [
+            (X_FORWARDED_FOR, self.x_forwarded_for.as_ref()),
+            (X_FORWARDED_PROTO, self.x_forwarded_proto.as_ref()),
+            (X_FORWARDED_HOST, self.x_forwarded_host.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, v)| Some((n, v?)))
+    }
+
+    /// Whether a field named `name` gives way to one of these.
+    fn replaces(&self, name: &HeaderName) -> bool {
+        match name.as_str().len() {
+            4 => self.host.is_some() && name == header::HOST,
+            15 => self.x_forwarded_for.is_some() && name == X_FORWARDED_FOR,
+            16 => self.x_forwarded_host.is_some() && name == X_FORWARDED_HOST,
+            17 => self.x_forwarded_proto.is_some() && name == X_FORWARDED_PROTO,
+            _ => false,
+        }
+    }
+}
+
 /// One HTTP/1.1 connection to an upstream server.
 pub struct Conn {
     io: Io,
@@ -211,11 +261,12 @@ impl Conn {
     pub async fn send(
         &mut self,
         head: &http::request::Parts,
+        added: &Forwarded,
         body: HttpBody,
     ) -> Result<ResponseHead, Error> {
         let reused = self.served > 0;
         let out = self
-            .write_head(head, &body)
+            .write_head(head, added, &body)
             .await
             .map_err(|e| stale(e, reused, 0))?;
         let mut complete = true;
@@ -238,7 +289,18 @@ impl Conn {
         Upgraded::from_buffer(self.io, &self.buf)
     }
 
-    async fn write_head(&mut self, p: &http::request::Parts, body: &HttpBody) -> io::Result<Out> {
+    async fn write_head(
+        &mut self,
+        p: &http::request::Parts,
+        added: &Forwarded,
+        body: &HttpBody,
+    ) -> io::Result<Out> {
+        fn field(buf: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+            buf.extend_from_slice(name.as_str().as_bytes());
+            buf.extend_from_slice(b": ");
+            buf.extend_from_slice(value.as_bytes());
+            buf.extend_from_slice(b"\r\n");
+        }
         let mut buf = HeadBuf::take();
         buf.extend_from_slice(p.method.as_str().as_bytes());
         buf.push(b' ');
@@ -248,17 +310,26 @@ impl Conn {
             None => buf.push(b'/'),
         }
         buf.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in p.headers.iter() {
-            buf.extend_from_slice(name.as_str().as_bytes());
-            buf.extend_from_slice(b": ");
-            buf.extend_from_slice(value.as_bytes());
-            buf.extend_from_slice(b"\r\n");
+        // Host first, as the client (and nginx) write it; the other added fields last
+        if let Some(host) = &added.host {
+            field(&mut buf, &header::HOST, host);
         }
-        let declared = p
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut declared = None;
+        for (name, value) in p.headers.iter() {
+            if added.replaces(name) {
+                continue;
+            }
+            if declared.is_none() && name == header::CONTENT_LENGTH {
+                declared = value
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+            }
+            field(&mut buf, name, value);
+        }
+        for (name, value) in added.x_forwarded() {
+            field(&mut buf, &name, value);
+        }
         let out = match (declared, body.size_hint().exact()) {
             (Some(n), _) => Out::Length(n),
             (None, Some(n)) => {

@@ -118,7 +118,7 @@ async fn exchange(
         got
     });
     let result = async {
-        let mut head = conn.send(&parts, body).await?;
+        let mut head = conn.send(&parts, &Forwarded::default(), body).await?;
         let mut data = Vec::new();
         if let Some(whole) = conn.take_whole(&mut head.framing) {
             data.extend_from_slice(&whole);
@@ -311,4 +311,56 @@ mod properties {
             prop_assert_eq!(got, body);
         }
     }
+}
+
+#[tokio::test]
+async fn added_fields_replace_the_clients_with_host_first_and_the_rest_last() {
+    let (ours, mut theirs): (DuplexStream, DuplexStream) = tokio::io::duplex(64 * 1024);
+    let mut conn = Conn::new(Box::new(ours));
+    let mut req = http::Request::new(());
+    *req.uri_mut() = "/".parse().unwrap();
+    let h = req.headers_mut();
+    h.insert("host", HeaderValue::from_static("client.example"));
+    h.insert("x-forwarded-proto", HeaderValue::from_static("spoofed"));
+    h.append("x-forwarded-proto", HeaderValue::from_static("twice"));
+    h.insert("accept", HeaderValue::from_static("*/*"));
+    let (parts, ()) = req.into_parts();
+    let added = Forwarded {
+        host: Some(HeaderValue::from_static("site.example")),
+        x_forwarded_for: Some(HeaderValue::from_static("10.0.0.1")),
+        x_forwarded_proto: Some(HeaderValue::from_static("https")),
+        x_forwarded_host: None,
+    };
+    let server = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while find_head_end(&got, 0).is_none() {
+            let n = theirs.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before the head");
+            got.extend_from_slice(&buf[..n]);
+        }
+        theirs
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        got
+    });
+    let head = conn
+        .send(&parts, &added, crate::body::empty())
+        .await
+        .unwrap();
+    assert_eq!(head.parts.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        String::from_utf8(server.await.unwrap()).unwrap(),
+        "GET / HTTP/1.1\r\nhost: site.example\r\naccept: */*\r\n\
+         x-forwarded-for: 10.0.0.1\r\nx-forwarded-proto: https\r\n\r\n"
+    );
+    // the same fields in a map, for the heads not written here (h2, upgrades)
+    let mut map = parts.headers.clone();
+    added.insert_into(&mut map);
+    assert_eq!(map["host"], "site.example");
+    assert_eq!(map.get_all("x-forwarded-proto").iter().count(), 1);
+    assert_eq!(map["x-forwarded-proto"], "https");
+    assert_eq!(map["x-forwarded-for"], "10.0.0.1");
+    assert!(!map.contains_key("x-forwarded-host"));
 }
