@@ -257,10 +257,9 @@ pub struct ClientSide {
     pub hash_key: Option<Vec<u8>>,
 }
 
-/// The request head as an upstream gets it: forwarding headers, HTTP/1.1, origin-form.
-/// The request head made fit for an upstream; what the proxy adds to it (Host,
-/// X-Forwarded-*) is returned, for the HTTP/1 client to write with the head (or
-/// [`Forwarded::insert_into`] the map, for any other).
+/// The request head as an upstream gets it: hop-by-hop fields gone, HTTP/1.1,
+/// origin-form. What the proxy adds (Host, X-Forwarded-*) is returned, for the HTTP/1
+/// client to write with the head (or [`Forwarded::insert_into`] the map, for any other).
 fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) -> Forwarded {
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
