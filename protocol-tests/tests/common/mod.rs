@@ -63,13 +63,24 @@ pub fn free_port() -> u16 {
 
 /// Waits until `addr` accepts connections (a readiness check, bounded at 30 s).
 pub fn wait_tcp(addr: SocketAddr, child: &mut Child, what: &str) {
+    if let Err(status) = try_wait_tcp(addr, child, what) {
+        panic!("{what} exited early with {status}");
+    }
+}
+
+/// [`wait_tcp`], or the exit status of a child that ended before it listened.
+fn try_wait_tcp(
+    addr: SocketAddr,
+    child: &mut Child,
+    what: &str,
+) -> Result<(), std::process::ExitStatus> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
+            return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited early with {status}");
+            return Err(status);
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -914,6 +925,27 @@ pub fn dovecot_with(dir: &Path, haproxy: bool, tls: Option<(&Path, &Path)>) -> D
         "alice:{PLAIN}secret\nbob:{PLAIN}hunter2\npooled:{PLAIN}secret\n",
     )
     .unwrap();
+    // free_port's ports are released before Dovecot binds them, so a test running
+    // beside this one can take one first: Dovecot then exits before it listens (CI saw
+    // status 89 once), and is started again on new ports, a bounded number of times.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match dovecot_on_free_ports(dir, haproxy, tls) {
+            Ok(d) => return d,
+            Err(status) if attempts < 3 => {
+                eprintln!("dovecot exited before listening ({status}): new ports");
+            }
+            Err(status) => panic!("dovecot exited early with {status}, {attempts} times"),
+        }
+    }
+}
+
+fn dovecot_on_free_ports(
+    dir: &Path,
+    haproxy: bool,
+    tls: Option<(&Path, &Path)>,
+) -> Result<Dovecot, std::process::ExitStatus> {
     let (imap, pop3) = (free_port(), free_port());
     let proxied = haproxy.then(free_port);
     let imaps = tls.map(|_| free_port());
@@ -952,19 +984,19 @@ pub fn dovecot_with(dir: &Path, haproxy: bool, tls: Option<(&Path, &Path)>) -> D
         .into_iter()
         .flatten()
     {
-        wait_tcp(
+        try_wait_tcp(
             SocketAddr::from(([127, 0, 0, 1], port)),
             &mut p.child,
             "dovecot",
-        );
+        )?;
     }
-    Dovecot {
+    Ok(Dovecot {
         proc: p,
         imap,
         pop3,
         proxied,
         imaps,
-    }
+    })
 }
 
 /// The auth_http server of `apps/auth_http.py` with `opts` ("imap=HOST:PORT", "wait=0",
