@@ -608,6 +608,11 @@ fn host_name(host: &str) -> &str {
 }
 
 impl HttpService {
+    /// An access log (the listener's, or one of `site`'s routes') may write a request.
+    fn may_log(&self, site: &Site) -> bool {
+        self.shared.access_log.is_on() || site.has_route_logs()
+    }
+
     async fn handle(
         self: Arc<Self>,
         req: Request<body::InBody>,
@@ -632,7 +637,7 @@ impl HttpService {
             Err(_) => &self.sites[0],
         });
         let peer = Peer::of(&conn, &site, req.headers());
-        let may_log = self.shared.access_log.is_on() || site.has_route_logs();
+        let may_log = self.may_log(&site);
         let log_fields = may_log.then(|| LogFields {
             time: SystemTime::now(),
             method: req.method().to_string(),
@@ -1109,7 +1114,7 @@ impl HttpService {
                     hash_key,
                     captures: captures.as_ref(),
                     chosen,
-                    timed: self.shared.access_log.is_on() || site.has_route_logs(),
+                    timed: self.may_log(site),
                 };
                 match (&route.cache, cache_plan) {
                     (Some(c), Some(plan)) if on_upgrade.is_none() => {

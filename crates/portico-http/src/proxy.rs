@@ -264,14 +264,7 @@ fn to_upstream_head(parts: &mut http::request::Parts, client: &ClientSide) -> Fo
     if parts.version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
-    let trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    if trailers {
+    if h1::has_token(&parts.headers, header::TE, "trailers") {
         parts.extensions.insert(WantsTrailers);
     }
     let added = prepare_request_headers(&mut parts.headers, client);
@@ -675,8 +668,7 @@ fn prepare_request_headers(h: &mut HeaderMap, client: &ClientSide) -> Forwarded 
         })),
         // The request's authority replaces a Host header (absolute-form targets,
         // RFC 9112 §3.2.2), and gives h2 requests (`:authority`) the Host an HTTP/1.1
-        // upstream needs.
-        x_forwarded_host: client.host.clone(),
+        // upstream needs; it is X-Forwarded-Host too.
         host: client.host.clone(),
     }
 }

@@ -174,10 +174,10 @@ pub fn has_body(method: &Method, status: StatusCode) -> bool {
 /// hashed map inserts fewer per request.
 #[derive(Clone, Debug, Default)]
 pub struct Forwarded {
+    /// Host, and X-Forwarded-Host.
     pub host: Option<HeaderValue>,
     pub x_forwarded_for: Option<HeaderValue>,
     pub x_forwarded_proto: Option<HeaderValue>,
-    pub x_forwarded_host: Option<HeaderValue>,
 }
 
 pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -201,7 +201,7 @@ impl Forwarded {
         [
             (X_FORWARDED_FOR, self.x_forwarded_for.as_ref()),
             (X_FORWARDED_PROTO, self.x_forwarded_proto.as_ref()),
-            (X_FORWARDED_HOST, self.x_forwarded_host.as_ref()),
+            (X_FORWARDED_HOST, self.host.as_ref()),
         ]
         .into_iter()
         .filter_map(|(n, v)| Some((n, v?)))
@@ -212,7 +212,7 @@ impl Forwarded {
         match name.as_str().len() {
             4 => self.host.is_some() && name == header::HOST,
             15 => self.x_forwarded_for.is_some() && name == X_FORWARDED_FOR,
-            16 => self.x_forwarded_host.is_some() && name == X_FORWARDED_HOST,
+            16 => self.host.is_some() && name == X_FORWARDED_HOST,
             17 => self.x_forwarded_proto.is_some() && name == X_FORWARDED_PROTO,
             _ => false,
         }

@@ -614,9 +614,7 @@ async fn write_response(
             has_date = true;
         } else if name == header::CONNECTION {
             has_connection = true;
-            close |= value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+            close |= value_has_token(value.as_bytes(), b"close");
         }
     }
     let mut keep = m.keep_alive && !close;
