@@ -5,7 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${PORTICO_VENV:-$here/.venv}"
 
-apt_pkgs=(nginx libnginx-mod-mail wrk curl nghttp2-client php-fpm php-cli dovecot-imapd dovecot-pop3d swaks postfix apache2-utils redis-server haproxy systemd pebble)
+apt_pkgs=(iproute2 nginx libnginx-mod-mail wrk curl nghttp2-client php-fpm php-cli dovecot-imapd dovecot-pop3d swaks postfix apache2-utils redis-server haproxy systemd pebble)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -369,50 +369,48 @@ fn php_fpm_scripts() {
     failures_are_clean(&p, &PHP);
 }
 
-/// TCP sockets in `state` (/proc/net/tcp's hex code) whose local (`local`) or remote
-/// port is `port`; with `owner`, only those that process holds.
+/// TCP sockets in `state` (ss's name) whose local (`local`) or remote port is `port`;
+/// with `owner`, only those that process holds. Asked of the kernel over netlink
+/// (iproute2's `ss`, the port filter applied in the kernel): /proc/net/tcp is read in
+/// page-sized pieces, each resumed by position, and a table churning under other tests'
+/// connections can skip the very sockets sought.
 fn tcp_sockets(port: u16, local: bool, state: &str, owner: Option<u32>) -> usize {
-    let inodes: Option<std::collections::HashSet<String>> = owner.map(|pid| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.to_string_lossy().into_owned();
-                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    });
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let col = if local { 1 } else { 2 };
-    table
+    let filter = format!("( {} = :{port} )", if local { "sport" } else { "dport" });
+    let mut cmd = Command::new("ss");
+    cmd.args(["-t", "-n", "-H", "state", state, &filter]);
+    if owner.is_some() {
+        cmd.arg("-p");
+    }
+    let out = cmd
+        .output()
+        .expect("ss runs (iproute2, protocol-tests/peers/install.sh)");
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owned = owner.map(|pid| format!("pid={pid},"));
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .skip(1)
-        .filter(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 9
-                && cols[col].ends_with(&format!(":{port:04X}"))
-                && cols[3] == state
-                && inodes.as_ref().is_none_or(|set| set.contains(cols[9]))
-        })
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| owned.as_ref().is_none_or(|o| l.contains(o.as_str())))
         .count()
 }
 
 /// Established TCP connections to `port` on 127.0.0.1.
 fn established_to(port: u16) -> usize {
-    tcp_sockets(port, false, "01", None)
+    tcp_sockets(port, false, "established", None)
 }
 
 /// Established TCP connections to `port` that process `pid` holds (other tests' clients
 /// may reach the same port number: a "dead" port of theirs can be this test's server).
 fn established_from(pid: u32, port: u16) -> usize {
-    tcp_sockets(port, false, "01", Some(pid))
+    tcp_sockets(port, false, "established", Some(pid))
 }
 
 /// TIME_WAIT sockets the server listening on `port` keeps.
 fn time_wait_at(port: u16) -> usize {
-    tcp_sockets(port, true, "06", None)
+    tcp_sockets(port, true, "time-wait", None)
 }
 
 /// uWSGI and php-fpm (without keep-conn) close the connection after each answer. Once
