@@ -78,9 +78,17 @@ pub struct Idle {
 /// What goes on with a parked connection once its client speaks.
 pub type Resume = Box<dyn FnOnce(Stream) -> BoxFuture + Send>;
 
+/// A future boxed where it is made: the box is allocated first and `make`'s future
+/// written into it, so a state of kilobytes (an HTTP request pipeline's layers) is not
+/// built on the stack and then copied into the box, as `Box::pin(make())` does.
+#[inline(always)]
+pub fn boxed<F: Future>(make: impl FnOnce() -> F) -> Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// A service future for a connection that never parks: `f`, then [`Served::Done`].
 pub fn done(f: impl Future<Output = ()> + Send + 'static) -> BoxFuture {
-    Box::pin(async move {
+    crate::boxed(|| async move {
         f.await;
         Served::Done
     })

@@ -607,7 +607,8 @@ async fn handle(
     // boxed: the PROXY header read, the TLS peek and handshake live only while they
     // run, not in every connection's task for its whole life
     let stats = &held.active.0;
-    let Some((stream, info, starttls)) = Box::pin(prelude(stream, info, &state, stats)).await
+    let Some((stream, info, starttls)) =
+        crate::boxed(|| prelude(stream, info, &state, stats)).await
     else {
         return;
     };
@@ -677,7 +678,7 @@ async fn prelude(
             }
             // boxed: the handshake's state (rustls's buffers) lives only while it runs,
             // not in every connection's task for its whole life
-            match tokio::time::timeout(deadline, Box::pin(acceptor.accept(stream))).await {
+            match tokio::time::timeout(deadline, crate::boxed(|| acceptor.accept(stream))).await {
                 Ok(Ok(tls)) => {
                     info.tls = Some(tls::info_of(&tls));
                     if info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(tls::ACME_TLS_ALPN)

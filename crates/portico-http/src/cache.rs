@@ -145,13 +145,13 @@ pub(crate) async fn serve(
     if plan.bypass {
         zone.stats.count(CacheStatus::Bypass);
         // boxed, as the misses below: a hit's future is then the size of a hit
-        let (resp, up) = Box::pin(source.fetch(req)).await;
+        let (resp, up) = portico_core::boxed(|| source.fetch(req)).await;
         return (c.mark(resp, CacheStatus::Bypass), up);
     }
     let found = zone.lookup(&plan.key, req.headers()).await;
     let now = now_ms();
     let Some(stale) = found else {
-        return Box::pin(miss(c, plan, req, source)).await;
+        return portico_core::boxed(|| miss(c, plan, req, source)).await;
     };
     if stale.meta.times.is_fresh(now) {
         return c.hit(&stale, &req, CacheStatus::Hit).await;
@@ -208,7 +208,7 @@ pub(crate) async fn serve(
             }
         }
     }
-    Box::pin(go_upstream(c, plan, req, source, guard, Some(stale))).await
+    portico_core::boxed(|| go_upstream(c, plan, req, source, guard, Some(stale))).await
 }
 
 async fn miss(

@@ -220,7 +220,7 @@ async fn auth_request(
     *sub.method_mut() = ask.method.clone();
     *sub.uri_mut() = a.uri.clone();
     *sub.headers_mut() = headers;
-    let (resp, server) = Box::pin(proxy::forward(&a.upstream, sub, &ask.side)).await;
+    let (resp, server) = portico_core::boxed(|| proxy::forward(&a.upstream, sub, &ask.side)).await;
     let status = resp.status();
     let (parts, mut body) = resp.into_parts();
     // read a small answer to its end, so its connection goes back to the pool

@@ -330,9 +330,10 @@ impl Service for HttpService {
         let alpn_h2 = info.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some(b"h2");
         drop(info);
         if alpn_h2 {
-            return Box::pin(async move {
+            return portico_core::boxed(|| async move {
                 // boxed: hyper's h2 connection is large, and only h2 clients need it
-                Box::pin(self.serve_h2(io, bytes::Bytes::new(), &state, &shutdown)).await;
+                portico_core::boxed(|| self.serve_h2(io, bytes::Bytes::new(), &state, &shutdown))
+                    .await;
                 state.wait_for_tunnels().await;
                 Served::Done
             });
@@ -382,7 +383,7 @@ impl HttpService {
             drain_grace: DRAIN_GRACE,
             park_after: (!state.tls).then_some(PARK_AFTER),
         };
-        Box::pin(async move {
+        portico_core::boxed(|| async move {
             let shutdown = state.shutdown.clone();
             let this = Arc::clone(&self);
             let svc_state = Arc::clone(&state);
@@ -406,7 +407,7 @@ impl HttpService {
                 }
                 h1::Next::H2(io, prefix) => {
                     // boxed: hyper's h2 connection is large, and only h2 clients need it
-                    Box::pin(self.serve_h2(io, prefix, &state, &shutdown)).await;
+                    portico_core::boxed(|| self.serve_h2(io, prefix, &state, &shutdown)).await;
                 }
                 h1::Next::Closed => {}
             }
@@ -435,7 +436,7 @@ impl HttpService {
         let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
             let this = Arc::clone(&this);
             let state = Arc::clone(&svc_state);
-            Box::pin(async move {
+            portico_core::boxed(|| async move {
                 Ok::<_, Infallible>(this.handle(req.map(body::InBody::Client), state).await)
             })
         });
@@ -720,12 +721,16 @@ impl HttpService {
             .map(|s| s.0.as_str());
         let (parts, body) = resp.into_parts();
         // the head as it goes out: status line, headers, blank line
-        let head_bytes = 17
-            + parts
+        // (`$bytes_sent`: only for a log)
+        let head_bytes = if log_fields.is_some() {
+            17 + parts
                 .headers
                 .iter()
                 .map(|(k, v)| k.as_str().len() + v.len() + 4)
-                .sum::<usize>() as u64;
+                .sum::<usize>() as u64
+        } else {
+            0
+        };
         let conn_id = conn.id;
         let stall_conn = Arc::clone(&conn);
         let stats = Arc::clone(&site.stats);
@@ -827,7 +832,7 @@ impl HttpService {
         let out = self.run(req, Entry::client(), routes, &at).await;
         let timer = out.route.map(|i| Arc::clone(&routes.routes[i].timer));
         let (resp, upstream) = match saved {
-            Some(saved) => Box::pin(self.error_page(out, saved, routes, &at)).await,
+            Some(saved) => portico_core::boxed(|| self.error_page(out, saved, routes, &at)).await,
             None => (out.resp, out.upstream),
         };
         (resp, upstream, timer)
@@ -871,7 +876,9 @@ impl HttpService {
                 Some(i) => {
                     entry.named = Some(i);
                     *req.uri_mut() = saved.uri.clone();
-                    Box::pin(self.run(req, entry, routes, at)).await.resp
+                    portico_core::boxed(|| self.run(req, entry, routes, at))
+                        .await
+                        .resp
                 }
                 None => error_response(StatusCode::INTERNAL_SERVER_ERROR),
             },
@@ -880,7 +887,9 @@ impl HttpService {
                 match target.parse::<http::Uri>() {
                     Ok(u) => {
                         *req.uri_mut() = u;
-                        Box::pin(self.run(req, entry, routes, at)).await.resp
+                        portico_core::boxed(|| self.run(req, entry, routes, at))
+                            .await
+                            .resp
                     }
                     Err(e) => {
                         tracing::error!(%target, error = %e, "an error page rendered to an invalid URI: 500");
@@ -1013,7 +1022,7 @@ impl HttpService {
                     hash_key: None,
                 },
             };
-            match Box::pin(edge::check(&route.edge, ask, &vars)).await {
+            match portico_core::boxed(|| edge::check(&route.edge, ask, &vars)).await {
                 edge::Admit::Refuse(resp) => return answer(resp, Some(index)),
                 edge::Admit::Go {
                     guards,
@@ -1118,7 +1127,7 @@ impl HttpService {
                 };
                 match (&route.cache, cache_plan) {
                     (Some(c), Some(plan)) if on_upgrade.is_none() => {
-                        Box::pin(cache::serve(c, plan, req, &src)).await
+                        portico_core::boxed(|| cache::serve(c, plan, req, &src)).await
                     }
                     _ => self.content(req, src, conn, on_upgrade).await,
                 }
@@ -1258,7 +1267,7 @@ impl HttpService {
                 };
             }
         }
-        let mut out = Box::pin(self.run(req, entry, routes, at)).await;
+        let mut out = portico_core::boxed(|| self.run(req, entry, routes, at)).await;
         if out.resp.status().is_success() {
             let h = upstream_resp.headers();
             for name in [
@@ -1399,18 +1408,20 @@ impl HttpService {
     ) -> (Response<HttpBody>, proxy::UpstreamAddr) {
         let route = src.route;
         if let route::Content::Static(cfg) = &route.content {
-            let resp = Box::pin(static_files::serve(
-                cfg,
-                req.method(),
-                src.path,
-                req.uri().query(),
-                req.headers(),
-            ))
+            let resp = portico_core::boxed(|| {
+                static_files::serve(
+                    cfg,
+                    req.method(),
+                    src.path,
+                    req.uri().query(),
+                    req.headers(),
+                )
+            })
             .await;
             return (resp, None);
         }
         let (route::Content::Proxy(up), Some(on_upgrade)) = (&route.content, on_upgrade) else {
-            return Box::pin(fetch(req, src)).await;
+            return portico_core::boxed(|| fetch(req, src)).await;
         };
         let up = src.chosen.as_ref().unwrap_or(up);
         let (parts, _body) = req.into_parts();
@@ -1423,14 +1434,16 @@ impl HttpService {
                 .drain
                 .saturating_sub(std::time::Duration::from_millis(500)),
         };
-        let (resp, addr, tunnel) = Box::pin(proxy::forward_upgrade(
-            up,
-            parts,
-            &client,
-            on_upgrade,
-            limits,
-            conn.shutdown.clone(),
-        ))
+        let (resp, addr, tunnel) = portico_core::boxed(|| {
+            proxy::forward_upgrade(
+                up,
+                parts,
+                &client,
+                on_upgrade,
+                limits,
+                conn.shutdown.clone(),
+            )
+        })
         .await;
         if let Some(t) = tunnel {
             let handle = tokio::spawn(t);
@@ -1555,7 +1568,9 @@ impl cache::Fetch for Source<'_> {
 
     fn detach(&self) -> Option<cache::Detached> {
         let owned = self.to_owned();
-        Some(Box::new(move |req| Box::pin(owned.fetch(req))))
+        Some(Box::new(move |req| {
+            portico_core::boxed(|| owned.fetch(req))
+        }))
     }
 }
 
@@ -1596,7 +1611,7 @@ async fn fetch(
                 maps: &site.maps,
                 timed: src.timed,
             };
-            Box::pin(gateway::forward(g, parts, body, client)).await
+            portico_core::boxed(|| gateway::forward(g, parts, body, client)).await
         }
         route::Content::Static(_) | route::Content::Return(_) | route::Content::Empty => {
             (error_response(StatusCode::NOT_FOUND), None)
@@ -1611,7 +1626,7 @@ async fn fetch(
                 // The whole body first, then an upstream connection: a slow client
                 // holds no app worker (nginx's proxy_request_buffering on).
                 let limited = ClientBody::new(body, limit, site.limits.body_timeout).boxed();
-                match Box::pin(spool::Spool::read(limited)).await {
+                match portico_core::boxed(|| spool::Spool::read(limited)).await {
                     Ok(s) => {
                         parts.headers.remove(header::TRANSFER_ENCODING);
                         parts.headers.insert(header::CONTENT_LENGTH, s.len.into());
@@ -1624,11 +1639,9 @@ async fn fetch(
             };
             // timed only for a log: the extension costs an allocation or three
             let started = src.timed.then(Instant::now);
-            let (resp, addr) = Box::pin(proxy::forward(
-                up,
-                Request::from_parts(parts, body),
-                &client,
-            ))
+            let (resp, addr) = portico_core::boxed(|| {
+                proxy::forward(up, Request::from_parts(parts, body), &client)
+            })
             .await;
             match (started, &addr) {
                 (Some(started), Some(_)) => (body::UpstreamTiming::attach(resp, started), addr),
@@ -2035,14 +2048,12 @@ fn split_target(target: &str, old_args: &str) -> (String, Option<String>) {
 /// off`): `X_Forwarded_Proto` must not reach an app that folds `_` into `-` and takes it
 /// for `X-Forwarded-Proto`.
 fn drop_underscored(h: &mut http::HeaderMap) {
-    if !h.keys().any(|k| k.as_str().contains('_')) {
+    // a byte scan: `str::contains` sets up a searcher per name
+    let underscored = |k: &header::HeaderName| k.as_str().bytes().any(|b| b == b'_');
+    if !h.keys().any(underscored) {
         return;
     }
-    let names: Vec<header::HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .cloned()
-        .collect();
+    let names: Vec<header::HeaderName> = h.keys().filter(|k| underscored(k)).cloned().collect();
     for n in names {
         tracing::debug!(header = %n, "request header with an underscore dropped (underscores_in_headers)");
         h.remove(n);

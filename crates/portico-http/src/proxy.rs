@@ -437,12 +437,9 @@ pub async fn forward(
             Some(s) => s,
             // boxed: a new connection (TLS, an h2 handshake) is a large state machine,
             // and inline it would be built and moved with every request
-            None => match Box::pin(open(
-                &pick,
-                cfg.connect_timeout,
-                up.handle.tls.as_deref(),
-                true,
-            ))
+            None => match portico_core::boxed(|| {
+                open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), true)
+            })
             .await
             {
                 Ok(s) => {
@@ -495,7 +492,7 @@ pub async fn forward(
         let started = std::time::Instant::now();
         // boxed: built in place of being moved through the timeout's layers
         let sent = response_within(
-            Box::pin(send(sender, req, &added)),
+            portico_core::boxed(|| send(sender, req, &added)),
             progress.as_deref(),
             cfg.read_timeout,
             cfg.send_timeout,
@@ -906,12 +903,9 @@ pub async fn forward_upgrade(
     let uri = parts.uri.clone();
     let mut tries = Tries::new(&upstream, client.peer_ip, client.hash_key.as_deref(), &uri);
     while let Some((pick, addr)) = tries.next().await {
-        let opened = Box::pin(open(
-            &pick,
-            cfg.connect_timeout,
-            up.handle.tls.as_deref(),
-            false,
-        ))
+        let opened = portico_core::boxed(|| {
+            open(&pick, cfg.connect_timeout, up.handle.tls.as_deref(), false)
+        })
         .await;
         let mut conn = match opened {
             Ok(Sender::H1(conn)) => conn,

@@ -13,10 +13,14 @@
 //!   bad first chunk line that came with it) makes the response a 502 before anything
 //!   of it reaches the client.
 //!
-//! This module holds what both directions share: splitting a head into lines and
-//! reading its framing headers. No IO here.
+//! This module holds what both directions share: reading the framing fields of a head
+//! httparse has split (it refuses obs-fold, whitespace before a colon, a bare CR and a
+//! name that is not a token, so no line it accepts can frame a message differently),
+//! chunk lines, the end of a head. No IO here.
 
 pub mod request;
+
+use http::header::{self, HeaderName};
 
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 pub const MAX_CHUNK_LINE: usize = 4096;
@@ -25,8 +29,6 @@ pub const MAX_CHUNK_LINE: usize = 4096;
 /// every request and every upstream response).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct HeadFraming {
-    /// The start line (request line or status line), without its line end.
-    pub start_len: usize,
     /// The first Content-Length value.
     pub length: Option<u64>,
     /// Content-Length values seen, each element of each field (`5, 5` is two).
@@ -49,49 +51,19 @@ pub struct HeadFraming {
 /// Why a head is refused: a fixed reason, for the log.
 pub type Why = &'static str;
 
-/// Reads the framing headers of `head` (through its blank line): Content-Length,
-/// Transfer-Encoding, Upgrade. Only those lines are looked at closely, so this stays
-/// cheap on every request and response; the rest of each line is hyper's to check
-/// (httparse refuses a name that is not a token, whitespace before the colon, a control
-/// character in a value, a bare CR — and then the connection closes, so a line this
-/// reading passes over cannot frame a message differently). An obs-fold line is refused
-/// here, since it could continue a framing header.
-pub fn read_head(head: &[u8]) -> Result<HeadFraming, Why> {
-    let mut f = HeadFraming::default();
-    let mut ends = memchr::memchr_iter(b'\n', head);
-    let Some(first) = ends.next() else {
-        return Ok(f);
-    };
-    f.start_len = if first > 0 && head[first - 1] == b'\r' {
-        first - 1
-    } else {
-        first
-    };
-    let mut from = first + 1;
-    for nl in ends {
-        let line = &head[from..nl];
-        from = nl + 1;
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(&lead) = line.first() else {
-            break; // the blank line ending the head
-        };
-        let name_is = |name: &[u8]| {
-            line.len() > name.len()
-                && line[name.len()] == b':'
-                && line[..name.len()].eq_ignore_ascii_case(name)
-        };
-        match lead | 0x20 {
-            b' ' | 0x29 => return Err("obs-fold (a header line starting with whitespace)"),
-            b'c' if name_is(b"content-length") => f.content_length(&line[15..]),
-            b't' if name_is(b"transfer-encoding") => f.transfer_encoding(&line[18..]),
-            b'u' if name_is(b"upgrade") => f.upgrade = true,
-            _ => {}
+impl HeadFraming {
+    /// Notes one field of the head if it frames the message (Content-Length,
+    /// Transfer-Encoding) or may switch protocols (Upgrade).
+    pub fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            self.content_length(value);
+        } else if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding(value);
+        } else if name == header::UPGRADE {
+            self.upgrade = true;
         }
     }
-    Ok(f)
-}
 
-impl HeadFraming {
     /// Notes one Content-Length field's value (every comma-separated element of it).
     pub fn content_length(&mut self, value: &[u8]) {
         for v in value.split(|&b| b == b',') {
@@ -214,7 +186,7 @@ pub fn find_head_end(rest: &[u8], from: usize) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -241,26 +213,50 @@ mod tests {
         }
     }
 
+    /// The framing `head`'s fields say, split by httparse as the engine and the
+    /// client split them; `None` when httparse refuses the head.
+    pub(crate) fn framing_of(head: &[u8]) -> Option<HeadFraming> {
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let parsed = if head.starts_with(b"HTTP/") {
+            let mut r = httparse::Response::new(&mut fields);
+            r.parse(head).ok()?;
+            r.headers.len()
+        } else {
+            let mut r = httparse::Request::new(&mut fields);
+            r.parse(head).ok()?;
+            r.headers.len()
+        };
+        let mut f = HeadFraming::default();
+        for field in &fields[..parsed] {
+            let name = HeaderName::from_bytes(field.name.as_bytes()).ok()?;
+            f.field(&name, field.value);
+        }
+        Some(f)
+    }
+
     #[test]
-    fn head_lines_are_checked() {
-        let ok = read_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nTransfer-Encoding: gzip, Chunked\r\nUpgrade: x\r\n\r\n").unwrap();
+    fn framing_fields_are_read() {
+        let ok = framing_of(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nTransfer-Encoding: gzip, Chunked\r\nUpgrade: x\r\n\r\n").unwrap();
         assert_eq!(
             (ok.length, ok.length_count, ok.lengths_differ),
             (Some(5), 2, false)
         );
         assert_eq!((ok.codings, ok.chunked, ok.chunked_last), (2, 1, true));
         assert!(ok.upgrade && ok.transfer_encoding && !ok.bad_length);
-        let two = read_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
+        let two = framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n")
             .unwrap();
         assert!(two.lengths_differ);
-        // obs-fold is refused here; other malformed lines are left to hyper's parser
-        assert!(read_head(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n").is_err());
-        assert!(read_head(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n").is_err());
-        // whitespace before the colon: not a framing header (hyper answers it 400)
-        let spaced = read_head(b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n").unwrap();
-        assert!(!spaced.transfer_encoding);
+        // what could hide a framing field is refused by httparse: obs-fold (in requests
+        // and responses), whitespace before the colon
+        assert!(framing_of(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n").is_none());
+        assert!(framing_of(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n").is_none());
+        assert!(framing_of(b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n").is_none());
+        assert!(framing_of(b"GET / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n").is_none());
         assert!(
-            read_head(b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
+            framing_of(b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\rX: y\r\n\r\n").is_none()
+        );
+        assert!(
+            framing_of(b"GET / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")
                 .unwrap()
                 .bad_length
         );

@@ -1,7 +1,8 @@
 //! The framing of a request head, judged before anything acts on it.
 //!
-//! The HTTP/1 engine (crate::h1) asks [`judge_request`] about every complete head: how
-//! its body is framed, whether it may switch protocols, or why it is refused. RFC 9112
+//! The HTTP/1 engine (crate::h1) asks [`judge_request`] about every request head it has
+//! split, with what its fields said ([`HeadFraming`]): how its body is framed, whether
+//! it may switch protocols, or why it is refused. RFC 9112
 //! §6 as applied (nginx's answer differs where docs/http.md says so): Content-Length
 //! with Transfer-Encoding, more than one Content-Length, an invalid Content-Length,
 //! Transfer-Encoding in an HTTP/1.0 request, `chunked` not last or more than once, an
@@ -10,7 +11,7 @@
 
 use http::StatusCode;
 
-use super::{read_head, Why};
+use super::{HeadFraming, Why};
 
 /// How a request's body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,14 +21,15 @@ pub enum BodyStart {
     Chunked,
 }
 
-/// How the body of the request with this complete head is framed, and whether the
-/// request may switch protocols; or why the head is refused, and with what status.
-pub fn judge_request(head: &[u8]) -> Result<(BodyStart, bool), (StatusCode, Why)> {
+/// How the body of a request is framed, and whether it may switch protocols; or why
+/// its head is refused, and with what status. `f` is what the head's fields said,
+/// `http10` whether it is an HTTP/1.0 request, `connect` whether its method is CONNECT.
+pub fn judge_request(
+    f: &HeadFraming,
+    http10: bool,
+    connect: bool,
+) -> Result<(BodyStart, bool), (StatusCode, Why)> {
     let bad = |why| (StatusCode::BAD_REQUEST, why);
-    let f = read_head(head).map_err(bad)?;
-    let start = &head[..f.start_len];
-    let http10 = start.ends_with(b"HTTP/1.0");
-    let connect = start.starts_with(b"CONNECT ");
     if f.transfer_encoding {
         if http10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
@@ -69,6 +71,16 @@ pub fn judge_request(head: &[u8]) -> Result<(BodyStart, bool), (StatusCode, Why)
 mod tests {
     use super::*;
 
+    /// The judgement of a whole head (400 when httparse refuses it, as the engine does).
+    fn judge(head: &[u8]) -> Result<(BodyStart, bool), u16> {
+        let f = crate::framing::tests::framing_of(head).ok_or(400u16)?;
+        let http10 = head
+            .split(|&b| b == b'\n')
+            .next()
+            .is_some_and(|l| l.trim_ascii_end().ends_with(b"HTTP/1.0"));
+        judge_request(&f, http10, head.starts_with(b"CONNECT ")).map_err(|(s, _)| s.as_u16())
+    }
+
     #[test]
     fn ambiguous_heads_are_refused() {
         let cases: &[(&[u8], u16)] = &[
@@ -86,14 +98,14 @@ mod tests {
             (b"GET /x HTTP/1.1\r\nHost: a\r\nX: 1\r\n y\r\n\r\n", 400),
         ];
         for &(head, status) in cases {
-            let got = judge_request(head).map_err(|(s, _)| s.as_u16());
+            let got = judge(head);
             assert_eq!(got, Err(status), "{}", String::from_utf8_lossy(head));
         }
     }
 
     #[test]
     fn framings_and_switches() {
-        let j = |h: &[u8]| judge_request(h).ok();
+        let j = |h: &[u8]| judge(h).ok();
         assert_eq!(
             j(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
             Some((BodyStart::None, false))

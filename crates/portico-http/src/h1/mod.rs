@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{HttpBody, InBody};
 use crate::framing::request::{judge_request as judge, BodyStart};
+use crate::framing::HeadFraming;
 use crate::framing::{find_head_end, Why};
 use crate::sendfile::{Region, Sendfile};
 use portico_core::{FileChunk, FileSend};
@@ -263,7 +264,7 @@ where
         };
         first = false;
         // one exchange boxed: an idle connection's task holds only the wait above
-        match Box::pin(exchange(reader, wr, req, head, &s, shutdown, &handle)).await {
+        match portico_core::boxed(|| exchange(reader, wr, req, head, &s, shutdown, &handle)).await {
             After::Again(r, w) => (reader, wr) = (r, w),
             After::End(next) => return next,
         }
@@ -327,7 +328,7 @@ where
     }
     // boxed, as the answer's writing: the service's future is large, and the 100
     // Continue select below would copy it
-    let mut fut = Box::pin(handle(req));
+    let mut fut = portico_core::boxed(|| handle(req));
     let resp = match &continue_wanted {
         None => fut.await,
         Some(wanted) => {
@@ -357,7 +358,7 @@ where
         keep_alive: keep_alive && !switching,
         switching,
     };
-    let keep = match Box::pin(write_response(&mut wr, resp, &meta)).await {
+    let keep = match portico_core::boxed(|| write_response(&mut wr, resp, &meta)).await {
         Ok(k) => k,
         Err(e) => {
             tracing::debug!(error = %e, "writing the answer failed");
@@ -501,10 +502,6 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
         );
     }
     let bytes = r.buf.split_to(end).freeze();
-    let (body, may_upgrade) = match judge(&bytes) {
-        Ok(j) => j,
-        Err((status, why)) => return refuse(status, why),
-    };
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     match req.parse(&bytes) {
@@ -542,6 +539,10 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
     // room for what the pipeline adds (a proxy's X-Forwarded-*, Host): a map that
     // grows is rehashed whole
     let mut headers = HeaderMap::with_capacity(req.headers.len() + ADDED_HEADERS);
+    // the framing fields and Connection's and Expect's tokens read in the same pass
+    // (httparse has refused what could hide a field: obs-fold, whitespace before a colon)
+    let mut framing = HeadFraming::default();
+    let (mut close, mut keep, mut continue_token) = (false, false, false);
     for f in req.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(f.name.as_bytes()),
@@ -549,16 +550,29 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
         ) else {
             return bad("an invalid header field");
         };
+        if name == header::CONNECTION {
+            close |= value_has_token(f.value, b"close");
+            keep |= value_has_token(f.value, b"keep-alive");
+        } else if name == header::EXPECT {
+            continue_token |= value_has_token(f.value, b"100-continue");
+        } else {
+            framing.field(&name, f.value);
+        }
         headers.append(name, value);
     }
-    let has_token = |name, token| has_token(&headers, name, token);
-    let keep_alive = match version {
-        Version::HTTP_10 => has_token(header::CONNECTION, "keep-alive"),
-        _ => !has_token(header::CONNECTION, "close"),
+    let (body, may_upgrade) = match judge(
+        &framing,
+        version == Version::HTTP_10,
+        method == Method::CONNECT,
+    ) {
+        Ok(j) => j,
+        Err((status, why)) => return refuse(status, why),
     };
-    let expect_continue = version == Version::HTTP_11
-        && body != BodyStart::None
-        && has_token(header::EXPECT, "100-continue");
+    let keep_alive = match version {
+        Version::HTTP_10 => keep,
+        _ => !close,
+    };
+    let expect_continue = version == Version::HTTP_11 && body != BodyStart::None && continue_token;
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;
     parts.uri = uri;
