@@ -119,6 +119,54 @@ impl HeadFraming {
     }
 }
 
+/// Header fields a head's first parse has room for (`[httparse::EMPTY_HEADER;
+/// FEW_FIELDS]`, the caller's): the array is initialised on every head (32 bytes a
+/// field), so it is sized for the usual head, not the largest.
+pub const FEW_FIELDS: usize = 24;
+
+/// The header fields httparse split: in the caller's array, or (more than it holds) in
+/// a vector.
+pub enum Fields<'h, 'b> {
+    Few(&'h [httparse::Header<'b>]),
+    Many(Vec<httparse::Header<'b>>),
+}
+
+impl<'b> std::ops::Deref for Fields<'_, 'b> {
+    type Target = [httparse::Header<'b>];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Fields::Few(f) => f,
+            Fields::Many(v) => v,
+        }
+    }
+}
+
+/// Splits the header fields of `src` (through the blank line) with httparse, with how
+/// many bytes they took: first into `few`, then, when there are more, again with room
+/// for `max`. `Ok(None)` while the head is incomplete.
+pub fn split_fields<'h, 'b>(
+    src: &'b [u8],
+    few: &'h mut [httparse::Header<'b>],
+    max: usize,
+) -> Result<Option<(usize, Fields<'h, 'b>)>, httparse::Error> {
+    let room = few.len();
+    match httparse::parse_headers(src, few) {
+        Ok(httparse::Status::Complete((used, h))) => return Ok(Some((used, Fields::Few(h)))),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) if max > room => {}
+        Err(e) => return Err(e),
+    }
+    let mut many = vec![httparse::EMPTY_HEADER; max];
+    match httparse::parse_headers(src, &mut many)? {
+        httparse::Status::Complete((used, h)) => {
+            let n = h.len();
+            many.truncate(n);
+            Ok(Some((used, Fields::Many(many))))
+        }
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
 /// Whether the first chunk-size line in `after` (the bytes after a chunked head) is
 /// valid, or not complete yet.
 pub fn first_chunk_ok(after: &[u8]) -> bool {
@@ -136,10 +184,13 @@ pub fn first_chunk_ok(after: &[u8]) -> bool {
 
 /// `1*DIGIT`, no sign, no whitespace, no overflow.
 fn parse_decimal(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+    if v.is_empty() || v.len() > 19 {
         return None;
     }
-    std::str::from_utf8(v).ok()?.parse().ok()
+    // 19 digits cannot overflow a u64
+    v.iter().try_fold(0u64, |n, &d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 fn trim_ows(v: &[u8]) -> &[u8] {
@@ -260,6 +311,32 @@ pub(crate) mod tests {
                 .unwrap()
                 .bad_length
         );
+    }
+
+    #[test]
+    fn many_fields_are_split_past_the_first_try() {
+        let mut head = Vec::new();
+        for i in 0..40 {
+            head.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+        let (used, f) = split_fields(&head, &mut few, 64).unwrap().unwrap();
+        assert_eq!((used, f.len()), (head.len(), 40));
+        assert_eq!((f[39].name, f[39].value), ("X-39", &b"39"[..]));
+        let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+        let more = split_fields(&head, &mut few, 32);
+        assert!(matches!(more, Err(httparse::Error::TooManyHeaders)));
+        let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+        let more = split_fields(&head, &mut few, FEW_FIELDS);
+        assert!(matches!(more, Err(httparse::Error::TooManyHeaders)));
+        let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+        let (_, f) = split_fields(b"A: b\r\n\r\n", &mut few, 64)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(f, Fields::Few(_)) && f.len() == 1);
+        let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+        assert!(split_fields(b"A: b\r\n", &mut few, 64).unwrap().is_none());
     }
 
     #[test]

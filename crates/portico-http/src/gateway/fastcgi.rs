@@ -321,14 +321,14 @@ async fn read_head(
 
 /// Parses a CGI response head (headers, a blank line; LF or CRLF): `None` until complete.
 fn parse_cgi_head(buf: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let (used, parsed) = match httparse::parse_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete((n, h))) => (n, h),
-        Ok(httparse::Status::Partial) => return Ok(None),
+    let mut few = [httparse::EMPTY_HEADER; crate::framing::FEW_FIELDS];
+    let (used, parsed) = match crate::framing::split_fields(buf, &mut few, 128) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(Failure::Invalid(e.to_string())),
     };
     let mut map = HeaderMap::with_capacity(parsed.len());
-    super::append_headers(&mut map, parsed)?;
+    super::append_headers(&mut map, &parsed)?;
     let status = match map.remove("status") {
         Some(v) => {
             let code = v

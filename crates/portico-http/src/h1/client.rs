@@ -25,9 +25,9 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::decode::{Framing, Step};
-use super::{value_has_token, HeadBuf, Io, OriginalCase, Upgraded};
+use super::{HeadBuf, Io, OriginalCase, Upgraded};
 use crate::body::{BoxError, HttpBody};
-use crate::framing::{find_head_end, first_chunk_ok, HeadFraming};
+use crate::framing::{find_head_end, first_chunk_ok, split_fields, HeadFraming, FEW_FIELDS};
 
 /// A response head larger than this is refused (502), like nginx's "upstream sent too
 /// big header" (nginx's limit is its proxy_buffer_size, 4–8 KiB by default).
@@ -89,10 +89,10 @@ pub fn parse_response_head(head: Bytes, after: &[u8]) -> Result<ResponseHead, St
     } else {
         Version::HTTP_11
     };
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let parsed = match httparse::parse_headers(&head[eol + 1..], &mut fields) {
-        Ok(httparse::Status::Complete((_, h))) => h,
-        Ok(httparse::Status::Partial) => return Err("an incomplete response head".into()),
+    let mut few = [httparse::EMPTY_HEADER; FEW_FIELDS];
+    let parsed = match split_fields(&head[eol + 1..], &mut few, MAX_FIELDS) {
+        Ok(Some((_, h))) => h,
+        Ok(None) => return Err("an incomplete response head".into()),
         Err(e) => return Err(e.to_string()),
     };
     // One pass over the fields: the map, the framing facts (crate::framing's rules, read
@@ -113,8 +113,8 @@ pub fn parse_response_head(head: Bytes, after: &[u8]) -> Result<ResponseHead, St
         } else if name == header::TRANSFER_ENCODING {
             framing.transfer_encoding(f.value);
         } else if name == header::CONNECTION {
-            close |= value_has_token(f.value, b"close");
-            keep |= value_has_token(f.value, b"keep-alive");
+            let (c, k) = super::connection_tokens(f.value);
+            (close, keep) = (close | c, keep | k);
         }
         title_case &= super::is_title_case(f.name.as_bytes());
         headers.append(name, value);

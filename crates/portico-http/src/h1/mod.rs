@@ -502,9 +502,11 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
         );
     }
     let bytes = r.buf.split_to(end).freeze();
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(&bytes) {
+    // not initialised first (3.2 KB a request): httparse writes the fields it splits
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(&bytes, &mut fields) {
         Ok(httparse::Status::Complete(_)) => {}
         Ok(httparse::Status::Partial) => {
             return refuse(StatusCode::BAD_REQUEST, "an incomplete request head")
@@ -551,8 +553,8 @@ fn parse(r: &mut Reader, end: usize, s: &Settings) -> Got {
             return bad("an invalid header field");
         };
         if name == header::CONNECTION {
-            close |= value_has_token(f.value, b"close");
-            keep |= value_has_token(f.value, b"keep-alive");
+            let (c, k) = connection_tokens(f.value);
+            (close, keep) = (close | c, keep | k);
         } else if name == header::EXPECT {
             continue_token |= value_has_token(f.value, b"100-continue");
         } else {
@@ -890,6 +892,19 @@ pub fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|v| value_has_token(v.as_bytes(), token.as_bytes()))
 }
 
+/// What a Connection field's value says: (`close`, `keep-alive`) among its tokens.
+pub fn connection_tokens(value: &[u8]) -> (bool, bool) {
+    // the usual field is the one token, as written
+    match value {
+        b"keep-alive" => (false, true),
+        b"close" => (true, false),
+        _ => (
+            value_has_token(value, b"close"),
+            value_has_token(value, b"keep-alive"),
+        ),
+    }
+}
+
 /// Whether a comma-separated field value lists `token` (ASCII case aside).
 pub fn value_has_token(value: &[u8], token: &[u8]) -> bool {
     // the usual field holds the one token: no split
@@ -1044,6 +1059,22 @@ fn date(buf: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_values_say_close_or_keep_alive() {
+        for (value, said) in [
+            ("keep-alive", (false, true)),
+            ("close", (true, false)),
+            ("Keep-Alive", (false, true)),
+            (" CLOSE", (true, false)),
+            ("Upgrade, close", (true, false)),
+            ("keep-alive, Upgrade", (false, true)),
+            ("upgrade", (false, false)),
+            ("closed", (false, false)),
+        ] {
+            assert_eq!(connection_tokens(value.as_bytes()), said, "{value:?}");
+        }
+    }
 
     #[test]
     fn tokens_are_found_in_any_element_whatever_their_case() {
