@@ -15,6 +15,7 @@ pub mod counters;
 pub mod files;
 mod handover;
 pub mod histogram;
+pub mod idle;
 mod listener;
 mod names;
 pub mod ocsp;

@@ -243,8 +243,10 @@ impl ListenerSet {
                 .name(format!("portico-w{i}"))
                 .spawn(move || {
                     WORKER.with(|w| w.set(i));
+                    crate::idle::enable();
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        .on_thread_park(crate::idle::run)
                         .build()
                     {
                         Ok(rt) => rt,
