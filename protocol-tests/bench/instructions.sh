@@ -11,7 +11,8 @@
 # hit, so the figure is the cost of a hit. STATIC=1: the route serves a 1 KiB file
 # from a directory instead (the cost of a small static file). H2=1: the client speaks
 # h2 (prior knowledge) on its one connection, one request at a time, so the connection
-# goes idle between requests (protocol-tests/.venv's h2 package).
+# goes idle between requests (protocol-tests/.venv's h2 package). LOG=1: the access
+# log (combined lines) goes to a file (the cost of a line).
 #
 # Needs: cargo build --release -p portico; valgrind; nginx.
 set -euo pipefail
@@ -30,7 +31,11 @@ http { $(temp "$tmp/nginx") access_log off; keepalive_requests 1000000;
 NGX
 nginx -c "$tmp/nginx.conf" -p "$tmp/nginx" &
 {
-  portico_head 1
+  if [ -n "${LOG:-}" ]; then
+    portico_head 1 | sed "s|^access_log = \"off\"|access_log = \"$tmp/access.log\"|"
+  else
+    portico_head 1
+  fi
   [ -n "${CACHE:-}" ] && printf '[caches.main]\nmemory = "64MiB"\n'
   printf '[upstreams.app]\nservers = [{ addr = "127.0.0.1:%s" }]\n[[listeners]]\nlisten = ["127.0.0.1:%s"]\n  [[listeners.routes]]\n  path = "/"\n' "$backend" "$port"
   if [ -n "${STATIC:-}" ]; then

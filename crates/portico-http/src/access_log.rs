@@ -474,13 +474,22 @@ fn escaped(v: &[u8], esc: LogEscape, out: &mut Vec<u8>) {
     match esc {
         LogEscape::None => out.extend_from_slice(v),
         LogEscape::Default => {
-            for &b in v {
-                match b {
-                    b'"' | b'\\' => out.extend_from_slice(format!("\\x{b:02X}").as_bytes()),
-                    0x20..=0x7e => out.push(b),
-                    _ => out.extend_from_slice(format!("\\x{b:02X}").as_bytes()),
+            // runs of printable bytes copied whole, the rest as `\xHH`
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            let mut from = 0;
+            for (i, &b) in v.iter().enumerate() {
+                if !(0x20..=0x7e).contains(&b) || b == b'"' || b == b'\\' {
+                    out.extend_from_slice(&v[from..i]);
+                    out.extend_from_slice(&[
+                        b'\\',
+                        b'x',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]);
+                    from = i + 1;
                 }
             }
+            out.extend_from_slice(&v[from..]);
         }
         LogEscape::Json => {
             for &b in v {
@@ -502,29 +511,36 @@ fn dash(s: Option<&str>) -> &str {
     s.filter(|s| !s.is_empty()).unwrap_or("-")
 }
 
-/// Escapes `"` and `\` and non-printable bytes as nginx does (`\xHH`).
-fn escape(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    escaped(s.as_bytes(), LogEscape::Default, &mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
-/// "$http_referer" "$http_user_agent"`
+/// "$http_referer" "$http_user_agent"`, written into one buffer (no string per field).
 pub fn combined_line(e: &Entry<'_>) -> String {
-    let remote = e.remote.map(|ip| ip.to_string());
-    format!(
-        "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\"\n",
-        remote.as_deref().unwrap_or("unix:"),
-        time_local(e.time),
-        escape(e.method),
-        escape(e.uri),
-        e.version,
-        e.status,
-        e.bytes,
-        escape(dash(e.referer)),
-        escape(dash(e.user_agent)),
-    )
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(160 + e.uri.len() + e.user_agent.map_or(0, str::len));
+    match e.remote {
+        Some(ip) => {
+            let _ = write!(out, "{ip}");
+        }
+        None => out.extend_from_slice(b"unix:"),
+    }
+    out.extend_from_slice(b" - - [");
+    push_time_local(&mut out, e.time);
+    out.extend_from_slice(b"] \"");
+    escaped(e.method.as_bytes(), LogEscape::Default, &mut out);
+    out.push(b' ');
+    escaped(e.uri.as_bytes(), LogEscape::Default, &mut out);
+    out.push(b' ');
+    out.extend_from_slice(e.version.as_bytes());
+    out.extend_from_slice(b"\" ");
+    out.extend_from_slice(itoa::Buffer::new().format(e.status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
+    out.extend_from_slice(b" \"");
+    escaped(dash(e.referer).as_bytes(), LogEscape::Default, &mut out);
+    out.extend_from_slice(b"\" \"");
+    escaped(dash(e.user_agent).as_bytes(), LogEscape::Default, &mut out);
+    out.extend_from_slice(b"\"\n");
+    // escaped: printable ASCII only
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn json_line(e: &Entry<'_>) -> String {
@@ -544,6 +560,26 @@ fn json_line(e: &Entry<'_>) -> String {
         "upstream_addr": e.upstream,
     });
     format!("{v}\n")
+}
+
+/// [`time_local`] appended to `out`, from a copy made once a second per thread.
+fn push_time_local(out: &mut Vec<u8>, t: SystemTime) {
+    thread_local! {
+        static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let written = LAST.try_with(|l| {
+        let mut l = l.borrow_mut();
+        if l.0 != secs {
+            *l = (secs, time_local(t));
+        }
+        out.extend_from_slice(l.1.as_bytes());
+    });
+    if written.is_err() {
+        out.extend_from_slice(time_local(t).as_bytes());
+    }
 }
 
 /// `21/Nov/2026:23:43:24 +0000` (UTC).
@@ -637,6 +673,21 @@ mod tests {
             combined_line(&e),
             "127.0.0.1 - - [01/Jan/1970:00:00:00 +0000] \"GET /a\\x22b HTTP/1.1\" 200 12 \"-\" \"curl/8\"\n"
         );
+        // every byte outside printable ASCII, and `"` and `\`, as \xHH; a Unix-socket
+        // client; the time of another second (each thread keeps the last second's text)
+        let odd = Entry {
+            remote: None,
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_304_604),
+            uri: "/caf\u{e9}\\\u{1}x",
+            referer: Some("r\"f"),
+            user_agent: Some(""),
+            ..e
+        };
+        assert_eq!(
+            combined_line(&odd),
+            "unix: - - [21/Nov/2026:23:43:24 +0000] \"GET /caf\\xC3\\xA9\\x5C\\x01x HTTP/1.1\" 200 12 \"r\\x22f\" \"-\"\n"
+        );
+        assert!(combined_line(&e).contains("[01/Jan/1970:00:00:00 +0000]"));
     }
 
     fn entry() -> Entry<'static> {

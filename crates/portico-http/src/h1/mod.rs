@@ -239,8 +239,16 @@ where
         buf: BytesMut::new(),
     };
     let mut drain: Option<Instant> = None;
+    // One timer and one shutdown watch for all of the connection's waits for a head: a
+    // tokio timer made per wait is put in the worker's timer wheel and taken out again
+    // each time, a shutdown watch made per wait joins and leaves the token's waiters;
+    // a later deadline on a timer already in the wheel is a store.
+    let mut waits = Waits {
+        timer: Box::pin(tokio::time::sleep_until(Instant::now() + s.idle_timeout)),
+        shutdown: Box::pin(shutdown.cancelled()),
+    };
     loop {
-        let got = next_head(&mut reader, &s, first, shutdown, &mut drain).await;
+        let got = next_head(&mut reader, &s, first, &mut waits, &mut drain).await;
         let (req, head) = match got {
             Got::Closed => return Next::Closed,
             Got::Idle(until) => {
@@ -426,11 +434,17 @@ async fn discard(ret: body::Returned, s: &Settings) -> Option<Reader> {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Waits for and reads the next request head.
+/// What a connection waits on besides its client, made once per connection.
+struct Waits<'a> {
+    timer: Pin<Box<tokio::time::Sleep>>,
+    shutdown: Pin<Box<tokio_util::sync::WaitForCancellationFuture<'a>>>,
+}
+
 async fn next_head(
     r: &mut Reader,
     s: &Settings,
     first: bool,
-    shutdown: &CancellationToken,
+    waits: &mut Waits<'_>,
     drain: &mut Option<Instant>,
 ) -> Got {
     let now = Instant::now();
@@ -477,15 +491,18 @@ async fn next_head(
             (None, None, Some(p)) if r.buf.is_empty() => (p, true),
             (None, None, _) => (idle_until, false),
         };
+        if waits.timer.deadline() != until {
+            waits.timer.as_mut().reset(until);
+        }
         tokio::select! {
             read = r.fill() => match read {
                 Ok(0) | Err(_) => return Got::Closed,
                 Ok(_) => {}
             },
-            _ = tokio::time::sleep_until(until) => {
+            _ = waits.timer.as_mut() => {
                 return if park { Got::Idle(idle_until) } else { Got::Closed };
             }
-            _ = shutdown.cancelled(), if drain.is_none() && head_until.is_none() => {
+            _ = waits.shutdown.as_mut(), if drain.is_none() && head_until.is_none() => {
                 *drain = Some(Instant::now() + s.drain_grace.min(s.idle_timeout));
             }
         }
