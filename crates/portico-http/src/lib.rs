@@ -639,23 +639,16 @@ impl HttpService {
         });
         let peer = Peer::of(&conn, &site, req.headers());
         let may_log = self.may_log(&site);
+        // what the line needs of the request, kept as the request holds it (shared
+        // buffers, not copies): made into text only when the line is written
         let log_fields = may_log.then(|| LogFields {
             time: SystemTime::now(),
-            method: req.method().to_string(),
-            uri: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_else(|| "/".into()),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             version: version_str(req.version()),
-            referer: header_str(&req, header::REFERER),
-            user_agent: header_str(&req, header::USER_AGENT),
-            host: host
-                .as_ref()
-                .ok()
-                .and_then(|h| h.as_ref())
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            host: host.as_ref().ok().and_then(|h| h.clone()),
         });
         let mut route_timer: Option<RouteTimer> = None;
         // an ACME CA validating a certificate this process orders (HTTP-01), on any
@@ -747,18 +740,20 @@ impl HttpService {
                 t.observe(took);
             }
             if let Some(f) = log_fields.filter(|_| log.is_on()) {
+                let referer = f.referer.as_ref().map(|v| log_text(v));
+                let user_agent = f.user_agent.as_ref().map(|v| log_text(v));
                 log.log(
                     &access_log::Entry {
                         remote: peer.ip,
                         time: f.time,
-                        method: &f.method,
-                        uri: &f.uri,
+                        method: f.method.as_str(),
+                        uri: f.uri.path_and_query().map_or("/", |p| p.as_str()),
                         version: f.version,
                         status,
                         bytes,
-                        referer: f.referer.as_deref(),
-                        user_agent: f.user_agent.as_deref(),
-                        host: f.host.as_deref(),
+                        referer: referer.as_deref(),
+                        user_agent: user_agent.as_deref(),
+                        host: f.host.as_ref().and_then(|v| v.to_str().ok()),
                         duration: started.elapsed(),
                         upstream: upstream.as_deref(),
                         upstream_time: upstream_timing.map(|t| t.took()),
@@ -2060,20 +2055,19 @@ fn drop_underscored(h: &mut http::HeaderMap) {
     }
 }
 
+/// A header's value as a log line takes it (bytes that are not UTF-8 as U+FFFD; no copy
+/// when they are).
+fn log_text(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
 struct LogFields {
     /// When the request came (`$time_local`): the clock is read only for a log.
     time: SystemTime,
-    method: String,
-    uri: String,
+    method: http::Method,
+    uri: http::Uri,
     version: &'static str,
-    referer: Option<String>,
-    user_agent: Option<String>,
-    host: Option<String>,
-}
-
-fn header_str<B>(req: &Request<B>, name: header::HeaderName) -> Option<String> {
-    req.headers()
-        .get(name)
-        .map(HeaderValue::as_bytes)
-        .map(|b| String::from_utf8_lossy(b).into_owned())
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    host: Option<HeaderValue>,
 }
