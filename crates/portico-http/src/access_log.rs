@@ -47,9 +47,14 @@ struct Batch {
 
 impl Batch {
     fn hand_on(self) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(self.lines)) {
-            self.dropped.fetch_add(self.count, Ordering::Relaxed);
-        }
+        send_lines(&self.tx, self.lines, self.count, &self.dropped);
+    }
+}
+
+/// Queues `count` lines for their writer; counted as dropped when its queue is full.
+fn send_lines(tx: &SyncSender<Msg>, lines: String, count: u64, dropped: &AtomicU64) {
+    if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(lines)) {
+        dropped.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -90,14 +95,9 @@ fn hand_on_batches() {
     let _ = BATCHES.try_with(|b| b.borrow_mut().hand_on());
 }
 
-/// Adds `line` to this worker thread's batch for `tx`'s destination; gives it back on
+/// Adds `line` to this worker thread's batch for destination `id` (`tx`'s); gives it back on
 /// a thread that is not a worker's (it is sent at once there).
-fn batch(
-    w: &Writer,
-    tx: &SyncSender<Msg>,
-    dropped: &Arc<AtomicU64>,
-    line: String,
-) -> Option<String> {
+fn batch(id: u64, tx: &SyncSender<Msg>, dropped: &Arc<AtomicU64>, line: String) -> Option<String> {
     let mut line = Some(line);
     let _ = BATCHES.try_with(|b| {
         let mut b = b.borrow_mut();
@@ -108,11 +108,11 @@ fn batch(
             b.hooked = true;
         }
         let Some(l) = line.take() else { return };
-        let at = match b.batches.iter().position(|x| x.id == w.id) {
+        let at = match b.batches.iter().position(|x| x.id == id) {
             Some(i) => i,
             None => {
                 b.batches.push(Batch {
-                    id: w.id,
+                    id,
                     tx: tx.clone(),
                     lines: String::with_capacity(4096),
                     count: 0,
@@ -368,11 +368,8 @@ impl AccessLog {
             }
             _ => combined_line(e),
         };
-        let Some(line) = batch(&self.writer, tx, &self.dropped, line) else {
-            return;
-        };
-        if let Err(TrySendError::Full(_)) = tx.try_send(Msg::Line(line)) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(line) = batch(self.writer.id, tx, &self.dropped, line) {
+            send_lines(tx, line, 1, &self.dropped);
         }
     }
 }
